@@ -1,0 +1,485 @@
+"""Load and validate the service's YAML configuration file.
+
+The file is validated whole before anything is served: every mistake is collected and reported
+in one ``ConfigError`` naming the file, the key path and what to write instead. Each key is one
+``Key`` declaration (type, default, documentation); ``docs/configuration.md`` is checked against
+these declarations by a test, so a new key is added here and documented there.
+
+This module is imported by the settings module, so it must not import Django.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_CONFIG = "configs/memory.config.yaml"
+CONFIG_ENV_VAR = "CONFIG_FOLDER_PATH"
+FOLDER_CONFIG_NAME = "config.yaml"
+
+# Channel names and ids appear in URLs and in channel-layer group names, so they use the
+# characters both accept: letters, digits, '.', '_' and '-'.
+IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+IDENTIFIER_RULE = "1 to 100 characters from A-Z a-z 0-9 . _ -"
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; ``problems`` lists every mistake found."""
+
+    def __init__(self, path: str, problems: list[tuple[str, str]]):
+        self.path = path
+        self.problems = problems
+        count = len(problems)
+        lines = [f"{path}: {count} configuration problem{'s' if count != 1 else ''}:"]
+        lines += [f"  - {key}: {message}" if key else f"  - {message}" for key, message in problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its type, default and one-line documentation."""
+
+    name: str
+    kind: str  # "bool", "int", "number", "str", "str_list", "choice"
+    default: Any
+    doc: str
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    check: Callable[[Any], str | None] | None = None
+
+
+def _check_identifier(value: str) -> str | None:
+    if IDENTIFIER_PATTERN.match(value):
+        return None
+    return f"{value!r} cannot be used in a URL or a group name: use {IDENTIFIER_RULE}"
+
+
+def _check_redis_url(value: str) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return f"{value!r} is not a Redis URL: write redis://[user:password@]host:port/db or rediss://... for TLS"
+    if parts.scheme != "unix" and not parts.hostname:
+        return f"{value!r} has no host: write redis://[user:password@]host:port/db"
+    try:
+        parts.port  # noqa: B018 - urlsplit validates the port lazily
+    except ValueError:
+        return f"{value!r} has an invalid port: write a number such as 6379"
+    return None
+
+
+def _check_sentinels(value: list[str]) -> str | None:
+    for address in value:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            return f"{address!r} is not host:port: write for example 'sentinel-1:26379'"
+    return None
+
+
+SERVER_KEYS = (
+    Key("allow_create_new_channels", "bool", False, "Allow `POST /api/v1/channels` to create channels."),
+    Key("allow_push_server_messages", "bool", True, "Allow backends to push messages over HTTP."),
+    Key("render_chat_html", "bool", False, "Serve the chat demo page at `/web/chat/`."),
+    Key("render_notifications_html", "bool", False, "Serve the notifications page at `/web/notifications/`."),
+    Key("allow_all_origins", "bool", False, "Accept WebSocket handshakes and SSE reads from any `Origin`."),
+    Key(
+        "allowed_origins",
+        "str_list",
+        (),
+        "Origins (`https://app.example.com`) allowed besides the service's own hosts.",
+    ),
+    Key("api_keys", "str_list", (), "API keys for the server API; `${VAR}` keeps them out of the file."),
+    Key("max_message_size", "int", 65536, "Largest message payload in bytes (WebSocket frame or push).", minimum=1),
+    Key("publish_rate", "number", 50.0, "Messages per second one WebSocket connection may publish.", minimum=0.001),
+    Key("publish_burst", "int", 100, "Messages a WebSocket connection may publish at once above the rate.", minimum=1),
+    Key(
+        "max_pending_messages",
+        "int",
+        1000,
+        "Messages queued for one slow connection before it is disconnected (code 4408).",
+        minimum=1,
+    ),
+    Key(
+        "max_pending_bytes",
+        "int",
+        4 * 1024 * 1024,
+        "Bytes buffered for one slow connection before it is disconnected (code 4408).",
+        minimum=1024,
+    ),
+    Key("history_size", "int", 100, "Default number of recent messages each channel keeps.", minimum=0),
+    Key("history_ttl", "int", 3600, "Default seconds a message stays in a channel's history.", minimum=1),
+    Key("sse_keepalive", "number", 15.0, "Seconds between SSE keep-alive comments.", minimum=0.1),
+    Key("sse_retry", "int", 3000, "Reconnect delay in milliseconds suggested to SSE clients (`retry:`).", minimum=0),
+)
+
+PUBSUB_KEYS = (
+    Key(
+        "driver",
+        "choice",
+        "MEMORY",
+        "`MEMORY` (one instance) or `REDIS` (many instances).",
+        choices=("MEMORY", "REDIS"),
+    ),
+)
+
+REDIS_KEYS = (
+    Key("url", "str", "", "`redis://[user:password@]host:port/db` or `rediss://` for TLS.", check=_check_redis_url),
+    Key(
+        "sentinels",
+        "str_list",
+        (),
+        "Sentinel addresses as `host:port`; use with `master_name`.",
+        check=_check_sentinels,
+    ),
+    Key("master_name", "str", "", "The Sentinel master name."),
+    Key("prefix", "str", "realtime", "Key prefix, so several deployments can share one Redis."),
+)
+
+CHANNEL_KEYS = (
+    Key("id", "str", None, "Public identifier clients use in URLs.", required=True, check=_check_identifier),
+    Key(
+        "type",
+        "choice",
+        None,
+        "`WS` (WebSocket, two-way) or `SSE` (Server-Sent Events).",
+        required=True,
+        choices=("WS", "SSE"),
+    ),
+    Key("max_of_channel_connections", "int", 100, "Live connections the channel accepts.", minimum=1),
+    Key("history_size", "int", None, "Recent messages kept for resume (default: `server.history_size`).", minimum=0),
+    Key("history_ttl", "int", None, "Seconds messages stay in history (default: `server.history_ttl`).", minimum=1),
+    Key("private", "bool", False, "Subscribers need a signed token (`?token=`)."),
+)
+
+SECTIONS = {"server": SERVER_KEYS, "pubsub": PUBSUB_KEYS, "pubsub.redis": REDIS_KEYS, "channels.<name>": CHANNEL_KEYS}
+TOP_LEVEL_KEYS = ("server", "pubsub", "channels")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The ``server`` section."""
+
+    allow_create_new_channels: bool
+    allow_push_server_messages: bool
+    render_chat_html: bool
+    render_notifications_html: bool
+    allow_all_origins: bool
+    allowed_origins: tuple[str, ...]
+    api_keys: tuple[str, ...]
+    max_message_size: int
+    publish_rate: float
+    publish_burst: int
+    max_pending_messages: int
+    max_pending_bytes: int
+    history_size: int
+    history_ttl: int
+    sse_keepalive: float
+    sse_retry: int
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """The ``pubsub.redis`` section."""
+
+    url: str
+    sentinels: tuple[str, ...]
+    master_name: str
+    prefix: str
+
+
+@dataclass(frozen=True)
+class PubSubConfig:
+    """The ``pubsub`` section."""
+
+    driver: str
+    redis: RedisConfig
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """One channel declared under ``channels``."""
+
+    name: str
+    id: str
+    type: str
+    max_of_channel_connections: int
+    history_size: int
+    history_ttl: int
+    private: bool
+
+
+@dataclass(frozen=True)
+class RealtimeConfig:
+    """The whole validated configuration file."""
+
+    path: str
+    server: ServerConfig
+    pubsub: PubSubConfig
+    channels: tuple[ChannelSpec, ...] = field(default=())
+
+
+def resolve_config_path(raw: str | os.PathLike | None = None, *, base_dir: Path | None = None) -> Path:
+    """Turn ``CONFIG_FOLDER_PATH`` (a file, or a folder holding ``config.yaml``) into a file path."""
+    candidate = Path(raw if raw not in (None, "") else DEFAULT_CONFIG)
+    tries = [candidate]
+    if not candidate.is_absolute() and base_dir is not None:
+        tries.append(base_dir / candidate)
+    for path in tries:
+        if path.is_dir():
+            path = path / FOLDER_CONFIG_NAME
+        if path.is_file():
+            return path
+    shown = tries[-1] / FOLDER_CONFIG_NAME if tries[-1].is_dir() else tries[-1]
+    raise ConfigError(
+        str(shown),
+        [
+            (
+                "",
+                f"no configuration file here: point {CONFIG_ENV_VAR} at a YAML file "
+                f"or a folder holding {FOLDER_CONFIG_NAME}",
+            )
+        ],
+    )
+
+
+def load_config(
+    raw_path: str | os.PathLike | None = None, *, base_dir: Path | None = None, environ: Mapping[str, str] | None = None
+) -> RealtimeConfig:
+    """Read, interpolate and validate a configuration file; raise ``ConfigError`` listing every mistake."""
+    path = resolve_config_path(raw_path, base_dir=base_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [("", f"cannot read the file: {exc}")]) from exc
+    return parse_config(text, path=str(path), environ=os.environ if environ is None else environ)
+
+
+def parse_config(text: str, *, path: str = "<string>", environ: Mapping[str, str] | None = None) -> RealtimeConfig:
+    """Validate configuration text; ``path`` is only used in messages."""
+    problems: list[tuple[str, str]] = []
+    try:
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [("", f"not valid YAML: {_describe_yaml_error(exc)}")]) from exc
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(path, [("", "the file must be a mapping with the keys server, pubsub and channels")])
+    reader = _Reader(problems, os.environ if environ is None else environ)
+    reader.reject_unknown("", document, TOP_LEVEL_KEYS)
+
+    server_values = reader.section("server", reader.mapping("server", document.get("server")), SERVER_KEYS)
+    pubsub_raw = reader.mapping("pubsub", document.get("pubsub"))
+    pubsub_values = reader.section("pubsub", pubsub_raw, PUBSUB_KEYS, extra=("redis",))
+    redis_values = reader.section("pubsub.redis", reader.mapping("pubsub.redis", pubsub_raw.get("redis")), REDIS_KEYS)
+    if pubsub_values.get("driver") == "REDIS" and not redis_values.get("url") and not redis_values.get("sentinels"):
+        problems.append(
+            (
+                "pubsub.redis.url",
+                'the REDIS driver needs a url: add  redis: { url: "redis://host:6379/0" }  under pubsub',
+            )
+        )
+    if redis_values.get("sentinels") and not redis_values.get("master_name"):
+        problems.append(("pubsub.redis.master_name", "sentinels need the master's name: add master_name: mymaster"))
+
+    channels = _read_channels(reader, document.get("channels"), server_values)
+    if problems:
+        raise ConfigError(path, problems)
+    return RealtimeConfig(
+        path=path,
+        server=ServerConfig(**server_values),
+        pubsub=PubSubConfig(driver=pubsub_values["driver"], redis=RedisConfig(**redis_values)),
+        channels=tuple(channels),
+    )
+
+
+def _read_channels(reader: _Reader, raw: Any, server_values: dict[str, Any]) -> list[ChannelSpec]:
+    channels: list[ChannelSpec] = []
+    owner_of_id: dict[str, str] = {}
+    for name, body in reader.mapping("channels", raw).items():
+        key_path = f"channels.{name}"
+        if not isinstance(name, str) or not IDENTIFIER_PATTERN.match(name):
+            reader.problems.append(
+                (key_path, f"the channel name {name!r} cannot be used in a URL: use {IDENTIFIER_RULE}")
+            )
+            continue
+        values = reader.section(key_path, reader.mapping(key_path, body, required=True), CHANNEL_KEYS)
+        channel_id = values.get("id")
+        if channel_id is None or values.get("type") is None:
+            continue
+        if channel_id in owner_of_id:
+            reader.problems.append(
+                (
+                    f"{key_path}.id",
+                    f"{channel_id!r} is already the id of channel {owner_of_id[channel_id]!r}: ids must be unique",
+                )
+            )
+            continue
+        owner_of_id[channel_id] = name
+        for inherited in ("history_size", "history_ttl"):
+            if values.get(inherited) is None:
+                values[inherited] = server_values.get(inherited)
+        if any(value is None for value in values.values()):
+            continue
+        channels.append(ChannelSpec(name=name, **values))
+    return channels
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate mapping keys instead of keeping the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}: each key may appear once", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return problem
+
+
+class _Reader:
+    """Walks raw YAML values, converting them to declared types and collecting problems."""
+
+    def __init__(self, problems: list[tuple[str, str]], environ: Mapping[str, str]):
+        self.problems = problems
+        self.environ = environ
+
+    def mapping(self, key_path: str, raw: Any, *, required: bool = False) -> dict:
+        if raw is None:
+            if required:
+                self.problems.append((key_path, "must be a mapping of keys, for example  id: ...  and  type: WS"))
+            return {}
+        if not isinstance(raw, dict):
+            self.problems.append((key_path, f"must be a mapping of keys, not {_yaml_type(raw)}"))
+            return {}
+        return raw
+
+    def reject_unknown(self, key_path: str, raw: dict, known: tuple[str, ...]) -> None:
+        for key in raw:
+            if key in known:
+                continue
+            where = f"{key_path}.{key}" if key_path else str(key)
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys are {', '.join(known)}"
+            self.problems.append((where, f"unknown key; {hint}"))
+
+    def section(self, key_path: str, raw: dict, keys: tuple[Key, ...], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+        self.reject_unknown(key_path.replace(".<name>", ""), raw, tuple(k.name for k in keys) + extra)
+        values: dict[str, Any] = {}
+        for key in keys:
+            where = f"{key_path}.{key.name}"
+            if key.name not in raw or raw[key.name] is None:
+                if key.required:
+                    self.problems.append((where, f"is required: {key.doc}"))
+                values[key.name] = key.default
+                continue
+            values[key.name] = self.value(where, key, raw[key.name])
+        return values
+
+    def value(self, where: str, key: Key, raw: Any) -> Any:
+        interpolated = False
+        if isinstance(raw, str):
+            raw, interpolated = self.interpolate(where, raw)
+            if raw is None:
+                return key.default
+        elif isinstance(raw, list):
+            raw = [self.interpolate(where, item)[0] if isinstance(item, str) else item for item in raw]
+        converted, problem = _convert(key, raw, from_environment=interpolated)
+        if problem is None and key.check is not None:
+            problem = key.check(converted)
+        if problem is not None:
+            self.problems.append((where, problem))
+            return key.default
+        return converted
+
+    def interpolate(self, where: str, text: str) -> tuple[str | None, bool]:
+        missing: list[str] = []
+
+        def replace(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is not None:
+                return default
+            missing.append(name)
+            return ""
+
+        result = _ENV_REFERENCE.sub(replace, text)
+        for name in missing:
+            self.problems.append(
+                (where, f"environment variable {name} is not set: set it, or write ${{{name}:-default}}")
+            )
+        return (None if missing else result), result != text
+
+
+def _yaml_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    return names.get(type(value), type(value).__name__) + f" ({value!r})"
+
+
+def _convert(key: Key, raw: Any, *, from_environment: bool) -> tuple[Any, str | None]:
+    if key.kind == "bool":
+        if isinstance(raw, bool):
+            return raw, None
+        if from_environment and isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0"):
+            return raw.lower() in ("true", "1"), None
+        return None, f"must be true or false, not {_yaml_type(raw)}"
+    if key.kind in ("int", "number"):
+        if from_environment and isinstance(raw, str):
+            try:
+                raw = int(raw) if key.kind == "int" else float(raw)
+            except ValueError:
+                pass
+        valid_types = (int,) if key.kind == "int" else (int, float)
+        if isinstance(raw, bool) or not isinstance(raw, valid_types):
+            kind = "a whole number" if key.kind == "int" else "a number"
+            return None, f"must be {kind}, not {_yaml_type(raw)}"
+        if key.minimum is not None and raw < key.minimum:
+            bound = int(key.minimum) if key.minimum == int(key.minimum) else key.minimum
+            article = "a positive" if key.minimum > 0 else "a non-negative"
+            return (
+                None,
+                f"must be {article} {'integer' if key.kind == 'int' else 'number'} (at least {bound}), not {raw!r}",
+            )
+        return raw, None
+    if key.kind == "choice":
+        if isinstance(raw, str) and raw in key.choices:
+            return raw, None
+        if isinstance(raw, str) and raw.upper() in key.choices:
+            return None, f"must be written in capitals: {raw.upper()!r}"
+        options = " or ".join(f'"{choice}"' for choice in key.choices)
+        return None, f"must be {options}, not {raw!r}"
+    if key.kind == "str":
+        if isinstance(raw, str):
+            return raw, None
+        return None, f"must be a string, not {_yaml_type(raw)}: put it in quotes"
+    if key.kind == "str_list":
+        if isinstance(raw, str) and from_environment:
+            return tuple(part.strip() for part in raw.split(",") if part.strip()), None
+        if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+            return tuple(raw), None
+        return None, f'must be a list of strings, such as  ["a", "b"],  not {_yaml_type(raw)}'
+    raise ValueError(f"unknown key kind {key.kind!r}: use one of bool, int, number, str, str_list, choice")

@@ -1,0 +1,204 @@
+"""The WebSocket endpoint of WS channels: ``/api/v1/channels/<channel>``.
+
+The consumer is thin: it parses frames and calls services. It joins no channel-layer group
+itself; the instance's hub delivers to it (see hub.py), so the consumer needs no layer channel.
+Refusals are sent as a final ``{"control": "close", ...}`` text frame followed by the close
+code, because daphne drops the reason of an ASGI ``websocket.close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from urllib.parse import parse_qs
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from .errors import ApplicationError
+from .messages import Message
+from .outbox import Outbox
+from .ratelimit import TokenBucket
+from .runtime import get_runtime
+from .services import (
+    connection_close,
+    connection_open,
+    message_publish,
+    payload_too_large,
+    subscription_start,
+)
+from .subscription import Subscription
+from .transport import write_buffer_probe
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_SLOW_CONSUMER = 4408
+
+
+def query_params(scope: dict) -> dict[str, str]:
+    """The last value of each query-string parameter."""
+    parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return {key: values[-1] for key, values in parsed.items()}
+
+
+def flag(value: str | None) -> bool:
+    """Whether a query flag such as ``echo=1`` is on."""
+    return value is not None and value.lower() in ("1", "true", "yes", "on")
+
+
+def encode_frame(message: Message) -> tuple[str, int]:
+    """A message as one WebSocket text frame."""
+    text = message.to_json()
+    return text, len(text)
+
+
+def encode_control(body: dict) -> tuple[str, int]:
+    """A control object (gap, error, close) as one WebSocket text frame."""
+    text = json.dumps(body, separators=(",", ":"))
+    return text, len(text)
+
+
+class ChannelConsumer(AsyncWebsocketConsumer):
+    """Subscribes a WebSocket to a WS channel and publishes the text frames it sends."""
+
+    # The hub receives from the channel layer for every local connection.
+    channel_layer_alias = None
+
+    async def __call__(self, scope, receive, send):
+        """Run the consumer, and give the connection slot back however it ends."""
+        self.connection = None
+        self.subscription = None
+        self._writer = None
+        self._closing = None
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._release()
+
+    async def connect(self):
+        """Admit the connection or refuse it with a documented close code."""
+        runtime = get_runtime()
+        query = query_params(self.scope)
+        try:
+            self.connection = await connection_open(
+                reference=self.scope["url_route"]["kwargs"]["channel"],
+                transport="WS",
+                client_id=query.get("clientId"),
+                since=query.get("since"),
+                echo=flag(query.get("echo")),
+            )
+        except ApplicationError as error:
+            runtime.stats.incr(f"refusals_{error.code}")
+            await self.accept()
+            await self._send_close(error.close_code, {"control": "close", "code": error.close_code, **error.as_dict()})
+            return
+        server = runtime.server
+        self.bucket = TokenBucket(rate=server.publish_rate, burst=server.publish_burst)
+        await self.accept()
+        outbox = Outbox(
+            write=self._write,
+            max_messages=server.max_pending_messages,
+            max_bytes=server.max_pending_bytes,
+            on_overflow=self._on_overflow,
+            buffered_bytes=write_buffer_probe(self.base_send),
+        )
+        self._writer = asyncio.create_task(outbox.run())
+        self.subscription = Subscription(
+            channel_id=self.connection.channel.id,
+            client_id=self.connection.client_id,
+            echo=self.connection.echo,
+            encode=encode_frame,
+            encode_control=encode_control,
+            outbox=outbox,
+            on_close=self.close_soon,
+        )
+        await subscription_start(connection=self.connection, subscription=self.subscription)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        """Publish a text frame to the channel; refuse binary, oversized and too-frequent frames."""
+        if self.connection is None or self._closing is not None:
+            return
+        runtime = get_runtime()
+        if text_data is None:
+            runtime.stats.incr("frames_refused_binary")
+            self.close_soon(
+                CLOSE_UNSUPPORTED_DATA,
+                {
+                    "control": "close",
+                    "code": CLOSE_UNSUPPORTED_DATA,
+                    "error": "binary_frame",
+                    "message": "Binary frames are not supported: send text frames.",
+                },
+            )
+            return
+        size = len(text_data.encode("utf-8", "surrogatepass"))
+        if size > runtime.server.max_message_size:
+            error = payload_too_large(size, runtime.server.max_message_size)
+            runtime.stats.incr("frames_refused_too_large")
+            self.close_soon(error.close_code, {"control": "close", "code": error.close_code, **error.as_dict()})
+            return
+        if not self.bucket.allow():
+            runtime.stats.incr("frames_refused_rate_limited")
+            self.subscription.send_control(
+                {
+                    "control": "error",
+                    "code": 4429,
+                    "error": "rate_limited",
+                    "message": "Publishing too fast: this message was not published; slow down "
+                    f"(server.publish_rate is {runtime.server.publish_rate}/s).",
+                }
+            )
+            return
+        try:
+            await message_publish(
+                channel=self.connection.channel, payload=text_data, client_id=self.connection.client_id
+            )
+        except ApplicationError as error:
+            self.subscription.send_control({"control": "error", "code": error.close_code, **error.as_dict()})
+
+    async def disconnect(self, code):
+        """Release the subscription and the connection slot."""
+        await self._release()
+
+    def close_soon(self, code: int, body: dict) -> None:
+        """Tell the client why, then close with ``code`` (used by the hub and on bad frames)."""
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._shutdown(code, body))
+
+    def _on_overflow(self) -> None:
+        get_runtime().stats.incr("slow_consumer_disconnects")
+        logger.info(
+            "disconnecting slow WebSocket client %s on channel %s",
+            self.connection.client_id,
+            self.connection.channel.id,
+        )
+        self.close_soon(
+            CLOSE_SLOW_CONSUMER,
+            {
+                "control": "close",
+                "code": CLOSE_SLOW_CONSUMER,
+                "error": "slow_consumer",
+                "message": "The connection could not keep up with the channel; reconnect with "
+                "?since=<last position> to resume from history.",
+            },
+        )
+
+    async def _shutdown(self, code: int, body: dict) -> None:
+        await self._release()
+        await self._send_close(code, body)
+
+    async def _send_close(self, code: int, body: dict) -> None:
+        await self.base_send({"type": "websocket.send", "text": json.dumps(body, separators=(",", ":"))})
+        await self.close(code)
+
+    async def _write(self, frame: str) -> None:
+        await self.base_send({"type": "websocket.send", "text": frame})
+
+    async def _release(self) -> None:
+        connection, subscription, writer = self.connection, self.subscription, self._writer
+        self.connection = self.subscription = self._writer = None
+        if writer is not None:
+            writer.cancel()
+        if connection is not None:
+            await connection_close(connection=connection, subscription=subscription)

@@ -1,0 +1,74 @@
+"""The one application error type, turned into HTTP statuses and WebSocket close codes at the boundary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApplicationError(Exception):
+    """A request the service refuses: ``code`` is machine-readable, ``message`` says what to fix.
+
+    ``status`` is the HTTP status and ``close_code`` the WebSocket close code used at the
+    boundary; both are documented in docs/protocol.md.
+    """
+
+    def __init__(
+        self, code: str, message: str, *, status: int = 400, close_code: int = 4400, extra: dict[str, Any] | None = None
+    ):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.close_code = close_code
+        self.extra = extra or {}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON body of the refusal: ``{"error": code, "message": text, ...extra}``."""
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+def bad_request(message: str, **extra: Any) -> ApplicationError:
+    """A malformed query, body or frame (400 / 4400)."""
+    return ApplicationError("bad_request", message, status=400, close_code=4400, extra=extra)
+
+
+def channel_not_found(reference: str) -> ApplicationError:
+    """No active channel has this id or name (404 / 4404)."""
+    return ApplicationError(
+        "channel_not_found",
+        f"No channel has the id or name {reference!r}: check the URL, or create the channel first.",
+        status=404,
+        close_code=4404,
+    )
+
+
+def wrong_transport(channel_id: str, channel_type: str) -> ApplicationError:
+    """A WebSocket channel requested as an event stream, or the reverse (400 / 4400)."""
+    if channel_type == "WS":
+        hint = "it is a WebSocket channel: open it with new WebSocket(url), not EventSource"
+    else:
+        hint = "it is an SSE channel: open it with new EventSource(url), not a WebSocket"
+    return ApplicationError(
+        "wrong_transport", f"Channel {channel_id!r} cannot be opened this way: {hint}.", status=400, close_code=4400
+    )
+
+
+def channel_full(channel_id: str, limit: int) -> ApplicationError:
+    """The channel has ``max_of_channel_connections`` live connections (422 / 4422)."""
+    return ApplicationError(
+        "channel_full",
+        f"Channel {channel_id!r} already has its maximum of {limit} connections: try again later.",
+        status=422,
+        close_code=4422,
+    )
+
+
+def client_id_taken(channel_id: str, client_id: str) -> ApplicationError:
+    """Another live connection on the channel uses this clientId (409 / 4409)."""
+    return ApplicationError(
+        "client_id_taken",
+        f"clientId {client_id!r} is already connected to channel {channel_id!r}: "
+        "use another clientId or close the other connection.",
+        status=409,
+        close_code=4409,
+    )

@@ -1,0 +1,134 @@
+"""Per-channel message history: stamping, recent messages and resume.
+
+``MemoryHistory`` serves the MEMORY driver (one instance). Its epoch is drawn when the process
+starts, so positions handed out before a restart are recognised as belonging to lost history.
+A Redis implementation with the same interface serves the REDIS driver.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+from .messages import Message, Position, utc_timestamp
+from .registry import ChannelInfo
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Messages the client asked for that history can no longer supply."""
+
+    reason: str  # "expired", "epoch_changed" or "unknown_position"
+    requested: str
+    earliest: str | None  # position of the oldest message still held, if any
+
+    def as_wire(self) -> dict:
+        """The control frame / SSE event body telling a client about the gap."""
+        return {
+            "control": "gap",
+            "reason": self.reason,
+            "requested": self.requested,
+            "earliest": self.earliest,
+            "message": "Some messages since the requested position are no longer in history; "
+            "the messages that follow are the oldest still available.",
+        }
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What a resuming client receives before live messages: the missed messages, and any gap."""
+
+    messages: list[Message]
+    gap: Gap | None = None
+
+
+@dataclass
+class _ChannelLog:
+    next_offset: int = 1
+    entries: deque[Message] = field(default_factory=deque)
+
+
+def new_epoch() -> str:
+    """A short random token naming one incarnation of a history."""
+    return secrets.token_hex(4)
+
+
+class MemoryHistory:
+    """History held in this process; the state of the MEMORY driver's single instance."""
+
+    def __init__(self, *, epoch: str | None = None, clock=time.time):
+        self.epoch = epoch or new_epoch()
+        self._logs: dict[str, _ChannelLog] = {}
+        self._clock = clock
+
+    async def append(self, channel: ChannelInfo, *, payload: str, client_id: str) -> Message:
+        """Stamp a new message (id, time, offset) and keep it in the channel's history."""
+        log = self._logs.setdefault(channel.id, _ChannelLog())
+        now = self._clock()
+        message = Message(
+            id=str(uuid.uuid4()),
+            channel_id=channel.id,
+            client_id=client_id,
+            payload=payload,
+            created_at=utc_timestamp(),
+            offset=log.next_offset,
+            epoch=self.epoch,
+            published_at=now,
+        )
+        log.next_offset += 1
+        if channel.history_size > 0:
+            log.entries.append(message)
+        self._trim(log, channel, now)
+        return message
+
+    async def since(self, channel: ChannelInfo, position: Position) -> Replay:
+        """Messages after ``position``, oldest first, with a ``Gap`` when some are gone."""
+        log = self._logs.get(channel.id) or _ChannelLog()
+        self._trim(log, channel, self._clock())
+        held = list(log.entries)
+        earliest = held[0].position if held else None
+        if position.message_id is not None:
+            for index, message in enumerate(held):
+                if message.id == position.message_id:
+                    return Replay(held[index + 1 :])
+            return Replay(held, Gap("unknown_position", str(position), earliest))
+        if position.epoch is not None and position.epoch != self.epoch:
+            return Replay(held, Gap("epoch_changed", str(position), earliest))
+        after = position.offset or 0
+        if after >= log.next_offset:
+            # A position from the future can only come from another incarnation of this history.
+            return Replay(held, Gap("epoch_changed", str(position), earliest))
+        missed = [m for m in held if m.offset > after]
+        first_wanted = after + 1
+        first_held = held[0].offset if held else log.next_offset
+        if first_wanted < first_held:
+            return Replay(missed, Gap("expired", str(position), earliest))
+        return Replay(missed)
+
+    async def between(self, channel: ChannelInfo, first: int, last: int) -> list[Message]:
+        """Messages with ``first <= offset <= last`` still held (used to repair layer drops)."""
+        log = self._logs.get(channel.id)
+        if log is None:
+            return []
+        return [m for m in log.entries if first <= m.offset <= last]
+
+    async def head(self, channel_id: str) -> int:
+        """The offset of the newest message published on the channel (0 when none)."""
+        log = self._logs.get(channel_id)
+        return log.next_offset - 1 if log else 0
+
+    async def forget(self, channel_id: str) -> None:
+        """Drop a deleted channel's history."""
+        self._logs.pop(channel_id, None)
+
+    @staticmethod
+    def _trim(log: _ChannelLog, channel: ChannelInfo, now: float) -> None:
+        entries = log.entries
+        while len(entries) > channel.history_size:
+            entries.popleft()
+        oldest_allowed = now - channel.history_ttl
+        while entries and entries[0].published_at < oldest_allowed:
+            entries.popleft()

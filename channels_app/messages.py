@@ -1,0 +1,119 @@
+"""The message envelope and stream positions.
+
+Every message a client receives is the Go service's envelope
+``{"id", "channelId", "clientId", "payload", "createdAt"}`` plus ``offset`` and ``epoch``.
+A position ``"<epoch>-<offset>"`` names a message in one incarnation of a channel's history:
+when history is lost (an in-memory instance restarted), the epoch changes and old positions
+are recognised as stale instead of pointing at unrelated messages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .errors import bad_request
+
+_POSITION = re.compile(r"^(?P<epoch>[A-Za-z0-9]{1,32})-(?P<offset>\d{1,18})$")
+_MESSAGE_ID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+
+
+def utc_timestamp(moment: datetime | None = None) -> str:
+    """RFC 3339 UTC timestamp with millisecond precision, as the Go service wrote it."""
+    moment = moment or datetime.now(UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One published message, stamped by the history store."""
+
+    id: str
+    channel_id: str
+    client_id: str
+    payload: str
+    created_at: str
+    offset: int | None = None
+    epoch: str | None = None
+    published_at: float | None = None  # monotonic-free wall clock (time.time()) for latency metrics
+
+    @property
+    def position(self) -> str | None:
+        """The resume position ``"<epoch>-<offset>"``, or None for a message outside history."""
+        if self.offset is None or self.epoch is None:
+            return None
+        return f"{self.epoch}-{self.offset}"
+
+    def as_wire(self) -> dict:
+        """The JSON object clients receive."""
+        wire = {
+            "id": self.id,
+            "channelId": self.channel_id,
+            "clientId": self.client_id,
+            "payload": self.payload,
+            "createdAt": self.created_at,
+        }
+        if self.offset is not None:
+            wire["offset"] = self.offset
+            wire["epoch"] = self.epoch
+        return wire
+
+    def to_event(self) -> dict:
+        """The body of a ``realtime.message`` channel-layer event."""
+        event = {"type": "realtime.message", "channel_id": self.channel_id, "message": self.as_wire()}
+        if self.published_at is not None:
+            event["published_at"] = self.published_at
+        return event
+
+    def to_json(self) -> str:
+        """The wire object as compact JSON text (one WebSocket frame, one SSE ``data`` line)."""
+        return json.dumps(self.as_wire(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_wire(cls, wire: dict, *, published_at: float | None = None) -> Message:
+        """Rebuild a message from its wire object (as carried over the channel layer)."""
+        return cls(
+            id=wire["id"],
+            channel_id=wire["channelId"],
+            client_id=wire["clientId"],
+            payload=wire["payload"],
+            created_at=wire["createdAt"],
+            offset=wire.get("offset"),
+            epoch=wire.get("epoch"),
+            published_at=published_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a client wants to resume: after ``offset`` in ``epoch``, or after message ``message_id``."""
+
+    epoch: str | None = None
+    offset: int | None = None
+    message_id: str | None = None
+
+    def __str__(self) -> str:
+        if self.message_id is not None:
+            return self.message_id
+        return f"{self.epoch}-{self.offset}" if self.epoch else str(self.offset)
+
+
+def position_parse(raw: str | None) -> Position | None:
+    """Parse ``since`` / ``Last-Event-ID``: ``<epoch>-<offset>``, a bare offset, or a message id."""
+    if raw is None or raw == "":
+        return None
+    raw = raw.strip()
+    if raw.isdigit() and len(raw) <= 18:
+        return Position(offset=int(raw))
+    match = _POSITION.match(raw)
+    if match:
+        return Position(epoch=match["epoch"], offset=int(match["offset"]))
+    if _MESSAGE_ID.match(raw):
+        return Position(message_id=raw.lower())
+    raise bad_request(
+        "since must be a position such as 'k3x9a-42' (the epoch and offset of the last message "
+        "received), a bare offset, or a message id",
+        field="since",
+    )

@@ -1,0 +1,73 @@
+"""ASGI routes: the channel URL serves WebSocket, SSE and the preflight; Django serves the rest."""
+
+from __future__ import annotations
+
+import json
+
+from channels.routing import URLRouter
+from django.urls import re_path
+
+from .consumers import ChannelConsumer
+from .origins import header, origin_allowed
+from .runtime import get_runtime
+from .sse import ChannelStreamEndpoint
+
+CHANNEL_PATH = r"^api/v1/channels/(?P<channel>[^/]+)/?$"
+CLOSE_ORIGIN_NOT_ALLOWED = 4403
+
+
+class OriginGuard:
+    """Refuses WebSocket handshakes from origins not allowed by the configuration (close 4403).
+
+    channels' ``OriginValidator`` answers HTTP 403, which a browser reports only as close 1006;
+    accepting and closing with a code and a reason frame lets the page say what is wrong.
+    """
+
+    def __init__(self, application):
+        self.application = application
+
+    async def __call__(self, scope, receive, send):
+        origin = header(scope, b"origin")
+        if origin_allowed(origin, header(scope, b"host"), get_runtime().server):
+            return await self.application(scope, receive, send)
+        get_runtime().stats.incr("refusals_origin_not_allowed")
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return None
+        body = {
+            "control": "close",
+            "code": CLOSE_ORIGIN_NOT_ALLOWED,
+            "error": "origin_not_allowed",
+            "message": f"Origin {origin!r} may not subscribe: add it to server.allowed_origins.",
+        }
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": json.dumps(body)})
+        await send({"type": "websocket.close", "code": CLOSE_ORIGIN_NOT_ALLOWED})
+        return None
+
+
+class MethodRouter:
+    """Sends GET requests to one app and every other method to another."""
+
+    def __init__(self, *, get, other):
+        self.get = get
+        self.other = other
+
+    async def __call__(self, scope, receive, send):
+        app = self.get if scope.get("method") in ("GET", "HEAD") else self.other
+        return await app(scope, receive, send)
+
+
+def http_router(django_app):
+    """The HTTP side: streams and preflights on the channel URL, Django for everything else."""
+    return URLRouter(
+        [
+            re_path(CHANNEL_PATH, MethodRouter(get=ChannelStreamEndpoint(), other=django_app)),
+            re_path(r"", django_app),
+        ]
+    )
+
+
+def websocket_router():
+    """The WebSocket side: one consumer per channel URL, behind the origin check."""
+    return OriginGuard(URLRouter([re_path(CHANNEL_PATH, ChannelConsumer.as_asgi())]))

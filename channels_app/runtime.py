@@ -1,0 +1,66 @@
+"""The per-process parts of the service, built once per process from the settings.
+
+What only this process can hold lives here: the hub and its local subscriptions, the registry
+cache and the counters. History and connection slots are the service's shared state; the MEMORY
+driver keeps them in this (single) process, the REDIS driver in Redis, behind the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from .history import MemoryHistory
+from .hub import Hub
+from .presence import MemoryPresence
+from .registry import ChannelRegistry
+from .stats import Stats
+
+
+class Runtime:
+    """The hub, registry, history, presence and counters of this process."""
+
+    def __init__(self, *, config, layer):
+        self.config = config
+        self.layer = layer
+        self.stats = Stats()
+        self.registry = ChannelRegistry()
+        self.history = MemoryHistory()
+        self.presence = MemoryPresence()
+        self.hub = Hub(layer=layer, history=self.history, registry=self.registry, stats=self.stats)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def server(self):
+        """The ``server`` section of the configuration in force."""
+        return self.config.server
+
+
+class _RuntimeHolder:
+    """Builds the runtime lazily, so importing this module does no I/O."""
+
+    def __init__(self):
+        self.runtime: Runtime | None = None
+
+    def get(self) -> Runtime:
+        if self.runtime is None:
+            self.runtime = Runtime(config=settings.REALTIME, layer=get_channel_layer())
+        return self.runtime
+
+    def reset(self) -> None:
+        self.runtime = None
+
+
+_holder = _RuntimeHolder()
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, built on first use."""
+    return _holder.get()
+
+
+def reset_runtime() -> None:
+    """Forget the runtime so the next use builds a new one (tests that change settings)."""
+    _holder.reset()

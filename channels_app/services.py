@@ -1,0 +1,138 @@
+"""Business logic of the realtime path: publishing, opening and closing subscriptions.
+
+Consumers, views, admin actions and commands call these; they raise ``ApplicationError`` for
+anything refused and never touch the ORM synchronously.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .errors import ApplicationError, bad_request, channel_full, client_id_taken, wrong_transport
+from .messages import Message, Position, position_parse
+from .naming import channel_group, client_id_parse
+from .registry import ChannelInfo
+from .runtime import Runtime, get_runtime
+from .subscription import Subscription
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A subscriber admitted to a channel: it holds one of the channel's connection slots."""
+
+    channel: ChannelInfo
+    client_id: str
+    position: Position | None
+    echo: bool
+
+
+def payload_too_large(size: int, limit: int) -> ApplicationError:
+    """A message payload over ``server.max_message_size`` (413 / 1009)."""
+    return ApplicationError(
+        "payload_too_large",
+        f"The payload is {size} bytes; the limit is {limit} bytes (server.max_message_size).",
+        status=413,
+        close_code=1009,
+        extra={"limit": limit},
+    )
+
+
+async def message_publish(
+    *, channel: ChannelInfo, payload: str, client_id: str, runtime: Runtime | None = None
+) -> Message:
+    """Validate, stamp, record and fan out one message: the only way messages are published."""
+    runtime = runtime or get_runtime()
+    if not isinstance(payload, str):
+        raise bad_request("payload must be a string")
+    size = len(payload.encode("utf-8", "surrogatepass"))
+    limit = runtime.server.max_message_size
+    if size > limit:
+        raise payload_too_large(size, limit)
+    message = await runtime.history.append(channel, payload=payload, client_id=client_id)
+    try:
+        await runtime.layer.group_send(channel_group(channel.id), message.to_event())
+    except Exception as exc:
+        runtime.stats.incr("publish_errors")
+        logger.exception("channel layer refused message %s on channel %s", message.id, channel.id)
+        raise ApplicationError(
+            "layer_unavailable",
+            "The message was recorded in history but could not be fanned out now; "
+            "subscribers will receive it when they resume.",
+            status=503,
+            close_code=4503,
+            extra={"id": message.id, "offset": message.offset},
+        ) from exc
+    runtime.stats.incr("messages_published")
+    return message
+
+
+async def connection_open(
+    *,
+    reference: str,
+    transport: str,
+    client_id: str | None,
+    since: str | None,
+    echo: bool = False,
+    runtime: Runtime | None = None,
+) -> Connection:
+    """Admit a subscriber: validate the query, find the channel, take a connection slot."""
+    runtime = runtime or get_runtime()
+    parsed_client_id = client_id_parse(client_id)
+    position = position_parse(since)
+    channel = await runtime.registry.resolve(reference)
+    if channel.type != transport:
+        raise wrong_transport(channel.id, channel.type)
+    await runtime.presence.acquire(channel, parsed_client_id)
+    runtime.stats.incr(f"connections_opened_{transport.lower()}")
+    return Connection(channel=channel, client_id=parsed_client_id, position=position, echo=echo)
+
+
+async def subscription_start(
+    *, connection: Connection, subscription: Subscription, runtime: Runtime | None = None
+) -> None:
+    """Join the hub, then replay what the client missed since its position, then go live."""
+    runtime = runtime or get_runtime()
+    await runtime.hub.subscribe(subscription)
+    replay = None
+    if connection.position is not None:
+        replay = await runtime.history.since(connection.channel, connection.position)
+        if replay.gap is not None:
+            runtime.stats.incr("resume_gaps")
+    subscription.replay(replay)
+
+
+async def connection_close(
+    *, connection: Connection, subscription: Subscription | None, runtime: Runtime | None = None
+) -> None:
+    """Leave the hub and give the connection slot back; safe to call more than once."""
+    runtime = runtime or get_runtime()
+    if subscription is not None:
+        await runtime.hub.unsubscribe(subscription)
+    await runtime.presence.release(connection.channel.id, connection.client_id)
+
+
+async def channel_describe(*, reference: str, client_id: str | None = None, runtime: Runtime | None = None) -> dict:
+    """The preflight answer: the channel and its live connections; refuses when a subscribe would be."""
+    runtime = runtime or get_runtime()
+    parsed_client_id = client_id_parse(client_id) if client_id is not None else None
+    channel = await runtime.registry.resolve(reference)
+    connections = await runtime.presence.count(channel.id)
+    if parsed_client_id is not None and await runtime.presence.contains(channel.id, parsed_client_id):
+        raise client_id_taken(channel.id, parsed_client_id)
+    description = {
+        "id": channel.id,
+        "name": channel.name,
+        "type": channel.type,
+        "connections": connections,
+        "max": channel.max_connections,
+        "maxOfChannelConnections": channel.max_connections,
+        "private": channel.private,
+    }
+    if connections >= channel.max_connections:
+        error = channel_full(channel.id, channel.max_connections)
+        error.extra.update({"channel": description})
+        raise error
+    return description

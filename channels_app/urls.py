@@ -1,0 +1,3 @@
+"""HTTP routes of the service served by Django views."""
+
+urlpatterns: list = []

@@ -1,0 +1,20 @@
+"""ASGI entry point: ``daphne realtime_project.asgi:application``."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "realtime_project.settings")
+# Django must be set up before anything imports models, so consumers are imported after this.
+django_application = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+
+from channels_app.routing import http_router, websocket_router  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": http_router(django_application),
+        "websocket": websocket_router(),
+    }
+)

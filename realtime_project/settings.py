@@ -1,0 +1,187 @@
+"""Django settings: the one place that reads the environment.
+
+Everything a deployment sets comes from environment variables with safe defaults for the
+embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
+
+- ``CONFIG_FOLDER_PATH``: the YAML file, or a folder holding ``config.yaml``.
+- ``APP_DEBUG=1``: Django's DEBUG and verbose logging.
+- ``DJANGO_SECRET_KEY``: required when several instances share sessions or tokens.
+- ``DJANGO_ALLOWED_HOSTS``: comma-separated host names.
+- ``DATABASE_URL``: ``sqlite:///path`` (default ``sqlite:///db.sqlite3``) or
+  ``postgres://user:password@host:5432/name``.
+- ``LOG_LEVEL``: ``DEBUG``, ``INFO`` (default), ``WARNING``...
+- ``REALTIME_API_KEYS``: comma-separated API keys, added to ``server.api_keys``.
+"""
+
+import os
+import re
+import secrets
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from channels_app.config import ConfigError, load_config
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def _database_from_url(url: str) -> dict:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        name = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path) or "db.sqlite3"
+        if not Path(name).is_absolute():
+            name = str(BASE_DIR / name)
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": name}
+    if parts.scheme in ("postgres", "postgresql"):
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parts.path.lstrip("/")),
+            "USER": unquote(parts.username or ""),
+            "PASSWORD": unquote(parts.password or ""),
+            "HOST": parts.hostname or "",
+            "PORT": str(parts.port or ""),
+            "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True,
+        }
+    sys.stderr.write(
+        f"realtime: DATABASE_URL {parts.scheme}://... is not supported: "
+        "use sqlite:///path or postgres://user:password@host:5432/name\n"
+    )
+    sys.exit(2)
+
+
+APP_DEBUG = _env_flag("APP_DEBUG")
+DEBUG = APP_DEBUG
+
+try:
+    REALTIME = load_config(os.environ.get("CONFIG_FOLDER_PATH"), base_dir=BASE_DIR)
+except ConfigError as error:
+    # A bad file must stop every entry point (daphne, manage.py) before anything is served.
+    sys.stderr.write(f"realtime: {error}\n")
+    sys.exit(2)
+
+REALTIME_API_KEYS = tuple(REALTIME.server.api_keys) + tuple(_env_list("REALTIME_API_KEYS"))
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(50)
+SECRET_KEY_FROM_ENVIRONMENT = bool(os.environ.get("DJANGO_SECRET_KEY"))
+ALLOWED_HOSTS = _env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "channels_app.apps.ChannelsAppConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "realtime_project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+ASGI_APPLICATION = "realtime_project.asgi.application"
+
+DATABASES = {"default": _database_from_url(os.environ.get("DATABASE_URL", "sqlite:///db.sqlite3"))}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # WAL lets SSE/WS lookups read while the admin or sync_channels writes.
+    DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+
+def _channel_layers(config) -> dict:
+    # The hub channel of each instance receives every message for its local subscribers, so it
+    # gets a far larger queue than per-connection channels; see channels_app/hub.py.
+    hub_capacity = 100_000
+    if config.pubsub.driver == "MEMORY":
+        # InMemoryChannelLayer (channels 4.3) does not compile channel_capacity globs, so it is
+        # given the (regex, capacity) pairs it iterates over.
+        memory_config = {"capacity": 1000, "channel_capacity": [(re.compile(r"^realtime-hub"), hub_capacity)]}
+        return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": memory_config}}
+    redis = config.pubsub.redis
+    if redis.sentinels:
+        host = {
+            "sentinels": [tuple(s.rsplit(":", 1)) for s in redis.sentinels],
+            "master_name": redis.master_name,
+        }
+    else:
+        host = {"address": redis.url}
+    return {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                "hosts": [host],
+                "prefix": redis.prefix,
+                "capacity": 1000,
+                "channel_capacity": {"realtime-hub*": hub_capacity},
+            },
+        }
+    }
+
+
+CHANNEL_LAYERS = _channel_layers(REALTIME)
+
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "DEBUG" if APP_DEBUG else "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"level": "INFO" if LOG_LEVEL == "DEBUG" else LOG_LEVEL},
+        "daphne": {"level": "INFO" if LOG_LEVEL == "DEBUG" else LOG_LEVEL},
+    },
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the service (and, with "dev", the test suite) needs: a virtualenv with the pinned
+# Python packages, and for tests the system binaries they start (redis-server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-run}"
+
+apt_install() {
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "Please install these packages: $*" >&2
+    exit 1
+  fi
+}
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    apt_install python3-venv
+    "$PYTHON" -m venv .venv
+  fi
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+if [ "$mode" = "dev" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+else
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+fi

@@ -1,0 +1,62 @@
+"""Shared fixtures: real daphne servers, and a fresh in-process runtime for consumer unit tests."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from channels_app.runtime import reset_runtime
+from tests.liveserver import LiveServer
+
+TEST_CONFIG = textwrap.dedent(
+    """
+    server:
+      allow_create_new_channels: true
+      allow_push_server_messages: true
+    pubsub:
+      driver: "MEMORY"
+    channels:
+      chat:
+        id: "chat-1"
+        type: "WS"
+        max_of_channel_connections: 5
+      other-chat:
+        id: "chat-2"
+        type: "WS"
+        max_of_channel_connections: 5
+      feed:
+        id: "feed-1"
+        type: "SSE"
+        max_of_channel_connections: 5
+    """
+)
+
+
+@pytest.fixture
+def start_server(tmp_path_factory):
+    """Start real daphne servers: ``start_server(config_text=..., env=...)``; all stop at teardown."""
+    servers: list[LiveServer] = []
+
+    def start(config_text: str = TEST_CONFIG, *, env: dict[str, str] | None = None, **kwargs) -> LiveServer:
+        server = LiveServer.start(tmp_path_factory.mktemp("server"), config_text, env=env, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def daphne_server(start_server) -> LiveServer:
+    """One daphne serving TEST_CONFIG."""
+    return start_server()
+
+
+@pytest.fixture(autouse=True)
+def fresh_runtime():
+    """Each test gets its own hub, registry and history (they bind to the test's event loop)."""
+    reset_runtime()
+    yield
+    reset_runtime()

@@ -1,0 +1,162 @@
+"""Real daphne processes for end-to-end tests.
+
+``LiveServer.start(tmp_path, config_text)`` writes the YAML, prepares a SQLite database (copied
+from a migrated template, so each server starts in about a second), runs ``sync_channels`` and
+starts ``daphne`` on a free loopback port. ``stop()`` terminates it; tests never leave one behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+_TEMPLATE_DB: Path | None = None
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_environment(**overrides: str) -> dict[str, str]:
+    """The environment for a child process of the project, without test-runner settings leaking in."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTEST_", "DJANGO_SETTINGS"))}
+    env["DJANGO_SETTINGS_MODULE"] = "realtime_project.settings"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+def manage(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python manage.py ...`` in a child process."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=check
+    )
+
+
+def _template_database(work_dir: Path) -> Path:
+    global _TEMPLATE_DB
+    if _TEMPLATE_DB is None or not _TEMPLATE_DB.exists():
+        path = work_dir / "template.sqlite3"
+        env = base_environment(DATABASE_URL=f"sqlite:///{path}")
+        manage("migrate", "--noinput", env=env)
+        _TEMPLATE_DB = path
+    return _TEMPLATE_DB
+
+
+@dataclass
+class LiveServer:
+    """One daphne process serving the project on a loopback port."""
+
+    port: int
+    config_path: Path
+    database_path: Path
+    env: dict[str, str]
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def http(self) -> str:
+        """Base URL for HTTP requests."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        """Base URL for WebSocket connections."""
+        return f"ws://127.0.0.1:{self.port}"
+
+    def channel_url(self, channel: str, scheme: str = "ws", **query: str) -> str:
+        """``/api/v1/channels/<channel>`` with a query string."""
+        base = self.ws if scheme == "ws" else self.http
+        url = f"{base}/api/v1/channels/{channel}"
+        if query:
+            url += "?" + "&".join(f"{key}={value}" for key, value in query.items())
+        return url
+
+    @classmethod
+    def start(
+        cls,
+        work_dir: Path,
+        config_text: str,
+        *,
+        env: dict[str, str] | None = None,
+        sync: bool = True,
+        database_path: Path | None = None,
+    ) -> LiveServer:
+        """Write the config, prepare the database, sync channels and start daphne; wait until it answers."""
+        work_dir.mkdir(parents=True, exist_ok=True)
+        config_path = work_dir / "realtime.config.yaml"
+        config_path.write_text(config_text)
+        if database_path is None:
+            database_path = work_dir / "db.sqlite3"
+            shutil.copy(_template_database(work_dir.parent), database_path)
+        server_env = base_environment(
+            CONFIG_FOLDER_PATH=str(config_path), DATABASE_URL=f"sqlite:///{database_path}", **(env or {})
+        )
+        if sync:
+            manage("sync_channels", env=server_env)
+        server = cls(port=free_port(), config_path=config_path, database_path=database_path, env=server_env)
+        server.run()
+        return server
+
+    def run(self) -> None:
+        """Start (or restart) the daphne process and wait until it serves HTTP."""
+        self.log_path = self.config_path.parent / f"daphne-{self.port}.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child process owns it
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                *self.extra_args,
+                "realtime_project.asgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daphne exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                httpx.get(f"{self.http}/api/v1/channels/__ping__?upgrade=0", timeout=0.5)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"daphne did not start within 20 s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop daphne and wait for it."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def log(self) -> str:
+        """Everything daphne printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""

@@ -9,7 +9,10 @@ class ChannelsAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        """Wire registry invalidation to model changes; no I/O happens here."""
-        from . import signals
+        """Wire registry invalidation and log redaction; no I/O happens here."""
+        from . import checks, signals
+        from .logredact import install_daphne_access_log_redaction
 
         signals.connect()
+        checks.register()
+        install_daphne_access_log_redaction()

@@ -14,6 +14,7 @@ from django.conf import settings
 
 from .history import MemoryHistory
 from .hub import Hub
+from .idempotency import MemoryIdempotency
 from .presence import MemoryPresence
 from .registry import ChannelRegistry
 from .stats import Stats
@@ -29,6 +30,7 @@ class Runtime:
         self.registry = ChannelRegistry()
         self.history = MemoryHistory()
         self.presence = MemoryPresence()
+        self.idempotency = MemoryIdempotency()
         self.hub = Hub(layer=layer, history=self.history, registry=self.registry, stats=self.stats)
         self.loop: asyncio.AbstractEventLoop | None = None
 

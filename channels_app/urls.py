@@ -1,3 +1,15 @@
-"""HTTP routes of the service served by Django views."""
+"""HTTP routes served by Django views. ``GET /api/v1/channels/<channel>`` (streams, WebSockets and
+the preflight) is routed before Django, in ``routing.py``."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("api/v1/openapi.json", api.openapi, name="openapi"),
+    path("api/v1/channels", api.channels_collection, name="channels"),
+    path("api/v1/channels/<str:channel>", api.channel_item, name="channel"),
+    path("api/v1/channels/<str:channel>/messages", api.channel_messages, name="channel-messages"),
+    path("api/v1/messages", api.messages_push_batch, name="messages"),
+    path("api/v1/tokens", api.tokens_create, name="tokens"),
+]

@@ -10,7 +10,10 @@ django_application = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
+from channels_app.auth import log_security_warnings  # noqa: E402
 from channels_app.routing import http_router, websocket_router  # noqa: E402
+
+log_security_warnings()
 
 application = ProtocolTypeRouter(
     {

@@ -11,6 +11,7 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
   ``postgres://user:password@host:5432/name``.
 - ``LOG_LEVEL``: ``DEBUG``, ``INFO`` (default), ``WARNING``...
 - ``REALTIME_API_KEYS``: comma-separated API keys, added to ``server.api_keys``.
+- ``REALTIME_TOKEN_SECRET``: signs private-channel tokens (default: the secret key).
 """
 
 import os
@@ -75,6 +76,8 @@ REALTIME_API_KEYS = tuple(REALTIME.server.api_keys) + tuple(_env_list("REALTIME_
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(50)
 SECRET_KEY_FROM_ENVIRONMENT = bool(os.environ.get("DJANGO_SECRET_KEY"))
+# Signs private-channel tokens; every instance must share it.
+REALTIME_TOKEN_SECRET = os.environ.get("REALTIME_TOKEN_SECRET") or SECRET_KEY
 ALLOWED_HOSTS = _env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 
 INSTALLED_APPS = [

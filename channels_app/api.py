@@ -1,0 +1,239 @@
+"""The server API: JSON in, JSON out, errors as ``{"error": code, "message": text}``.
+
+Views are thin: they check the API key, parse the body into typed values and call services.
+``ApplicationError`` becomes its HTTP status here; anything unexpected becomes a 500 with no
+details (it is logged).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from .auth import api_key_check
+from .channel_services import channel_create, channel_delete, channel_draft_parse
+from .errors import ApplicationError, bad_request
+from .messages import Message, position_parse
+from .naming import SERVER_CLIENT_ID, client_id_parse
+from .openapi import openapi_document
+from .runtime import get_runtime
+from .selectors import channel_as_dict, channel_list
+from .services import message_publish
+from .tokens import DEFAULT_TTL_SECONDS, token_mint
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH_MESSAGES = 100
+MAX_HISTORY_PAGE = 1000
+
+
+def json_error(error: ApplicationError) -> JsonResponse:
+    """An ``ApplicationError`` as its JSON response."""
+    response = JsonResponse(error.as_dict(), status=error.status)
+    if error.status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="realtime"'
+    return response
+
+
+def api_endpoint(*methods: str, authenticated: bool = True):
+    """Wrap an async view: allowed methods, API key, and errors turned into JSON responses."""
+
+    def decorate(view):
+        @csrf_exempt
+        @functools.wraps(view)
+        async def handler(request: HttpRequest, *args, **kwargs):
+            if request.method not in methods:
+                response = JsonResponse(
+                    {"error": "method_not_allowed", "message": f"Use {' or '.join(methods)} on this URL."}, status=405
+                )
+                response["Allow"] = ", ".join(methods)
+                return response
+            try:
+                if authenticated:
+                    api_key_check(request.headers.get("Authorization"))
+                return await view(request, *args, **kwargs)
+            except ApplicationError as error:
+                return json_error(error)
+            except RequestDataTooBig:
+                return json_error(ApplicationError("payload_too_large", "The request body is too large.", status=413))
+            except Exception:
+                logger.exception("unexpected error in %s %s", request.method, request.path)
+                return JsonResponse(
+                    {"error": "internal_error", "message": "The server failed to handle this request; it was logged."},
+                    status=500,
+                )
+
+        return handler
+
+    return decorate
+
+
+def json_body(request: HttpRequest) -> object:
+    """The request body parsed as JSON; 400 when it is not JSON."""
+    try:
+        return json.loads(request.body or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad_request(f"The body is not valid JSON: {exc}.") from exc
+
+
+def payload_text(body: object) -> str:
+    """The message payload of a push body: a string as is, any other JSON value as its JSON text."""
+    if not isinstance(body, dict) or "payload" not in body:
+        raise bad_request('The body must be a JSON object with a payload: {"payload": "..."}.', field="payload")
+    payload = body["payload"]
+    if isinstance(payload, str):
+        return payload
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def message_receipt(message: Message) -> dict:
+    """What a push answers: the message's id, offset and resume position."""
+    return {
+        "id": message.id,
+        "channelId": message.channel_id,
+        "offset": message.offset,
+        "epoch": message.epoch,
+        "position": message.position,
+        "createdAt": message.created_at,
+    }
+
+
+def _require_push_allowed() -> None:
+    if not get_runtime().server.allow_push_server_messages:
+        raise ApplicationError(
+            "push_disabled",
+            "Pushing messages is disabled: set server.allow_push_server_messages: true.",
+            status=403,
+        )
+
+
+async def _push(reference: str, payload: str) -> dict:
+    runtime = get_runtime()
+    channel = await runtime.registry.resolve(reference)
+    message = await message_publish(channel=channel, payload=payload, client_id=SERVER_CLIENT_ID)
+    return message_receipt(message)
+
+
+@api_endpoint("GET", "POST")
+async def channel_messages(request: HttpRequest, channel: str):
+    """``POST /api/v1/channels/<channel>/messages`` publishes; ``GET`` reads history."""
+    if request.method == "GET":
+        return await _history(request, channel)
+    return await _push_one(request, channel)
+
+
+async def _push_one(request: HttpRequest, channel: str) -> JsonResponse:
+    _require_push_allowed()
+    payload = payload_text(json_body(request))
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return JsonResponse(await _push(channel, payload), status=201)
+    fingerprint = hashlib.sha256(f"{channel}\0{payload}".encode()).hexdigest()
+    receipt, replayed = await get_runtime().idempotency.run_once(key, fingerprint, lambda: _push(channel, payload))
+    response = JsonResponse(receipt, status=201)
+    if replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
+@api_endpoint("POST")
+async def messages_push_batch(request: HttpRequest):
+    """``POST /api/v1/messages``: publish to many channels; each result is reported."""
+    _require_push_allowed()
+    body = json_body(request)
+    items = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        raise bad_request('The body must be {"messages": [{"channel": "...", "payload": "..."}, ...]}.')
+    if len(items) > MAX_BATCH_MESSAGES:
+        raise bad_request(f"At most {MAX_BATCH_MESSAGES} messages per request; split the batch.")
+    results = []
+    for index, item in enumerate(items):
+        try:
+            if not isinstance(item, dict) or not isinstance(item.get("channel"), str):
+                raise bad_request(f"messages[{index}] must be an object with a channel and a payload.")
+            receipt = await _push(item["channel"], payload_text(item))
+            results.append({"channel": item["channel"], "status": 201, **receipt})
+        except ApplicationError as error:
+            channel_reference = item.get("channel") if isinstance(item, dict) else None
+            results.append({"channel": channel_reference, "status": error.status, **error.as_dict()})
+    published = sum(1 for result in results if result["status"] == 201)
+    return JsonResponse({"published": published, "failed": len(results) - published, "results": results})
+
+
+@api_endpoint("GET", "POST")
+async def channels_collection(request: HttpRequest):
+    """``GET /api/v1/channels`` lists channels; ``POST`` creates one (the Go service's body)."""
+    if request.method == "GET":
+        return JsonResponse({"channels": await channel_list()})
+    server = get_runtime().server
+    if not server.allow_create_new_channels:
+        raise ApplicationError(
+            "create_disabled",
+            "Creating channels is disabled: set server.allow_create_new_channels: true.",
+            status=403,
+        )
+    draft = channel_draft_parse(
+        json_body(request), default_history_size=server.history_size, default_history_ttl=server.history_ttl
+    )
+    channel = await channel_create(draft=draft)
+    return JsonResponse(channel_as_dict(channel, 0), status=201)
+
+
+@api_endpoint("DELETE")
+async def channel_item(request: HttpRequest, channel: str):
+    """``DELETE /api/v1/channels/<channel>``: remove an API- or admin-created channel (closes with 4410)."""
+    deleted = await channel_delete(reference=channel)
+    return JsonResponse({"id": deleted.id, "name": deleted.name, "deleted": True})
+
+
+async def _history(request: HttpRequest, channel: str) -> JsonResponse:
+    runtime = get_runtime()
+    channel_info = await runtime.registry.resolve(channel)
+    since = position_parse(request.GET.get("since"))
+    replay = await runtime.history.since(channel_info, since or position_parse("0"))
+    gap = replay.gap if since is not None else None
+    limit_raw = request.GET.get("limit", str(MAX_HISTORY_PAGE))
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_HISTORY_PAGE:
+        raise bad_request(f"limit must be a whole number from 1 to {MAX_HISTORY_PAGE}.", field="limit")
+    messages = replay.messages[: int(limit_raw)]
+    return JsonResponse(
+        {
+            "channelId": channel_info.id,
+            "messages": [message.as_wire() for message in messages],
+            "gap": gap.as_wire() if gap else None,
+            "more": len(replay.messages) > len(messages),
+        }
+    )
+
+
+@api_endpoint("POST")
+async def tokens_create(request: HttpRequest):
+    """``POST /api/v1/tokens``: mint a subscriber token for a private channel."""
+    body = json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("channel"), str):
+        raise bad_request('The body must be {"channel": "...", "clientId": "...", "ttl": 3600, "publish": false}.')
+    channel = await get_runtime().registry.resolve(body["channel"])
+    client_id = client_id_parse(body.get("clientId"))
+    ttl = body.get("ttl", DEFAULT_TTL_SECONDS)
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise bad_request("ttl must be a whole number of seconds.", field="ttl")
+    publish = body.get("publish", False)
+    if not isinstance(publish, bool):
+        raise bad_request("publish must be true or false.", field="publish")
+    token = token_mint(channel_id=channel.id, client_id=client_id, ttl=ttl, can_publish=publish)
+    return JsonResponse(
+        {"token": token, "channelId": channel.id, "clientId": client_id, "ttl": ttl, "publish": publish}, status=201
+    )
+
+
+@api_endpoint("GET", authenticated=False)
+async def openapi(request: HttpRequest):
+    """``GET /api/v1/openapi.json``: the OpenAPI document of this API."""
+    return JsonResponse(openapi_document(server_url=settings.FORCE_SCRIPT_NAME or "/"))

@@ -1,0 +1,314 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at ``/api/v1/openapi.json``.
+
+tests/test_openapi.py checks that every API route and method is described here and nothing else.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict:
+    descriptions = {
+        400: "Bad request: the body or query is invalid.",
+        401: "Missing or invalid API key.",
+        403: "Disabled by the server configuration.",
+        404: "Unknown channel.",
+        409: "Conflict.",
+        413: "Payload too large.",
+        422: "Unprocessable: the request cannot be carried out as asked.",
+        503: "Recorded but not fanned out: the channel layer is unavailable.",
+    }
+    return {str(status): _json(_ref("Error"), descriptions[status]) for status in statuses}
+
+
+_CHANNEL_PARAMETER = {
+    "name": "channel",
+    "in": "path",
+    "required": True,
+    "description": "The channel's id or name.",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,100}$"},
+}
+_BEARER = [{"apiKey": []}]
+
+
+@cache
+def _document() -> dict:
+    schemas = {
+        "Error": {
+            "type": "object",
+            "required": ["error", "message"],
+            "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "Message": {
+            "type": "object",
+            "required": ["id", "channelId", "clientId", "payload", "createdAt"],
+            "properties": {
+                "id": {"type": "string", "format": "uuid"},
+                "channelId": {"type": "string"},
+                "clientId": {"type": "string"},
+                "payload": {"type": "string"},
+                "createdAt": {"type": "string", "format": "date-time"},
+                "offset": {"type": ["integer", "null"]},
+                "epoch": {"type": ["string", "null"]},
+            },
+        },
+        "Receipt": {
+            "type": "object",
+            "required": ["id", "channelId", "offset", "epoch", "position", "createdAt"],
+            "properties": {
+                "id": {"type": "string"},
+                "channelId": {"type": "string"},
+                "offset": {"type": "integer"},
+                "epoch": {"type": "string"},
+                "position": {"type": "string"},
+                "createdAt": {"type": "string", "format": "date-time"},
+            },
+        },
+        "Push": {
+            "type": "object",
+            "required": ["payload"],
+            "properties": {"payload": {"description": "A string, or any JSON value delivered as its JSON text."}},
+        },
+        "Channel": {
+            "type": "object",
+            "required": ["id", "name", "type", "connections", "max"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "type": {"type": "string", "enum": ["WS", "SSE"]},
+                "connections": {"type": "integer"},
+                "max": {"type": "integer"},
+                "maxOfChannelConnections": {"type": "integer"},
+                "historySize": {"type": "integer"},
+                "historyTtl": {"type": "integer"},
+                "private": {"type": "boolean"},
+                "source": {"type": "string", "enum": ["yaml", "api", "admin"]},
+            },
+        },
+        "ChannelCreate": {
+            "type": "object",
+            "required": ["id", "type"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,100}$"},
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,100}$"},
+                "type": {"type": "string", "enum": ["WS", "SSE"]},
+                "maxOfChannelConnections": {"type": "integer", "minimum": 1, "maximum": 10000000},
+                "historySize": {"type": "integer", "minimum": 0, "maximum": 10000},
+                "historyTtl": {"type": "integer", "minimum": 1, "maximum": 604800},
+                "private": {"type": "boolean"},
+            },
+        },
+        "Gap": {
+            "type": "object",
+            "properties": {
+                "control": {"const": "gap"},
+                "reason": {"type": "string"},
+                "requested": {"type": ["string", "null"]},
+                "earliest": {"type": ["string", "null"]},
+                "message": {"type": "string"},
+            },
+        },
+    }
+    paths = {
+        "/api/v1/channels": {
+            "get": {
+                "summary": "List channels with live connection counts",
+                "security": _BEARER,
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"channels": {"type": "array", "items": _ref("Channel")}}},
+                        "The active channels.",
+                    ),
+                    **_errors(401),
+                },
+            },
+            "post": {
+                "summary": "Create a channel (the Go service's body)",
+                "security": _BEARER,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ChannelCreate")}}},
+                "responses": {"201": _json(_ref("Channel"), "Created."), **_errors(400, 401, 403, 409)},
+            },
+        },
+        "/api/v1/channels/{channel}": {
+            "parameters": [_CHANNEL_PARAMETER],
+            "get": {
+                "summary": "Subscribe (WebSocket upgrade or SSE stream by channel type), or describe with upgrade=0",
+                "parameters": [
+                    {"name": "upgrade", "in": "query", "schema": {"type": "string", "enum": ["0"]}},
+                    {"name": "clientId", "in": "query", "schema": {"type": "string"}},
+                    {"name": "since", "in": "query", "schema": {"type": "string"}},
+                    {"name": "token", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The channel (upgrade=0) or an event stream (SSE channels).",
+                        "content": {"application/json": {"schema": _ref("Channel")}, "text/event-stream": {}},
+                    },
+                    **_errors(400, 401, 403, 404, 409, 422),
+                },
+            },
+            "delete": {
+                "summary": "Delete an API- or admin-created channel; its connections close with 4410",
+                "security": _BEARER,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "string"},
+                                "name": {"type": "string"},
+                                "deleted": {"type": "boolean"},
+                            },
+                        },
+                        "Deleted.",
+                    ),
+                    **_errors(401, 404, 409),
+                },
+            },
+        },
+        "/api/v1/channels/{channel}/messages": {
+            "parameters": [_CHANNEL_PARAMETER],
+            "post": {
+                "summary": "Push a message (clientId server-message)",
+                "security": _BEARER,
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Push")}}},
+                "responses": {
+                    "201": _json(_ref("Receipt"), "Published."),
+                    **_errors(400, 401, 403, 404, 413, 422, 503),
+                },
+            },
+            "get": {
+                "summary": "Read the channel's recent history",
+                "security": _BEARER,
+                "parameters": [
+                    {"name": "since", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "channelId": {"type": "string"},
+                                "messages": {"type": "array", "items": _ref("Message")},
+                                "gap": {"oneOf": [_ref("Gap"), {"type": "null"}]},
+                                "more": {"type": "boolean"},
+                            },
+                        },
+                        "Messages after the position, oldest first.",
+                    ),
+                    **_errors(400, 401, 404),
+                },
+            },
+        },
+        "/api/v1/messages": {
+            "post": {
+                "summary": "Publish to many channels in one request (at most 100 messages)",
+                "security": _BEARER,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["messages"],
+                                "properties": {
+                                    "messages": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "maxItems": 100,
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["channel", "payload"],
+                                            "properties": {"channel": {"type": "string"}, "payload": {}},
+                                        },
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "published": {"type": "integer"},
+                                "failed": {"type": "integer"},
+                                "results": {"type": "array", "items": {"type": "object"}},
+                            },
+                        },
+                        "One result per message, in order.",
+                    ),
+                    **_errors(400, 401, 403),
+                },
+            },
+        },
+        "/api/v1/tokens": {
+            "post": {
+                "summary": "Mint a subscriber token for a private channel",
+                "security": _BEARER,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["channel"],
+                                "properties": {
+                                    "channel": {"type": "string"},
+                                    "clientId": {"type": "string"},
+                                    "ttl": {"type": "integer", "minimum": 1, "maximum": 604800},
+                                    "publish": {"type": "boolean"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "token": {"type": "string"},
+                                "channelId": {"type": "string"},
+                                "clientId": {"type": "string"},
+                                "ttl": {"type": "integer"},
+                                "publish": {"type": "boolean"},
+                            },
+                        },
+                        "The token.",
+                    ),
+                    **_errors(400, 401, 404),
+                },
+            },
+        },
+        "/api/v1/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "The OpenAPI document."}}},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Realtime API", "version": "1.0.0"},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def openapi_document(*, server_url: str = "/") -> dict:
+    """The document, with ``servers`` set to where the API is served."""
+    return {**_document(), "servers": [{"url": server_url}]}

@@ -7,8 +7,6 @@ driver keeps them in this (single) process, the REDIS driver in Redis, behind th
 
 from __future__ import annotations
 
-import asyncio
-
 from channels.layers import get_channel_layer
 from django.conf import settings
 
@@ -28,11 +26,24 @@ class Runtime:
         self.layer = layer
         self.stats = Stats()
         self.registry = ChannelRegistry()
-        self.history = MemoryHistory()
-        self.presence = MemoryPresence()
-        self.idempotency = MemoryIdempotency()
+        self.redis = None
+        if config.pubsub.driver == "REDIS":
+            from .redis_state import RedisHistory, RedisIdempotency, RedisPresence, redis_client
+
+            redis_config = config.pubsub.redis
+            self.redis = redis_client(redis_config)
+            self.history = RedisHistory(self.redis, redis_config.prefix)
+            self.presence = RedisPresence(
+                self.redis, redis_config.prefix, lease=settings.REALTIME_PRESENCE_LEASE_SECONDS
+            )
+            self.idempotency = RedisIdempotency(self.redis, redis_config.prefix)
+        else:
+            self.history = MemoryHistory()
+            self.presence = MemoryPresence()
+            self.idempotency = MemoryIdempotency()
         self.hub = Hub(layer=layer, history=self.history, registry=self.registry, stats=self.stats)
-        self.loop: asyncio.AbstractEventLoop | None = None
+        # Set when the instance starts shutting down: readiness fails, new connections are refused.
+        self.draining = False
 
     @property
     def server(self):

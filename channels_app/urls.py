@@ -3,9 +3,11 @@ the preflight) is routed before Django, in ``routing.py``."""
 
 from django.urls import path
 
-from . import api
+from . import api, health
 
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("api/v1/openapi.json", api.openapi, name="openapi"),
     path("api/v1/channels", api.channels_collection, name="channels"),
     path("api/v1/channels/<str:channel>", api.channel_item, name="channel"),

@@ -12,6 +12,8 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
 - ``LOG_LEVEL``: ``DEBUG``, ``INFO`` (default), ``WARNING``...
 - ``REALTIME_API_KEYS``: comma-separated API keys, added to ``server.api_keys``.
 - ``REALTIME_TOKEN_SECRET``: signs private-channel tokens (default: the secret key).
+- ``REALTIME_PRESENCE_LEASE_SECONDS``: REDIS driver; a dead instance's connection slots are
+  released after this long (default 30).
 """
 
 import os
@@ -175,6 +177,10 @@ def _channel_layers(config) -> dict:
 
 
 CHANNEL_LAYERS = _channel_layers(REALTIME)
+
+# REDIS driver: how long a connection slot survives without its instance renewing it, i.e. how
+# soon the slots of an instance that died without closing its connections are released.
+REALTIME_PRESENCE_LEASE_SECONDS = float(os.environ.get("REALTIME_PRESENCE_LEASE_SECONDS", "30"))
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "DEBUG" if APP_DEBUG else "INFO").upper()
 LOGGING = {

@@ -60,3 +60,50 @@ def fresh_runtime():
     reset_runtime()
     yield
     reset_runtime()
+
+
+@pytest.fixture(scope="module")
+def start_module_server(tmp_path_factory):
+    """Like ``start_server``, but the servers serve a whole test module (its tests use distinct channels)."""
+    servers: list[LiveServer] = []
+
+    def start(config_text: str = TEST_CONFIG, *, env: dict[str, str] | None = None, **kwargs) -> LiveServer:
+        server = LiveServer.start(tmp_path_factory.mktemp("server"), config_text, env=env, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+async def inprocess_runtime(fresh_runtime):
+    """This process's runtime for in-process ASGI tests; its hub stops and the memory layer is flushed after.
+
+    The channel layer outlives the test's event loop, so a hub left running (or its channel left in a
+    group) would break the next test's ``group_send``.
+    """
+    from channels_app.runtime import get_runtime
+
+    runtime = get_runtime()
+    yield runtime
+    await runtime.hub.stop()
+    await runtime.layer.flush()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory):
+    """A private redis-server on a free port; killed by PID at teardown."""
+    from tests.redisserver import RedisServer
+
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+def redis_config(url: str, *, prefix: str = "rt") -> str:
+    """TEST_CONFIG with the REDIS driver pointed at ``url``."""
+    return TEST_CONFIG.replace(
+        'driver: "MEMORY"', f'driver: "REDIS"\n  redis:\n    url: "{url}"\n    prefix: "{prefix}"'
+    )

@@ -1,0 +1,358 @@
+"""Cluster-wide state for the REDIS driver: history, connection slots and idempotency keys.
+
+Same interfaces as the in-memory classes (``MemoryHistory``, ``MemoryPresence``,
+``MemoryIdempotency``), so the realtime path does not know which driver runs. Every instance
+talks to one bounded connection pool; each operation has short timeouts, so when Redis is away
+callers get an error at once (turned into 503 / a WebSocket error frame) instead of hanging.
+
+Keys (``<prefix>`` is ``pubsub.redis.prefix``; ``{id}`` keeps a channel's keys in one slot):
+- ``<prefix>:h:{id}:epoch`` and ``:seq``: the history's epoch and last offset (kept 30 days idle).
+- ``<prefix>:h:{id}:log``: a stream of recent messages, trimmed to ``history_size``; entries older
+  than ``history_ttl`` are skipped on read and the stream expires when idle that long.
+- ``<prefix>:p:{id}``: a sorted set of connected clientIds scored by lease expiry. Each instance
+  renews its connections' leases every third of the lease; the connections of an instance that
+  died without closing them stop counting when the lease runs out
+  (``REALTIME_PRESENCE_LEASE_SECONDS``, default 30 s).
+- ``<prefix>:idem:<key>``: remembered push results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+import uuid
+
+import redis.asyncio as redis
+from redis.asyncio.sentinel import Sentinel
+
+from .errors import ApplicationError, channel_full, client_id_taken
+from .history import Gap, Replay
+from .idempotency import IDEMPOTENCY_WINDOW_SECONDS, MAX_KEY_LENGTH
+from .messages import Message, Position, utc_timestamp
+from .registry import ChannelInfo
+
+logger = logging.getLogger(__name__)
+
+SEQUENCE_IDLE_SECONDS = 30 * 24 * 3600
+MAX_POOL_CONNECTIONS = 32
+
+
+def redis_unavailable(exc: Exception) -> ApplicationError:
+    """Redis cannot be reached (503 / 4503)."""
+    return ApplicationError(
+        "redis_unavailable",
+        "The message broker (Redis) is unreachable right now; nothing was published. Retry shortly.",
+        status=503,
+        close_code=4503,
+    )
+
+
+def redis_client(config) -> redis.Redis:
+    """One client with a bounded, blocking connection pool for this process."""
+    options = {
+        "socket_connect_timeout": 2,
+        "socket_timeout": 3,
+        "health_check_interval": 15,
+        "retry_on_timeout": False,
+    }
+    if config.sentinels:
+        sentinels = [(host, int(port)) for host, port in (address.rsplit(":", 1) for address in config.sentinels)]
+        sentinel = Sentinel(sentinels, socket_connect_timeout=2, socket_timeout=2)
+        return sentinel.master_for(config.master_name, max_connections=MAX_POOL_CONNECTIONS, **options)
+    pool = redis.BlockingConnectionPool.from_url(config.url, max_connections=MAX_POOL_CONNECTIONS, timeout=2, **options)
+    return redis.Redis(connection_pool=pool)
+
+
+class _Keys:
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def epoch(self, channel_id: str) -> str:
+        return f"{self.prefix}:h:{{{channel_id}}}:epoch"
+
+    def seq(self, channel_id: str) -> str:
+        return f"{self.prefix}:h:{{{channel_id}}}:seq"
+
+    def log(self, channel_id: str) -> str:
+        return f"{self.prefix}:h:{{{channel_id}}}:log"
+
+    def presence(self, channel_id: str) -> str:
+        return f"{self.prefix}:p:{{{channel_id}}}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+
+# Stamping and recording are one atomic step, so offsets are gapless and history never lags them.
+_APPEND = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+local offset = redis.call('INCR', KEYS[2])
+local size = tonumber(ARGV[6])
+if size > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', size, offset .. '-1',
+    'i', ARGV[2], 'c', ARGV[3], 'p', ARGV[4], 't', ARGV[5], 'ts', ARGV[7])
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[8]))
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[9]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[9]))
+return {epoch, offset}
+"""
+
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  return 'taken'
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 'full'
+end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+return 'ok'
+"""
+
+
+class RedisHistory:
+    """Per-channel history shared by every instance."""
+
+    def __init__(self, client: redis.Redis, prefix: str, *, clock=time.time):
+        self._redis = client
+        self._keys = _Keys(prefix)
+        self._append = client.register_script(_APPEND)
+        self._clock = clock
+
+    async def append(self, channel: ChannelInfo, *, payload: str, client_id: str) -> Message:
+        """Stamp a message with the channel's next offset and record it, atomically."""
+        message_id = str(uuid.uuid4())
+        created_at = utc_timestamp()
+        now = self._clock()
+        keys = [self._keys.epoch(channel.id), self._keys.seq(channel.id), self._keys.log(channel.id)]
+        args = [
+            secrets.token_hex(4),
+            message_id,
+            client_id,
+            payload,
+            created_at,
+            channel.history_size,
+            repr(now),
+            channel.history_ttl,
+            SEQUENCE_IDLE_SECONDS,
+        ]
+        try:
+            epoch, offset = await self._append(keys=keys, args=args)
+        except redis.RedisError as exc:
+            raise redis_unavailable(exc) from exc
+        return Message(
+            id=message_id,
+            channel_id=channel.id,
+            client_id=client_id,
+            payload=payload,
+            created_at=created_at,
+            offset=int(offset),
+            epoch=epoch.decode() if isinstance(epoch, bytes) else epoch,
+            published_at=now,
+        )
+
+    async def _state(self, channel: ChannelInfo, first: int | None = None) -> tuple[str | None, int, list[Message]]:
+        start = f"{first}-1" if first is not None else "-"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(self._keys.epoch(channel.id))
+            pipe.get(self._keys.seq(channel.id))
+            pipe.xrange(self._keys.log(channel.id), min=start, max="+")
+            epoch, seq, entries = await pipe.execute()
+        epoch = epoch.decode() if epoch else None
+        oldest_allowed = self._clock() - channel.history_ttl
+        messages = []
+        for entry_id, fields in entries:
+            published_at = float(fields[b"ts"])
+            if published_at < oldest_allowed:
+                continue
+            messages.append(
+                Message(
+                    id=fields[b"i"].decode(),
+                    channel_id=channel.id,
+                    client_id=fields[b"c"].decode(),
+                    payload=fields[b"p"].decode("utf-8", "surrogatepass"),
+                    created_at=fields[b"t"].decode(),
+                    offset=int(entry_id.split(b"-")[0]),
+                    epoch=epoch,
+                    published_at=published_at,
+                )
+            )
+        return epoch, int(seq or 0), messages
+
+    async def since(self, channel: ChannelInfo, position: Position) -> Replay:
+        """Messages after ``position``, oldest first, with a ``Gap`` when some are gone."""
+        epoch, head, held = await self._state(channel)
+        earliest = held[0].position if held else None
+        if position.message_id is not None:
+            for index, message in enumerate(held):
+                if message.id == position.message_id:
+                    return Replay(held[index + 1 :])
+            return Replay(held, Gap("unknown_position", str(position), earliest))
+        if epoch is None or (position.epoch is not None and position.epoch != epoch):
+            if position.offset == 0 and position.epoch is None:
+                return Replay(held)
+            return Replay(held, Gap("epoch_changed", str(position), earliest))
+        after = position.offset or 0
+        if after > head:
+            return Replay(held, Gap("epoch_changed", str(position), earliest))
+        missed = [message for message in held if message.offset > after]
+        first_held = held[0].offset if held else head + 1
+        if after + 1 < first_held:
+            return Replay(missed, Gap("expired", str(position), earliest))
+        return Replay(missed)
+
+    async def between(self, channel: ChannelInfo, first: int, last: int) -> list[Message]:
+        """Messages with ``first <= offset <= last`` still held."""
+        _, _, held = await self._state(channel, first)
+        return [message for message in held if message.offset <= last]
+
+    async def head(self, channel_id: str) -> int:
+        """The offset of the newest message published on the channel (0 when none)."""
+        return int(await self._redis.get(self._keys.seq(channel_id)) or 0)
+
+    async def forget(self, channel_id: str) -> None:
+        """Drop a deleted channel's history (a later channel with the same id gets a new epoch)."""
+        await self._redis.delete(self._keys.epoch(channel_id), self._keys.seq(channel_id), self._keys.log(channel_id))
+
+
+class RedisPresence:
+    """Connection slots counted across every instance, with leases renewed by their holders."""
+
+    def __init__(self, client: redis.Redis, prefix: str, *, lease: float = 30.0, clock=time.time):
+        self._redis = client
+        self._keys = _Keys(prefix)
+        self._lease = lease
+        self._acquire = client.register_script(_ACQUIRE)
+        self._clock = clock
+        self._held: set[tuple[str, str]] = set()
+        self._renewal: asyncio.Task | None = None
+
+    async def acquire(self, channel: ChannelInfo, client_id: str) -> None:
+        """Take a cluster-wide slot; refuse when the channel is full or the id is connected anywhere."""
+        now = self._clock()
+        try:
+            outcome = await self._acquire(
+                keys=[self._keys.presence(channel.id)],
+                args=[repr(now), client_id, channel.max_connections, repr(now + self._lease), int(self._lease * 4) + 1],
+            )
+        except redis.RedisError as exc:
+            raise redis_unavailable(exc) from exc
+        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+        if outcome == "taken":
+            raise client_id_taken(channel.id, client_id)
+        if outcome == "full":
+            raise channel_full(channel.id, channel.max_connections)
+        self._held.add((channel.id, client_id))
+        self._ensure_renewal()
+
+    async def release(self, channel_id: str, client_id: str) -> None:
+        """Give the slot back; if Redis is away the lease simply runs out."""
+        self._held.discard((channel_id, client_id))
+        try:
+            await self._redis.zrem(self._keys.presence(channel_id), client_id)
+        except redis.RedisError:
+            logger.warning(
+                "could not release slot of %s on %s; its lease expires in %ss", client_id, channel_id, self._lease
+            )
+
+    async def contains(self, channel_id: str, client_id: str) -> bool:
+        """Whether ``client_id`` holds a live slot on the channel on any instance."""
+        score = await self._redis.zscore(self._keys.presence(channel_id), client_id)
+        return score is not None and score > self._clock()
+
+    async def count(self, channel_id: str) -> int:
+        """Live connections on one channel across every instance."""
+        return await self._redis.zcount(self._keys.presence(channel_id), f"({self._clock()!r}", "+inf")
+
+    async def counts(self, channel_ids=None) -> dict[str, int]:
+        """Live connections per channel id across every instance."""
+        if channel_ids is None:
+            channel_ids = sorted({channel_id for channel_id, _ in self._held})
+        channel_ids = list(channel_ids)
+        now = f"({self._clock()!r}"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel_id in channel_ids:
+                pipe.zcount(self._keys.presence(channel_id), now, "+inf")
+            results = await pipe.execute()
+        return {channel_id: count for channel_id, count in zip(channel_ids, results, strict=True) if count}
+
+    def _ensure_renewal(self) -> None:
+        if self._renewal is None or self._renewal.done():
+            self._renewal = asyncio.create_task(self._renew_forever(), name="realtime-presence-renewal")
+
+    async def _renew_forever(self) -> None:
+        while self._held:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                await self.renew()
+            except Exception:
+                # Keep renewing: a Redis outage shorter than the lease costs no connection its slot.
+                logger.exception("could not renew connection leases")
+
+    async def renew(self) -> None:
+        """Extend the leases of every connection this instance holds."""
+        held = list(self._held)
+        if not held:
+            return
+        expiry = repr(self._clock() + self._lease)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel_id, client_id in held:
+                pipe.zadd(self._keys.presence(channel_id), {client_id: expiry}, xx=True)
+                pipe.expire(self._keys.presence(channel_id), int(self._lease * 4) + 1)
+            await pipe.execute()
+
+
+class RedisIdempotency:
+    """Remembered push results shared by every instance."""
+
+    PENDING = b"pending"
+
+    def __init__(self, client: redis.Redis, prefix: str, *, window: int = IDEMPOTENCY_WINDOW_SECONDS):
+        self._redis = client
+        self._keys = _Keys(prefix)
+        self._window = window
+
+    async def run_once(self, key: str, fingerprint: str, action) -> tuple[object, bool]:
+        """Run ``action`` once per key across the cluster; return ``(result, replayed)``."""
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise ApplicationError("bad_request", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
+        redis_key = self._keys.idempotency(key)
+        try:
+            claimed = await self._redis.set(redis_key, json.dumps({"f": fingerprint}), nx=True, ex=self._window)
+        except redis.RedisError as exc:
+            raise redis_unavailable(exc) from exc
+        if claimed:
+            try:
+                result = await action()
+            except BaseException:
+                await self._redis.delete(redis_key)
+                raise
+            await self._redis.set(redis_key, json.dumps({"f": fingerprint, "r": result}), ex=self._window)
+            return result, False
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stored = await self._redis.get(redis_key)
+            if stored is None:
+                return await self.run_once(key, fingerprint, action)
+            record = json.loads(stored)
+            if record["f"] != fingerprint:
+                raise ApplicationError(
+                    "idempotency_key_reused",
+                    "This Idempotency-Key was already used for a different request: use a new key.",
+                    status=422,
+                )
+            if "r" in record:
+                return record["r"], True
+            await asyncio.sleep(0.05)
+        raise ApplicationError(
+            "idempotency_in_progress", "A request with this Idempotency-Key is still running; retry later.", status=409
+        )

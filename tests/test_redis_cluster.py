@@ -1,0 +1,240 @@
+"""Several real daphne instances sharing a private redis-server behave as one service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import httpx
+import pytest
+import websockets
+
+from tests.conftest import redis_config
+from tests.liveserver import manage
+
+API_KEY = "cluster-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture
+def cluster(start_server, redis_server, tmp_path):
+    """Two instances on one Redis and one database; a short presence lease so tests stay quick."""
+    config = redis_config(redis_server.url)
+    env = {"REALTIME_API_KEYS": API_KEY, "REALTIME_PRESENCE_LEASE_SECONDS": "3", "DJANGO_SECRET_KEY": "cluster-secret"}
+    first = start_server(config, env=env)
+    second = start_server(config, env=env, database_path=first.database_path, sync=False)
+    return first, second
+
+
+async def receive_json(ws, seconds: float = 5) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), seconds))
+
+
+async def next_sse_message(lines, seconds: float = 5) -> dict:
+    """The next ``message`` event's data on an SSE line iterator."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = await asyncio.wait_for(anext(lines), seconds)
+        if line.startswith("data: ") and '"payload"' in line:
+            return json.loads(line[len("data: ") :])
+    raise TimeoutError("no SSE message")
+
+
+def test_all_three_publish_entrances_reach_both_transports_on_both_instances(cluster):
+    first, second = cluster
+
+    async def scenario():
+        async with (
+            websockets.connect(first.channel_url("chat-1", clientId="on-first")) as on_first,
+            websockets.connect(second.channel_url("chat-1", clientId="on-second")) as on_second,
+            httpx.AsyncClient(timeout=10) as client,
+            client.stream("GET", first.channel_url("feed-1", scheme="http", clientId="sse-first")) as sse,
+        ):
+            lines = sse.aiter_lines()
+            while (await anext(lines)) != "event: stream-open":
+                pass
+            await on_first.send("from a websocket")
+            ws_published = await receive_json(on_second)
+            pushed = await client.post(
+                f"{second.http}/api/v1/channels/chat-1/messages", json={"payload": "from http"}, headers=AUTH
+            )
+            via_push = [await receive_json(on_first), await receive_json(on_second)]
+            await client.post(f"{second.http}/api/v1/channels/feed-1/messages", json={"payload": "sse"}, headers=AUTH)
+            sse_pushed = await next_sse_message(lines)
+            django = await asyncio.to_thread(
+                manage,
+                "shell",
+                "-c",
+                "import channels_app; channels_app.publish('chat-1', 'from django')",
+                env=first.env,
+            )
+            via_django = [await receive_json(on_first), await receive_json(on_second)]
+            return ws_published, pushed, via_push, sse_pushed, django, via_django
+
+    ws_published, pushed, via_push, sse_pushed, django, via_django = asyncio.run(scenario())
+    assert ws_published["payload"] == "from a websocket"
+    assert pushed.status_code == 201
+    assert [message["payload"] for message in via_push] == ["from http", "from http"]
+    assert sse_pushed["payload"] == "sse"
+    assert django.returncode == 0, django.stderr
+    assert [message["payload"] for message in via_django] == ["from django", "from django"]
+    # One history for the cluster: offsets continue across instances and entrances.
+    assert [ws_published["offset"], via_push[0]["offset"], via_django[0]["offset"]] == [1, 2, 3]
+
+
+def test_limit_and_duplicate_client_id_hold_across_instances(cluster):
+    first, second = cluster
+
+    async def scenario():
+        opened = []
+        for index in range(5):
+            server = first if index % 2 else second
+            opened.append(await websockets.connect(server.channel_url("chat-1", clientId=f"c{index}")))
+        async with websockets.connect(first.channel_url("chat-1", clientId="c-extra")) as extra:
+            full = await receive_json(extra)
+        async with websockets.connect(second.channel_url("chat-1", clientId="c1")) as duplicate:
+            taken = await receive_json(duplicate)
+        async with httpx.AsyncClient(headers=AUTH) as client:
+            listing = (await client.get(f"{second.http}/api/v1/channels")).json()["channels"]
+        await opened[0].close()
+        await asyncio.sleep(0.2)
+        async with websockets.connect(first.channel_url("chat-1", clientId="c-after")) as after:
+            accepted = await after.send("still open") is None
+        for ws in opened[1:]:
+            await ws.close()
+        return full, taken, listing, accepted
+
+    full, taken, listing, accepted = asyncio.run(scenario())
+    assert full["code"] == 4422
+    assert taken["code"] == 4409
+    assert next(channel for channel in listing if channel["id"] == "chat-1")["connections"] == 5
+    assert accepted
+
+
+def test_killed_instance_releases_its_slots_after_the_lease(cluster):
+    first, second = cluster
+
+    async def connect_five_on_first():
+        return [await websockets.connect(first.channel_url("chat-1", clientId=f"k{index}")) for index in range(5)]
+
+    async def scenario():
+        await connect_five_on_first()
+        first.stop(signal.SIGKILL)
+        async with websockets.connect(second.channel_url("chat-1", clientId="late")) as late:
+            refused = await receive_json(late)
+        started = time.monotonic()
+        while time.monotonic() - started < 15:
+            async with websockets.connect(second.channel_url("chat-1", clientId="late")) as late:
+                try:
+                    frame = await asyncio.wait_for(late.recv(), 0.5)
+                except TimeoutError:
+                    return refused, time.monotonic() - started
+                assert json.loads(frame)["code"] == 4422
+            await asyncio.sleep(0.5)
+        return refused, None
+
+    refused, released_after = asyncio.run(scenario())
+    assert refused["code"] == 4422
+    assert released_after is not None, "slots of the killed instance were never released"
+    assert released_after < 3 + 2
+
+
+def test_resume_on_another_instance(cluster):
+    first, second = cluster
+
+    async def scenario():
+        async with (
+            websockets.connect(first.channel_url("chat-1", clientId="reader")) as reader,
+            httpx.AsyncClient(headers=AUTH) as client,
+        ):
+            for index in range(3):
+                await client.post(f"{first.http}/api/v1/channels/chat-1/messages", json={"payload": f"m{index}"})
+            first_message = await receive_json(reader)
+        position = f"{first_message['epoch']}-{first_message['offset']}"
+        async with websockets.connect(second.channel_url("chat-1", clientId="reader", since=position)) as resumed:
+            return [await receive_json(resumed), await receive_json(resumed)]
+
+    missed = asyncio.run(scenario())
+    assert [message["payload"] for message in missed] == ["m1", "m2"]
+
+
+def test_redis_outage_keeps_connections_and_recovers(cluster, redis_server):
+    first, second = cluster
+
+    async def scenario():
+        async with (
+            websockets.connect(first.channel_url("chat-1", clientId="sender")) as sender,
+            websockets.connect(second.channel_url("chat-1", clientId="receiver")) as receiver,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+            redis_server.stop()
+            ready = await client.get(f"{first.http}/readyz")
+            started = time.monotonic()
+            push = await client.post(
+                f"{first.http}/api/v1/channels/chat-1/messages", json={"payload": "x"}, headers=AUTH
+            )
+            push_seconds = time.monotonic() - started
+            await sender.send("during outage")
+            error_frame = await receive_json(sender)
+            redis_server.run()
+            deadline = time.monotonic() + 20
+            delivered = None
+            while delivered is None and time.monotonic() < deadline:
+                response = await client.post(
+                    f"{second.http}/api/v1/channels/chat-1/messages", json={"payload": "after"}, headers=AUTH
+                )
+                if response.status_code != 201:
+                    await asyncio.sleep(0.5)
+                    continue
+                try:
+                    delivered = await receive_json(receiver, seconds=2)
+                except TimeoutError:
+                    continue
+            ready_again = await client.get(f"{first.http}/readyz")
+            return ready, push, push_seconds, error_frame, delivered, ready_again
+
+    ready, push, push_seconds, error_frame, delivered, ready_again = asyncio.run(scenario())
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["redis"].startswith("failing")
+    assert push.status_code == 503
+    assert push.json()["error"] == "redis_unavailable"
+    assert push_seconds < 5
+    assert error_frame["control"] == "error"
+    assert error_frame["code"] == 4503
+    assert delivered is not None and delivered["payload"] == "after"
+    assert ready_again.status_code == 200
+
+
+def resident_kib(pid: int) -> int:
+    """A process's resident memory in KiB, from /proc."""
+    for line in open(f"/proc/{pid}/status").read().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS line")
+
+
+def test_connection_churn_does_not_grow_redis_connections_or_memory(cluster, redis_server):
+    first, _ = cluster
+    client = redis_server.client()
+
+    async def churn(count: int):
+        for index in range(count):
+            async with websockets.connect(first.channel_url("chat-1", clientId=f"churn{index}")) as ws:
+                await ws.send("x")
+
+    # Warm up: the allocator's and daphne's pools grow during the first couple of thousand connections.
+    asyncio.run(churn(2000))
+    before = len(client.client_list())
+    memory_before = resident_kib(first.process.pid)
+    asyncio.run(churn(1000))
+    after = len(client.client_list())
+    memory_after = resident_kib(first.process.pid)
+    assert after <= before + 2, (before, after)
+    # A leak of even 2 KiB per connection would add ~2 MiB over these 1,000 cycles.
+    assert memory_after - memory_before < 1536, (memory_before, memory_after)
+    deadline = time.monotonic() + 5
+    while client.zcard("rt:p:{chat-1}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.zcard("rt:p:{chat-1}") == 0

@@ -1,7 +1,7 @@
 """HTTP routes served by Django views. ``GET /api/v1/channels/<channel>`` (streams, WebSockets and
 the preflight) is routed before Django, in ``routing.py``."""
 
-from django.urls import path
+from django.urls import include, path
 
 from . import api, health
 
@@ -14,4 +14,5 @@ urlpatterns = [
     path("api/v1/channels/<str:channel>/messages", api.channel_messages, name="channel-messages"),
     path("api/v1/messages", api.messages_push_batch, name="messages"),
     path("api/v1/tokens", api.tokens_create, name="tokens"),
+    path("web/", include("channels_app.page_urls")),
 ]

@@ -25,7 +25,11 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 if [ "$mode" = "dev" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  # Browser tests drive Debian's Chromium; Playwright's own browser download is not used.
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 else
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
 fi

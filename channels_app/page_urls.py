@@ -1,0 +1,3 @@
+"""Routes of the demo pages (``/web/chat/``, ``/web/notifications/``)."""
+
+urlpatterns: list = []

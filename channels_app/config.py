@@ -11,6 +11,7 @@ This module is imported by the settings module, so it must not import Django.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -60,9 +61,12 @@ class Key:
 
 
 def _check_identifier(value: str) -> str | None:
-    if IDENTIFIER_PATTERN.match(value):
-        return None
-    return f"{value!r} cannot be used in a URL or a group name: use {IDENTIFIER_RULE}"
+    # fullmatch, because the pattern's "$" also matches before a trailing newline ("abc\n").
+    if not IDENTIFIER_PATTERN.fullmatch(value):
+        return f"{value!r} cannot be used in a URL or a group name: use {IDENTIFIER_RULE}"
+    if set(value) == {"."}:
+        return f"{value!r} cannot be used in a URL (clients resolve it as a path segment): add a letter or digit"
+    return None
 
 
 def _check_redis_url(value: str) -> str | None:
@@ -269,10 +273,7 @@ def load_config(
 def parse_config(text: str, *, path: str = "<string>", environ: Mapping[str, str] | None = None) -> RealtimeConfig:
     """Validate configuration text; ``path`` is only used in messages."""
     problems: list[tuple[str, str]] = []
-    try:
-        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, [("", f"not valid YAML: {_describe_yaml_error(exc)}")]) from exc
+    document = _load_yaml(text, path, problems)
     if document is None:
         document = {}
     if not isinstance(document, dict):
@@ -284,7 +285,13 @@ def parse_config(text: str, *, path: str = "<string>", environ: Mapping[str, str
     pubsub_raw = reader.mapping("pubsub", document.get("pubsub"))
     pubsub_values = reader.section("pubsub", pubsub_raw, PUBSUB_KEYS, extra=("redis",))
     redis_values = reader.section("pubsub.redis", reader.mapping("pubsub.redis", pubsub_raw.get("redis")), REDIS_KEYS)
-    if pubsub_values.get("driver") == "REDIS" and not redis_values.get("url") and not redis_values.get("sentinels"):
+    redis_reported = any(where.startswith(("pubsub.redis.url", "pubsub.redis.sentinels")) for where, _ in problems)
+    if (
+        pubsub_values.get("driver") == "REDIS"
+        and not redis_values.get("url")
+        and not redis_values.get("sentinels")
+        and not redis_reported
+    ):
         problems.append(
             (
                 "pubsub.redis.url",
@@ -310,14 +317,18 @@ def _read_channels(reader: _Reader, raw: Any, server_values: dict[str, Any]) -> 
     owner_of_id: dict[str, str] = {}
     for name, body in reader.mapping("channels", raw).items():
         key_path = f"channels.{name}"
-        if not isinstance(name, str) or not IDENTIFIER_PATTERN.match(name):
+        name_problem = _check_channel_name(name)
+        if name_problem is not None:
+            reader.problems.append((key_path, name_problem))
+        if not isinstance(body, dict):
+            shown = "nothing" if body is None else _yaml_type(body)
             reader.problems.append(
-                (key_path, f"the channel name {name!r} cannot be used in a URL: use {IDENTIFIER_RULE}")
+                (key_path, f'must be a mapping such as  {{ id: "{name}-1", type: "WS" }},  not {shown}')
             )
             continue
-        values = reader.section(key_path, reader.mapping(key_path, body, required=True), CHANNEL_KEYS)
+        values = reader.section(key_path, body, CHANNEL_KEYS)
         channel_id = values.get("id")
-        if channel_id is None or values.get("type") is None:
+        if name_problem is not None or channel_id is None or values.get("type") is None:
             continue
         if channel_id in owner_of_id:
             reader.problems.append(
@@ -334,22 +345,73 @@ def _read_channels(reader: _Reader, raw: Any, server_values: dict[str, Any]) -> 
         if any(value is None for value in values.values()):
             continue
         channels.append(ChannelSpec(name=name, **values))
+    # The registry resolves ids before names, so a name equal to another channel's id is unreachable.
+    for spec in channels:
+        other = owner_of_id.get(spec.name)
+        if other is not None and other != spec.name:
+            reader.problems.append(
+                (
+                    f"channels.{spec.name}",
+                    f"the name {spec.name!r} is the id of channel {other!r}, so URLs naming it reach {other!r}: "
+                    "rename this channel or change that id",
+                )
+            )
     return channels
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate mapping keys instead of keeping the last one."""
+def _check_channel_name(name: Any) -> str | None:
+    if not isinstance(name, str):
+        return f"the channel name {name!r} is read as {_yaml_type(name)}: put it in quotes"
+    problem = _check_identifier(name)
+    return None if problem is None else f"the channel name {problem}"
 
-    def construct_mapping(self, node, deep=False):
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}: each key may appear once", key_node.start_mark
+
+def _load_yaml(text: str, path: str, problems: list[tuple[str, str]]) -> Any:
+    """Parse with the safe loader; duplicate keys become problems (with their key path) instead of
+    silently keeping the last value, so they are reported together with every other mistake."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _find_duplicate_keys(loader, node, "", problems, set())
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [*problems, ("", f"not valid YAML: {_describe_yaml_error(exc)}")]) from exc
+    finally:
+        loader.dispose()
+
+
+def _find_duplicate_keys(
+    loader: yaml.SafeLoader, node: yaml.Node, key_path: str, problems: list[tuple[str, str]], seen: set[int]
+) -> None:
+    # Anchored nodes are shared (and may even contain themselves), so each node is walked once.
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _find_duplicate_keys(loader, item, f"{key_path}[{index}]", problems, seen)
+        return
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first_line: dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node)
+        child_path = f"{key_path}.{key}" if key_path else str(key)
+        line = key_node.start_mark.line + 1
+        if key in first_line:
+            problems.append(
+                (
+                    child_path,
+                    f"appears twice (lines {first_line[key]} and {line}): each key may appear once, delete one of them",
                 )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+            )
+        else:
+            first_line[key] = line
+        _find_duplicate_keys(loader, value_node, child_path, problems, seen)
 
 
 def _describe_yaml_error(exc: yaml.YAMLError) -> str:
@@ -367,10 +429,8 @@ class _Reader:
         self.problems = problems
         self.environ = environ
 
-    def mapping(self, key_path: str, raw: Any, *, required: bool = False) -> dict:
+    def mapping(self, key_path: str, raw: Any) -> dict:
         if raw is None:
-            if required:
-                self.problems.append((key_path, "must be a mapping of keys, for example  id: ...  and  type: WS"))
             return {}
         if not isinstance(raw, dict):
             self.problems.append((key_path, f"must be a mapping of keys, not {_yaml_type(raw)}"))
@@ -383,8 +443,8 @@ class _Reader:
                 continue
             where = f"{key_path}.{key}" if key_path else str(key)
             close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys are {', '.join(known)}"
-            self.problems.append((where, f"unknown key; {hint}"))
+            hint = f"did you mean {close[0]!r}?" if close else f"remove it; the keys here are {', '.join(known)}"
+            self.problems.append((where, f"unknown key: {hint}"))
 
     def section(self, key_path: str, raw: dict, keys: tuple[Key, ...], extra: tuple[str, ...] = ()) -> dict[str, Any]:
         self.reject_unknown(key_path.replace(".<name>", ""), raw, tuple(k.name for k in keys) + extra)
@@ -393,7 +453,7 @@ class _Reader:
             where = f"{key_path}.{key.name}"
             if key.name not in raw or raw[key.name] is None:
                 if key.required:
-                    self.problems.append((where, f"is required: {key.doc}"))
+                    self.problems.append((where, f"is missing: add  {key.name}: {_example(key)}  ({key.doc})"))
                 values[key.name] = key.default
                 continue
             values[key.name] = self.value(where, key, raw[key.name])
@@ -406,7 +466,10 @@ class _Reader:
             if raw is None:
                 return key.default
         elif isinstance(raw, list):
-            raw = [self.interpolate(where, item)[0] if isinstance(item, str) else item for item in raw]
+            items = [self.interpolate(where, item)[0] if isinstance(item, str) else item for item in raw]
+            if any(item is None and original is not None for item, original in zip(items, raw, strict=True)):
+                return key.default
+            raw = items
         converted, problem = _convert(key, raw, from_environment=interpolated)
         if problem is None and key.check is not None:
             problem = key.check(converted)
@@ -435,6 +498,28 @@ class _Reader:
         return (None if missing else result), result != text
 
 
+def _example(key: Key) -> str:
+    if key.kind == "choice":
+        return " or ".join(f'"{choice}"' for choice in key.choices)
+    return '"..."'
+
+
+def _unquoted_hint(key: Key, raw: Any) -> str:
+    """Point out a value quoted in the file ("true", "100") that would be right without the quotes."""
+    if not isinstance(raw, str):
+        return ""
+    try:
+        unquoted = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return ""
+    fits = {
+        "bool": isinstance(unquoted, bool),
+        "int": isinstance(unquoted, int) and not isinstance(unquoted, bool),
+        "number": isinstance(unquoted, int | float) and not isinstance(unquoted, bool),
+    }
+    return f": write {raw.strip()} without quotes" if fits.get(key.kind) else ""
+
+
 def _yaml_type(value: Any) -> str:
     names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
     return names.get(type(value), type(value).__name__) + f" ({value!r})"
@@ -446,7 +531,8 @@ def _convert(key: Key, raw: Any, *, from_environment: bool) -> tuple[Any, str | 
             return raw, None
         if from_environment and isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0"):
             return raw.lower() in ("true", "1"), None
-        return None, f"must be true or false, not {_yaml_type(raw)}"
+        hint = "" if from_environment else _unquoted_hint(key, raw)
+        return None, f"must be true or false, not {_yaml_type(raw)}{hint}"
     if key.kind in ("int", "number"):
         if from_environment and isinstance(raw, str):
             try:
@@ -456,7 +542,9 @@ def _convert(key: Key, raw: Any, *, from_environment: bool) -> tuple[Any, str | 
         valid_types = (int,) if key.kind == "int" else (int, float)
         if isinstance(raw, bool) or not isinstance(raw, valid_types):
             kind = "a whole number" if key.kind == "int" else "a number"
-            return None, f"must be {kind}, not {_yaml_type(raw)}"
+            return None, f"must be {kind}, not {_yaml_type(raw)}{'' if from_environment else _unquoted_hint(key, raw)}"
+        if not math.isfinite(raw):
+            return None, f"must be a finite number, not {raw!r}"
         if key.minimum is not None and raw < key.minimum:
             bound = int(key.minimum) if key.minimum == int(key.minimum) else key.minimum
             article = "a positive" if key.minimum > 0 else "a non-negative"

@@ -27,13 +27,15 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, config=None, dry_run=False, prune=False, **options):
+        """Load the file (``--config``, else the one the settings loaded), sync it and print the report."""
         if config is None:
             realtime_config = settings.REALTIME
         else:
             try:
                 realtime_config = load_config(config, base_dir=settings.BASE_DIR)
             except ConfigError as error:
-                raise CommandError(str(error)) from error
+                # Status 2, like a bad CONFIG_FOLDER_PATH file at startup.
+                raise CommandError(str(error), returncode=2) from error
         try:
             report = channels_sync(config=realtime_config, prune=prune, dry_run=dry_run)
         except SyncConflict as error:

@@ -1,0 +1,122 @@
+"""The Django admin for channels (channels_app/admin.py)."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from channels_app.admin import YAML_OVERWRITE_WARNING
+from channels_app.models import Channel
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = reverse("admin:channels_app_channel_changelist")
+
+
+@pytest.fixture
+def yaml_channel():
+    """A channel written by sync_channels."""
+    return Channel.objects.create(
+        name="chat", public_id="chat-1", type="WS", max_connections=10, source=Channel.Source.YAML
+    )
+
+
+@pytest.fixture
+def api_channel():
+    """A channel created through the HTTP API."""
+    return Channel.objects.create(
+        name="alerts", public_id="alerts-1", type="SSE", max_connections=7, source=Channel.Source.API
+    )
+
+
+def change_url(channel: Channel) -> str:
+    """The admin change page of ``channel``."""
+    return reverse("admin:channels_app_channel_change", args=[channel.pk])
+
+
+def test_list_shows_name_id_type_limit_source_and_active(admin_client, yaml_channel, api_channel):
+    response = admin_client.get(CHANGELIST)
+    assert response.status_code == 200
+    page = response.content.decode()
+    for header in ("column-name", "column-public_id", "column-type", "column-max_connections", "column-source"):
+        assert header in page
+    assert "column-active" in page
+    assert ">chat</a>" in page and "chat-1" in page and "alerts-1" in page
+    assert "YAML file" in page and "HTTP API" in page
+
+
+def test_list_search_by_name_or_id(admin_client, yaml_channel, api_channel):
+    by_name = admin_client.get(CHANGELIST, {"q": "alerts"}).context["cl"]
+    by_id = admin_client.get(CHANGELIST, {"q": "chat-1"}).context["cl"]
+    assert [channel.public_id for channel in by_name.result_list] == ["alerts-1"]
+    assert [channel.public_id for channel in by_id.result_list] == ["chat-1"]
+
+
+def test_list_filters_by_source_and_type(admin_client, yaml_channel, api_channel):
+    by_source = admin_client.get(CHANGELIST, {"source__exact": "yaml"}).context["cl"]
+    by_type = admin_client.get(CHANGELIST, {"type__exact": "SSE"}).context["cl"]
+    assert [channel.public_id for channel in by_source.result_list] == ["chat-1"]
+    assert [channel.public_id for channel in by_type.result_list] == ["alerts-1"]
+
+
+def test_yaml_channel_page_warns_that_sync_overwrites_edits(admin_client, yaml_channel):
+    response = admin_client.get(change_url(yaml_channel))
+    assert response.status_code == 200
+    assert YAML_OVERWRITE_WARNING in response.content.decode()
+    assert "the next sync_channels run overwrites edits made here" in YAML_OVERWRITE_WARNING
+
+
+def test_api_channel_page_has_no_warning(admin_client, api_channel):
+    response = admin_client.get(change_url(api_channel))
+    assert response.status_code == 200
+    assert 'value="alerts-1"' in response.content.decode()
+    assert YAML_OVERWRITE_WARNING not in response.content.decode()
+
+
+def test_warning_is_not_carried_to_the_next_page(admin_client, yaml_channel):
+    admin_client.get(change_url(yaml_channel))
+    assert YAML_OVERWRITE_WARNING not in admin_client.get(CHANGELIST).content.decode()
+
+
+def test_yaml_channel_id_and_name_are_read_only(admin_client, yaml_channel):
+    page = admin_client.get(change_url(yaml_channel)).content.decode()
+    assert 'name="public_id"' not in page
+    assert 'name="name"' not in page
+    assert 'name="max_connections"' in page
+
+
+def test_editing_a_yaml_channels_limit_is_saved(admin_client, yaml_channel):
+    data = {"type": "WS", "max_connections": 3, "history_size": 100, "history_ttl": 3600, "active": "on"}
+    response = admin_client.post(change_url(yaml_channel), data)
+    assert response.status_code == 302
+    yaml_channel.refresh_from_db()
+    assert (yaml_channel.max_connections, yaml_channel.name, yaml_channel.source) == (3, "chat", "yaml")
+
+
+def test_channel_created_in_admin_is_marked_admin(admin_client):
+    data = {
+        "name": "ops",
+        "public_id": "ops-1",
+        "type": "SSE",
+        "max_connections": 5,
+        "history_size": 10,
+        "history_ttl": 60,
+        "active": "on",
+    }
+    response = admin_client.post(reverse("admin:channels_app_channel_add"), data)
+    assert response.status_code == 302
+    assert Channel.objects.get(public_id="ops-1").source == Channel.Source.ADMIN
+
+
+def test_admin_refuses_ids_unusable_in_urls(admin_client):
+    data = {"name": "ops", "public_id": "ops 1", "type": "SSE", "max_connections": 5, "history_size": 1}
+    response = admin_client.post(reverse("admin:channels_app_channel_add"), data | {"history_ttl": 60})
+    assert response.status_code == 200
+    assert not Channel.objects.exists()
+
+
+def test_anonymous_user_is_redirected_to_login(client, yaml_channel):
+    for url in (CHANGELIST, change_url(yaml_channel)):
+        response = client.get(url)
+        assert response.status_code == 302
+        assert response.url.startswith(reverse("admin:login"))

@@ -70,6 +70,7 @@ def api_endpoint(*methods: str, authenticated: bool = True):
                     status=500,
                 )
 
+        handler.allowed_methods = methods
         return handler
 
     return decorate

@@ -27,8 +27,9 @@ CONFIG_ENV_VAR = "CONFIG_FOLDER_PATH"
 FOLDER_CONFIG_NAME = "config.yaml"
 
 # Channel names and ids appear in URLs and in channel-layer group names, so they use the
-# characters both accept: letters, digits, '.', '_' and '-'.
-IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+# characters both accept: letters, digits, '.', '_' and '-'. "\Z", not "$", which would also
+# accept a trailing newline; names made only of dots are path segments ("." and "..") in a URL.
+IDENTIFIER_PATTERN = re.compile(r"^(?!\.+\Z)[A-Za-z0-9._-]{1,100}\Z")
 IDENTIFIER_RULE = "1 to 100 characters from A-Z a-z 0-9 . _ -"
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -61,11 +62,10 @@ class Key:
 
 
 def _check_identifier(value: str) -> str | None:
-    # fullmatch, because the pattern's "$" also matches before a trailing newline ("abc\n").
-    if not IDENTIFIER_PATTERN.fullmatch(value):
-        return f"{value!r} cannot be used in a URL or a group name: use {IDENTIFIER_RULE}"
     if set(value) == {"."}:
         return f"{value!r} cannot be used in a URL (clients resolve it as a path segment): add a letter or digit"
+    if not IDENTIFIER_PATTERN.match(value):
+        return f"{value!r} cannot be used in a URL or a group name: use {IDENTIFIER_RULE}"
     return None
 
 

@@ -144,7 +144,6 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
 # Static files are served by the app itself (no CDN, works offline), straight from the apps'
 # static folders, so no collectstatic step is needed.
 WHITENOISE_USE_FINDERS = True

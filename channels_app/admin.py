@@ -1,8 +1,13 @@
 """Django admin for the channel registry."""
 
+from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
 
+from .channel_services import channel_disconnect_all
+from .errors import ApplicationError
 from .models import Channel
+from .publishing import apublish
+from .runtime import get_runtime
 
 YAML_OVERWRITE_WARNING = (
     "This channel comes from the YAML configuration: the next sync_channels run overwrites edits "
@@ -14,11 +19,58 @@ YAML_OVERWRITE_WARNING = (
 class ChannelAdmin(admin.ModelAdmin):
     """Channels with their limits and where they came from."""
 
-    list_display = ("name", "public_id", "type", "max_connections", "private", "source", "active", "updated_at")
+    list_display = (
+        "name",
+        "public_id",
+        "type",
+        "live_connections",
+        "max_connections",
+        "private",
+        "source",
+        "active",
+        "updated_at",
+    )
     list_filter = ("type", "source", "active", "private")
     search_fields = ("name", "public_id")
     readonly_fields = ("source", "created_at", "updated_at")
     ordering = ("name",)
+    actions = ("send_test_message", "disconnect_everyone")
+
+    @admin.display(description="live connections")
+    def live_connections(self, obj):
+        """Replaced per request by ``get_list_display`` with counts taken once for the page."""
+        return "?"
+
+    def get_list_display(self, request):
+        """Show live connections, counted once per page (cluster-wide with the REDIS driver)."""
+        counts = async_to_sync(_live_counts)()
+
+        @admin.display(description="live connections")
+        def live_connections(obj):
+            return counts.get(obj.public_id, 0)
+
+        return tuple(live_connections if field == "live_connections" else field for field in self.list_display)
+
+    @admin.action(description="Send a test message to the selected channels")
+    def send_test_message(self, request, queryset):
+        """Publish a test message through the same path as the HTTP push API."""
+        for channel in queryset.filter(active=True):
+            payload = f"Test message from the admin ({request.user.get_username()})"
+            try:
+                message = async_to_sync(apublish)(channel.public_id, payload)
+            except ApplicationError as error:
+                self.message_user(request, f"{channel.name}: {error.message}", messages.ERROR)
+                continue
+            self.message_user(
+                request, f"{channel.name}: test message {message.id} published (offset {message.offset})."
+            )
+
+    @admin.action(description="Disconnect everyone from the selected channels")
+    def disconnect_everyone(self, request, queryset):
+        """Close every connection to the selected channels on every instance (code 4000); clients may resume."""
+        for channel in queryset:
+            async_to_sync(channel_disconnect_all)(channel_id=channel.public_id)
+            self.message_user(request, f"{channel.name}: every connection was asked to close.")
 
     def get_readonly_fields(self, request, obj=None):
         """A YAML channel's id and name tie it to its declaration: changing them here would make
@@ -39,3 +91,9 @@ class ChannelAdmin(admin.ModelAdmin):
         if not change:
             obj.source = Channel.Source.ADMIN
         super().save_model(request, obj, form, change)
+
+
+async def _live_counts() -> dict[str, int]:
+    runtime = get_runtime()
+    channels = await runtime.registry.all()
+    return {channel.id: await runtime.presence.count(channel.id) for channel in channels}

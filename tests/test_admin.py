@@ -120,3 +120,59 @@ def test_anonymous_user_is_redirected_to_login(client, yaml_channel):
         response = client.get(url)
         assert response.status_code == 302
         assert response.url.startswith(reverse("admin:login"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admin_shows_live_connections_and_its_actions_reach_real_clients(start_server, tmp_path):
+    """Against a real daphne: the list counts live connections; both actions reach a WebSocket client."""
+    import asyncio
+    import json
+    import re
+
+    import httpx
+    import websockets
+
+    from tests.liveserver import manage
+
+    server = start_server()
+    manage(
+        "shell", "-c",
+        "from django.contrib.auth.models import User; User.objects.create_superuser('root', 'r@x.io', 'pw-123456')",
+        env=server.env,
+    )  # fmt: skip
+
+    async def scenario():
+        async with (
+            websockets.connect(server.channel_url("chat-1", clientId="watcher")) as ws,
+            httpx.AsyncClient(base_url=server.http, follow_redirects=True) as client,
+        ):
+            login_page = await client.get("/admin/login/")
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login_page.text).group(1)
+            await client.post(
+                "/admin/login/?next=/admin/",
+                data={"username": "root", "password": "pw-123456", "csrfmiddlewaretoken": token},
+                headers={"Referer": f"{server.http}/admin/login/"},
+            )
+            listing = await client.get("/admin/channels_app/channel/")
+            row_id = re.search(r'href="/admin/channels_app/channel/(\d+)/change/[^"]*">chat<', listing.text)
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', listing.text).group(1)
+            form = {"_selected_action": row_id.group(1), "csrfmiddlewaretoken": token, "index": "0"}
+            headers = {"Referer": f"{server.http}/admin/channels_app/channel/"}
+            await client.post(
+                "/admin/channels_app/channel/", data={**form, "action": "send_test_message"}, headers=headers
+            )
+            test_message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            await client.post(
+                "/admin/channels_app/channel/", data={**form, "action": "disconnect_everyone"}, headers=headers
+            )
+            control = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            return listing.text, test_message, control, closed.value.rcvd.code
+
+    listing, test_message, control, close_code = asyncio.run(scenario())
+    assert "Live connections" in listing
+    assert re.search(r'<td class="field-live_connections">1</td>', listing)
+    assert test_message["payload"].startswith("Test message from the admin")
+    assert control["error"] == "disconnected"
+    assert close_code == 4000

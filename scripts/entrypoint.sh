@@ -1,0 +1,75 @@
+#!/bin/sh
+# Container entry point (also runs outside Docker; tests/test_deploy.py starts it that way).
+#
+#   1. resolves CONFIG_FOLDER_PATH (see below) and exports it as an absolute path;
+#   2. applies migrations and writes the YAML's channels into the registry;
+#   3. execs daphne on 0.0.0.0:$PORT (default 8080), so daphne receives SIGTERM directly.
+#
+# Arguments: options starting with "-" are passed to daphne (docker run IMAGE --proxy-headers);
+# anything else is run instead of the server, with the same configuration, and without
+# migrating (docker compose run realtime python manage.py createsuperuser).
+#
+# A relative CONFIG_FOLDER_PATH (default configs/memory.config.yaml) is looked for first from
+# "/", then from the application folder (/app in the image). This is what makes the Go
+# service's compose pair work unchanged: CONFIG_FOLDER_PATH "configs/memory.config.yaml" with the
+# file mounted at /configs/memory.config.yaml. Without a mount, the copy baked into the image
+# (/app/configs/...) is used. An absolute path is used as it is.
+set -eu
+
+APP_DIR=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd)
+cd "$APP_DIR"
+
+fail() {
+    echo "realtime: $*" >&2
+    exit 2
+}
+
+PORT="${PORT:-8080}"
+case "$PORT" in
+    '' | *[!0-9]*) fail "PORT=$PORT is not a port number: write for example PORT=8080" ;;
+esac
+
+config="${CONFIG_FOLDER_PATH:-configs/memory.config.yaml}"
+case "$config" in
+    /*) ;;
+    *)
+        if [ -e "/$config" ]; then
+            config="/$config"
+        elif [ -e "$APP_DIR/$config" ]; then
+            config="$APP_DIR/$config"
+        else
+            fail "CONFIG_FOLDER_PATH=$config: neither /$config nor $APP_DIR/$config exists: mount the YAML file there, or point CONFIG_FOLDER_PATH at it with an absolute path"
+        fi
+        ;;
+esac
+CONFIG_FOLDER_PATH="$config"
+export CONFIG_FOLDER_PATH
+
+# A SQLite database needs a writable folder (in the image: the /data volume).
+case "${DATABASE_URL:-}" in
+    sqlite:*)
+        db_path="${DATABASE_URL#sqlite://}"
+        db_path="${db_path#/}"
+        case "$db_path" in
+            /*) ;;
+            *) db_path="$APP_DIR/$db_path" ;;
+        esac
+        db_dir=$(dirname -- "$db_path")
+        if [ ! -d "$db_dir" ] || [ ! -w "$db_dir" ]; then
+            fail "DATABASE_URL=$DATABASE_URL: the folder $db_dir does not exist or is not writable by user $(id -u): mount a volume there (docker run -v realtime-data:/data ...)"
+        fi
+        ;;
+esac
+
+if [ "$#" -gt 0 ]; then
+    case "$1" in
+        -*) ;;
+        *) exec "$@" ;;
+    esac
+fi
+
+echo "realtime: configuration from $CONFIG_FOLDER_PATH"
+python manage.py migrate --noinput
+python manage.py sync_channels
+echo "realtime: listening on 0.0.0.0:$PORT"
+exec daphne -b 0.0.0.0 -p "$PORT" "$@" realtime_project.asgi:application

@@ -1,0 +1,216 @@
+"""The chat and notifications pages over HTTP: flags, channel lists, settings, and strict-CSP-ready markup.
+
+What the pages do in a browser is tested in test_pages_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import TEST_CONFIG
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "channels_app" / "static" / "realtime"
+API_KEY = "pages-key-0123456789"
+
+
+def pages_on(config_text: str) -> str:
+    """A configuration with both pages switched on."""
+    return config_text.replace(
+        "allow_push_server_messages: true",
+        "allow_push_server_messages: true\n  render_chat_html: true\n  render_notifications_html: true",
+    )
+
+
+class PageParser(HTMLParser):
+    """Collects what a strict Content-Security-Policy would refuse, and the page's JSON settings."""
+
+    def __init__(self):
+        super().__init__()
+        self.inline_scripts: list[str] = []
+        self.script_sources: list[str] = []
+        self.inline_handlers: list[str] = []
+        self.style_attributes: list[str] = []
+        self.style_elements = 0
+        self.external_urls: list[str] = []
+        self.options: list[tuple[str, str, bool]] = []
+        self.ids: set[str] = set()
+        self.labels_for: set[str] = set()
+        self.json_blocks: dict[str, str] = {}
+        self._script: dict | None = None
+        self._option: dict | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        for name, value in attrs:
+            if name.startswith("on"):
+                self.inline_handlers.append(f"<{tag} {name}={value!r}>")
+            if name == "style":
+                self.style_attributes.append(f"<{tag} style={value!r}>")
+            if name in ("src", "href") and value and re.match(r"^(https?:)?//", value):
+                self.external_urls.append(value)
+        if "id" in attributes:
+            self.ids.add(attributes["id"])
+        if tag == "label" and "for" in attributes:
+            self.labels_for.add(attributes["for"])
+        if tag == "style":
+            self.style_elements += 1
+        if tag == "script":
+            self._script = {"attributes": attributes, "text": ""}
+        if tag == "option":
+            self._option = {"value": attributes.get("value"), "selected": "selected" in attributes, "text": ""}
+
+    def handle_data(self, data):
+        if self._script is not None:
+            self._script["text"] += data
+        if self._option is not None:
+            self._option["text"] += data
+
+    def handle_endtag(self, tag):
+        if tag == "script" and self._script is not None:
+            attributes, text = self._script["attributes"], self._script["text"]
+            if "src" in attributes:
+                self.script_sources.append(attributes["src"])
+            elif attributes.get("type") == "application/json":
+                self.json_blocks[attributes.get("id", "")] = text
+            else:
+                self.inline_scripts.append(text)
+            self._script = None
+        if tag == "option" and self._option is not None:
+            self.options.append((self._option["value"], self._option["text"].strip(), self._option["selected"]))
+            self._option = None
+
+
+def parse(html: str) -> PageParser:
+    parser = PageParser()
+    parser.feed(html)
+    return parser
+
+
+def page_config(parser: PageParser) -> dict:
+    return json.loads(parser.json_blocks["realtime-page-config"])
+
+
+@pytest.fixture(scope="module")
+def pages_server(start_module_server):
+    """Both pages on, APP_DEBUG=1 and no API key (the server API is open)."""
+    return start_module_server(pages_on(TEST_CONFIG), env={"APP_DEBUG": "1"})
+
+
+@pytest.mark.parametrize("path", ["/web/chat/", "/web/notifications/"])
+def test_pages_are_ready_for_a_strict_content_security_policy(pages_server, path):
+    response = httpx.get(pages_server.http + path)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = parse(response.text)
+    assert page.inline_scripts == []
+    assert page.inline_handlers == []
+    assert page.style_attributes == []
+    assert page.style_elements == 0
+    assert page.external_urls == [], "pages must work offline: no CDN"
+    assert "/static/realtime/realtime.js" in page.script_sources
+    # Every form field has a label.
+    for field_id in {"channel"} | ({"display-name", "message"} if "chat" in path else {"push-text", "api-key"}):
+        assert field_id in page.ids and field_id in page.labels_for, field_id
+
+
+def test_static_files_are_served_by_the_app(pages_server):
+    for name, kind in [
+        ("realtime.js", "javascript"),
+        ("pages.js", "javascript"),
+        ("chat.js", "javascript"),
+        ("notifications.js", "javascript"),
+        ("pages.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ]:
+        response = httpx.get(f"{pages_server.http}/static/realtime/{name}")
+        assert response.status_code == 200, name
+        assert kind in response.headers["content-type"], name
+
+
+def test_chat_lists_websocket_channels_and_hands_the_script_its_settings(pages_server):
+    page = parse(httpx.get(f"{pages_server.http}/web/chat/").text)
+    assert page.options == [("chat-1", "chat", True), ("chat-2", "other-chat", False)]
+    config = page_config(page)
+    assert config["transport"] == "ws"
+    assert config["channelsUrl"] == "/api/v1/channels/"
+    assert config["selected"] == "chat-1"
+    assert config["maxMessageSize"] == 65536
+    assert [channel["id"] for channel in config["channels"]] == ["chat-1", "chat-2"]
+
+
+def test_channel_query_selects_by_name_or_id_and_keeps_an_unknown_one(pages_server):
+    by_name = parse(httpx.get(f"{pages_server.http}/web/chat/", params={"channel": "other-chat"}).text)
+    assert [option for option in by_name.options if option[2]] == [("chat-2", "other-chat", True)]
+    unknown = parse(httpx.get(f"{pages_server.http}/web/chat/", params={"channel": "nope"}).text)
+    assert [option for option in unknown.options if option[2]] == [("nope", "nope", True)]
+    assert page_config(unknown)["selected"] == "nope"
+
+
+def test_channel_query_is_escaped(pages_server):
+    hostile = '"><script>alert(1)</script>'
+    response = httpx.get(f"{pages_server.http}/web/chat/", params={"channel": hostile})
+    page = parse(response.text)
+    assert page.inline_scripts == []
+    assert "<script>alert(1)</script>" not in response.text
+    assert page_config(page)["selected"] == hostile
+
+
+def test_notifications_lists_sse_channels_and_offers_the_push_form(pages_server):
+    response = httpx.get(f"{pages_server.http}/web/notifications/")
+    page = parse(response.text)
+    assert page.options == [("feed-1", "feed", True)]
+    config = page_config(page)
+    assert config["transport"] == "sse"
+    assert config["allowPush"] is True
+    # APP_DEBUG=1 without keys: the API is open, so the key field is optional.
+    assert config["apiKeyRequired"] is False
+    assert "push-form" in page.ids
+
+
+def test_pages_answer_only_get_and_head(pages_server):
+    assert httpx.head(f"{pages_server.http}/web/chat/").status_code == 200
+    # Django's CSRF middleware refuses a bare POST (403) before the view would (405).
+    assert httpx.post(f"{pages_server.http}/web/chat/").status_code in (403, 405)
+    put = httpx.put(f"{pages_server.http}/web/notifications/", headers={"Origin": pages_server.http})
+    assert put.status_code in (403, 405)
+
+
+def test_pages_answer_404_when_their_flags_are_off(daphne_server):
+    for path in ("/web/chat/", "/web/notifications/"):
+        assert httpx.get(daphne_server.http + path).status_code == 404, path
+    # The shared files are still there; only the pages are off.
+    assert httpx.get(f"{daphne_server.http}/static/realtime/realtime.js").status_code == 200
+
+
+def test_one_page_on_without_the_other(start_server):
+    config = TEST_CONFIG.replace(
+        "allow_push_server_messages: true",
+        "allow_push_server_messages: false\n  render_notifications_html: true",
+    )
+    server = start_server(config, env={"REALTIME_API_KEYS": API_KEY})
+    assert httpx.get(f"{server.http}/web/chat/").status_code == 404
+    response = httpx.get(f"{server.http}/web/notifications/")
+    assert response.status_code == 200
+    page = parse(response.text)
+    config = page_config(page)
+    assert config["allowPush"] is False
+    assert config["apiKeyRequired"] is True
+    assert "push-form" not in page.ids
+    # No navigation to a page that is off.
+    assert 'href="/web/chat/"' not in response.text
+
+
+def test_page_scripts_never_write_html():
+    """Everything the server relays is put on the page as text: no HTML sinks in the scripts."""
+    sinks = re.compile(
+        r"innerHTML|outerHTML|insertAdjacentHTML|createContextualFragment|document\.write|\beval\(|new Function"
+        r"|setAttribute\(\s*[\"']on"
+    )
+    for script in STATIC_DIR.glob("*.js"):
+        assert not sinks.search(script.read_text()), script.name

@@ -1,0 +1,390 @@
+"""The chat and notifications pages in a real browser (Debian Chromium driven by Playwright) against real daphne.
+
+Every page here is served with a strict Content-Security-Policy added on the way (no inline
+script or style), and any CSP violation, uncaught script error or dialog fails the test.
+Set ``REALTIME_SCREENSHOTS=1`` to refresh the screenshots in docs/screenshots/.
+
+The tests are synchronous on purpose: Playwright's sync API and pytest-asyncio's auto mode clash.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets.sync.client
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+
+from tests.conftest import TEST_CONFIG, redis_config
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "pages-browser-key-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+STRICT_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+LOST = "Some messages may have been lost"
+XSS_PAYLOADS = ['<img src=x onerror="alert(1)">', "<script>alert(2)</script>"]
+
+expect.set_options(timeout=15_000)
+
+
+def pages_config(config_text: str = TEST_CONFIG) -> str:
+    """Both pages on, a quick SSE retry, and a channel that holds a single connection."""
+    return (
+        config_text.replace(
+            "allow_push_server_messages: true",
+            "allow_push_server_messages: true\n  render_chat_html: true\n  render_notifications_html: true\n"
+            "  sse_retry: 500",
+        )
+        + '  tiny:\n    id: "tiny-1"\n    type: "WS"\n    max_of_channel_connections: 1\n'
+    )
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Browser:
+    """The system Chromium (`playwright install` is not available here), for this module only.
+
+    pytest-playwright's session-wide fixtures would keep Playwright's event loop running in the
+    main thread after these tests, and later asyncio tests would fail; this one stops with the
+    module.
+    """
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+                # Pages fulfilled by Playwright (to add the CSP header) have no known address, so
+                # Chromium would treat them as public and block their connections to 127.0.0.1.
+                "--disable-features=LocalNetworkAccessChecks",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+def add_strict_csp(route: Route) -> None:
+    response = route.fetch()
+    route.fulfill(response=response, headers={**response.headers, "content-security-policy": STRICT_CSP})
+
+
+@dataclass
+class Pages:
+    """Opens pages in fresh browser contexts (separate people) and records what must never happen."""
+
+    browser: Browser
+    problems: list[str] = field(default_factory=list)
+    contexts: list = field(default_factory=list)
+
+    def open(self, url: str) -> Page:
+        context = self.browser.new_context(viewport={"width": 1100, "height": 900})
+        self.contexts.append(context)
+        context.route(re.compile(r"/web/"), add_strict_csp)
+        page = context.new_page()
+        page.on("dialog", self._dialog)
+        page.on("pageerror", lambda error: self.problems.append(f"uncaught error: {error}"))
+        page.on(
+            "console",
+            lambda message: (
+                "Content Security Policy" in message.text and self.problems.append(f"CSP violation: {message.text}")
+            ),
+        )
+        page.goto(url)
+        return page
+
+    def _dialog(self, dialog) -> None:
+        self.problems.append(f"a dialog opened: {dialog.type} {dialog.message!r}")
+        dialog.dismiss()
+
+    def close(self) -> None:
+        for context in self.contexts:
+            context.close()
+
+
+@pytest.fixture
+def pages(chromium):
+    opened = Pages(chromium)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="module")
+def keyed_server(start_module_server):
+    """Pages on; the server API needs a key (REALTIME_API_KEYS), as in production."""
+    return start_module_server(pages_config(), env={"REALTIME_API_KEYS": API_KEY})
+
+
+def save_screenshot(page: Page, name: str, tmp_path: Path) -> None:
+    """Into docs/screenshots/ when REALTIME_SCREENSHOTS=1, else into the test's temporary folder."""
+    folder = ROOT / "docs" / "screenshots" if os.environ.get("REALTIME_SCREENSHOTS") == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / name), full_page=True, animations="disabled", caret="hide")
+
+
+def join_chat(page: Page, name: str, *, channel_label: str = "chat") -> None:
+    """Join with the keyboard only: type the name, press Enter."""
+    name_field = page.get_by_label("Display name")
+    name_field.focus()
+    page.keyboard.type(name)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("status").first).to_have_text(f"Connected to {channel_label} as {name}.")
+    # The keyboard focus moves on to the message box, ready to type.
+    expect(page.get_by_label("Message", exact=True)).to_be_focused()
+
+
+def say(page: Page, text: str) -> None:
+    """Type a message and send it with Enter."""
+    box = page.get_by_label("Message", exact=True)
+    box.fill(text)
+    box.press("Enter")
+    expect(box).to_have_value("")
+
+
+def push(server, channel: str, payload: str) -> dict:
+    """Publish through the HTTP API, as a backend would; return the receipt."""
+    response = httpx.post(f"{server.http}/api/v1/channels/{channel}/messages", json={"payload": payload}, headers=AUTH)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_two_people_chat_and_markup_is_shown_as_text(keyed_server, pages, tmp_path):
+    alice = pages.open(f"{keyed_server.http}/web/chat/")
+    bob = pages.open(f"{keyed_server.http}/web/chat/?channel=chat")
+    join_chat(alice, "Alice")
+    join_chat(bob, "Bob")
+
+    say(alice, "Hello Bob!")
+    bob_messages = bob.locator("#messages .message")
+    expect(bob_messages).to_have_count(1)
+    expect(bob_messages.locator(".sender")).to_have_text(["Alice"])
+    expect(bob_messages.locator(".text")).to_have_text(["Hello Bob!"])
+    expect(bob_messages.locator("time")).to_have_attribute("datetime", re.compile(r"^\d{4}-\d\d-\d\dT"))
+    # Alice's own message comes back (echo) marked as hers.
+    expect(alice.locator("#messages .message.mine .text")).to_have_text(["Hello Bob!"])
+    expect(alice.locator("#messages .message.mine .sender")).to_have_text(["You"])
+
+    for payload in XSS_PAYLOADS:
+        say(bob, payload)
+    say(bob, "line one\nline two")
+    expect(alice.locator("#messages .message:not(.mine) .text")).to_have_text([*XSS_PAYLOADS, "line one\nline two"])
+    expect(alice.locator("#messages .message.mine")).to_have_count(1)
+    assert alice.locator("#messages img").count() == 0
+    assert alice.locator("#messages script").count() == 0
+    expect(bob.locator("#messages .message.mine")).to_have_count(3)
+
+    # Leaving and joining again shows the recent history, each message once.
+    bob.get_by_role("button", name="Leave").click()
+    expect(bob.get_by_role("status").first).to_have_text("Disconnected: closed by the page")
+    expect(bob.get_by_label("Message", exact=True)).to_be_disabled()
+    bob.get_by_role("button", name="Join").click()
+    expect(bob.get_by_role("status").first).to_have_text("Connected to chat as Bob.")
+    expect(bob.locator("#messages .message .text")).to_have_text(["Hello Bob!", *XSS_PAYLOADS, "line one\nline two"])
+    expect(bob.locator("#messages .message.mine")).to_have_count(3)
+
+    save_screenshot(alice, "chat.png", tmp_path)
+    assert pages.problems == []
+
+
+def test_refusals_are_explained_in_words(keyed_server, pages):
+    unknown = pages.open(f"{keyed_server.http}/web/chat/?channel=no-such-channel")
+    unknown.get_by_label("Display name").fill("Carol")
+    unknown.get_by_role("button", name="Join").click()
+    expect(unknown.get_by_role("alert")).to_contain_text("There is no channel with this id or name")
+    expect(unknown.get_by_role("alert")).to_contain_text("4404")
+    expect(unknown.get_by_role("status").first).to_contain_text("Disconnected")
+    # The form is back, to pick another channel.
+    expect(unknown.get_by_role("button", name="Join")).to_be_visible()
+
+    first = pages.open(f"{keyed_server.http}/web/chat/?channel=tiny")
+    join_chat(first, "Dave", channel_label="tiny")
+    second = pages.open(f"{keyed_server.http}/web/chat/?channel=tiny-1")
+    second.get_by_label("Display name").fill("Erin")
+    second.get_by_role("button", name="Join").click()
+    expect(second.get_by_role("alert")).to_contain_text("The channel is full")
+    # A full channel may free up: the page keeps trying, with backoff, and says so.
+    expect(second.get_by_role("status").first).to_contain_text("Reconnecting")
+    first.get_by_role("button", name="Leave").click()
+    expect(second.get_by_role("status").first).to_have_text("Connected to tiny as Erin.", timeout=20_000)
+
+    # Another connection already uses the clientId this tab would use (a duplicated tab copies it).
+    henry = pages.open(f"{keyed_server.http}/web/chat/")
+    henry.evaluate("sessionStorage.setItem('realtime.chat.tag', 'abc123')")
+    with websockets.sync.client.connect(keyed_server.channel_url("chat-2", clientId="Henry-abc123")):
+        henry.get_by_label("Channel", exact=True).select_option(label="other-chat")
+        henry.get_by_label("Display name").fill("Henry")
+        henry.get_by_role("button", name="Join").click()
+        expect(henry.get_by_role("alert")).to_contain_text("already connected")
+        expect(henry.get_by_role("alert")).to_contain_text("4409")
+        # Joining again draws a new tag for this tab, so it gets in.
+        henry.get_by_role("button", name="Join").click()
+        expect(henry.get_by_role("status").first).to_have_text("Connected to other-chat as Henry.")
+
+    feed = pages.open(f"{keyed_server.http}/web/notifications/?channel=no-such-feed")
+    expect(feed.get_by_role("alert")).to_contain_text("There is no channel with this id or name")
+    expect(feed.get_by_role("status").first).to_contain_text("Disconnected")
+    # A WS channel opened as a stream: the EventSource cannot say why, the page still does.
+    wrong = pages.open(f"{keyed_server.http}/web/notifications/?channel=chat")
+    expect(wrong.get_by_role("alert")).to_contain_text("uses the other transport")
+    expect(wrong.get_by_role("status").first).to_contain_text("Disconnected")
+    assert pages.problems == []
+
+
+def test_notifications_arrive_newest_first_with_an_unread_count(keyed_server, pages, tmp_path):
+    page = pages.open(f"{keyed_server.http}/web/notifications/")
+    expect(page.get_by_role("status").first).to_have_text("Listening to feed.")
+    unread = page.locator("#unread-count")
+    expect(unread).to_have_text("0")
+
+    push(keyed_server, "feed-1", "Build 41 passed")
+    expect(page.locator(".notification .text")).to_have_text(["Build 41 passed"])
+    expect(unread).to_have_text("1")
+    expect(page).to_have_title("(1) Notifications · Realtime")
+    for payload in XSS_PAYLOADS:
+        push(keyed_server, "feed", payload)
+    expect(page.locator(".notification .text")).to_have_text([*reversed(XSS_PAYLOADS), "Build 41 passed"])
+    expect(unread).to_have_text("3")
+    assert page.locator("#notifications img").count() == 0
+
+    # The form needs the key: a wrong one is refused in words, the right one works.
+    page.get_by_label("Text").fill("Deploy finished")
+    page.get_by_label("API key").fill("wrong-key")
+    page.get_by_role("button", name="Send notification").click()
+    expect(page.locator("#push-result")).to_contain_text("Not sent (HTTP 401)")
+    page.get_by_label("API key").fill(API_KEY)
+    page.get_by_role("button", name="Send notification").click()
+    expect(page.locator("#push-result")).to_contain_text("Sent")
+    expect(page.locator(".notification .text").first).to_have_text("Deploy finished")
+    expect(unread).to_have_text("4")
+    # The key stays in this tab's sessionStorage: not in a cookie, not in the address.
+    assert page.evaluate("sessionStorage.getItem('realtime.apiKey')") == API_KEY
+    assert page.context.cookies() == []
+    assert API_KEY not in page.url
+    save_screenshot(page, "notifications.png", tmp_path)
+
+    page.get_by_role("button", name="Mark all as read").click()
+    expect(unread).to_have_text("0")
+    expect(page).to_have_title("Notifications · Realtime")
+    # After a reload the recent notifications are back from history, already read.
+    page.reload()
+    expect(page.locator(".notification .text")).to_have_count(4)
+    expect(unread).to_have_text("0")
+    push(keyed_server, "feed-1", "One more")
+    expect(unread).to_have_text("1")
+    expect(page.locator(".notification.unread .text")).to_have_text(["One more"])
+    assert pages.problems == []
+
+
+def test_memory_restart_says_plainly_that_messages_may_be_lost(start_server, pages):
+    """The MEMORY driver loses history on restart: the pages come back by themselves and say so."""
+    server = start_server(pages_config(), env={"APP_DEBUG": "1"})
+    chat = pages.open(f"{server.http}/web/chat/")
+    join_chat(chat, "Frank")
+    say(chat, "before the restart")
+    expect(chat.locator("#messages .message.mine .text")).to_have_text(["before the restart"])
+    feed = pages.open(f"{server.http}/web/notifications/")
+    expect(feed.get_by_role("status").first).to_have_text("Listening to feed.")
+    # APP_DEBUG=1 and no key: the form sends without one.
+    feed.get_by_label("Text").fill("before the restart")
+    feed.get_by_role("button", name="Send notification").click()
+    expect(feed.locator(".notification .text")).to_have_text(["before the restart"])
+
+    server.stop()
+    expect(chat.get_by_role("status").first).to_contain_text("Connection lost")
+    expect(chat.get_by_label("Message", exact=True)).to_be_disabled()
+    server.run()
+
+    expect(chat.get_by_role("alert")).to_contain_text(LOST)
+    expect(feed.get_by_role("alert")).to_contain_text(LOST)
+    expect(chat.get_by_role("status").first).to_have_text("Connected to chat as Frank.")
+    expect(feed.get_by_role("status").first).to_have_text("Listening to feed.")
+    say(chat, "after the restart")
+    expect(chat.locator("#messages .message.mine .text")).to_have_text(["before the restart", "after the restart"])
+    httpx.post(f"{server.http}/api/v1/channels/feed-1/messages", json={"payload": "after the restart"})
+    expect(feed.locator(".notification .text")).to_have_text(["after the restart", "before the restart"])
+    assert pages.problems == []
+
+
+def test_redis_history_survives_a_restart_and_the_pages_catch_up(start_server, redis_server, pages):
+    """With REDIS, what was published while a page's instance was down reaches it on reconnect, nothing lost."""
+    config = pages_config(redis_config(redis_server.url))
+    # A graceful stop gives the connection slots back; the short lease covers one that does not
+    # (a kill), which would otherwise hold the page's clientId for 30 s.
+    env = {"REALTIME_API_KEYS": API_KEY, "REALTIME_PRESENCE_LEASE_SECONDS": "3"}
+    first = start_server(config, env=env)
+    second = start_server(config, env=env, database_path=first.database_path, sync=False)
+
+    chat = pages.open(f"{first.http}/web/chat/")
+    join_chat(chat, "Grace")
+    push(first, "chat-1", "before")
+    expect(chat.locator("#messages .message .text")).to_have_text(["before"])
+    feed = pages.open(f"{first.http}/web/notifications/")
+    expect(feed.get_by_role("status").first).to_have_text("Listening to feed.")
+    push(first, "feed-1", "before")
+    expect(feed.locator(".notification .text")).to_have_text(["before"])
+
+    first.stop()
+    expect(chat.get_by_role("status").first).to_contain_text("Connection lost")
+    for text in ("while away 1", "while away 2"):
+        push(second, "chat-1", text)
+        push(second, "feed-1", text)
+    first.run()
+
+    expect(chat.locator("#messages .message .text")).to_have_text(["before", "while away 1", "while away 2"])
+    expect(feed.locator(".notification .text")).to_have_text(["while away 2", "while away 1", "before"])
+    expect(chat.get_by_role("status").first).to_have_text("Connected to chat as Grace.")
+    expect(feed.locator("#unread-count")).to_have_text("3")
+    assert chat.locator("#notices").inner_text() == ""
+    assert feed.locator("#notices").inner_text() == ""
+    assert pages.problems == []
+
+
+def test_the_javascript_client_as_documented(keyed_server, pages):
+    """docs/javascript-client.md: connect, events, position, send, close."""
+    page = pages.open(f"{keyed_server.http}/web/chat/")
+    page.evaluate(
+        """() => {
+            window.seen = { states: [], messages: [] };
+            const sub = Realtime.connect({ channel: "other-chat", transport: "ws", clientId: "doc-reader" });
+            sub.on("status", (status) => {
+                window.seen.states.push(status.state);
+                document.body.dataset.states = window.seen.states.join(" ");
+            });
+            sub.on("message", (message) => {
+                window.seen.messages.push(message);
+                document.body.dataset.messages = String(window.seen.messages.length);
+            });
+            window.sub = sub;
+        }"""
+    )
+    # Waiting through the DOM: wait_for_function would evaluate strings, which the strict CSP forbids.
+    body = page.locator("body")
+    expect(body).to_have_attribute("data-states", "connecting open")
+    receipt = push(keyed_server, "chat-2", "for the reader")
+    expect(body).to_have_attribute("data-messages", "1")
+    message = page.evaluate("window.seen.messages[0]")
+    assert message["payload"] == "for the reader"
+    assert message["clientId"] == "server-message"
+    assert page.evaluate("window.sub.position") == receipt["position"]
+    assert page.evaluate("window.sub.send('from the reader')") is True
+    page.evaluate("window.sub.close()")
+    assert page.evaluate("window.seen.states") == ["connecting", "open", "closed"]
+    assert page.evaluate("window.sub.send('too late')") is False
+    error = page.evaluate(
+        """() => {
+            const feed = Realtime.connect({ channel: "feed", transport: "sse" });
+            try { feed.send("x"); } catch (exc) { return exc.message; } finally { feed.close(); }
+        }"""
+    )
+    assert "POST /api/v1/channels/<id>/messages" in error
+    assert pages.problems == []

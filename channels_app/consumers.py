@@ -28,7 +28,7 @@ from .services import (
     subscription_start,
 )
 from .subscription import Subscription
-from .transport import write_buffer_probe
+from .transport import asgi_close_code_allowed, websocket_close_frame_sender, write_buffer_probe
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +48,15 @@ def flag(value: str | None) -> bool:
 
 
 def encode_frame(message: Message) -> tuple[str, int]:
-    """A message as one WebSocket text frame."""
+    """A message as one WebSocket text frame, and its size in bytes."""
     text = message.to_json()
-    return text, len(text)
+    return text, len(text.encode("utf-8", "surrogatepass"))
 
 
 def encode_control(body: dict) -> tuple[str, int]:
-    """A control object (gap, error, close) as one WebSocket text frame."""
+    """A control object (gap, error, close) as one WebSocket text frame, and its size in bytes."""
     text = json.dumps(body, separators=(",", ":"))
-    return text, len(text)
+    return text, len(text.encode("utf-8"))
 
 
 class ChannelConsumer(AsyncWebsocketConsumer):
@@ -69,6 +69,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         """Run the consumer, and give the connection slot back however it ends."""
         self.connection = None
         self.subscription = None
+        self.outbox = None
         self._writer = None
         self._closing = None
         try:
@@ -88,36 +89,42 @@ class ChannelConsumer(AsyncWebsocketConsumer):
                 since=query.get("since"),
                 echo=flag(query.get("echo")),
             )
+            self._prepare(runtime.server)
+            # Subscribe (and queue the replay) before accepting: once the client sees the
+            # handshake complete, every message published after that reaches it.
+            await subscription_start(connection=self.connection, subscription=self.subscription)
         except ApplicationError as error:
+            await self._release()
             runtime.stats.incr(f"refusals_{error.code}")
             await self.accept()
             await self._send_close(error.close_code, {"control": "close", "code": error.close_code, **error.as_dict()})
             return
-        server = runtime.server
-        self.bucket = TokenBucket(rate=server.publish_rate, burst=server.publish_burst)
         await self.accept()
-        outbox = Outbox(
+        self._writer = asyncio.create_task(self.outbox.run())
+
+    def _prepare(self, server) -> None:
+        self.bucket = TokenBucket(rate=server.publish_rate, burst=server.publish_burst)
+        self.outbox = Outbox(
             write=self._write,
             max_messages=server.max_pending_messages,
             max_bytes=server.max_pending_bytes,
             on_overflow=self._on_overflow,
             buffered_bytes=write_buffer_probe(self.base_send),
         )
-        self._writer = asyncio.create_task(outbox.run())
         self.subscription = Subscription(
             channel_id=self.connection.channel.id,
             client_id=self.connection.client_id,
             echo=self.connection.echo,
             encode=encode_frame,
             encode_control=encode_control,
-            outbox=outbox,
+            outbox=self.outbox,
             on_close=self.close_soon,
         )
-        await subscription_start(connection=self.connection, subscription=self.subscription)
 
     async def receive(self, text_data=None, bytes_data=None):
         """Publish a text frame to the channel; refuse binary, oversized and too-frequent frames."""
-        if self.connection is None or self._closing is not None:
+        connection, subscription = self.connection, self.subscription
+        if connection is None or self._closing is not None:
             return
         runtime = get_runtime()
         if text_data is None:
@@ -140,7 +147,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             return
         if not self.bucket.allow():
             runtime.stats.incr("frames_refused_rate_limited")
-            self.subscription.send_control(
+            subscription.send_control(
                 {
                     "control": "error",
                     "code": 4429,
@@ -151,11 +158,10 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             )
             return
         try:
-            await message_publish(
-                channel=self.connection.channel, payload=text_data, client_id=self.connection.client_id
-            )
+            await message_publish(channel=connection.channel, payload=text_data, client_id=connection.client_id)
         except ApplicationError as error:
-            self.subscription.send_control({"control": "error", "code": error.close_code, **error.as_dict()})
+            # The connection may have been closed meanwhile; its subscription then drops this.
+            subscription.send_control({"control": "error", "code": error.close_code, **error.as_dict()})
 
     async def disconnect(self, code):
         """Release the subscription and the connection slot."""
@@ -185,12 +191,20 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         )
 
     async def _shutdown(self, code: int, body: dict) -> None:
+        outbox = self.outbox
         await self._release()
+        if outbox is not None:
+            # What was already queued goes out before the close (nothing, for a slow consumer).
+            await outbox.flush()
         await self._send_close(code, body)
 
     async def _send_close(self, code: int, body: dict) -> None:
         await self.base_send({"type": "websocket.send", "text": json.dumps(body, separators=(",", ":"))})
-        await self.close(code)
+        send_close_frame = None if asgi_close_code_allowed(code) else websocket_close_frame_sender(self.base_send)
+        if send_close_frame is not None:
+            send_close_frame(code)
+        else:
+            await self.close(code)
 
     async def _write(self, frame: str) -> None:
         await self.base_send({"type": "websocket.send", "text": frame})

@@ -72,3 +72,13 @@ def client_id_taken(channel_id: str, client_id: str) -> ApplicationError:
         status=409,
         close_code=4409,
     )
+
+
+def shutting_down() -> ApplicationError:
+    """This instance is draining before it stops and takes no new connections (503 / 4503)."""
+    return ApplicationError(
+        "shutting_down",
+        "This instance is shutting down and accepts no new connections: reconnect in a moment.",
+        status=503,
+        close_code=4503,
+    )

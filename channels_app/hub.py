@@ -98,10 +98,17 @@ class Hub:
 
     def close_local(self, channel_id: str, error: ApplicationError) -> int:
         """Close every local subscription of a channel with the error's code; return how many."""
-        subscriptions = list(self._local.get(channel_id, ()))
         body = {"control": "close", "code": error.close_code, **error.as_dict()}
+        return self._close(list(self._local.get(channel_id, ())), error.close_code, body)
+
+    def close_all(self, code: int, body: dict) -> int:
+        """Close every local subscription of every channel (graceful shutdown); return how many."""
+        return self._close([s for local in self._local.values() for s in local], code, body)
+
+    @staticmethod
+    def _close(subscriptions: list[Subscription], code: int, body: dict) -> int:
         for subscription in subscriptions:
-            subscription.close(error.close_code, body)
+            subscription.close(code, body)
         return len(subscriptions)
 
     async def _receive_loop(self) -> None:
@@ -109,6 +116,9 @@ class Hub:
             try:
                 event = await self.layer.receive(self.channel_name)
                 await self.dispatch(event)
+                # receive() does not yield while events are queued: let the connections' writers
+                # drain their outboxes between messages, or a burst would overflow every one of them.
+                await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -111,7 +112,8 @@ def position_parse(raw: str | None) -> Position | None:
     if match:
         return Position(epoch=match["epoch"], offset=int(match["offset"]))
     if _MESSAGE_ID.match(raw):
-        return Position(message_id=raw.lower())
+        # Message ids are handed out in the canonical UUID form; accept any spelling of one.
+        return Position(message_id=str(uuid.UUID(raw)))
     raise bad_request(
         "since must be a position such as 'k3x9a-42' (the epoch and offset of the last message "
         "received), a bare offset, or a message id",

@@ -55,11 +55,15 @@ class Outbox:
 
     async def run(self) -> None:
         """Write queued frames until cancelled."""
-        frames = self._frames
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while frames and not self.overflowed:
-                frame, size = frames.popleft()
-                self._queued_bytes -= size
-                await self._write(frame)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write every queued frame now, unless the connection overflowed (its frames are dropped)."""
+        frames = self._frames
+        while frames and not self.overflowed:
+            frame, size = frames.popleft()
+            self._queued_bytes -= size
+            await self._write(frame)

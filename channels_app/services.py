@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .errors import ApplicationError, bad_request, channel_full, client_id_taken, wrong_transport
+from .errors import ApplicationError, bad_request, channel_full, client_id_taken, shutting_down, wrong_transport
 from .messages import Message, Position, position_parse
 from .naming import channel_group, client_id_parse
 from .registry import ChannelInfo
@@ -80,6 +80,8 @@ async def connection_open(
 ) -> Connection:
     """Admit a subscriber: validate the query, find the channel, take a connection slot."""
     runtime = runtime or get_runtime()
+    if runtime.draining:
+        raise shutting_down()
     parsed_client_id = client_id_parse(client_id)
     position = position_parse(since)
     channel = await runtime.registry.resolve(reference)
@@ -101,7 +103,7 @@ async def subscription_start(
         replay = await runtime.history.since(connection.channel, connection.position)
         if replay.gap is not None:
             runtime.stats.incr("resume_gaps")
-    subscription.replay(replay)
+    subscription.replay(replay, connection.position)
 
 
 async def connection_close(

@@ -27,7 +27,7 @@ from .outbox import Outbox
 from .runtime import get_runtime
 from .services import channel_describe, connection_close, connection_open, subscription_start
 from .subscription import Subscription
-from .transport import write_buffer_probe
+from .transport import connection_aborter, write_buffer_probe
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,9 @@ class ChannelStreamEndpoint:
         if query.get("upgrade") == "0":
             await self._preflight(send, reference, query, cors)
             return
-        since = query.get("since") or query.get("lastEventId") or header(scope, b"last-event-id")
+        # An EventSource reconnects to the same URL and sends the id of the last event it
+        # received: the header is newer than any position written into the URL.
+        since = header(scope, b"last-event-id") or query.get("since") or query.get("lastEventId")
         try:
             connection = await connection_open(
                 reference=reference,
@@ -111,10 +113,36 @@ class _Stream:
         self.subscription: Subscription | None = None
         self.finished = asyncio.Event()
         self.final_frame: bytes | None = None
+        self.overflowed = False
 
     async def run(self) -> None:
+        """Subscribe, open the response, then write events until the client leaves or is cut off."""
         runtime = get_runtime()
         server = runtime.server
+        outbox = Outbox(
+            write=self._write,
+            max_messages=server.max_pending_messages,
+            max_bytes=server.max_pending_bytes,
+            on_overflow=self._on_overflow,
+            buffered_bytes=write_buffer_probe(self.send),
+        )
+        self.subscription = Subscription(
+            channel_id=self.connection.channel.id,
+            client_id=self.connection.client_id,
+            echo=self.connection.echo,
+            encode=encode_event,
+            encode_control=encode_control,
+            outbox=outbox,
+            on_close=self._close,
+        )
+        try:
+            # Subscribe (and queue the replay) before the stream opens: once the client sees
+            # ``stream-open``, every message published after that reaches it.
+            await subscription_start(connection=self.connection, subscription=self.subscription)
+        except ApplicationError as error:
+            runtime.stats.incr(f"refusals_{error.code}")
+            await send_json(self.send, error.status, error.as_dict(), self.cors)
+            return
         await self.send(
             {
                 "type": "http.response.start",
@@ -133,37 +161,26 @@ class _Stream:
         }
         first = f"retry: {server.sse_retry}\n\n" + sse_encode_event("stream-open", json.dumps(opening))
         await self._write(first.encode("utf-8"))
-        outbox = Outbox(
-            write=self._write,
-            max_messages=server.max_pending_messages,
-            max_bytes=server.max_pending_bytes,
-            on_overflow=self._on_overflow,
-            buffered_bytes=write_buffer_probe(self.send),
-        )
-        self.subscription = Subscription(
-            channel_id=self.connection.channel.id,
-            client_id=self.connection.client_id,
-            echo=self.connection.echo,
-            encode=encode_event,
-            encode_control=encode_control,
-            outbox=outbox,
-            on_close=self._close,
-        )
         tasks = [
             asyncio.create_task(outbox.run()),
             asyncio.create_task(self._keepalive(outbox, server.sse_keepalive)),
             asyncio.create_task(self._watch_disconnect()),
         ]
         try:
-            await subscription_start(connection=self.connection, subscription=self.subscription)
             await self.finished.wait()
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         if self.final_frame is not None:
+            await outbox.flush()
             await self._write(self.final_frame)
         await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        abort = connection_aborter(self.send) if self.overflowed else None
+        if abort is not None:
+            # What the server still buffers is what the client could not read; dropping the
+            # connection frees it now, and the client resumes from its Last-Event-ID.
+            abort()
 
     async def _write(self, frame: bytes) -> None:
         await self.send({"type": "http.response.body", "body": frame, "more_body": True})
@@ -187,8 +204,7 @@ class _Stream:
             self.connection.client_id,
             self.connection.channel.id,
         )
-        # The buffered data is what the client could not read; the stream ends and EventSource
-        # reconnects with Last-Event-ID to resume from history.
+        self.overflowed = True
         self.finished.set()
 
     def _close(self, code: int, body: dict) -> None:

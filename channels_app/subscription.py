@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .history import Gap, Replay
-from .messages import Message
+from .messages import Message, Position
 from .outbox import Outbox
 
 
@@ -39,6 +39,7 @@ class Subscription:
         self.encode_control = encode_control
         self.outbox = outbox
         self.on_close = on_close
+        # The newest position this connection has (None: any epoch, for a bare ``since`` offset).
         self._epoch: str | None = None
         self._last_offset: int | None = None
         self._held: list[tuple[Message, object, int]] | None = []
@@ -49,7 +50,9 @@ class Subscription:
             return False
         if message.offset is None or self._last_offset is None:
             return True
-        return message.epoch != self._epoch or message.offset > self._last_offset
+        if self._epoch is not None and message.epoch != self._epoch:
+            return True
+        return message.offset > self._last_offset
 
     def offer(self, message: Message, frame, size: int) -> bool:
         """Queue an encoded live message (or hold it during a replay); False when not queued."""
@@ -61,9 +64,17 @@ class Subscription:
         self._remember(message)
         return self.outbox.put(frame, size)
 
-    def replay(self, replay: Replay | None) -> None:
-        """Send missed messages (and a gap notice), then release the live messages held meanwhile."""
+    def replay(self, replay: Replay | None, position: Position | None = None) -> None:
+        """Send missed messages (and a gap notice), then release the live messages held meanwhile.
+
+        ``position`` is where the client said it was. Live messages held during the replay may
+        include ones it already has (published just before it reconnected, still on their way
+        through the channel layer); those are dropped, not sent twice.
+        """
+        held, self._held = self._held or [], None
         if replay is not None:
+            if position is not None and (replay.gap is None or replay.gap.reason == "expired"):
+                held = self._resume_at(position, held)
             if replay.gap is not None:
                 self.send_control(replay.gap.as_wire())
             for message in replay.messages:
@@ -71,7 +82,6 @@ class Subscription:
                     self._remember(message)
                     frame, size = self.encode(message)
                     self.outbox.put(frame, size)
-        held, self._held = self._held or [], None
         for message, frame, size in held:
             self.offer(message, frame, size)
 
@@ -87,6 +97,16 @@ class Subscription:
     def close(self, code: int, body: dict) -> None:
         """Ask the connection to close with ``code`` after telling the client why."""
         self.on_close(code, body)
+
+    def _resume_at(self, position: Position, held: list) -> list:
+        """Start after ``position`` (still valid in history); return the held messages not yet seen."""
+        if position.offset is not None:
+            self._epoch, self._last_offset = position.epoch, position.offset
+            return held
+        ids = [message.id for message, _, _ in held]
+        if position.message_id in ids:
+            return held[ids.index(position.message_id) + 1 :]
+        return held
 
     def _remember(self, message: Message) -> None:
         if message.offset is not None:

@@ -1,0 +1,191 @@
+"""The WebSocket consumer in-process: refusals, frame checks, slow consumers, crashes and counters."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from channels_app import consumers, services
+from channels_app.models import Channel
+from realtime_project.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def runtime(inprocess_runtime):
+    await Channel.objects.acreate(name="room", public_id="room-1", type=Channel.Type.WS, max_connections=3)
+    return inprocess_runtime
+
+
+def configure(runtime, **server) -> None:
+    """Change ``server`` settings of this test's runtime."""
+    runtime.config = replace(runtime.config, server=replace(runtime.config.server, **server))
+
+
+async def connect(query: str) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(application, f"/api/v1/channels/room-1?{query}")
+    connected, _ = await communicator.connect(5)
+    assert connected
+    return communicator
+
+
+async def closed(communicator: WebsocketCommunicator) -> tuple[dict, int]:
+    """The final control frame and the close code the consumer ended with."""
+    body = await communicator.receive_json_from(5)
+    close = await communicator.receive_output(5)
+    assert close["type"] == "websocket.close"
+    return body, close["code"]
+
+
+async def test_refusal_is_a_close_frame_then_the_code_and_is_counted(runtime):
+    communicator = WebsocketCommunicator(application, "/api/v1/channels/nowhere?clientId=x")
+    await communicator.connect(5)
+    body, code = await closed(communicator)
+    assert code == 4404
+    assert (body["control"], body["code"], body["error"]) == ("close", 4404, "channel_not_found")
+    assert runtime.stats.counters()["refusals_channel_not_found"] == 1
+    assert await runtime.presence.count("room-1") == 0
+
+
+async def test_publish_and_fan_out_are_counted(runtime):
+    sender, receiver = await connect("clientId=sender"), await connect("clientId=receiver")
+    assert runtime.stats.counters()["connections_opened_ws"] == 2
+    await sender.send_to(text_data="counted")
+    assert (await receiver.receive_json_from(5))["payload"] == "counted"
+    await sender.disconnect()
+    await receiver.disconnect()
+    counters = runtime.stats.counters()
+    assert counters["messages_published"] == 1
+    assert counters["deliveries"] == 1
+    assert await runtime.presence.count("room-1") == 0
+
+
+async def test_binary_frame_closes_with_1003(runtime):
+    communicator = await connect("clientId=binary")
+    await communicator.send_to(bytes_data=b"\x00")
+    body, code = await closed(communicator)
+    assert code == 1003
+    assert body["error"] == "binary_frame"
+    assert runtime.stats.counters()["frames_refused_binary"] == 1
+    assert await runtime.presence.count("room-1") == 0
+
+
+async def test_frame_over_the_configured_size_closes_with_1009_and_is_not_published(runtime):
+    configure(runtime, max_message_size=10)
+    communicator = await connect("clientId=big")
+    await communicator.send_to(text_data="é" * 5)  # 10 bytes: at the limit
+    await communicator.send_to(text_data="é" * 5 + "!")
+    body, code = await closed(communicator)
+    assert code == 1009
+    assert body["limit"] == 10
+    assert runtime.stats.counters()["frames_refused_too_large"] == 1
+    assert runtime.stats.counters()["messages_published"] == 1
+
+
+async def test_publishing_over_the_rate_is_an_error_frame_and_nothing_is_published(runtime):
+    configure(runtime, publish_rate=0.001, publish_burst=1)
+    communicator = await connect("clientId=hasty&echo=1")
+    await communicator.send_to(text_data="allowed")
+    await communicator.send_to(text_data="too soon")
+    echoed = await communicator.receive_json_from(5)
+    error = await communicator.receive_json_from(5)
+    await communicator.disconnect()
+    assert echoed["payload"] == "allowed"
+    assert error["control"] == "error"
+    assert error["code"] == 4429
+    assert runtime.stats.counters()["frames_refused_rate_limited"] == 1
+    assert await runtime.history.head("room-1") == 1
+
+
+async def test_slow_consumer_is_closed_with_4408_and_frees_its_slot(runtime, monkeypatch):
+    # The server reports a full write buffer for new connections: the next message overflows.
+    monkeypatch.setattr(consumers, "write_buffer_probe", lambda send: lambda: 10**9)
+    slow = await connect("clientId=slow")
+    monkeypatch.undo()
+    sender = await connect("clientId=sender")
+    await sender.send_to(text_data="too much")
+    body, code = await closed(slow)
+    await sender.disconnect()
+    assert code == 4408
+    assert body["error"] == "slow_consumer"
+    assert runtime.stats.counters()["slow_consumer_disconnects"] == 1
+    assert not await runtime.presence.contains("room-1", "slow")
+    assert runtime.hub.local_count("room-1") == 0
+
+
+async def test_a_replay_larger_than_the_outgoing_buffer_is_cut_off_with_4408(runtime):
+    configure(runtime, max_pending_messages=3)
+    room = await runtime.registry.resolve("room-1")
+    for index in range(5):
+        await services.message_publish(channel=room, payload=f"m{index}", client_id="backend")
+    communicator = WebsocketCommunicator(application, "/api/v1/channels/room-1?clientId=behind&since=0")
+    await communicator.connect(5)
+    # The backlog is dropped, not written: the first frame is the close notice.
+    body, code = await closed(communicator)
+    assert code == 4408
+    assert body["error"] == "slow_consumer"
+    assert await runtime.presence.count("room-1") == 0
+
+
+async def test_a_crashed_connection_frees_its_slot(runtime, monkeypatch):
+    async def crash(**kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(consumers, "message_publish", crash)
+    communicator = await connect("clientId=doomed")
+    assert await runtime.presence.contains("room-1", "doomed")
+    await communicator.send_to(text_data="anything")
+    with pytest.raises(RuntimeError):
+        await communicator.wait(5)
+    assert not await runtime.presence.contains("room-1", "doomed")
+    assert runtime.hub.local_count("room-1") == 0
+    again = await connect("clientId=doomed")
+    await again.disconnect()
+
+
+async def test_channel_layer_failure_is_a_4503_error_frame_and_the_message_stays_in_history(runtime, monkeypatch):
+    async def unavailable(group, message):
+        raise ConnectionError("layer down")
+
+    communicator = await connect("clientId=publisher")
+    monkeypatch.setattr(runtime.layer, "group_send", unavailable)
+    await communicator.send_to(text_data="kept")
+    error = await communicator.receive_json_from(5)
+    monkeypatch.undo()
+    await communicator.send_to(text_data="connection still open")
+    await communicator.disconnect()
+    assert error["control"] == "error"
+    assert error["code"] == 4503
+    assert error["error"] == "layer_unavailable"
+    assert error["offset"] == 1
+    assert runtime.stats.counters()["publish_errors"] == 1
+    assert await runtime.history.head("room-1") == 2
+
+
+async def test_draining_instance_refuses_new_connections_with_4503(runtime):
+    runtime.draining = True
+    communicator = WebsocketCommunicator(application, "/api/v1/channels/room-1?clientId=late")
+    await communicator.connect(5)
+    body, code = await closed(communicator)
+    assert code == 4503
+    assert body["error"] == "shutting_down"
+    assert await runtime.presence.count("room-1") == 0
+
+
+async def test_channel_full_and_taken_client_id_leave_the_holders_alone(runtime):
+    holders = [await connect(f"clientId=holder-{index}") for index in range(3)]
+    for query, expected in (("clientId=holder-0", 4409), ("clientId=newcomer", 4422)):
+        refused = WebsocketCommunicator(application, f"/api/v1/channels/room-1?{query}")
+        await refused.connect(5)
+        _, code = await closed(refused)
+        assert code == expected
+    assert await runtime.presence.count("room-1") == 3
+    await holders[0].disconnect()
+    assert await runtime.presence.count("room-1") == 2
+    newcomer = await connect("clientId=newcomer")
+    for communicator in (*holders[1:], newcomer):
+        await communicator.disconnect()
+    assert await runtime.presence.count("room-1") == 0

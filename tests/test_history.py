@@ -1,0 +1,279 @@
+"""History and resume: the in-memory store, then ``?since=`` / ``Last-Event-ID`` on a real daphne, across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import websockets
+
+from channels_app.errors import ApplicationError
+from channels_app.history import MemoryHistory
+from channels_app.messages import Position, position_parse
+from channels_app.registry import ChannelInfo
+
+
+def channel(*, history_size: int = 100, history_ttl: int = 3600) -> ChannelInfo:
+    return ChannelInfo(
+        id="room-1", name="room", type="WS", max_connections=10, history_size=history_size, history_ttl=history_ttl
+    )
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def fill(history: MemoryHistory, info: ChannelInfo, count: int) -> list:
+    return [await history.append(info, payload=f"m{index}", client_id="writer") for index in range(count)]
+
+
+async def test_append_stamps_consecutive_offsets_in_one_epoch():
+    history = MemoryHistory(epoch="e1")
+    messages = await fill(history, channel(), 3)
+    assert [m.offset for m in messages] == [1, 2, 3]
+    assert {m.epoch for m in messages} == {"e1"}
+    assert [m.position for m in messages] == ["e1-1", "e1-2", "e1-3"]
+    assert len({m.id for m in messages}) == 3
+    assert await history.head("room-1") == 3
+
+
+async def test_since_a_position_returns_exactly_the_later_messages_in_order():
+    history = MemoryHistory(epoch="e1")
+    info = channel()
+    await fill(history, info, 5)
+    replay = await history.since(info, Position(epoch="e1", offset=2))
+    assert replay.gap is None
+    assert [m.payload for m in replay.messages] == ["m2", "m3", "m4"]
+    assert (await history.since(info, Position(epoch="e1", offset=5))).messages == []
+
+
+async def test_since_a_message_id_in_any_spelling():
+    history = MemoryHistory(epoch="e1")
+    info = channel()
+    messages = await fill(history, info, 3)
+    for spelling in (messages[0].id, messages[0].id.upper(), messages[0].id.replace("-", "")):
+        replay = await history.since(info, position_parse(spelling))
+        assert replay.gap is None
+        assert [m.payload for m in replay.messages] == ["m1", "m2"]
+
+
+async def test_history_size_bounds_what_is_kept_and_reports_the_gap():
+    history = MemoryHistory(epoch="e1")
+    info = channel(history_size=3)
+    await fill(history, info, 6)
+    replay = await history.since(info, Position(epoch="e1", offset=1))
+    assert [m.offset for m in replay.messages] == [4, 5, 6]
+    assert replay.gap.reason == "expired"
+    assert replay.gap.requested == "e1-1"
+    assert replay.gap.earliest == "e1-4"
+    # Exactly at the edge nothing is missing.
+    assert (await history.since(info, Position(epoch="e1", offset=3))).gap is None
+
+
+async def test_history_ttl_expires_old_messages():
+    clock = Clock()
+    history = MemoryHistory(epoch="e1", clock=clock)
+    info = channel(history_ttl=60)
+    await fill(history, info, 2)
+    clock.now += 61
+    await fill(history, info, 1)
+    replay = await history.since(info, Position(epoch="e1", offset=0))
+    assert [m.payload for m in replay.messages] == ["m0"]
+    assert replay.gap.reason == "expired"
+    clock.now += 61
+    replay = await history.since(info, Position(epoch="e1", offset=2))
+    assert replay.messages == []
+    assert replay.gap.reason == "expired"
+    assert replay.gap.earliest is None
+
+
+async def test_history_size_zero_keeps_nothing_but_still_numbers_messages():
+    history = MemoryHistory(epoch="e1")
+    info = channel(history_size=0)
+    messages = await fill(history, info, 2)
+    assert [m.offset for m in messages] == [1, 2]
+    replay = await history.since(info, Position(epoch="e1", offset=1))
+    assert replay.messages == []
+    assert replay.gap.reason == "expired"
+
+
+async def test_a_position_from_another_epoch_is_a_gap_not_an_offset():
+    history = MemoryHistory(epoch="new")
+    info = channel()
+    await fill(history, info, 5)
+    replay = await history.since(info, Position(epoch="old", offset=3))
+    assert replay.gap.reason == "epoch_changed"
+    # Everything the new history holds is newer than the old position: nothing is skipped by offset.
+    assert [m.offset for m in replay.messages] == [1, 2, 3, 4, 5]
+
+
+async def test_a_position_beyond_the_head_is_from_another_incarnation():
+    history = MemoryHistory(epoch="e1")
+    info = channel()
+    await fill(history, info, 2)
+    replay = await history.since(info, Position(offset=9))
+    assert replay.gap.reason == "epoch_changed"
+    assert [m.offset for m in replay.messages] == [1, 2]
+
+
+async def test_an_unknown_message_id_is_a_gap():
+    history = MemoryHistory(epoch="e1")
+    info = channel()
+    await fill(history, info, 2)
+    replay = await history.since(info, position_parse("00000000-0000-4000-8000-000000000000"))
+    assert replay.gap.reason == "unknown_position"
+    assert [m.offset for m in replay.messages] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("abc123-42", Position(epoch="abc123", offset=42)),
+        ("42", Position(offset=42)),
+        (" 7 ", Position(offset=7)),
+        ("0F0E0D0C-0B0A-4908-8706-050403020100", Position(message_id="0f0e0d0c-0b0a-4908-8706-050403020100")),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_position_parse_accepts_positions_offsets_and_message_ids(raw, expected):
+    assert position_parse(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["yesterday", "e1-", "-5", "e1-5-6", "e!-1", "1" * 19])
+def test_position_parse_refuses_anything_else_with_400(raw):
+    with pytest.raises(ApplicationError) as refused:
+        position_parse(raw)
+    assert refused.value.status == 400
+    assert refused.value.close_code == 4400
+    assert refused.value.extra == {"field": "since"}
+
+
+CONFIG = """
+server:
+  publish_rate: 100000
+  publish_burst: 100000
+pubsub:
+  driver: "MEMORY"
+channels:
+  resume: {id: "resume-1", type: "WS"}
+  resume-id: {id: "resume-id-1", type: "WS"}
+  gap: {id: "gap-1", type: "WS", history_size: 3}
+  restart: {id: "restart-1", type: "WS"}
+  restart-feed: {id: "restart-feed-1", type: "SSE"}
+"""
+
+
+def ws_url(server, channel_id: str, **query: str) -> str:
+    return f"{server.ws}/api/v1/channels/{channel_id}?{urlencode(query)}"
+
+
+async def recv_json(ws) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+@pytest.fixture(scope="module")
+def server(start_module_server):
+    return start_module_server(CONFIG)
+
+
+async def publish_all(server, channel_id: str, payloads: list[str]) -> list[dict]:
+    """Publish from one connection and return the envelopes as a subscriber saw them."""
+    async with (
+        websockets.connect(ws_url(server, channel_id, clientId="publisher")) as publisher,
+        websockets.connect(ws_url(server, channel_id, clientId="witness")) as witness,
+    ):
+        for payload in payloads:
+            await publisher.send(payload)
+        return [await recv_json(witness) for _ in payloads]
+
+
+async def test_websocket_since_a_position_delivers_exactly_the_missed_messages(server):
+    seen = await publish_all(server, "resume-1", ["a", "b", "c", "d"])
+    since = f"{seen[1]['epoch']}-{seen[1]['offset']}"
+    async with (
+        websockets.connect(ws_url(server, "resume-1", clientId="returning", since=since)) as returning,
+        websockets.connect(ws_url(server, "resume-1", clientId="live")) as live,
+    ):
+        missed = [(await recv_json(returning))["payload"] for _ in range(2)]
+        await live.send("e")
+        after = await recv_json(returning)
+    assert missed == ["c", "d"]
+    assert after["payload"] == "e"
+
+
+async def test_websocket_since_a_message_id_delivers_what_followed_it(server):
+    seen = await publish_all(server, "resume-id-1", ["a", "b", "c"])
+    async with (
+        websockets.connect(ws_url(server, "resume-id-1", clientId="returning", since=seen[0]["id"])) as returning,
+        websockets.connect(ws_url(server, "resume-id-1", clientId="live")) as live,
+    ):
+        missed = [(await recv_json(returning))["payload"] for _ in range(2)]
+        await live.send("d")
+        after = await recv_json(returning)
+    assert missed == ["b", "c"]
+    assert after["payload"] == "d"
+
+
+async def test_websocket_gap_frame_when_history_no_longer_covers_the_position(server):
+    seen = await publish_all(server, "gap-1", [f"m{i}" for i in range(6)])
+    since = f"{seen[0]['epoch']}-{seen[0]['offset']}"
+    async with websockets.connect(ws_url(server, "gap-1", clientId="late", since=since)) as late:
+        gap = await recv_json(late)
+        kept = [(await recv_json(late))["payload"] for _ in range(3)]
+    assert gap["control"] == "gap"
+    assert gap["reason"] == "expired"
+    assert gap["requested"] == since
+    assert gap["earliest"] == f"{seen[3]['epoch']}-{seen[3]['offset']}"
+    assert kept == ["m3", "m4", "m5"]
+
+
+async def test_restart_of_a_memory_instance_is_a_gap_never_a_wrong_offset(start_server):
+    server = start_server(CONFIG)
+    seen = await publish_all(server, "restart-1", ["before-1", "before-2", "before-3"])
+    old_position = f"{seen[1]['epoch']}-{seen[1]['offset']}"
+
+    await asyncio.to_thread(server.stop)
+    await asyncio.to_thread(server.run)  # same database, same channels, history gone
+
+    # Nothing was published since the restart: the client hears of the gap and of nothing else.
+    async with websockets.connect(ws_url(server, "restart-1", clientId="early", since=old_position)) as early:
+        gap = await recv_json(early)
+        async with websockets.connect(ws_url(server, "restart-1", clientId="talker")) as talker:
+            await talker.send("after restart")
+            first_live = await recv_json(early)
+    assert gap["control"] == "gap"
+    assert gap["reason"] == "epoch_changed"
+    assert gap["requested"] == old_position
+    assert first_live["payload"] == "after restart"
+    assert first_live["epoch"] != seen[0]["epoch"]
+    assert first_live["offset"] == 1
+
+    # Messages published after the restart are all newer than the old position: none is skipped
+    # because its new offset happens to be lower than the old one.
+    await publish_all(server, "restart-1", ["after-2", "after-3"])
+    async with websockets.connect(ws_url(server, "restart-1", clientId="late", since=old_position)) as late:
+        gap = await recv_json(late)
+        replayed = [(await recv_json(late))["payload"] for _ in range(3)]
+    assert gap["reason"] == "epoch_changed"
+    assert replayed == ["after restart", "after-2", "after-3"]
+
+    # An SSE client resuming with an old Last-Event-ID gets a gap event first.
+    url = f"{server.http}/api/v1/channels/restart-feed-1"
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as client,
+        client.stream("GET", url, headers={"Last-Event-ID": f"{seen[0]['epoch']}-7"}) as response,
+    ):
+        lines = response.aiter_lines()
+        while await asyncio.wait_for(anext(lines), 5) != "event: gap":
+            pass
+        data = json.loads((await asyncio.wait_for(anext(lines), 5)).removeprefix("data: "))
+    assert data["reason"] == "epoch_changed"
+    assert data["requested"] == f"{seen[0]['epoch']}-7"

@@ -1,0 +1,219 @@
+"""The per-instance hub: group membership, fan-out encoded once, ordering repair and raw group_send."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+from channels.layers import InMemoryChannelLayer
+
+from channels_app.history import MemoryHistory
+from channels_app.hub import Hub
+from channels_app.naming import channel_group
+from channels_app.outbox import Outbox
+from channels_app.registry import ChannelInfo
+from channels_app.stats import Stats
+from channels_app.subscription import Subscription
+
+ROOM = ChannelInfo(id="room-1", name="room", type="WS", max_connections=100, history_size=100, history_ttl=3600)
+
+
+class Registry:
+    async def resolve(self, reference: str) -> ChannelInfo:
+        assert reference == ROOM.id
+        return ROOM
+
+
+class Reader:
+    """A subscription whose writer collects frames; ``wait_for(n)`` waits until n frames were written."""
+
+    def __init__(self, encode, *, client_id: str = "reader", max_messages: int = 1000):
+        self.frames: list = []
+        self.closed: list = []
+        self.overflowed = False
+        self._changed = asyncio.Event()
+        self.outbox = Outbox(
+            write=self._write,
+            max_messages=max_messages,
+            max_bytes=10_000_000,
+            on_overflow=self._overflow,
+            buffered_bytes=lambda: 0,
+        )
+        self.subscription = Subscription(
+            channel_id=ROOM.id,
+            client_id=client_id,
+            echo=False,
+            encode=encode,
+            encode_control=lambda body: (("control", body), 1),
+            outbox=self.outbox,
+            on_close=lambda code, body: self.closed.append(code),
+        )
+        self.subscription.replay(None)
+        self.writer = asyncio.create_task(self.outbox.run())
+
+    async def _write(self, frame) -> None:
+        self.frames.append(frame)
+        self._changed.set()
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        self._changed.set()
+
+    async def wait_for(self, count: int) -> list:
+        async with asyncio.timeout(5):
+            while len(self.frames) < count and not self.overflowed:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.frames
+
+
+def encode_payload(message):
+    return ("message", message.payload, message.offset), 1
+
+
+@pytest.fixture
+async def hub():
+    layer = InMemoryChannelLayer(capacity=100_000)
+    history = MemoryHistory(epoch="e1")
+    hub = Hub(layer=layer, history=history, registry=Registry(), stats=Stats())
+    yield hub
+    await hub.stop()
+
+
+async def publish(hub: Hub, payload: str, *, client_id: str = "writer", send: bool = True):
+    message = await hub.history.append(ROOM, payload=payload, client_id=client_id)
+    if send:
+        await hub.layer.group_send(channel_group(ROOM.id), message.to_event())
+    return message
+
+
+async def test_hub_joins_the_group_while_it_has_subscribers(hub):
+    group = channel_group(ROOM.id)
+    first, second = Reader(encode_payload), Reader(encode_payload)
+    await hub.subscribe(first.subscription)
+    await hub.subscribe(second.subscription)
+    assert list(hub.layer.groups[group]) == [hub.channel_name]
+    assert hub.local_count(ROOM.id) == 2
+    await hub.unsubscribe(first.subscription)
+    assert group in hub.layer.groups
+    await hub.unsubscribe(second.subscription)
+    await hub.unsubscribe(second.subscription)  # twice is harmless
+    assert group not in hub.layer.groups
+    assert hub.local_count(ROOM.id) == 0
+
+
+async def test_each_message_is_encoded_once_for_all_subscribers(hub):
+    calls = []
+
+    def counting_encoder(message):
+        calls.append(message.offset)
+        return encode_payload(message)
+
+    readers = [Reader(counting_encoder, client_id=f"reader-{index}") for index in range(50)]
+    for reader in readers:
+        await hub.subscribe(reader.subscription)
+    await publish(hub, "hello")
+    await publish(hub, "again")
+    for reader in readers:
+        assert await reader.wait_for(2) == [("message", "hello", 1), ("message", "again", 2)]
+    assert calls == [1, 2]
+    assert hub.stats.counters()["deliveries"] == 100
+
+
+async def test_repeated_events_are_delivered_once(hub):
+    reader = Reader(encode_payload)
+    await hub.subscribe(reader.subscription)
+    message = await publish(hub, "once")
+    await hub.layer.group_send(channel_group(ROOM.id), message.to_event())
+    await publish(hub, "next")
+    assert await reader.wait_for(2) == [("message", "once", 1), ("message", "next", 2)]
+    assert hub.stats.counters()["hub_duplicates"] == 1
+
+
+async def test_a_message_the_layer_dropped_is_recovered_from_history(hub):
+    reader = Reader(encode_payload)
+    await hub.subscribe(reader.subscription)
+    await publish(hub, "first")
+    await publish(hub, "dropped by the layer", send=False)
+    await publish(hub, "third")
+    frames = await reader.wait_for(3)
+    assert frames == [("message", "first", 1), ("message", "dropped by the layer", 2), ("message", "third", 3)]
+    counters = hub.stats.counters()
+    assert counters["layer_gaps"] == 1
+    assert counters["layer_recovered"] == 1
+
+
+async def test_a_dropped_message_no_longer_in_history_is_announced_as_a_gap(hub):
+    reader = Reader(encode_payload)
+    await hub.subscribe(reader.subscription)
+    await publish(hub, "first")
+    await publish(hub, "lost", send=False)
+    # Appending with a history of one pushes "lost" out before the hub notices the hole.
+    third = await hub.history.append(replace(ROOM, history_size=1), payload="third", client_id="writer")
+    await hub.layer.group_send(channel_group(ROOM.id), third.to_event())
+    frames = await reader.wait_for(3)
+    assert frames[0] == ("message", "first", 1)
+    assert frames[1][0] == "control"
+    assert frames[1][1]["control"] == "gap"
+    assert frames[1][1]["reason"] == "dropped"
+    assert frames[2] == ("message", "third", 3)
+    assert hub.stats.counters()["messages_lost"] == 1
+
+
+async def test_raw_group_send_reaches_subscribers_as_a_server_message(hub):
+    reader = Reader(lambda m: ((m.client_id, m.payload, m.offset, m.channel_id), 1))
+    await hub.subscribe(reader.subscription)
+    await hub.layer.group_send(
+        channel_group(ROOM.id), {"type": "realtime.message", "channel_id": ROOM.id, "payload": "from django"}
+    )
+    assert await reader.wait_for(1) == [("server-message", "from django", None, ROOM.id)]
+
+
+async def test_a_bad_event_is_logged_and_the_hub_keeps_delivering(hub):
+    reader = Reader(encode_payload)
+    await hub.subscribe(reader.subscription)
+    group = channel_group(ROOM.id)
+    await hub.layer.group_send(group, {"type": "realtime.message", "channel_id": ROOM.id, "payload": 42})
+    await hub.layer.group_send(group, {"type": "realtime.unknown", "channel_id": ROOM.id})
+    await publish(hub, "still delivered")
+    assert await reader.wait_for(1) == [("message", "still delivered", 1)]
+    counters = hub.stats.counters()
+    assert counters["hub_errors"] == 1
+    assert counters["hub_unknown_events"] == 1
+
+
+async def test_a_close_event_closes_every_local_subscription_of_the_channel(hub):
+    readers = [Reader(encode_payload, client_id=f"reader-{index}") for index in range(3)]
+    for reader in readers:
+        await hub.subscribe(reader.subscription)
+    done = asyncio.Event()
+    readers[-1].subscription.on_close = lambda code, body: (readers[-1].closed.append(code), done.set())
+    await hub.layer.group_send(
+        channel_group(ROOM.id),
+        {"type": "realtime.close", "channel_id": ROOM.id, "code": 4410, "error": "channel_deleted", "message": "gone"},
+    )
+    await asyncio.wait_for(done.wait(), 5)
+    assert [reader.closed for reader in readers] == [[4410], [4410], [4410]]
+
+
+async def test_close_all_closes_every_local_subscription_of_every_channel(hub):
+    readers = [Reader(encode_payload, client_id=f"reader-{index}") for index in range(2)]
+    elsewhere = Reader(encode_payload)
+    elsewhere.subscription.channel_id = "room-2"
+    for reader in (*readers, elsewhere):
+        await hub.subscribe(reader.subscription)
+    assert hub.close_all(1001, {"control": "close", "code": 1001}) == 3
+    assert [reader.closed for reader in (*readers, elsewhere)] == [[1001], [1001], [1001]]
+
+
+async def test_a_burst_of_queued_events_does_not_overflow_connections_that_keep_up(hub):
+    """The layer hands queued events over without yielding; the hub lets writers run between them."""
+    reader = Reader(encode_payload, max_messages=5)
+    await hub.subscribe(reader.subscription)
+    for index in range(50):
+        message = await hub.history.append(ROOM, payload=f"m{index}", client_id="writer")
+        await hub.layer.send(hub.channel_name, message.to_event())
+    frames = await reader.wait_for(50)
+    assert not reader.overflowed
+    assert [frame[1] for frame in frames] == [f"m{index}" for index in range(50)]

@@ -1,0 +1,174 @@
+"""Which origins may open a WebSocket (close 4403 otherwise) and read an event stream (CORS)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import websockets
+
+from channels_app.origins import cors_headers, origin_allowed
+
+
+def server_config(*allowed: str, allow_all: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(allowed_origins=allowed, allow_all_origins=allow_all)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed"),
+    [
+        (None, "rt.example.com", True),  # not a browser
+        ("https://rt.example.com", "rt.example.com", True),  # the service's own page
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", True),
+        ("https://RT.example.com", "rt.example.com", True),
+        ("https://rt.example.com", "rt.example.com:8443", False),  # another port is another origin
+        ("https://app.example.com", "rt.example.com", True),  # listed
+        ("https://app.example.com/", "rt.example.com", True),
+        ("https://a.b.example.org", "rt.example.com", True),  # wildcard subdomain
+        ("https://example.org", "rt.example.com", False),
+        ("https://example.org.evil.com", "rt.example.com", False),
+        ("https://x.example.org@evil.com", "rt.example.com", False),
+        ("http://app.example.com", "rt.example.com", False),  # wrong scheme
+        ("https://evil.com", "rt.example.com", False),
+        ("null", "rt.example.com", False),
+        ("not a url", "rt.example.com", False),
+    ],
+)
+def test_origin_allowed(origin, host, allowed):
+    config = server_config("https://app.example.com", "https://*.example.org")
+    assert origin_allowed(origin, host, config) is allowed
+
+
+def test_allow_all_origins_allows_every_origin_even_null():
+    config = server_config(allow_all=True)
+    assert origin_allowed("https://anything.test", "rt.example.com", config)
+    assert origin_allowed("null", "rt.example.com", config)
+
+
+def test_cors_headers_echo_an_allowed_origin_and_say_nothing_otherwise():
+    config = server_config("https://app.example.com")
+    assert cors_headers("https://app.example.com", "rt", config) == [
+        (b"access-control-allow-origin", b"https://app.example.com"),
+        (b"vary", b"Origin"),
+    ]
+    assert cors_headers("https://evil.com", "rt", config) == []
+    assert cors_headers(None, "rt", config) == []
+    assert cors_headers("https://x.test", "rt", server_config(allow_all=True))[0] == (
+        b"access-control-allow-origin",
+        b"*",
+    )
+
+
+CONFIG = """
+server:
+  allowed_origins: ["https://app.example.com", "https://*.example.org"]
+pubsub:
+  driver: "MEMORY"
+channels:
+  chat: {id: "chat-1", type: "WS"}
+  feed: {id: "feed-1", type: "SSE"}
+"""
+
+OPEN_CONFIG = """
+server:
+  allow_all_origins: true
+pubsub:
+  driver: "MEMORY"
+channels:
+  chat: {id: "chat-1", type: "WS"}
+  feed: {id: "feed-1", type: "SSE"}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(start_module_server):
+    return start_module_server(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def open_server(start_module_server):
+    return start_module_server(OPEN_CONFIG)
+
+
+async def exchange(server, client_id: str, origin: str | None) -> str:
+    """Open a WebSocket with ``origin`` and check it works: a message from a peer arrives."""
+    url = f"{server.ws}/api/v1/channels/chat-1?clientId="
+    async with (
+        websockets.connect(url + client_id, origin=origin) as ws,
+        websockets.connect(url + client_id + "-peer") as peer,
+    ):
+        await peer.send(f"hello {client_id}")
+        return json.loads(await asyncio.wait_for(ws.recv(), 5))["payload"]
+
+
+@pytest.mark.parametrize(
+    ("client_id", "origin"),
+    [
+        ("no-origin", None),
+        ("own-page", "same-host"),
+        ("listed", "https://app.example.com"),
+        ("wildcard", "https://shop.example.org"),
+    ],
+)
+async def test_allowed_origins_open_websockets(server, client_id, origin):
+    if origin == "same-host":
+        origin = server.http
+    assert await exchange(server, client_id, origin) == f"hello {client_id}"
+
+
+async def test_other_origins_are_closed_with_4403(server):
+    url = f"{server.ws}/api/v1/channels/chat-1?clientId=intruder"
+    async with websockets.connect(url, origin="https://evil.example.com") as ws:
+        body = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd.code == 4403
+    assert body["control"] == "close"
+    assert body["code"] == 4403
+    assert body["error"] == "origin_not_allowed"
+    assert "server.allowed_origins" in body["message"]
+    # The refused handshake never took a slot.
+    url = f"{server.http}/api/v1/channels/chat-1?upgrade=0&clientId=intruder"
+    preflight = await asyncio.to_thread(httpx.get, url, timeout=5)
+    assert preflight.status_code == 200
+    assert preflight.json()["connections"] == 0
+
+
+async def test_allow_all_origins_opens_websockets_from_anywhere(open_server):
+    assert await exchange(open_server, "anywhere", "https://evil.example.com") == "hello anywhere"
+
+
+def stream_headers(server, origin: str, **query: str) -> httpx.Headers:
+    url = f"{server.http}/api/v1/channels/feed-1"
+    with httpx.stream("GET", url, params=query, headers={"Origin": origin}, timeout=5) as response:
+        assert response.status_code == 200
+        return response.headers
+
+
+def test_event_stream_carries_cors_headers_for_allowed_origins(server):
+    allowed = stream_headers(server, "https://app.example.com", clientId="cors-allowed")
+    wildcard = stream_headers(server, "https://shop.example.org", clientId="cors-wildcard")
+    other = stream_headers(server, "https://evil.example.com", clientId="cors-other")
+    assert allowed["access-control-allow-origin"] == "https://app.example.com"
+    assert allowed["vary"] == "Origin"
+    assert wildcard["access-control-allow-origin"] == "https://shop.example.org"
+    # Served, but a browser on that page may not read it.
+    assert "access-control-allow-origin" not in other
+
+
+def test_refusals_and_preflights_carry_cors_headers_so_pages_can_read_them(server):
+    origin = {"Origin": "https://app.example.com"}
+    refused = httpx.get(f"{server.http}/api/v1/channels/missing", headers=origin, timeout=5)
+    described = httpx.get(f"{server.http}/api/v1/channels/feed-1?upgrade=0", headers=origin, timeout=5)
+    assert refused.status_code == 404
+    assert refused.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert described.status_code == 200
+    assert described.headers["access-control-allow-origin"] == "https://app.example.com"
+
+
+def test_allow_all_origins_answers_any_origin_with_a_wildcard(open_server):
+    headers = stream_headers(open_server, "https://evil.example.com", clientId="cors-any")
+    assert headers["access-control-allow-origin"] == "*"

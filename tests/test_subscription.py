@@ -1,0 +1,216 @@
+"""One connection's subscription (ordering, de-duplication, resume) and its bounded outbox."""
+
+from __future__ import annotations
+
+import asyncio
+
+from channels_app.history import Gap, Replay
+from channels_app.messages import Message, Position
+from channels_app.outbox import Outbox
+from channels_app.subscription import Subscription
+
+
+def message(offset: int | None, *, epoch: str = "e1", client_id: str = "writer", payload: str | None = None) -> Message:
+    return Message(
+        id=f"00000000-0000-4000-8000-{offset or 0:012d}",
+        channel_id="room-1",
+        client_id=client_id,
+        payload=payload if payload is not None else f"m{offset}",
+        created_at="2026-01-01T00:00:00.000Z",
+        offset=offset,
+        epoch=epoch if offset is not None else None,
+    )
+
+
+class Connection:
+    """A subscription wired to an outbox whose frames are collected in ``written``."""
+
+    def __init__(self, *, client_id: str = "reader", echo: bool = False, max_messages: int = 100):
+        self.written: list = []
+        self.overflows = 0
+        self.closed: list = []
+        self.outbox = Outbox(
+            write=self._write,
+            max_messages=max_messages,
+            max_bytes=1_000_000,
+            on_overflow=self._overflow,
+            buffered_bytes=lambda: 0,
+        )
+        self.subscription = Subscription(
+            channel_id="room-1",
+            client_id=client_id,
+            echo=echo,
+            encode=lambda m: (("message", m.payload), 1),
+            encode_control=lambda body: (("control", body), 1),
+            outbox=self.outbox,
+            on_close=lambda code, body: self.closed.append((code, body)),
+        )
+
+    async def _write(self, frame) -> None:
+        self.written.append(frame)
+
+    def _overflow(self) -> None:
+        self.overflows += 1
+
+    def offer(self, *messages: Message) -> None:
+        for item in messages:
+            self.subscription.offer(item, ("message", item.payload), 1)
+
+    async def frames(self) -> list:
+        await self.outbox.flush()
+        return self.written
+
+
+async def test_live_messages_flow_once_and_in_order():
+    connection = Connection()
+    connection.subscription.replay(None)
+    connection.offer(message(1), message(2), message(2), message(1), message(3))
+    assert await connection.frames() == [("message", "m1"), ("message", "m2"), ("message", "m3")]
+
+
+async def test_own_messages_are_skipped_unless_echo_is_asked():
+    quiet, echoing = Connection(client_id="me"), Connection(client_id="me", echo=True)
+    for connection in (quiet, echoing):
+        connection.subscription.replay(None)
+        connection.offer(message(1, client_id="me"), message(2, client_id="you"))
+    assert await quiet.frames() == [("message", "m2")]
+    assert await echoing.frames() == [("message", "m1"), ("message", "m2")]
+
+
+async def test_live_messages_wait_for_the_replay_and_are_not_repeated():
+    connection = Connection()
+    # Live messages 3 and 4 arrive while history is being read...
+    connection.offer(message(3), message(4))
+    assert await connection.frames() == []
+    # ...and history holds 2 and 3: each message is delivered once, in offset order.
+    connection.subscription.replay(Replay([message(2), message(3)]), Position(epoch="e1", offset=1))
+    assert await connection.frames() == [("message", "m2"), ("message", "m3"), ("message", "m4")]
+
+
+async def test_messages_the_client_already_has_are_not_sent_again_on_resume():
+    """A message published just before the reconnect can still be on its way through the layer."""
+    connection = Connection()
+    connection.offer(message(3), message(4))
+    connection.subscription.replay(Replay([message(4)]), Position(epoch="e1", offset=3))
+    assert await connection.frames() == [("message", "m4")]
+
+    up_to_date = Connection()
+    up_to_date.offer(message(3))
+    up_to_date.subscription.replay(Replay([]), Position(epoch="e1", offset=3))
+    up_to_date.offer(message(4))
+    assert await up_to_date.frames() == [("message", "m4")]
+
+
+async def test_resume_by_message_id_drops_the_held_copy_of_that_message():
+    connection = Connection()
+    connection.offer(message(3), message(4))
+    connection.subscription.replay(Replay([]), Position(message_id=message(3).id))
+    assert await connection.frames() == [("message", "m4")]
+
+
+async def test_resume_by_bare_offset_applies_to_the_current_epoch():
+    connection = Connection()
+    connection.offer(message(5, epoch="e9"), message(6, epoch="e9"))
+    connection.subscription.replay(Replay([]), Position(offset=5))
+    assert await connection.frames() == [("message", "m6")]
+
+
+async def test_gap_notice_comes_first_then_everything_still_held():
+    connection = Connection()
+    connection.offer(message(1, epoch="new"))
+    gap = Gap("epoch_changed", "old-7", "new-1")
+    connection.subscription.replay(Replay([message(1, epoch="new")], gap), Position(epoch="old", offset=7))
+    connection.offer(message(2, epoch="new"))
+    frames = await connection.frames()
+    assert frames[0] == ("control", gap.as_wire())
+    assert frames[1:] == [("message", "m1"), ("message", "m2")]
+
+
+async def test_expired_gap_still_skips_held_copies_of_replayed_messages():
+    connection = Connection()
+    connection.offer(message(4), message(5))
+    gap = Gap("expired", "e1-1", "e1-4")
+    connection.subscription.replay(Replay([message(4), message(5)], gap), Position(epoch="e1", offset=1))
+    assert await connection.frames() == [("control", gap.as_wire()), ("message", "m4"), ("message", "m5")]
+
+
+async def test_messages_outside_history_are_always_delivered():
+    connection = Connection()
+    connection.subscription.replay(None)
+    connection.offer(message(7), message(None, payload="raw group_send"), message(8))
+    assert await connection.frames() == [("message", "m7"), ("message", "raw group_send"), ("message", "m8")]
+
+
+async def test_control_frames_are_not_held_back_by_a_replay():
+    connection = Connection()
+    connection.offer(message(1))
+    connection.subscription.send_control({"control": "error", "code": 4429})
+    assert await connection.frames() == [("control", {"control": "error", "code": 4429})]
+
+
+async def test_close_asks_the_connection_to_close():
+    connection = Connection()
+    connection.subscription.close(4410, {"control": "close", "code": 4410})
+    assert connection.closed == [(4410, {"control": "close", "code": 4410})]
+
+
+def outbox(*, max_messages: int = 100, max_bytes: int = 1000, buffered: int = 0):
+    written: list = []
+    overflows: list = []
+
+    async def write(frame):
+        written.append(frame)
+
+    box = Outbox(
+        write=write,
+        max_messages=max_messages,
+        max_bytes=max_bytes,
+        on_overflow=lambda: overflows.append(True),
+        buffered_bytes=lambda: buffered,
+    )
+    return box, written, overflows
+
+
+async def test_outbox_writer_sends_frames_in_order():
+    written: list = []
+    all_written = asyncio.Event()
+
+    async def write(frame):
+        written.append(frame)
+        if len(written) == 5:
+            all_written.set()
+
+    box = Outbox(write=write, max_messages=10, max_bytes=1000, on_overflow=lambda: None, buffered_bytes=lambda: 0)
+    writer = asyncio.create_task(box.run())
+    for index in range(5):
+        assert box.put(f"f{index}", 10)
+    await asyncio.wait_for(all_written.wait(), 5)
+    writer.cancel()
+    assert written == ["f0", "f1", "f2", "f3", "f4"]
+
+
+async def test_outbox_overflows_on_message_count_once_and_for_good():
+    box, written, overflows = outbox(max_messages=2)
+    assert box.put("a", 1) and box.put("b", 1)
+    assert not box.put("c", 1)
+    assert not box.put("d", 1)
+    assert overflows == [True]
+    assert box.overflowed
+    await box.flush()
+    assert written == []  # a slow connection's backlog is dropped, not written
+
+
+async def test_outbox_counts_bytes_including_what_the_server_still_buffers():
+    box, _, overflows = outbox(max_bytes=100, buffered=60)
+    assert box.put("a", 40)
+    assert not box.put("b", 1)
+    assert overflows == [True]
+
+
+async def test_outbox_bytes_are_freed_as_frames_are_written():
+    box, written, overflows = outbox(max_bytes=100)
+    for index in range(10):
+        assert box.put(f"f{index}", 60)
+        await box.flush()
+    assert len(written) == 10
+    assert overflows == []

@@ -1,0 +1,441 @@
+"""The WebSocket endpoint of WS channels, end to end against a real daphne with ``websockets`` clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import websockets
+
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
+
+CONFIG = """
+server:
+  publish_rate: 100000
+  publish_burst: 100000
+pubsub:
+  driver: "MEMORY"
+channels:
+  envelope: {id: "envelope-1", type: "WS"}
+  echo: {id: "echo-1", type: "WS"}
+  verbatim: {id: "verbatim-1", type: "WS"}
+  named: {id: "named-1", type: "WS"}
+  anonymous: {id: "anonymous-1", type: "WS"}
+  leak-a: {id: "leak-a-1", type: "WS"}
+  leak-b: {id: "leak-b-1", type: "WS"}
+  ids: {id: "ids-1", type: "WS"}
+  taken: {id: "taken-1", type: "WS"}
+  feed: {id: "feed-1", type: "SSE"}
+  binary: {id: "binary-1", type: "WS"}
+  size: {id: "size-1", type: "WS"}
+  limited: {id: "limited-1", type: "WS", max_of_channel_connections: 2}
+  abrupt: {id: "abrupt-1", type: "WS", max_of_channel_connections: 1}
+  order: {id: "order-1", type: "WS"}
+"""
+
+RATE_CONFIG = """
+server:
+  publish_rate: 0.001
+  publish_burst: 3
+pubsub:
+  driver: "MEMORY"
+channels:
+  rated: {id: "rated-1", type: "WS"}
+"""
+
+SLOW_CONFIG = """
+server:
+  publish_rate: 100000
+  publish_burst: 100000
+  max_pending_bytes: 65536
+pubsub:
+  driver: "MEMORY"
+channels:
+  slow: {id: "slow-1", type: "WS"}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(start_module_server):
+    return start_module_server(CONFIG)
+
+
+def ws_url(server, channel: str, **query: str) -> str:
+    url = f"{server.ws}/api/v1/channels/{channel}"
+    return f"{url}?{urlencode(query)}" if query else url
+
+
+async def recv_json(ws, within: float = 5) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), within))
+
+
+async def refusal(url: str, **connect_kwargs) -> tuple[dict, int]:
+    """Open a WebSocket the server refuses: its final JSON frame and the close code."""
+    async with websockets.connect(url, **connect_kwargs) as ws:
+        body = await recv_json(ws)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    return body, closed.value.rcvd.code
+
+
+async def closed_with(ws) -> tuple[dict, int]:
+    """Read up to the server's close: the last JSON frame before it and the close code."""
+    body = None
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            body = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    return body, closed.value.rcvd.code
+
+
+def connections(server, channel: str) -> int:
+    response = httpx.get(f"{server.http}/api/v1/channels/{channel}?upgrade=0", timeout=5)
+    if response.status_code == 422:
+        return response.json()["channel"]["connections"]
+    return response.json()["connections"]
+
+
+async def connected(server, channel: str) -> int:
+    """Live connections on a channel, as the preflight reports them."""
+    return await asyncio.to_thread(connections, server, channel)
+
+
+async def wait_until(condition, within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while not await asyncio.to_thread(condition):
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_message_envelope_reaches_others_but_not_sender(server):
+    async with (
+        websockets.connect(ws_url(server, "envelope-1", clientId="alice")) as alice,
+        websockets.connect(ws_url(server, "envelope-1", clientId="bob")) as bob,
+    ):
+        await alice.send("hello")
+        received = await recv_json(bob)
+        await bob.send("hi alice")
+        # Alice's first frame is Bob's message: her own never came back.
+        first_for_alice = await recv_json(alice)
+
+    assert set(received) == {"id", "channelId", "clientId", "payload", "createdAt", "offset", "epoch"}
+    assert received["payload"] == "hello"
+    assert received["clientId"] == "alice"
+    assert received["channelId"] == "envelope-1"
+    assert UUID.match(received["id"])
+    assert RFC3339_UTC.match(received["createdAt"])
+    created = datetime.fromisoformat(received["createdAt"])
+    assert created.utcoffset() == timedelta(0)
+    assert abs(datetime.now(UTC) - created) < timedelta(minutes=1)
+    assert isinstance(received["offset"], int) and received["offset"] >= 1
+    assert isinstance(received["epoch"], str) and received["epoch"]
+    assert first_for_alice["payload"] == "hi alice"
+    assert first_for_alice["clientId"] == "bob"
+    assert first_for_alice["offset"] == received["offset"] + 1
+
+
+async def test_echo_opt_in_returns_the_senders_own_message(server):
+    async with (
+        websockets.connect(ws_url(server, "echo-1", clientId="self", echo="1")) as sender,
+        websockets.connect(ws_url(server, "echo-1", clientId="other")) as other,
+    ):
+        await sender.send("mine")
+        echoed = await recv_json(sender)
+        seen = await recv_json(other)
+    assert echoed["payload"] == "mine"
+    assert echoed["clientId"] == "self"
+    assert echoed["id"] == seen["id"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "  spaced  ", "line one\nline two\r\n", '{"looks": "like json"}', "émoji 🎉 and 中文", "\u2028\u2029"],
+)
+async def test_payload_is_the_frame_text_as_sent(server, text):
+    async with (
+        websockets.connect(ws_url(server, "verbatim-1")) as sender,
+        websockets.connect(ws_url(server, "verbatim-1")) as receiver,
+    ):
+        await sender.send(text)
+        received = await recv_json(receiver)
+    assert received["payload"] == text
+
+
+async def test_channel_is_reachable_by_id_and_by_name(server):
+    async with (
+        websockets.connect(ws_url(server, "named", clientId="by-name")) as by_name,
+        websockets.connect(ws_url(server, "named-1", clientId="by-id")) as by_id,
+        websockets.connect(f"{server.ws}/api/v1/channels/named-1/?clientId=slash") as with_slash,
+    ):
+        await by_name.send("via name")
+        received = await recv_json(by_id)
+        assert (await recv_json(with_slash))["id"] == received["id"]
+    assert received["channelId"] == "named-1"
+    assert received["payload"] == "via name"
+
+
+async def test_client_id_is_generated_when_absent(server):
+    async with (
+        websockets.connect(ws_url(server, "anonymous-1")) as first,
+        websockets.connect(ws_url(server, "anonymous-1")) as second,
+    ):
+        await first.send("from first")
+        from_first = await recv_json(second)
+        await second.send("from second")
+        from_second = await recv_json(first)
+    assert re.match(r"^client-[0-9a-f]{32}$", from_first["clientId"])
+    assert re.match(r"^client-[0-9a-f]{32}$", from_second["clientId"])
+    assert from_first["clientId"] != from_second["clientId"]
+
+
+async def test_messages_never_leak_to_another_channel(server):
+    async with (
+        websockets.connect(ws_url(server, "leak-a-1", clientId="a-sender")) as a_sender,
+        websockets.connect(ws_url(server, "leak-a-1", clientId="a-listener")) as a_listener,
+        websockets.connect(ws_url(server, "leak-b-1", clientId="b-sender")) as b_sender,
+        websockets.connect(ws_url(server, "leak-b-1", clientId="b-listener")) as b_listener,
+    ):
+        for index in range(5):
+            await a_sender.send(f"for a {index}")
+        for index in range(5):
+            assert (await recv_json(a_listener))["payload"] == f"for a {index}"
+        await b_sender.send("for b")
+        first_on_b = await recv_json(b_listener)
+    assert first_on_b["payload"] == "for b"
+    assert first_on_b["channelId"] == "leak-b-1"
+
+
+@pytest.mark.parametrize(
+    "client_id", ["", "x" * 129, "has space", "slash/", "é", "semi;colon", "a+b", "server-message"]
+)
+async def test_malformed_client_id_is_refused_with_4400(server, client_id):
+    body, code = await refusal(ws_url(server, "ids-1", clientId=client_id))
+    assert code == 4400
+    assert body["control"] == "close"
+    assert body["code"] == 4400
+    assert body["error"] == "bad_request"
+    assert body["field"] == "clientId"
+    assert "clientId" in body["message"]
+
+
+async def test_longest_and_widest_client_id_is_accepted(server):
+    client_id = ("Az09._:@-" * 15)[:128]
+    async with (
+        websockets.connect(ws_url(server, "ids-1", clientId=client_id)) as sender,
+        websockets.connect(ws_url(server, "ids-1", clientId="listener")) as listener,
+    ):
+        await sender.send("ok")
+        received = await recv_json(listener)
+    assert received["clientId"] == client_id
+
+
+async def test_unknown_channel_is_refused_with_4404(server):
+    body, code = await refusal(ws_url(server, "no-such-channel", clientId="x"))
+    assert code == 4404
+    assert body["error"] == "channel_not_found"
+    assert body["code"] == 4404
+
+
+async def test_client_id_already_connected_is_refused_with_4409(server):
+    async with websockets.connect(ws_url(server, "taken-1", clientId="dup")) as first:
+        body, code = await refusal(ws_url(server, "taken-1", clientId="dup"))
+        # The refusal took nothing from the connection that holds the id.
+        async with websockets.connect(ws_url(server, "taken-1", clientId="peer")) as peer:
+            await peer.send("still there?")
+            assert (await recv_json(first))["payload"] == "still there?"
+    assert code == 4409
+    assert body["error"] == "client_id_taken"
+
+
+async def test_sse_channel_over_websocket_is_refused_with_4400(server):
+    body, code = await refusal(ws_url(server, "feed-1", clientId="x"))
+    assert code == 4400
+    assert body["error"] == "wrong_transport"
+    assert "EventSource" in body["message"]
+
+
+async def test_malformed_since_is_refused_with_4400(server):
+    body, code = await refusal(ws_url(server, "envelope-1", clientId="since", since="not a position"))
+    assert code == 4400
+    assert body["field"] == "since"
+
+
+async def test_binary_frame_closes_with_1003(server):
+    async with (
+        websockets.connect(ws_url(server, "binary-1", clientId="binary")) as ws,
+        websockets.connect(ws_url(server, "binary-1", clientId="witness")) as witness,
+    ):
+        await ws.send(b"\x00\x01")
+        body, code = await closed_with(ws)
+        await wait_until(lambda: connections(server, "binary-1") == 1)
+        async with websockets.connect(ws_url(server, "binary-1", clientId="other")) as other:
+            await other.send("after")
+            # The binary frame was never published.
+            assert (await recv_json(witness))["payload"] == "after"
+    assert code == 1003
+    assert body == {
+        "control": "close",
+        "code": 1003,
+        "error": "binary_frame",
+        "message": "Binary frames are not supported: send text frames.",
+    }
+
+
+async def test_frame_over_max_message_size_closes_with_1009(server):
+    limit = 64 * 1024
+    async with (
+        websockets.connect(ws_url(server, "size-1", clientId="big")) as ws,
+        websockets.connect(ws_url(server, "size-1", clientId="witness")) as witness,
+    ):
+        largest = "é" * (limit // 2)  # exactly the limit in UTF-8 bytes
+        await ws.send(largest)
+        assert (await recv_json(witness))["payload"] == largest
+        await ws.send(largest + "x")
+        body, code = await closed_with(ws)
+    assert code == 1009
+    assert body["error"] == "payload_too_large"
+    assert body["limit"] == limit
+
+
+async def test_limit_counts_live_connections_only(server):
+    async with (
+        websockets.connect(ws_url(server, "limited-1", clientId="one")) as one,
+        websockets.connect(ws_url(server, "limited-1", clientId="two")),
+    ):
+        body, code = await refusal(ws_url(server, "limited-1", clientId="three"))
+        assert code == 4422
+        assert body["error"] == "channel_full"
+        # The refused connection took no slot: closing one lets exactly one more in.
+        await one.close()
+        await wait_until(lambda: connections(server, "limited-1") == 1)
+        async with websockets.connect(ws_url(server, "limited-1", clientId="three")) as three:
+            await three.send("in")
+            _, code_again = await refusal(ws_url(server, "limited-1", clientId="four"))
+    assert code_again == 4422
+
+
+async def test_abrupt_tcp_close_frees_the_slot(server):
+    ws = await websockets.connect(ws_url(server, "abrupt-1", clientId="vanishing"))
+    assert await connected(server, "abrupt-1") == 1
+    _, code = await refusal(ws_url(server, "abrupt-1", clientId="waiting"))
+    assert code == 4422
+    ws.transport.abort()  # no close frame: the TCP connection just drops
+    await wait_until(lambda: connections(server, "abrupt-1") == 0)
+    async with websockets.connect(ws_url(server, "abrupt-1", clientId="vanishing")) as back:
+        assert await connected(server, "abrupt-1") == 1
+        await back.send("reconnected with the same clientId")
+
+
+async def test_messages_arrive_in_publish_order_exactly_once(server):
+    count = 300
+    async with (
+        websockets.connect(ws_url(server, "order-1", clientId="p1")) as p1,
+        websockets.connect(ws_url(server, "order-1", clientId="p2")) as p2,
+        websockets.connect(ws_url(server, "order-1", clientId="r1")) as r1,
+        websockets.connect(ws_url(server, "order-1", clientId="r2")) as r2,
+    ):
+
+        async def publish(ws, name):
+            for index in range(count):
+                await ws.send(f"{name}:{index}")
+
+        async def receive(ws, expected):
+            return [await recv_json(ws) for _ in range(expected)]
+
+        _, _, got_r1, got_r2, got_p1, got_p2 = await asyncio.gather(
+            publish(p1, "p1"),
+            publish(p2, "p2"),
+            receive(r1, 2 * count),
+            receive(r2, 2 * count),
+            receive(p1, count),
+            receive(p2, count),
+        )
+    for received in (got_r1, got_r2):
+        assert [m["payload"] for m in received if m["clientId"] == "p1"] == [f"p1:{i}" for i in range(count)]
+        assert [m["payload"] for m in received if m["clientId"] == "p2"] == [f"p2:{i}" for i in range(count)]
+        offsets = [m["offset"] for m in received]
+        assert offsets == sorted(set(offsets))
+        assert len({m["id"] for m in received}) == 2 * count
+    assert [m["payload"] for m in got_p1] == [f"p2:{i}" for i in range(count)]
+    assert [m["payload"] for m in got_p2] == [f"p1:{i}" for i in range(count)]
+    assert [m["id"] for m in got_r1] == [m["id"] for m in got_r2]
+
+
+async def test_publishing_too_fast_is_refused_with_4429_and_not_published(start_module_server):
+    server = start_module_server(RATE_CONFIG)
+    async with (
+        websockets.connect(ws_url(server, "rated-1", clientId="fast")) as fast,
+        websockets.connect(ws_url(server, "rated-1", clientId="listener")) as listener,
+        websockets.connect(ws_url(server, "rated-1", clientId="marker")) as marker,
+    ):
+        for index in range(5):
+            await fast.send(f"burst {index}")
+        errors = [await recv_json(fast), await recv_json(fast)]
+        received = [(await recv_json(listener))["payload"] for _ in range(3)]
+        await marker.send("marker")
+        after = await recv_json(listener)
+        # The refused connection stays open and still receives.
+        assert (await recv_json(fast))["payload"] == "marker"
+    assert received == ["burst 0", "burst 1", "burst 2"]
+    assert after["payload"] == "marker"
+    for error in errors:
+        assert error["control"] == "error"
+        assert error["code"] == 4429
+        assert error["error"] == "rate_limited"
+
+
+def _raw_websocket(server, path: str) -> socket.socket:
+    """A WebSocket client that completes the handshake and then never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    sock.sendall(request.encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(1)
+        assert chunk, "server closed during the handshake"
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+async def test_slow_consumer_is_cut_off_without_slowing_others(start_module_server):
+    server = start_module_server(SLOW_CONFIG)
+    count, size = 200, 16 * 1024
+    stalled = await asyncio.to_thread(_raw_websocket, server, "/api/v1/channels/slow-1?clientId=stalled")
+    try:
+        async with (
+            websockets.connect(ws_url(server, "slow-1", clientId="publisher")) as publisher,
+            websockets.connect(ws_url(server, "slow-1", clientId="reader")) as reader,
+        ):
+            assert await connected(server, "slow-1") == 3
+
+            async def publish():
+                for index in range(count):
+                    await publisher.send(f"{index:05d}" + "x" * size)
+
+            async def read():
+                return [await recv_json(reader, within=10) for _ in range(count)]
+
+            _, received = await asyncio.wait_for(asyncio.gather(publish(), read()), 60)
+            assert [m["payload"][:5] for m in received] == [f"{i:05d}" for i in range(count)]
+            # The stalled client lost its slot; its clientId may connect again.
+            await wait_until(lambda: connections(server, "slow-1") == 2)
+            async with websockets.connect(ws_url(server, "slow-1", clientId="stalled")):
+                assert await connected(server, "slow-1") == 3
+    finally:
+        stalled.close()

@@ -55,10 +55,16 @@ def api_endpoint(*methods: str, authenticated: bool = True):
                 )
                 response["Allow"] = ", ".join(methods)
                 return response
+            runtime = get_runtime()
             try:
                 if authenticated:
                     api_key_check(request.headers.get("Authorization"))
-                return await view(request, *args, **kwargs)
+                if runtime.draining and request.method != "GET":
+                    raise ApplicationError(
+                        "draining", "This instance is shutting down; retry against another one.", status=503
+                    )
+                with runtime.in_flight:
+                    return await view(request, *args, **kwargs)
             except ApplicationError as error:
                 return json_error(error)
             except RequestDataTooBig:

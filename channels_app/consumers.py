@@ -25,6 +25,7 @@ from .services import (
     connection_open,
     message_publish,
     payload_too_large,
+    publish_forbidden,
     subscription_start,
 )
 from .subscription import Subscription
@@ -88,6 +89,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
                 client_id=query.get("clientId"),
                 since=query.get("since"),
                 echo=flag(query.get("echo")),
+                token=query.get("token"),
             )
             self._prepare(runtime.server)
             # Subscribe (and queue the replay) before accepting: once the client sees the
@@ -144,6 +146,11 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             error = payload_too_large(size, runtime.server.max_message_size)
             runtime.stats.incr("frames_refused_too_large")
             self.close_soon(error.close_code, {"control": "close", "code": error.close_code, **error.as_dict()})
+            return
+        if not connection.can_publish:
+            runtime.stats.incr("frames_refused_read_only")
+            error = publish_forbidden(connection.channel.id)
+            subscription.send_control({"control": "error", "code": error.close_code, **error.as_dict()})
             return
         if not self.bucket.allow():
             runtime.stats.incr("frames_refused_rate_limited")

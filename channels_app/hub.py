@@ -23,7 +23,7 @@ import uuid
 from .errors import ApplicationError
 from .history import Gap
 from .messages import Message, utc_timestamp
-from .naming import HUB_CHANNEL_PREFIX, SERVER_CLIENT_ID, channel_group
+from .naming import HUB_CHANNEL_PREFIX, REGISTRY_GROUP, SERVER_CLIENT_ID, channel_group
 from .subscription import Subscription
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class Hub:
             if self.channel_name is not None:
                 return
             self.channel_name = await self.layer.new_channel(HUB_CHANNEL_PREFIX)
+            await self.layer.group_add(REGISTRY_GROUP, self.channel_name)
             self._tasks = [
                 asyncio.create_task(self._receive_loop(), name="realtime-hub-receive"),
                 asyncio.create_task(self._refresh_loop(), name="realtime-hub-refresh"),
@@ -91,6 +92,15 @@ class Hub:
             del self._local[channel_id]
             self._next_offset.pop(channel_id, None)
             await self.layer.group_discard(channel_group(channel_id), self.channel_name)
+
+    def local_counts(self) -> dict[tuple[str, str], int]:
+        """Local subscriptions per ``(channel id, transport)``, for metrics."""
+        counts: dict[tuple[str, str], int] = {}
+        for channel_id, subscriptions in self._local.items():
+            for subscription in subscriptions:
+                key = (channel_id, subscription.transport)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def local_count(self, channel_id: str) -> int:
         """Subscriptions to ``channel_id`` held by this instance."""
@@ -130,11 +140,11 @@ class Hub:
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(GROUP_REFRESH_SECONDS)
-            for channel_id in list(self._local):
+            for group in [REGISTRY_GROUP, *map(channel_group, self._local)]:
                 try:
-                    await self.layer.group_add(channel_group(channel_id), self.channel_name)
+                    await self.layer.group_add(group, self.channel_name)
                 except Exception:
-                    logger.exception("could not refresh group membership for channel %s", channel_id)
+                    logger.exception("could not refresh group membership of %s", group)
 
     async def dispatch(self, event: dict) -> None:
         """Handle one event received on the hub's layer channel."""
@@ -148,6 +158,8 @@ class Hub:
                 close_code=int(event.get("code", 4000)),
             )
             self.close_local(event["channel_id"], error)
+        elif kind == "realtime.registry_changed":
+            self.registry.invalidate()
         else:
             logger.warning("hub ignored a channel-layer event of unknown type %r", kind)
             self.stats.incr("hub_unknown_events")
@@ -204,6 +216,8 @@ class Hub:
 
     def deliver(self, message: Message, subscriptions) -> None:
         """Encode ``message`` once per transport and offer it to each subscription."""
+        if message.published_at is not None:
+            self.stats.observe_latency(time.time() - message.published_at)
         encoded: dict[object, tuple[object, int]] = {}
         delivered = 0
         for subscription in tuple(subscriptions):
@@ -214,6 +228,11 @@ class Hub:
             if subscription.offer(message, frame[0], frame[1]):
                 delivered += 1
         self.stats.incr("deliveries", delivered)
+
+
+async def broadcast_registry_change(layer) -> None:
+    """Tell every instance's hub to reload its channel registry cache."""
+    await layer.group_send(REGISTRY_GROUP, {"type": "realtime.registry_changed"})
 
 
 def _message_from_event(event: dict) -> Message:

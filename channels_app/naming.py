@@ -14,6 +14,8 @@ from .errors import bad_request
 
 GROUP_PREFIX = "realtime.ch."
 HUB_CHANNEL_PREFIX = "realtime-hub"
+# Every hub joins this group to hear that the channel registry changed.
+REGISTRY_GROUP = "realtime.registry"
 # Channels allows group names shorter than 100 characters.
 MAX_GROUP_NAME_LENGTH = 99
 CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")

@@ -21,6 +21,10 @@ from .errors import channel_not_found
 logger = logging.getLogger(__name__)
 
 REVALIDATE_SECONDS = 2.0
+# A lookup of an unknown channel reloads the cache when it is older than this, so a channel
+# created on another instance is usable here within a second, while a flood of lookups for
+# unknown channels costs at most one query a second.
+MISS_RELOAD_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,7 @@ class ChannelRegistry:
         self._checked_at = 0.0
         self._load_lock = asyncio.Lock()
         self._revalidation: asyncio.Task | None = None
+        self._loaded_at = 0.0
 
     def invalidate(self) -> None:
         """Forget the cache; the next lookup reloads it. Safe to call from any thread."""
@@ -85,6 +90,9 @@ class ChannelRegistry:
         """The active channel whose id (or else name) is ``reference``; ``ApplicationError`` 404 if none."""
         channels = await self._channels()
         channel = channels.get(reference)
+        if channel is None and time.monotonic() - self._loaded_at > MISS_RELOAD_SECONDS:
+            self.invalidate()
+            channel = (await self._channels()).get(reference)
         if channel is None:
             raise channel_not_found(reference)
         return channel
@@ -116,7 +124,7 @@ class ChannelRegistry:
             for channel in channels:
                 by_reference[channel.id] = channel
             self._fingerprint = fingerprint
-            self._checked_at = time.monotonic()
+            self._checked_at = self._loaded_at = time.monotonic()
             self._by_reference = by_reference
             return by_reference
 

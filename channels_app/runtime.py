@@ -15,6 +15,7 @@ from .hub import Hub
 from .idempotency import MemoryIdempotency
 from .presence import MemoryPresence
 from .registry import ChannelRegistry
+from .shutdown import InFlight
 from .stats import Stats
 
 
@@ -44,6 +45,7 @@ class Runtime:
         self.hub = Hub(layer=layer, history=self.history, registry=self.registry, stats=self.stats)
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
         self.draining = False
+        self.in_flight = InFlight()
 
     @property
     def server(self):

@@ -15,6 +15,7 @@ from .naming import channel_group, client_id_parse
 from .registry import ChannelInfo
 from .runtime import Runtime, get_runtime
 from .subscription import Subscription
+from .tokens import TokenClaims, token_forbidden, token_required, token_verify
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class Connection:
     client_id: str
     position: Position | None
     echo: bool
+    can_publish: bool = True
 
 
 def payload_too_large(size: int, limit: int) -> ApplicationError:
@@ -76,20 +78,48 @@ async def connection_open(
     client_id: str | None,
     since: str | None,
     echo: bool = False,
+    token: str | None = None,
     runtime: Runtime | None = None,
 ) -> Connection:
-    """Admit a subscriber: validate the query, find the channel, take a connection slot."""
+    """Admit a subscriber: validate the query, find the channel, check its token if the channel
+    is private, take a connection slot."""
     runtime = runtime or get_runtime()
     if runtime.draining:
         raise shutting_down()
-    parsed_client_id = client_id_parse(client_id)
     position = position_parse(since)
     channel = await runtime.registry.resolve(reference)
     if channel.type != transport:
         raise wrong_transport(channel.id, channel.type)
+    can_publish = True
+    if channel.private:
+        claims = subscriber_authorize(channel_id=channel.id, token=token, client_id=client_id)
+        client_id, can_publish = claims.client_id, claims.can_publish
+    parsed_client_id = client_id_parse(client_id)
     await runtime.presence.acquire(channel, parsed_client_id)
     runtime.stats.incr(f"connections_opened_{transport.lower()}")
-    return Connection(channel=channel, client_id=parsed_client_id, position=position, echo=echo)
+    return Connection(
+        channel=channel, client_id=parsed_client_id, position=position, echo=echo, can_publish=can_publish
+    )
+
+
+def subscriber_authorize(*, channel_id: str, token: str | None, client_id: str | None) -> TokenClaims:
+    """A private channel's subscriber must bring a token for this channel (and this clientId)."""
+    if not token:
+        raise token_required(channel_id)
+    claims = token_verify(token, channel_id=channel_id)
+    if client_id is not None and client_id != claims.client_id:
+        raise token_forbidden(
+            f"The token was minted for clientId {claims.client_id!r}, not {client_id!r}: "
+            "connect with that clientId, or without one."
+        )
+    return claims
+
+
+def publish_forbidden(channel_id: str) -> ApplicationError:
+    """A read-only subscriber of a private channel tried to publish (403 / 4403)."""
+    return token_forbidden(
+        f"Your token for channel {channel_id!r} is read-only: mint one with publish=true to send messages."
+    )
 
 
 async def subscription_start(

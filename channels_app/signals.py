@@ -1,12 +1,31 @@
-"""Signal wiring: registry changes invalidate this process's cache."""
+"""Signal wiring: registry changes invalidate the channel cache of this and every other instance."""
 
+import logging
+
+from asgiref.sync import async_to_sync
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
+
+logger = logging.getLogger(__name__)
 
 
 def _invalidate_registry(sender, **kwargs):
     from .runtime import get_runtime
 
     get_runtime().registry.invalidate()
+    # Other instances hear of it through the channel layer once the change is committed.
+    transaction.on_commit(_broadcast_registry_change)
+
+
+def _broadcast_registry_change() -> None:
+    from .hub import broadcast_registry_change
+    from .runtime import get_runtime
+
+    try:
+        async_to_sync(broadcast_registry_change)(get_runtime().layer)
+    except Exception:
+        # The periodic fingerprint check (registry.py) still catches the change within seconds.
+        logger.exception("could not tell other instances that the channel registry changed")
 
 
 def connect() -> None:

@@ -82,6 +82,7 @@ class ChannelStreamEndpoint:
                 client_id=query.get("clientId"),
                 since=since,
                 echo=flag(query.get("echo")),
+                token=query.get("token"),
             )
         except ApplicationError as error:
             runtime.stats.incr(f"refusals_{error.code}")
@@ -134,6 +135,7 @@ class _Stream:
             encode_control=encode_control,
             outbox=outbox,
             on_close=self._close,
+            transport="SSE",
         )
         try:
             # Subscribe (and queue the replay) before the stream opens: once the client sees

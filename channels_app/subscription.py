@@ -31,8 +31,10 @@ class Subscription:
         encode_control: Callable[[dict], tuple[object, int]],
         outbox: Outbox,
         on_close: Callable[[int, dict], None],
+        transport: str = "WS",
     ):
         self.channel_id = channel_id
+        self.transport = transport
         self.client_id = client_id
         self.echo = echo
         self.encode = encode

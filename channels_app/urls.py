@@ -3,11 +3,12 @@ the preflight) is routed before Django, in ``routing.py``."""
 
 from django.urls import include, path
 
-from . import api, health
+from . import api, health, metrics
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("api/v1/openapi.json", api.openapi, name="openapi"),
     path("api/v1/channels", api.channels_collection, name="channels"),
     path("api/v1/channels/<str:channel>", api.channel_item, name="channel"),

@@ -12,8 +12,10 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from channels_app.auth import log_security_warnings  # noqa: E402
 from channels_app.routing import http_router, websocket_router  # noqa: E402
+from channels_app.shutdown import install as install_graceful_shutdown  # noqa: E402
 
 log_security_warnings()
+install_graceful_shutdown()
 
 application = ProtocolTypeRouter(
     {

@@ -12,6 +12,8 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
 - ``LOG_LEVEL``: ``DEBUG``, ``INFO`` (default), ``WARNING``...
 - ``REALTIME_API_KEYS``: comma-separated API keys, added to ``server.api_keys``.
 - ``REALTIME_TOKEN_SECRET``: signs private-channel tokens (default: the secret key).
+- ``REALTIME_SHUTDOWN_GRACE_SECONDS``: longest graceful drain after SIGTERM (default 20).
+- ``METRICS_TOKEN``: when set, ``/metrics`` requires ``Authorization: Bearer <token>``.
 - ``REALTIME_PRESENCE_LEASE_SECONDS``: REDIS driver; a dead instance's connection slots are
   released after this long (default 30).
 """
@@ -181,6 +183,12 @@ def _channel_layers(config) -> dict:
 
 
 CHANNEL_LAYERS = _channel_layers(REALTIME)
+
+# On SIGTERM the instance drains for at most this long, then exits (Kubernetes waits 30 s).
+REALTIME_SHUTDOWN_GRACE_SECONDS = float(os.environ.get("REALTIME_SHUTDOWN_GRACE_SECONDS", "20"))
+
+# Optional bearer token protecting /metrics.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
 # REDIS driver: how long a connection slot survives without its instance renewing it, i.e. how
 # soon the slots of an instance that died without closing its connections are released.

@@ -1,0 +1,102 @@
+"""Health, readiness, metrics and graceful shutdown against a real daphne process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import httpx
+import pytest
+import websockets
+
+API_KEY = "ops-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """One sample's value from Prometheus text (0 when absent)."""
+    wanted = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_health_and_readiness(daphne_server):
+    assert httpx.get(f"{daphne_server.http}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{daphne_server.http}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok"}
+
+
+def test_metrics_move_when_messages_flow(start_server):
+    server = start_server(env={"REALTIME_API_KEYS": API_KEY})
+
+    async def scenario():
+        async with (
+            websockets.connect(server.channel_url("chat-1", clientId="a")) as first,
+            websockets.connect(server.channel_url("chat-1", clientId="b")) as second,
+            httpx.AsyncClient(base_url=server.http) as client,
+        ):
+            during = (await client.get("/metrics")).text
+            await first.send("hello")
+            await asyncio.wait_for(second.recv(), 5)
+            await client.post("/api/v1/channels/chat-1/messages", json={"payload": "push"}, headers=AUTH)
+            await asyncio.wait_for(first.recv(), 5)
+            await asyncio.wait_for(second.recv(), 5)
+        async with websockets.connect(server.channel_url("nope")) as refused:
+            await asyncio.wait_for(refused.recv(), 5)
+        async with httpx.AsyncClient(base_url=server.http) as client:
+            return during, (await client.get("/metrics")).text
+
+    during, after = asyncio.run(scenario())
+    assert metric(during, "realtime_connections", 'channel="chat-1",transport="WS"') == 2
+    assert metric(after, "realtime_messages_published_total") == 2
+    assert metric(after, "realtime_deliveries_total") == 3
+    assert metric(after, "realtime_refusals_total", 'reason="channel_not_found"') == 1
+    assert metric(after, "realtime_connections_opened_total", 'transport="ws"') == 2
+    assert metric(after, "realtime_publish_to_deliver_seconds_count") == 2
+    assert metric(after, "realtime_connections", 'channel="chat-1",transport="WS"') == 0
+
+
+def test_metrics_can_require_a_token(start_server):
+    server = start_server(env={"METRICS_TOKEN": "scrape-secret"})
+    assert httpx.get(f"{server.http}/metrics").status_code == 401
+    assert httpx.get(f"{server.http}/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    scraped = httpx.get(f"{server.http}/metrics", headers={"Authorization": "Bearer scrape-secret"})
+    assert scraped.status_code == 200
+    assert "realtime_messages_published_total" in scraped.text
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_drains_clients_and_exits_within_the_grace_period(start_server):
+    server = start_server(env={"REALTIME_API_KEYS": API_KEY, "REALTIME_SHUTDOWN_GRACE_SECONDS": "5"})
+
+    async def scenario():
+        async with (
+            websockets.connect(server.channel_url("chat-1", clientId="ws-client")) as ws,
+            httpx.AsyncClient(timeout=10) as client,
+            client.stream("GET", server.channel_url("feed-1", scheme="http", clientId="sse-client")) as stream,
+        ):
+            lines = stream.aiter_lines()
+            while (await anext(lines)) != "event: stream-open":
+                pass
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            control = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            remaining = []
+            async for line in lines:
+                remaining.append(line)
+            return signalled, control, closed.value.rcvd.code, remaining
+
+    signalled, control, close_code, remaining = asyncio.run(scenario())
+    assert control["error"] == "going_away"
+    assert close_code == 1001
+    assert "event: stream-error" in remaining
+    server.process.wait(timeout=10)
+    assert time.monotonic() - signalled < 5 + 2
+    assert "drained in" in server.log()

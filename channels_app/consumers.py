@@ -98,6 +98,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         except ApplicationError as error:
             await self._release()
             runtime.stats.incr(f"refusals_{error.code}")
+            logger.info("refused a WebSocket subscriber: %s (close %s)", error.code, error.close_code)
             await self.accept()
             await self._send_close(error.close_code, {"control": "close", "code": error.close_code, **error.as_dict()})
             return

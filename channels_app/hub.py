@@ -16,6 +16,7 @@ and then subscribers are told with a ``gap`` control frame.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -56,9 +57,11 @@ class Hub:
                 return
             self.channel_name = await self.layer.new_channel(HUB_CHANNEL_PREFIX)
             await self.layer.group_add(REGISTRY_GROUP, self.channel_name)
+            # A fresh context: the hub serves every connection, so it must not carry the
+            # request id of the connection that happened to start it.
             self._tasks = [
-                asyncio.create_task(self._receive_loop(), name="realtime-hub-receive"),
-                asyncio.create_task(self._refresh_loop(), name="realtime-hub-refresh"),
+                asyncio.create_task(self._receive_loop(), name="realtime-hub-receive", context=contextvars.Context()),
+                asyncio.create_task(self._refresh_loop(), name="realtime-hub-refresh", context=contextvars.Context()),
             ]
             logger.info("hub listening on %s", self.channel_name)
 

@@ -19,6 +19,7 @@ Keys (``<prefix>`` is ``pubsub.redis.prefix``; ``{id}`` keeps a channel's keys i
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import secrets
@@ -287,7 +288,9 @@ class RedisPresence:
 
     def _ensure_renewal(self) -> None:
         if self._renewal is None or self._renewal.done():
-            self._renewal = asyncio.create_task(self._renew_forever(), name="realtime-presence-renewal")
+            self._renewal = asyncio.create_task(
+                self._renew_forever(), name="realtime-presence-renewal", context=contextvars.Context()
+            )
 
     async def _renew_forever(self) -> None:
         while self._held:

@@ -10,6 +10,7 @@ another instance's admin) are noticed by a cheap fingerprint query at most every
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from dataclasses import dataclass
@@ -109,7 +110,7 @@ class ChannelRegistry:
             return await self._reload()
         if time.monotonic() - self._checked_at > REVALIDATE_SECONDS and self._revalidation is None:
             self._checked_at = time.monotonic()
-            self._revalidation = asyncio.create_task(self._revalidate())
+            self._revalidation = asyncio.create_task(self._revalidate(), context=contextvars.Context())
         return cached
 
     async def _reload(self) -> dict[str, ChannelInfo]:

@@ -97,6 +97,7 @@ async def connection_open(
     parsed_client_id = client_id_parse(client_id)
     await runtime.presence.acquire(channel, parsed_client_id)
     runtime.stats.incr(f"connections_opened_{transport.lower()}")
+    logger.info("%s subscriber %s joined channel %s", transport, parsed_client_id, channel.id)
     return Connection(
         channel=channel, client_id=parsed_client_id, position=position, echo=echo, can_publish=can_publish
     )
@@ -144,6 +145,7 @@ async def connection_close(
     if subscription is not None:
         await runtime.hub.unsubscribe(subscription)
     await runtime.presence.release(connection.channel.id, connection.client_id)
+    logger.info("subscriber %s left channel %s", connection.client_id, connection.channel.id)
 
 
 async def channel_describe(*, reference: str, client_id: str | None = None, runtime: Runtime | None = None) -> dict:

@@ -86,6 +86,7 @@ class ChannelStreamEndpoint:
             )
         except ApplicationError as error:
             runtime.stats.incr(f"refusals_{error.code}")
+            logger.info("refused an SSE subscriber: %s (HTTP %s)", error.code, error.status)
             await send_json(send, error.status, error.as_dict(), cors)
             return
         stream = _Stream(scope, receive, send, connection, cors)
@@ -143,6 +144,7 @@ class _Stream:
             await subscription_start(connection=self.connection, subscription=self.subscription)
         except ApplicationError as error:
             runtime.stats.incr(f"refusals_{error.code}")
+            logger.info("refused an SSE subscriber: %s (HTTP %s)", error.code, error.status)
             await send_json(self.send, error.status, error.as_dict(), self.cors)
             return
         await self.send(

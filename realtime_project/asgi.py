@@ -11,15 +11,18 @@ django_application = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from channels_app.auth import log_security_warnings  # noqa: E402
+from channels_app.logformat import RequestIdMiddleware  # noqa: E402
 from channels_app.routing import http_router, websocket_router  # noqa: E402
 from channels_app.shutdown import install as install_graceful_shutdown  # noqa: E402
 
 log_security_warnings()
 install_graceful_shutdown()
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_router(django_application),
-        "websocket": websocket_router(),
-    }
+application = RequestIdMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": http_router(django_application),
+            "websocket": websocket_router(),
+        }
+    )
 )

@@ -10,6 +10,7 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
 - ``DATABASE_URL``: ``sqlite:///path`` (default ``sqlite:///db.sqlite3``) or
   ``postgres://user:password@host:5432/name``.
 - ``LOG_LEVEL``: ``DEBUG``, ``INFO`` (default), ``WARNING``...
+- ``LOG_FORMAT``: ``plain`` (default) or ``json`` (one JSON object per line).
 - ``REALTIME_API_KEYS``: comma-separated API keys, added to ``server.api_keys``.
 - ``REALTIME_TOKEN_SECRET``: signs private-channel tokens (default: the secret key).
 - ``REALTIME_SHUTDOWN_GRACE_SECONDS``: longest graceful drain after SIGTERM (default 20).
@@ -195,11 +196,22 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 REALTIME_PRESENCE_LEASE_SECONDS = float(os.environ.get("REALTIME_PRESENCE_LEASE_SECONDS", "30"))
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "DEBUG" if APP_DEBUG else "INFO").upper()
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").lower()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "channels_app.logformat.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "channels_app.logformat.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django": {"level": "INFO" if LOG_LEVEL == "DEBUG" else LOG_LEVEL},

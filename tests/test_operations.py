@@ -100,3 +100,29 @@ def test_sigterm_drains_clients_and_exits_within_the_grace_period(start_server):
     server.process.wait(timeout=10)
     assert time.monotonic() - signalled < 5 + 2
     assert "drained in" in server.log()
+
+
+def test_json_logs_carry_request_ids_and_no_secrets(start_server):
+    server = start_server(env={"LOG_FORMAT": "json", "REALTIME_API_KEYS": API_KEY})
+
+    async def scenario():
+        async with websockets.connect(
+            server.channel_url("chat-1", clientId="logged"), additional_headers={"X-Request-ID": "req-abc.1"}
+        ) as ws:
+            await ws.send("hi")
+        async with websockets.connect(server.channel_url("nope", token="secret-token-value")) as refused:
+            await asyncio.wait_for(refused.recv(), 5)
+
+    asyncio.run(scenario())
+    httpx.post(f"{server.http}/api/v1/channels/chat-1/messages", json={"payload": "x"}, headers=AUTH)
+    deadline = time.monotonic() + 5
+    while "left channel" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    joined = next(entry for entry in entries if "logged joined channel chat-1" in entry["message"])
+    assert joined["request_id"] == "req-abc.1"
+    assert {"time", "level", "logger", "message"} <= set(joined)
+    refused = next(entry for entry in entries if "refused a WebSocket subscriber" in entry["message"])
+    assert refused["request_id"] not in ("-", "req-abc.1")
+    assert "secret-token-value" not in server.log()
+    assert API_KEY not in server.log()

@@ -82,6 +82,9 @@ class ChannelRegistry:
         self._load_lock = asyncio.Lock()
         self._revalidation: asyncio.Task | None = None
         self._loaded_at = 0.0
+        # Awaited before each load: the runtime starts the hub here, so that every instance is
+        # listening for registry invalidations from the moment it first trusts its cache.
+        self.before_load = None
 
     def invalidate(self) -> None:
         """Forget the cache; the next lookup reloads it. Safe to call from any thread."""
@@ -117,6 +120,12 @@ class ChannelRegistry:
         async with self._load_lock:
             if self._by_reference is not None:
                 return self._by_reference
+            if self.before_load is not None:
+                try:
+                    await self.before_load()
+                except Exception:
+                    # Serving from the database matters more; the hub starts with the next subscriber.
+                    logger.exception("could not start listening for registry changes")
             channels, fingerprint = await database_sync_to_async(_load_active_channels)()
             by_reference: dict[str, ChannelInfo] = {}
             for channel in channels:

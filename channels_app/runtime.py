@@ -43,6 +43,7 @@ class Runtime:
             self.presence = MemoryPresence()
             self.idempotency = MemoryIdempotency()
         self.hub = Hub(layer=layer, history=self.history, registry=self.registry, stats=self.stats)
+        self.registry.before_load = self.hub.start
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
         self.draining = False
         self.in_flight = InFlight()

@@ -165,7 +165,7 @@ def _channel_layers(config) -> dict:
     redis = config.pubsub.redis
     if redis.sentinels:
         host = {
-            "sentinels": [tuple(s.rsplit(":", 1)) for s in redis.sentinels],
+            "sentinels": [(host, int(port)) for host, port in (s.rsplit(":", 1) for s in redis.sentinels)],
             "master_name": redis.master_name,
         }
     else:

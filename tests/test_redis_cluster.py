@@ -244,3 +244,59 @@ def test_connection_churn_does_not_grow_redis_connections_or_memory(cluster, red
     while client.zcard("rt:p:{chat-1}") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert client.zcard("rt:p:{chat-1}") == 0
+
+
+def test_channel_created_or_deleted_on_one_instance_is_seen_by_the_other_within_a_second(cluster):
+    first, second = cluster
+
+    async def scenario():
+        async with httpx.AsyncClient(headers=AUTH, timeout=10) as client:
+            created = await client.post(f"{first.http}/api/v1/channels", json={"id": "made-live", "type": "WS"})
+            started = time.monotonic()
+            async with websockets.connect(second.channel_url("made-live", clientId="early")) as ws:
+                usable_after = time.monotonic() - started
+                deleted = await client.delete(f"{first.http}/api/v1/channels/made-live")
+                control = await receive_json(ws)
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 5)
+            started = time.monotonic()
+            gone = None
+            while time.monotonic() - started < 2:
+                preflight = await client.get(second.channel_url("made-live", scheme="http", upgrade="0"))
+                if preflight.status_code == 404:
+                    gone = time.monotonic() - started
+                    break
+                await asyncio.sleep(0.05)
+        return created, usable_after, deleted, control, closed.value.rcvd.code, gone
+
+    created, usable_after, deleted, control, close_code, gone_after = asyncio.run(scenario())
+    assert created.status_code == 201
+    assert usable_after < 1.0
+    assert deleted.status_code == 200
+    assert (control["error"], close_code) == ("channel_deleted", 4410)
+    assert gone_after is not None and gone_after < 1.0
+
+
+def test_deployments_with_different_prefixes_share_one_redis_without_mixing(start_server, redis_server):
+    env = {"REALTIME_API_KEYS": API_KEY}
+    blue = start_server(redis_config(redis_server.url, prefix="blue"), env=env)
+    green = start_server(redis_config(redis_server.url, prefix="green"), env=env)
+
+    async def scenario():
+        async with (
+            websockets.connect(blue.channel_url("chat-1", clientId="same-id")) as on_blue,
+            websockets.connect(green.channel_url("chat-1", clientId="same-id")) as on_green,
+            httpx.AsyncClient(headers=AUTH) as client,
+        ):
+            pushed = await client.post(f"{blue.http}/api/v1/channels/chat-1/messages", json={"payload": "blue only"})
+            received = await receive_json(on_blue)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(on_green.recv(), 1)
+            return pushed, received
+
+    pushed, received = asyncio.run(scenario())
+    assert pushed.json()["offset"] == 1
+    assert received["payload"] == "blue only"
+    keys = {key.decode() for key in redis_server.client().keys("*")}
+    assert any(key.startswith("blue:") for key in keys)
+    assert not any(key.startswith("green:h:") for key in keys)

@@ -149,6 +149,13 @@ REDIS_KEYS = (
     ),
     Key("master_name", "str", "", "The Sentinel master name."),
     Key("prefix", "str", "realtime", "Key prefix, so several deployments can share one Redis."),
+    Key(
+        "layer",
+        "choice",
+        "pubsub",
+        "channels-redis layer: `pubsub` (RedisPubSubChannelLayer) or `core` (RedisChannelLayer); see docs/scaling.md.",
+        choices=("pubsub", "core"),
+    ),
 )
 
 CHANNEL_KEYS = (
@@ -201,6 +208,7 @@ class RedisConfig:
     sentinels: tuple[str, ...]
     master_name: str
     prefix: str
+    layer: str
 
 
 @dataclass(frozen=True)

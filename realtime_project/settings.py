@@ -170,17 +170,16 @@ def _channel_layers(config) -> dict:
         }
     else:
         host = {"address": redis.url}
-    return {
-        "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {
-                "hosts": [host],
-                "prefix": redis.prefix,
-                "capacity": 1000,
-                "channel_capacity": {"realtime-hub*": hub_capacity},
-            },
-        }
-    }
+    # Fail fast when Redis is away instead of hanging the publisher.
+    host.update({"socket_connect_timeout": 2, "socket_keepalive": True})
+    backend = {
+        "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "core": "channels_redis.core.RedisChannelLayer",
+    }[redis.layer]
+    layer_config = {"hosts": [host], "prefix": redis.prefix, "capacity": 1000}
+    if redis.layer == "core":
+        layer_config["channel_capacity"] = {"realtime-hub*": hub_capacity}
+    return {"default": {"BACKEND": backend, "CONFIG": layer_config}}
 
 
 CHANNEL_LAYERS = _channel_layers(REALTIME)

@@ -300,3 +300,21 @@ def test_deployments_with_different_prefixes_share_one_redis_without_mixing(star
     keys = {key.decode() for key in redis_server.client().keys("*")}
     assert any(key.startswith("blue:") for key in keys)
     assert not any(key.startswith("green:h:") for key in keys)
+
+
+def test_the_core_redis_layer_also_fans_out_across_instances(start_server, redis_server):
+    config = redis_config(redis_server.url).replace('prefix: "rt"', 'prefix: "rt"\n    layer: "core"')
+    assert 'layer: "core"' in config
+    env = {"REALTIME_API_KEYS": API_KEY}
+    first = start_server(config, env=env)
+    second = start_server(config, env=env, database_path=first.database_path, sync=False)
+
+    async def scenario():
+        async with (
+            websockets.connect(first.channel_url("chat-1", clientId="a")) as on_first,
+            websockets.connect(second.channel_url("chat-1", clientId="b")) as on_second,
+        ):
+            await on_first.send("over RedisChannelLayer")
+            return await receive_json(on_second)
+
+    assert asyncio.run(scenario())["payload"] == "over RedisChannelLayer"

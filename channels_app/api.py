@@ -207,7 +207,8 @@ async def _history(request: HttpRequest, channel: str) -> JsonResponse:
     replay = await runtime.history.since(channel_info, since or position_parse("0"))
     gap = replay.gap if since is not None else None
     limit_raw = request.GET.get("limit", str(MAX_HISTORY_PAGE))
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_HISTORY_PAGE:
+    # isascii(): isdigit() alone accepts digits int() refuses, such as "²".
+    if not (limit_raw.isascii() and limit_raw.isdigit()) or not 1 <= int(limit_raw) <= MAX_HISTORY_PAGE:
         raise bad_request(f"limit must be a whole number from 1 to {MAX_HISTORY_PAGE}.", field="limit")
     messages = replay.messages[: int(limit_raw)]
     return JsonResponse(

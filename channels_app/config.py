@@ -72,7 +72,11 @@ def _check_identifier(value: str) -> str | None:
 def _check_redis_url(value: str) -> str | None:
     if not value:
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        # urlsplit refuses an unbalanced "[" (an IPv6 host missing its "]").
+        return f"{value!r} is not a valid URL: write redis://[user:password@]host:port/db"
     if parts.scheme not in ("redis", "rediss", "unix"):
         return f"{value!r} is not a Redis URL: write redis://[user:password@]host:port/db or rediss://... for TLS"
     if parts.scheme != "unix" and not parts.hostname:
@@ -87,7 +91,8 @@ def _check_redis_url(value: str) -> str | None:
 def _check_sentinels(value: list[str]) -> str | None:
     for address in value:
         host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
+        # isdigit() alone accepts digits int() refuses, such as "²".
+        if not host or not (port.isascii() and port.isdigit()):
             return f"{address!r} is not host:port: write for example 'sentinel-1:26379'"
     return None
 
@@ -377,8 +382,10 @@ def _check_channel_name(name: Any) -> str | None:
 def _load_yaml(text: str, path: str, problems: list[tuple[str, str]]) -> Any:
     """Parse with the safe loader; duplicate keys become problems (with their key path) instead of
     silently keeping the last value, so they are reported together with every other mistake."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        # The reader checks the text for characters YAML forbids already when it is created.
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -386,8 +393,12 @@ def _load_yaml(text: str, path: str, problems: list[tuple[str, str]]) -> Any:
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError(path, [*problems, ("", f"not valid YAML: {_describe_yaml_error(exc)}")]) from exc
+    except RecursionError as exc:
+        # PyYAML composes and constructs recursively: a few thousand nested brackets overflow the stack.
+        raise ConfigError(path, [*problems, ("", "not valid YAML: it is nested too deeply")]) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _find_duplicate_keys(
@@ -518,7 +529,7 @@ def _unquoted_hint(key: Key, raw: Any) -> str:
         return ""
     try:
         unquoted = yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return ""
     fits = {
         "bool": isinstance(unquoted, bool),

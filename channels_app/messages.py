@@ -17,8 +17,10 @@ from datetime import UTC, datetime
 
 from .errors import bad_request
 
-_POSITION = re.compile(r"^(?P<epoch>[A-Za-z0-9]{1,32})-(?P<offset>\d{1,18})$")
-_MESSAGE_ID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+# ASCII digits only: "\d" and str.isdigit() also accept other scripts' digits (and "²", which int() refuses).
+_OFFSET = re.compile(r"^[0-9]{1,18}\Z")
+_POSITION = re.compile(r"^(?P<epoch>[A-Za-z0-9]{1,32})-(?P<offset>[0-9]{1,18})\Z")
+_MESSAGE_ID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\Z")
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:
@@ -106,7 +108,7 @@ def position_parse(raw: str | None) -> Position | None:
     if raw is None or raw == "":
         return None
     raw = raw.strip()
-    if raw.isdigit() and len(raw) <= 18:
+    if _OFFSET.match(raw):
         return Position(offset=int(raw))
     match = _POSITION.match(raw)
     if match:

@@ -18,7 +18,8 @@ HUB_CHANNEL_PREFIX = "realtime-hub"
 REGISTRY_GROUP = "realtime.registry"
 # Channels allows group names shorter than 100 characters.
 MAX_GROUP_NAME_LENGTH = 99
-CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+# "\Z", not "$", which would also accept a trailing newline.
+CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}\Z")
 SERVER_CLIENT_ID = "server-message"
 
 

@@ -49,7 +49,15 @@ async def message_publish(
     runtime = runtime or get_runtime()
     if not isinstance(payload, str):
         raise bad_request("payload must be a string")
-    size = len(payload.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(payload.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        # A JSON body can carry a lone surrogate ("\ud800"); it cannot be written to a WebSocket
+        # or an event stream, so it would break delivery of this message to every subscriber.
+        raise bad_request(
+            f"payload is not valid Unicode text: it holds a lone surrogate at character {exc.start}",
+            field="payload",
+        ) from exc
     limit = runtime.server.max_message_size
     if size > limit:
         raise payload_too_large(size, limit)

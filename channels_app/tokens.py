@@ -70,6 +70,9 @@ def token_mint(*, channel_id: str, client_id: str, ttl: int = DEFAULT_TTL_SECOND
 
 def token_verify(token: str, *, channel_id: str) -> TokenClaims:
     """Check a token's signature, expiry and channel; raise ``ApplicationError`` when refused."""
+    if not isinstance(token, str) or not token.isascii():
+        # A JWT is ASCII; PyJWT would raise UnicodeEncodeError on a lone surrogate.
+        raise token_invalid("it is not a token signed by this service")
     try:
         claims = jwt.decode(token, _secret(), algorithms=[ALGORITHM], options={"require": ["exp", "sub", "channel"]})
     except jwt.ExpiredSignatureError as exc:

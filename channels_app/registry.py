@@ -22,9 +22,9 @@ from .errors import channel_not_found
 logger = logging.getLogger(__name__)
 
 REVALIDATE_SECONDS = 2.0
-# A lookup of an unknown channel reloads the cache when it is older than this, so a channel
-# created on another instance is usable here within a second, while a flood of lookups for
-# unknown channels costs at most one query a second.
+# A lookup of an unknown channel reloads the cache (a channel created on another instance is
+# usable here at once, even before its broadcast arrives), but at most once in this many seconds,
+# so a flood of lookups for unknown channels costs at most one query a second.
 MISS_RELOAD_SECONDS = 1.0
 
 
@@ -81,7 +81,7 @@ class ChannelRegistry:
         self._checked_at = 0.0
         self._load_lock = asyncio.Lock()
         self._revalidation: asyncio.Task | None = None
-        self._loaded_at = 0.0
+        self._miss_reloaded_at = -MISS_RELOAD_SECONDS
         # Awaited before each load: the runtime starts the hub here, so that every instance is
         # listening for registry invalidations from the moment it first trusts its cache.
         self.before_load = None
@@ -94,7 +94,8 @@ class ChannelRegistry:
         """The active channel whose id (or else name) is ``reference``; ``ApplicationError`` 404 if none."""
         channels = await self._channels()
         channel = channels.get(reference)
-        if channel is None and time.monotonic() - self._loaded_at > MISS_RELOAD_SECONDS:
+        if channel is None and time.monotonic() - self._miss_reloaded_at > MISS_RELOAD_SECONDS:
+            self._miss_reloaded_at = time.monotonic()
             self.invalidate()
             channel = (await self._channels()).get(reference)
         if channel is None:
@@ -134,7 +135,7 @@ class ChannelRegistry:
             for channel in channels:
                 by_reference[channel.id] = channel
             self._fingerprint = fingerprint
-            self._checked_at = self._loaded_at = time.monotonic()
+            self._checked_at = time.monotonic()
             self._by_reference = by_reference
             return by_reference
 

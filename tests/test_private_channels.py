@@ -59,7 +59,9 @@ def test_websocket_refusals(server):
         "none": (server.channel_url("vault-1", clientId="a"), 4401, "token_required"),
         "wrong": (server.channel_url("vault-1", token="garbage"), 4401, "token_invalid"),
         "forged": (
-            server.channel_url("vault-1", token=forged("vault-1", "a", secret="not-the-secret-of-this-service")),
+            server.channel_url(
+                "vault-1", token=forged("vault-1", "a", secret="not-the-secret-of-this-service-at-all-0123")
+            ),
             4401,
             "token_invalid",
         ),

@@ -10,10 +10,55 @@ from django.urls import re_path
 from .consumers import ChannelConsumer
 from .origins import header, origin_allowed
 from .runtime import get_runtime
+from .security import SecurityHeadersMiddleware, host_allowed
 from .sse import ChannelStreamEndpoint
 
 CHANNEL_PATH = r"^api/v1/channels/(?P<channel>[^/]+)/?$"
 CLOSE_ORIGIN_NOT_ALLOWED = 4403
+CLOSE_HOST_NOT_ALLOWED = 4400
+
+
+def host_not_allowed_body(host: str | None) -> dict:
+    """The refusal of a request whose ``Host`` is not one of ``DJANGO_ALLOWED_HOSTS``."""
+    shown = host if host is None or len(host) <= 100 else host[:100] + "..."
+    return {
+        "error": "host_not_allowed",
+        "message": f"Host {shown!r} is not served here: add it to DJANGO_ALLOWED_HOSTS.",
+    }
+
+
+class HostGuard:
+    """Refuses the channel URL under a ``Host`` that ``DJANGO_ALLOWED_HOSTS`` does not list.
+
+    Django checks the host of the requests it serves; streams, preflights and WebSockets are
+    served before Django, so they are checked here. Without it a page on a DNS-rebinding domain
+    would pass the origin check (its ``Origin`` host equals the ``Host`` it sends) and could read
+    a service that is meant to be reachable only inside a network.
+    """
+
+    def __init__(self, application):
+        self.application = application
+
+    async def __call__(self, scope, receive, send):
+        host = header(scope, b"host")
+        if host_allowed(host):
+            return await self.application(scope, receive, send)
+        get_runtime().stats.incr("refusals_host_not_allowed")
+        body = host_not_allowed_body(host)
+        if scope["type"] == "http":
+            payload = json.dumps(body).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+            await send({"type": "http.response.start", "status": 400, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return None
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return None
+        await send({"type": "websocket.accept"})
+        frame = {"control": "close", "code": CLOSE_HOST_NOT_ALLOWED, **body}
+        await send({"type": "websocket.send", "text": json.dumps(frame)})
+        await send({"type": "websocket.close", "code": CLOSE_HOST_NOT_ALLOWED})
+        return None
 
 
 class OriginGuard:
@@ -59,15 +104,18 @@ class MethodRouter:
 
 
 def http_router(django_app):
-    """The HTTP side: streams and preflights on the channel URL, Django for everything else."""
-    return URLRouter(
-        [
-            re_path(CHANNEL_PATH, MethodRouter(get=ChannelStreamEndpoint(), other=django_app)),
-            re_path(r"", django_app),
-        ]
+    """The HTTP side: streams and preflights on the channel URL, Django for everything else;
+    security headers on every response."""
+    return SecurityHeadersMiddleware(
+        URLRouter(
+            [
+                re_path(CHANNEL_PATH, MethodRouter(get=HostGuard(ChannelStreamEndpoint()), other=django_app)),
+                re_path(r"", django_app),
+            ]
+        )
     )
 
 
 def websocket_router():
-    """The WebSocket side: one consumer per channel URL, behind the origin check."""
-    return OriginGuard(URLRouter([re_path(CHANNEL_PATH, ChannelConsumer.as_asgi())]))
+    """The WebSocket side: one consumer per channel URL, behind the host and origin checks."""
+    return HostGuard(OriginGuard(URLRouter([re_path(CHANNEL_PATH, ChannelConsumer.as_asgi())])))

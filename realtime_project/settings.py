@@ -17,6 +17,12 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
 - ``METRICS_TOKEN``: when set, ``/metrics`` requires ``Authorization: Bearer <token>``.
 - ``REALTIME_PRESENCE_LEASE_SECONDS``: REDIS driver; a dead instance's connection slots are
   released after this long (default 30).
+- ``DJANGO_SECURE=1``: production behind HTTPS (a TLS-terminating proxy that sets
+  ``X-Forwarded-Proto``): secure cookies, HSTS, redirects to HTTPS (except the probes), and
+  ``DJANGO_SECRET_KEY`` becomes required. ``DJANGO_HSTS_SECONDS`` (default one year),
+  ``DJANGO_HSTS_INCLUDE_SUBDOMAINS`` (default on), ``DJANGO_HSTS_PRELOAD`` (default off) and
+  ``DJANGO_CSRF_TRUSTED_ORIGINS`` (comma-separated) tune it. Off, the embedded plain-HTTP run
+  works unchanged. See docs/security.md.
 """
 
 import os
@@ -84,6 +90,32 @@ SECRET_KEY_FROM_ENVIRONMENT = bool(os.environ.get("DJANGO_SECRET_KEY"))
 # Signs private-channel tokens; every instance must share it.
 REALTIME_TOKEN_SECRET = os.environ.get("REALTIME_TOKEN_SECRET") or SECRET_KEY
 ALLOWED_HOSTS = _env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+
+# Production behind HTTPS. Off by default so the embedded run keeps working over plain HTTP
+# (secure cookies would never be sent back, and redirects would point at a port nobody serves).
+DJANGO_SECURE = _env_flag("DJANGO_SECURE")
+if DJANGO_SECURE:
+    if not SECRET_KEY_FROM_ENVIRONMENT:
+        sys.stderr.write(
+            "realtime: DJANGO_SECURE=1 needs DJANGO_SECRET_KEY: a per-process random key logs admins out on "
+            "every restart and makes private-channel tokens differ between instances.\n"
+        )
+        sys.exit(2)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    # Kubernetes probes and Prometheus talk plain HTTP to the pod.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    # TLS ends at the proxy in front of daphne, which says so in X-Forwarded-Proto.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_flag("DJANGO_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = _env_flag("DJANGO_HSTS_PRELOAD")
+    # Asking browsers to preload HSTS for the whole domain is the domain owner's decision, not this
+    # service's; DJANGO_HSTS_PRELOAD=1 opts in, and only then is security.W021 meaningful.
+    SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+CSRF_TRUSTED_ORIGINS = _env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
+SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [
     "daphne",

@@ -96,4 +96,4 @@ class ChannelAdmin(admin.ModelAdmin):
 async def _live_counts() -> dict[str, int]:
     runtime = get_runtime()
     channels = await runtime.registry.all()
-    return {channel.id: await runtime.presence.count(channel.id) for channel in channels}
+    return await runtime.presence.counts([channel.id for channel in channels])

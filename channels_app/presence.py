@@ -43,6 +43,7 @@ class MemoryPresence:
         """Live connections on one channel."""
         return len(self._clients.get(channel_id, ()))
 
-    async def counts(self) -> dict[str, int]:
-        """Live connections per channel id, for channels with any."""
-        return {channel_id: len(clients) for channel_id, clients in self._clients.items()}
+    async def counts(self, channel_ids=None) -> dict[str, int]:
+        """Live connections per channel id (of ``channel_ids``, or every channel), for channels with any."""
+        wanted = self._clients if channel_ids is None else set(channel_ids)
+        return {channel_id: len(clients) for channel_id, clients in self._clients.items() if channel_id in wanted}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
 import secrets
@@ -34,6 +35,7 @@ from .history import Gap, Replay
 from .idempotency import IDEMPOTENCY_WINDOW_SECONDS, MAX_KEY_LENGTH
 from .messages import Message, Position, utc_timestamp
 from .registry import ChannelInfo
+from .stats import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,21 @@ def redis_unavailable(exc: Exception) -> ApplicationError:
         status=503,
         close_code=4503,
     )
+
+
+def _translating_redis_errors(method):
+    """Turn a Redis failure into ``redis_unavailable`` (503 / 4503) and count it."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except redis.RedisError as exc:
+            self._stats.incr("redis_errors")
+            logger.warning("Redis call %s failed: %s", method.__qualname__, exc.__class__.__name__)
+            raise redis_unavailable(exc) from exc
+
+    return wrapper
 
 
 def redis_client(config) -> redis.Redis:
@@ -123,12 +140,14 @@ return 'ok'
 class RedisHistory:
     """Per-channel history shared by every instance."""
 
-    def __init__(self, client: redis.Redis, prefix: str, *, clock=time.time):
+    def __init__(self, client: redis.Redis, prefix: str, *, stats: Stats | None = None, clock=time.time):
         self._redis = client
+        self._stats = stats or Stats()
         self._keys = _Keys(prefix)
         self._append = client.register_script(_APPEND)
         self._clock = clock
 
+    @_translating_redis_errors
     async def append(self, channel: ChannelInfo, *, payload: str, client_id: str) -> Message:
         """Stamp a message with the channel's next offset and record it, atomically."""
         message_id = str(uuid.uuid4())
@@ -146,10 +165,7 @@ class RedisHistory:
             channel.history_ttl,
             SEQUENCE_IDLE_SECONDS,
         ]
-        try:
-            epoch, offset = await self._append(keys=keys, args=args)
-        except redis.RedisError as exc:
-            raise redis_unavailable(exc) from exc
+        epoch, offset = await self._append(keys=keys, args=args)
         return Message(
             id=message_id,
             channel_id=channel.id,
@@ -189,6 +205,7 @@ class RedisHistory:
             )
         return epoch, int(seq or 0), messages
 
+    @_translating_redis_errors
     async def since(self, channel: ChannelInfo, position: Position) -> Replay:
         """Messages after ``position``, oldest first, with a ``Gap`` when some are gone."""
         epoch, head, held = await self._state(channel)
@@ -211,15 +228,18 @@ class RedisHistory:
             return Replay(missed, Gap("expired", str(position), earliest))
         return Replay(missed)
 
+    @_translating_redis_errors
     async def between(self, channel: ChannelInfo, first: int, last: int) -> list[Message]:
         """Messages with ``first <= offset <= last`` still held."""
         _, _, held = await self._state(channel, first)
         return [message for message in held if message.offset <= last]
 
+    @_translating_redis_errors
     async def head(self, channel_id: str) -> int:
         """The offset of the newest message published on the channel (0 when none)."""
         return int(await self._redis.get(self._keys.seq(channel_id)) or 0)
 
+    @_translating_redis_errors
     async def forget(self, channel_id: str) -> None:
         """Drop a deleted channel's history (a later channel with the same id gets a new epoch)."""
         await self._redis.delete(self._keys.epoch(channel_id), self._keys.seq(channel_id), self._keys.log(channel_id))
@@ -228,8 +248,11 @@ class RedisHistory:
 class RedisPresence:
     """Connection slots counted across every instance, with leases renewed by their holders."""
 
-    def __init__(self, client: redis.Redis, prefix: str, *, lease: float = 30.0, clock=time.time):
+    def __init__(
+        self, client: redis.Redis, prefix: str, *, lease: float = 30.0, stats: Stats | None = None, clock=time.time
+    ):
         self._redis = client
+        self._stats = stats or Stats()
         self._keys = _Keys(prefix)
         self._lease = lease
         self._acquire = client.register_script(_ACQUIRE)
@@ -237,16 +260,14 @@ class RedisPresence:
         self._held: set[tuple[str, str]] = set()
         self._renewal: asyncio.Task | None = None
 
+    @_translating_redis_errors
     async def acquire(self, channel: ChannelInfo, client_id: str) -> None:
         """Take a cluster-wide slot; refuse when the channel is full or the id is connected anywhere."""
         now = self._clock()
-        try:
-            outcome = await self._acquire(
-                keys=[self._keys.presence(channel.id)],
-                args=[repr(now), client_id, channel.max_connections, repr(now + self._lease), int(self._lease * 4) + 1],
-            )
-        except redis.RedisError as exc:
-            raise redis_unavailable(exc) from exc
+        outcome = await self._acquire(
+            keys=[self._keys.presence(channel.id)],
+            args=[repr(now), client_id, channel.max_connections, repr(now + self._lease), int(self._lease * 4) + 1],
+        )
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         if outcome == "taken":
             raise client_id_taken(channel.id, client_id)
@@ -265,15 +286,18 @@ class RedisPresence:
                 "could not release slot of %s on %s; its lease expires in %ss", client_id, channel_id, self._lease
             )
 
+    @_translating_redis_errors
     async def contains(self, channel_id: str, client_id: str) -> bool:
         """Whether ``client_id`` holds a live slot on the channel on any instance."""
         score = await self._redis.zscore(self._keys.presence(channel_id), client_id)
         return score is not None and score > self._clock()
 
+    @_translating_redis_errors
     async def count(self, channel_id: str) -> int:
         """Live connections on one channel across every instance."""
         return await self._redis.zcount(self._keys.presence(channel_id), f"({self._clock()!r}", "+inf")
 
+    @_translating_redis_errors
     async def counts(self, channel_ids=None) -> dict[str, int]:
         """Live connections per channel id across every instance."""
         if channel_ids is None:
@@ -301,6 +325,7 @@ class RedisPresence:
                 # Keep renewing: a Redis outage shorter than the lease costs no connection its slot.
                 logger.exception("could not renew connection leases")
 
+    @_translating_redis_errors
     async def renew(self) -> None:
         """Extend the leases of every connection this instance holds."""
         held = list(self._held)
@@ -319,20 +344,21 @@ class RedisIdempotency:
 
     PENDING = b"pending"
 
-    def __init__(self, client: redis.Redis, prefix: str, *, window: int = IDEMPOTENCY_WINDOW_SECONDS):
+    def __init__(
+        self, client: redis.Redis, prefix: str, *, window: int = IDEMPOTENCY_WINDOW_SECONDS, stats: Stats | None = None
+    ):
         self._redis = client
+        self._stats = stats or Stats()
         self._keys = _Keys(prefix)
         self._window = window
 
+    @_translating_redis_errors
     async def run_once(self, key: str, fingerprint: str, action) -> tuple[object, bool]:
         """Run ``action`` once per key across the cluster; return ``(result, replayed)``."""
         if not key or len(key) > MAX_KEY_LENGTH:
             raise ApplicationError("bad_request", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
         redis_key = self._keys.idempotency(key)
-        try:
-            claimed = await self._redis.set(redis_key, json.dumps({"f": fingerprint}), nx=True, ex=self._window)
-        except redis.RedisError as exc:
-            raise redis_unavailable(exc) from exc
+        claimed = await self._redis.set(redis_key, json.dumps({"f": fingerprint}), nx=True, ex=self._window)
         if claimed:
             try:
                 result = await action()

@@ -33,11 +33,11 @@ class Runtime:
 
             redis_config = config.pubsub.redis
             self.redis = redis_client(redis_config)
-            self.history = RedisHistory(self.redis, redis_config.prefix)
+            self.history = RedisHistory(self.redis, redis_config.prefix, stats=self.stats)
             self.presence = RedisPresence(
-                self.redis, redis_config.prefix, lease=settings.REALTIME_PRESENCE_LEASE_SECONDS
+                self.redis, redis_config.prefix, lease=settings.REALTIME_PRESENCE_LEASE_SECONDS, stats=self.stats
             )
-            self.idempotency = RedisIdempotency(self.redis, redis_config.prefix)
+            self.idempotency = RedisIdempotency(self.redis, redis_config.prefix, stats=self.stats)
         else:
             self.history = MemoryHistory()
             self.presence = MemoryPresence()

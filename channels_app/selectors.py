@@ -26,7 +26,7 @@ async def channel_list(*, runtime: Runtime | None = None) -> list[dict]:
     """Every active channel with its live connection count."""
     runtime = runtime or get_runtime()
     channels = await runtime.registry.all()
-    counts = await runtime.presence.counts()
+    counts = await runtime.presence.counts([channel.id for channel in channels])
     return [channel_as_dict(channel, counts.get(channel.id, 0)) for channel in channels]
 
 

@@ -178,6 +178,7 @@ def test_redis_outage_keeps_connections_and_recovers(cluster, redis_server):
             push_seconds = time.monotonic() - started
             await sender.send("during outage")
             error_frame = await receive_json(sender)
+            metrics = (await client.get(f"{first.http}/metrics")).text
             redis_server.run()
             deadline = time.monotonic() + 20
             delivered = None
@@ -193,9 +194,11 @@ def test_redis_outage_keeps_connections_and_recovers(cluster, redis_server):
                 except TimeoutError:
                     continue
             ready_again = await client.get(f"{first.http}/readyz")
-            return ready, push, push_seconds, error_frame, delivered, ready_again
+            return ready, push, push_seconds, error_frame, delivered, ready_again, metrics
 
-    ready, push, push_seconds, error_frame, delivered, ready_again = asyncio.run(scenario())
+    ready, push, push_seconds, error_frame, delivered, ready_again, metrics = asyncio.run(scenario())
+    redis_errors = next(line for line in metrics.splitlines() if line.startswith("realtime_redis_errors_total "))
+    assert float(redis_errors.split()[-1]) >= 2
     assert ready.status_code == 503
     assert ready.json()["checks"]["redis"].startswith("failing")
     assert push.status_code == 503

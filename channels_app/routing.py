@@ -16,6 +16,7 @@ from .sse import ChannelStreamEndpoint
 CHANNEL_PATH = r"^api/v1/channels/(?P<channel>[^/]+)/?$"
 CLOSE_ORIGIN_NOT_ALLOWED = 4403
 CLOSE_HOST_NOT_ALLOWED = 4400
+CLOSE_NOT_FOUND = 4404
 
 
 def host_not_allowed_body(host: str | None) -> dict:
@@ -116,6 +117,27 @@ def http_router(django_app):
     )
 
 
+class WebSocketNotFound:
+    """Any other WebSocket path: closed with 4404 after a close frame, instead of the 500 that
+    channels' router raises for a path no route matches (e.g. ``/api/v1/channels/../admin``)."""
+
+    async def __call__(self, scope, receive, send):
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return None
+        body = {
+            "control": "close",
+            "code": CLOSE_NOT_FOUND,
+            "error": "not_found",
+            "message": "No WebSocket is served at this path: connect to /api/v1/channels/<channel id or name>.",
+        }
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": json.dumps(body)})
+        await send({"type": "websocket.close", "code": CLOSE_NOT_FOUND})
+        return None
+
+
 def websocket_router():
     """The WebSocket side: one consumer per channel URL, behind the host and origin checks."""
-    return HostGuard(OriginGuard(URLRouter([re_path(CHANNEL_PATH, ChannelConsumer.as_asgi())])))
+    routes = [re_path(CHANNEL_PATH, ChannelConsumer.as_asgi()), re_path(r"", WebSocketNotFound())]
+    return HostGuard(OriginGuard(URLRouter(routes)))

@@ -17,6 +17,8 @@ Headers already present are kept, so Django's ``SecurityMiddleware`` and
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
@@ -71,3 +73,17 @@ def host_allowed(host: str | None) -> bool:
     domain, _ = split_domain_port(host)
     allowed = settings.ALLOWED_HOSTS or (_DEBUG_HOSTS if settings.DEBUG else [])
     return bool(domain) and validate_host(domain, allowed)
+
+
+class OneLineSecurityRecords(logging.Filter):
+    """Logs Django's ``django.security.*`` refusals (a foreign ``Host``, a forged CSRF token) in one line.
+
+    Django attaches the exception's traceback to them: each 100-byte request with a bad ``Host``
+    would write 2 KB of log, which is both noise and a way to fill disks.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("django.security.") and record.exc_info:
+            record.exc_info = None
+            record.exc_text = None
+        return True

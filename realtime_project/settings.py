@@ -231,7 +231,10 @@ LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").lower()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "channels_app.logformat.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "channels_app.logformat.RequestIdFilter"},
+        "one_line_security": {"()": "channels_app.security.OneLineSecurityRecords"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
         "json": {"()": "channels_app.logformat.JsonFormatter"},
@@ -240,7 +243,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json" if LOG_FORMAT == "json" else "plain",
-            "filters": ["request_id"],
+            "filters": ["request_id", "one_line_security"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

@@ -13,6 +13,9 @@ from collections.abc import Callable
 
 
 def _protocol(send):
+    # Middleware that wraps ``send`` exposes the wrapped callable as ``__wrapped__``.
+    while not isinstance(send, functools.partial) and getattr(send, "__wrapped__", None) is not None:
+        send = send.__wrapped__
     if not isinstance(send, functools.partial) or not send.args:
         return None
     return send.args[0]

@@ -394,7 +394,7 @@ def _raw_stream(server, path: str) -> socket.socket:
 
 async def test_slow_consumer_stream_ends_without_slowing_others(start_module_server, api):
     server = start_module_server(SLOW_CONFIG, env={"REALTIME_API_KEYS": API_KEY})
-    count, size = 120, 16 * 1024
+    count, size = 400, 16 * 1024  # well past what the kernel buffers on loopback (~4 MiB)
     stalled = await asyncio.to_thread(_raw_stream, server, "/api/v1/channels/slow-1?clientId=stalled")
     try:
         async with open_stream(channel_url(server, "slow-1", clientId="reader")) as (_, events):

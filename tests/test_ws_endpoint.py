@@ -415,7 +415,7 @@ def _raw_websocket(server, path: str) -> socket.socket:
 
 async def test_slow_consumer_is_cut_off_without_slowing_others(start_module_server):
     server = start_module_server(SLOW_CONFIG)
-    count, size = 200, 16 * 1024
+    count, size = 400, 16 * 1024  # well past what the kernel buffers on loopback (~4 MiB)
     stalled = await asyncio.to_thread(_raw_websocket, server, "/api/v1/channels/slow-1?clientId=stalled")
     try:
         async with (

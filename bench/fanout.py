@@ -1,0 +1,502 @@
+"""Scenario: N WebSocket subscribers on one channel, one publisher, ~100-byte messages.
+
+For each subscriber count, the service and the baseline are started side by side and each gets
+N subscribers (spread over the client processes) and a publisher. Every subscription is made
+live with a warm-up (a message every 50 ms until every subscriber received one). Then, for
+``rounds`` rounds, the servers take turns (service, baseline, service, baseline...) so noise
+from other processes on the machine hits both alike:
+
+- burst: publish M messages back to back; deliveries/s = messages received by all subscribers
+  / (time the last subscriber got its last message - time of the first publish). Losses are
+  counted: expected = M x subscribers live at the start of the burst;
+- fixed rate: publish ``rate`` msg/s for ``rate_seconds`` with the send time in the payload;
+  latency = receive time - send time (all processes share the machine clock: ``time.time()``).
+
+A server's burst number is the median of its rounds; the ratio is the median of the per-round
+ratios service/baseline. Latency percentiles pool every fixed-rate delivery of every round.
+CPU of the server, of each client process and of the rest of the machine is measured in every
+phase. At the end the connections are closed and, for the service, the channel's connection
+count is watched until it is back to 0 (a leak check), then the servers are stopped.
+"""
+
+from __future__ import annotations
+
+import array
+import re
+import statistics
+import time
+from dataclasses import dataclass
+
+from .clients import ClientPool
+from .servers import ROOT, SERVERS, ServiceServer
+from .sysstat import CpuWindow, process_rss_bytes
+
+WARMUP_INTERVAL = 0.05
+WARMUP_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 15.0
+
+
+@dataclass
+class FanoutSettings:
+    """Everything that shapes a fan-out run."""
+
+    subscribers: list[int]
+    servers: list[str]
+    rounds: int = 3
+    burst_deliveries: int = 300_000  # M = burst_deliveries / N, clamped to [min_messages, max_messages]
+    min_messages: int = 20
+    max_messages: int = 5000
+    size: int = 100
+    rate: float = 10.0
+    rate_seconds: float = 5.0
+    client_impl: str = "raw"
+    connect_concurrency: int = 32
+    timeout: float = 120.0  # longest a burst may take
+    idle_timeout: float = 10.0  # a burst ends when nothing arrived for this long
+    quiet_wait: float = 30.0  # before each phase, wait up to this long for other processes to go quiet
+    quiet_cores: float = 0.25  # "quiet": other processes use less than this many cores
+
+    def burst_messages(self, subscribers: int) -> int:
+        return max(self.min_messages, min(self.max_messages, self.burst_deliveries // max(subscribers, 1)))
+
+
+def percentiles(values) -> dict:
+    """p50, p90, p99, max and mean of ``values`` (seconds) in milliseconds; None when empty."""
+    if not len(values):
+        return {"count": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return {
+        "count": len(ordered),
+        "p50_ms": at(0.50),
+        "p90_ms": at(0.90),
+        "p99_ms": at(0.99),
+        "max_ms": ordered[-1] * 1000,
+        "mean_ms": statistics.fmean(ordered) * 1000,
+    }
+
+
+def _merge(parts: list[dict]) -> tuple[dict, array.array]:
+    """Sum the per-process results of a ``wait`` command; also return the raw latencies."""
+    latencies = array.array("d")
+    close_codes: dict[str, int] = {}
+    for part in parts:
+        latencies.frombytes(part["latencies"])
+        for code, count in part["close_codes"].items():
+            close_codes[str(code)] = close_codes.get(str(code), 0) + count
+    merged = {
+        "ended": sorted({p["ended"] for p in parts}),
+        "received": sum(p["received"] for p in parts),
+        "target_connections": sum(p["target"] for p in parts),
+        "complete_connections": sum(p["complete"] for p in parts),
+        "connections_open": sum(p["connections_open"] for p in parts),
+        "min_per_connection": min(p["min_per_connection"] for p in parts),
+        "first_recv": min((p["first_recv"] for p in parts if p["first_recv"]), default=0.0),
+        "last_recv": max((p["last_recv"] for p in parts), default=0.0),
+        "stale": sum(p["stale"] for p in parts),
+        "out_of_order": sum(p["disorder"] for p in parts),
+        "other_frames": sum(p["others"] for p in parts),
+        "other_samples": [s for p in parts for s in p["other_samples"]][:5],
+        "close_codes": close_codes,
+        "client_cpu_s": [p["cpu_s"] for p in parts],
+        "latency": percentiles(latencies),
+    }
+    return merged, latencies
+
+
+def _cpu_summary(window: dict, server_name: str) -> dict:
+    cores = window["cores"]
+    clients = {k: v for k, v in cores.items() if k.startswith("subscriber")}
+    return {
+        "server_cores": cores.get(server_name),
+        "client_cores": clients,
+        "client_cores_max": max((v for v in clients.values() if v is not None), default=None),
+        "publisher_cores": cores.get("publisher-0"),
+        "machine_busy_cores": window["machine_busy_cores"],
+        "other_cores": window["other_cores"],
+        "wall_s": window["wall_s"],
+    }
+
+
+def _per_cpu(received: int, cpu: dict) -> float | None:
+    spent = (cpu["server_cores"] or 0.0) * cpu["wall_s"]
+    return received / spent if spent > 0 else None
+
+
+class PhaseNames:
+    """Unique phase tags, so a late message of one phase is never counted in another."""
+
+    def __init__(self):
+        self.counter = 0
+
+    def __call__(self, kind: str) -> str:
+        self.counter += 1
+        return f"{kind}{self.counter}"
+
+
+class ServerSession:
+    """One server at one subscriber count: its subscribers (a group in each client process) and its publisher."""
+
+    def __init__(self, server, pool: ClientPool, settings: FanoutSettings, subscribers: int, phases: PhaseNames, log):
+        self.server = server
+        self.group = server.name
+        self.pool = pool
+        self.settings = settings
+        self.n = subscribers
+        self.phases = phases
+        self.log = log
+        self.rate_latencies = array.array("d")
+
+    def pids(self) -> dict[str, int]:
+        return {self.server.name: self.server.pid, **self.pool.pids()}
+
+    def wait_quiet(self) -> dict:
+        """Wait (at most ``quiet_wait`` s) until other processes use under ``quiet_cores`` for 1 s.
+
+        The machine is shared: other people's test runs steal the cores this benchmark measures.
+        """
+        s = self.settings
+        started = time.monotonic()
+        other = None
+        quiet_samples = 0
+        while True:
+            with CpuWindow(self.pids()) as window:
+                time.sleep(0.5)
+            other = window.stop()["other_cores"]
+            quiet_samples = quiet_samples + 1 if other < s.quiet_cores else 0
+            waited = time.monotonic() - started
+            if quiet_samples >= 2 or waited >= s.quiet_wait:
+                break
+        if quiet_samples < 2 and s.quiet_wait > 0:
+            self.log(f"  (machine still busy after {waited:.0f} s: other processes use {other:.2f} cores)")
+        return {"waited_s": round(waited, 1), "other_cores_before": round(other, 2), "quiet": quiet_samples >= 2}
+
+    def connect(self) -> dict:
+        s = self.settings
+        urls = [self.server.subscriber_url(f"bench-{self.n}-{i}") for i in range(self.n)]
+        concurrency = max(1, s.connect_concurrency // len(self.pool.subscribers))
+        per_worker = [{"urls": part} for part in self.pool.split(urls)]
+        started = time.monotonic()
+        parts = self.pool.call_all(
+            "connect",
+            timeout=60 + self.n / 20,
+            per_worker=per_worker,
+            group=self.group,
+            impl=s.client_impl,
+            concurrency=concurrency,
+            open_timeout=30.0,
+        )
+        seconds = time.monotonic() - started
+        publisher_url = self.server.publisher_url()
+        self.pool.publisher.call("connect", timeout=40, group=self.group, url=publisher_url, open_timeout=30)
+        errors: dict[str, int] = {}
+        for part in parts:
+            for name, count in part["errors"].items():
+                errors[name] = errors.get(name, 0) + count
+        connected = sum(p["connected"] for p in parts)
+        self.log(f"  {self.group}: {connected}/{self.n} subscribers connected in {seconds:.1f} s")
+        return {
+            "connected": connected,
+            "failed": sum(p["failed"] for p in parts),
+            "errors": errors,
+            "seconds": seconds,
+            "per_second": connected / seconds if seconds > 0 else None,
+        }
+
+    def warmup(self) -> dict:
+        phase = self.phases("w")
+        self.pool.call_all("arm", timeout=30, group=self.group, phase=phase, expected=1, latencies=False)
+        self.pool.publisher.call(
+            "ticker_start", timeout=30, group=self.group, phase=phase, interval=WARMUP_INTERVAL, size=self.settings.size
+        )
+        try:
+            parts = self.pool.call_all(
+                "wait", timeout=WARMUP_TIMEOUT + 30, group=self.group, deadline=WARMUP_TIMEOUT, idle=WARMUP_TIMEOUT
+            )
+        finally:
+            sent = self.pool.publisher.call("ticker_stop", timeout=30, group=self.group)["sent"]
+        merged, _ = _merge(parts)
+        live = merged["complete_connections"]
+        if live < self.n:
+            self.log(f"  ! {self.group}: only {live}/{self.n} subscribers received a warm-up message")
+        time.sleep(0.3)  # let the last warm-up messages land before anything is timed
+        return {"live_subscribers": live, "messages_sent": sent, "close_codes": merged["close_codes"]}
+
+    def burst(self) -> dict:
+        s = self.settings
+        messages = s.burst_messages(self.n)
+        phase = self.phases("b")
+        quiet = self.wait_quiet()
+        armed = self.pool.call_all("arm", timeout=30, group=self.group, phase=phase, expected=messages, latencies=True)
+        live = sum(a["target"] for a in armed)
+        with CpuWindow(self.pids()) as window:
+            self.pool.send_all("wait", group=self.group, deadline=s.timeout, idle=s.idle_timeout)
+            published = self.pool.publisher.call(
+                "burst", timeout=s.timeout + 30, group=self.group, phase=phase, count=messages, size=s.size
+            )
+            merged, _ = _merge(self.pool.recv_all(s.timeout + 30))
+        cpu = _cpu_summary(window.result, self.server.name)
+        expected = messages * live
+        elapsed = (merged["last_recv"] - published["t_first"]) if merged["received"] else None
+        publish_seconds = published["t_last"] - published["t_first"]
+        result = {
+            "messages": messages,
+            "payload_bytes": s.size,
+            "live_subscribers": live,
+            "expected": expected,
+            "received": merged["received"],
+            "lost": expected - merged["received"],
+            "deliveries_per_s": merged["received"] / elapsed if elapsed else 0.0,
+            # Deliveries per second of server CPU: what one core buys, much steadier under noise.
+            "deliveries_per_server_cpu_s": _per_cpu(merged["received"], cpu),
+            "seconds": elapsed,
+            "publish_seconds": publish_seconds,
+            "publish_per_s": messages / max(publish_seconds, 1e-9),
+            "first_delivery_ms": (merged["first_recv"] - published["t_first"]) * 1000 if merged["received"] else None,
+            "cpu": cpu,
+            "quiet_before": quiet,
+            **{k: merged[k] for k in ("ended", "min_per_connection", "complete_connections", "stale", "out_of_order")},
+            **{k: merged[k] for k in ("other_frames", "other_samples", "close_codes", "client_cpu_s")},
+            "latency": merged["latency"],
+        }
+        self.log(
+            f"  {self.group}: burst {messages} msg x {live} subs: {result['received']:,}/{expected:,} delivered, "
+            f"{result['deliveries_per_s']:,.0f}/s in {elapsed or 0:.2f} s (server {cpu['server_cores'] or 0:.2f} "
+            f"cores, busiest client {cpu['client_cores_max'] or 0:.2f}, other {cpu['other_cores']:.2f})"
+        )
+        return result
+
+    def fixed_rate(self) -> dict:
+        s = self.settings
+        phase = self.phases("r")
+        quiet = self.wait_quiet()
+        total = max(1, round(s.rate * s.rate_seconds))
+        armed = self.pool.call_all("arm", timeout=30, group=self.group, phase=phase, expected=total, latencies=True)
+        live = sum(a["target"] for a in armed)
+        with CpuWindow(self.pids()) as window:
+            self.pool.send_all("wait", group=self.group, deadline=s.rate_seconds + s.timeout, idle=s.idle_timeout)
+            published = self.pool.publisher.call(
+                "rate",
+                timeout=s.rate_seconds + 60,
+                group=self.group,
+                phase=phase,
+                rate=s.rate,
+                seconds=s.rate_seconds,
+                size=s.size,
+            )
+            merged, latencies = _merge(self.pool.recv_all(s.rate_seconds + s.timeout + 30))
+        self.rate_latencies.extend(latencies)
+        result = {
+            "rate": s.rate,
+            "seconds": s.rate_seconds,
+            "messages": total,
+            "live_subscribers": live,
+            "expected": total * live,
+            "received": merged["received"],
+            "lost": total * live - merged["received"],
+            "latency": merged["latency"],
+            "worst_schedule_lag_ms": published["worst_schedule_lag_s"] * 1000,
+            "cpu": _cpu_summary(window.result, self.server.name),
+            "quiet_before": quiet,
+            **{k: merged[k] for k in ("ended", "out_of_order", "other_frames", "other_samples", "close_codes")},
+        }
+        lat = result["latency"]
+        if lat["count"]:
+            self.log(
+                f"  {self.group}: {s.rate:g} msg/s: latency p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "
+                f"max {lat['max_ms']:.1f} ms ({result['received']:,}/{result['expected']:,})"
+            )
+        return result
+
+    def teardown(self) -> dict:
+        info: dict = {}
+        try:
+            parts = self.pool.call_all("close", timeout=60, group=self.group, close_timeout=2.0)
+            info["open_before_close"] = sum(p["open_before_close"] for p in parts)
+            closed: dict[str, int] = {}
+            for part in parts:
+                for code, count in part["closed_by_server"].items():
+                    closed[str(code)] = closed.get(str(code), 0) + count
+            info["closed_by_server_during_run"] = closed
+        except Exception as error:
+            info["error"] = f"{type(error).__name__}: {error}"
+        try:
+            info["publisher"] = self.pool.publisher.call("close", timeout=30, group=self.group, close_timeout=2.0)
+        except Exception as error:
+            info["error"] = f"{type(error).__name__}: {error}"
+        if isinstance(self.server, ServiceServer) and self.server.alive():
+            info["drain"] = self.wait_drained()
+        return info
+
+    def wait_drained(self) -> dict:
+        """Watch the channel's connection count (the preflight) go back to 0 after every client left."""
+        started = time.monotonic()
+        count = None
+        while time.monotonic() - started < DRAIN_TIMEOUT:
+            count = self.server.live_connections()
+            if count == 0:
+                break
+            time.sleep(0.1)
+        seconds = time.monotonic() - started
+        if count:
+            self.log(f"  ! {self.group}: {count} connections still counted {seconds:.0f} s after every client left")
+        return {"connections_left": count, "seconds": seconds}
+
+
+def summarize_bursts(rounds: list[dict]) -> dict:
+    """One server's bursts: the median round's numbers, totals of losses, every round kept."""
+    if not rounds:
+        return {}
+    ordered = sorted(rounds, key=lambda r: r["deliveries_per_s"])
+    median_round = ordered[(len(ordered) - 1) // 2]
+    rates = [r["deliveries_per_s"] for r in rounds]
+    close_codes: dict[str, int] = {}
+    for r in rounds:
+        for code, count in r["close_codes"].items():
+            close_codes[code] = close_codes.get(code, 0) + count
+    return {
+        "messages": rounds[0]["messages"],
+        "live_subscribers": rounds[0]["live_subscribers"],
+        "deliveries_per_s": statistics.median(rates),
+        "deliveries_per_s_min": min(rates),
+        "deliveries_per_s_max": max(rates),
+        "deliveries_per_server_cpu_s": statistics.median(
+            [r["deliveries_per_server_cpu_s"] for r in rounds if r["deliveries_per_server_cpu_s"]] or [0.0]
+        ),
+        "expected": sum(r["expected"] for r in rounds),
+        "received": sum(r["received"] for r in rounds),
+        "lost": sum(r["lost"] for r in rounds),
+        "out_of_order": sum(r["out_of_order"] for r in rounds),
+        "other_frames": sum(r["other_frames"] for r in rounds),
+        "other_samples": [s for r in rounds for s in r["other_samples"]][:5],
+        "close_codes": close_codes,
+        "ended": sorted({e for r in rounds for e in r["ended"]}),
+        "seconds": median_round["seconds"],
+        "publish_per_s": median_round["publish_per_s"],
+        "latency": median_round["latency"],
+        "cpu": median_round["cpu"],
+        "cpu_max_client_any_round": max((r["cpu"]["client_cores_max"] or 0.0) for r in rounds),
+        "other_cores_max": max(r["cpu"]["other_cores"] for r in rounds),
+        "rounds": rounds,
+    }
+
+
+def summarize_rates(rounds: list[dict], latencies) -> dict:
+    """One server's fixed-rate phases: latency percentiles over every delivery of every round."""
+    if not rounds:
+        return {}
+    close_codes: dict[str, int] = {}
+    for r in rounds:
+        for code, count in r["close_codes"].items():
+            close_codes[code] = close_codes.get(code, 0) + count
+    by_cpu = sorted(rounds, key=lambda r: r["cpu"]["server_cores"] or 0.0)
+    return {
+        "rate": rounds[0]["rate"],
+        "seconds": rounds[0]["seconds"],
+        "messages": sum(r["messages"] for r in rounds),
+        "expected": sum(r["expected"] for r in rounds),
+        "received": sum(r["received"] for r in rounds),
+        "lost": sum(r["lost"] for r in rounds),
+        "out_of_order": sum(r["out_of_order"] for r in rounds),
+        "other_frames": sum(r["other_frames"] for r in rounds),
+        "other_samples": [s for r in rounds for s in r["other_samples"]][:5],
+        "close_codes": close_codes,
+        "ended": sorted({e for r in rounds for e in r["ended"]}),
+        "latency": percentiles(latencies),
+        "cpu": by_cpu[(len(by_cpu) - 1) // 2]["cpu"],
+        "rounds": rounds,
+    }
+
+
+PENDING_KILLED = re.compile(r"Killed (\d+) pending application instances")
+
+
+def run_count(servers: dict, pool: ClientPool, settings: FanoutSettings, n: int, phases: PhaseNames, log) -> dict:
+    """Every server at one subscriber count, with interleaved rounds."""
+    row: dict = {"subscribers": n, "results": {}}
+    sessions: list[ServerSession] = []
+    bursts: dict[str, list[dict]] = {}
+    rates: dict[str, list[dict]] = {}
+    try:
+        for name, server in servers.items():
+            result = row["results"][name] = {"server": name, "subscribers": n}
+            try:
+                server.start()
+                session = ServerSession(server, pool, settings, n, phases, log)
+                sessions.append(session)
+                result["connect"] = session.connect()
+                result["server_rss_mb_connected"] = round((process_rss_bytes(server.pid) or 0) / 2**20, 1)
+                result["warmup"] = session.warmup()
+            except Exception as error:
+                result["error"] = f"{type(error).__name__}: {error}"
+                log(f"  ! {name} at N={n} failed to set up: {result['error']}")
+        ready = [s for s in sessions if "error" not in row["results"][s.group]]
+        for round_index in range(settings.rounds):
+            log(f" round {round_index + 1}/{settings.rounds}")
+            for session in ready:
+                try:
+                    bursts.setdefault(session.group, []).append(session.burst())
+                except Exception as error:
+                    row["results"][session.group]["error"] = f"burst: {type(error).__name__}: {error}"
+                    log(f"  ! {session.group} burst failed: {error}")
+            ready = [s for s in ready if "error" not in row["results"][s.group]]
+            for session in ready:
+                try:
+                    rates.setdefault(session.group, []).append(session.fixed_rate())
+                except Exception as error:
+                    row["results"][session.group]["error"] = f"rate: {type(error).__name__}: {error}"
+                    log(f"  ! {session.group} fixed rate failed: {error}")
+    finally:
+        for session in sessions:
+            result = row["results"][session.group]
+            result["teardown"] = session.teardown()
+            result["server_alive_at_end"] = session.server.alive()
+            session.server.stop()
+            log_text = session.server.log_text()[session.server.log_offset :]
+            killed = PENDING_KILLED.findall(log_text)
+            result["pending_instances_killed_at_stop"] = int(killed[-1]) if killed else 0
+            result["server_log_problems"] = session.server.problems()
+        for name in servers:
+            servers[name].stop()
+    for session in sessions:
+        result = row["results"][session.group]
+        result["burst"] = summarize_bursts(bursts.get(session.group, []))
+        result["rate"] = summarize_rates(rates.get(session.group, []), session.rate_latencies)
+    # Rounds are paired: service and baseline ran one after the other, under the same noise.
+    pairs = zip(bursts.get("service", []), bursts.get("baseline", []), strict=False)
+    row["round_ratios"] = [s["deliveries_per_s"] / b["deliveries_per_s"] for s, b in pairs if b["deliveries_per_s"]]
+    row["ratio_service_to_baseline"] = statistics.median(row["round_ratios"]) if row["round_ratios"] else None
+    pairs = zip(bursts.get("service", []), bursts.get("baseline", []), strict=False)
+    row["round_cpu_ratios"] = [
+        s["deliveries_per_server_cpu_s"] / b["deliveries_per_server_cpu_s"]
+        for s, b in pairs
+        if s["deliveries_per_server_cpu_s"] and b["deliveries_per_server_cpu_s"]
+    ]
+    row["cpu_ratio_service_to_baseline"] = (
+        statistics.median(row["round_cpu_ratios"]) if row["round_cpu_ratios"] else None
+    )
+    return row
+
+
+def run_fanout(settings: FanoutSettings, pool: ClientPool, work_dir, log=print, service_source=None) -> list[dict]:
+    """Run the scenario for every subscriber count; one row per count with a result per server."""
+    capacity = max(settings.subscribers) + 10
+    servers = {}
+    for name in settings.servers:
+        cls = SERVERS[name]
+        if cls is ServiceServer:
+            servers[name] = ServiceServer(work_dir, max_connections=capacity, source=service_source or ROOT)
+        else:
+            servers[name] = cls(work_dir)
+    phases = PhaseNames()
+    rows = []
+    for n in settings.subscribers:
+        log(
+            f"N={n}: {settings.rounds} round(s) of a {settings.burst_messages(n)}-message burst "
+            f"and {settings.rate:g} msg/s for {settings.rate_seconds:g} s per server"
+        )
+        rows.append(run_count(servers, pool, settings, n, phases, log))
+    return rows

@@ -1,0 +1,194 @@
+"""The benchmark's output: a terminal table with ratios and warnings, and a JSON document.
+
+``document()`` builds the JSON-ready result of a run; ``render()`` turns it into text. Both are
+keyed by scenario so later scenarios add their own section and table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# A client process above this share of one core is saturated: the server may be faster than
+# the number says (the number is then a floor, not the server's limit).
+CLIENT_SATURATED = 0.90
+# Other processes using more than this many cores during a phase make the numbers noisy.
+NOISY_OTHER_CORES = 0.30
+
+
+def document(meta: dict, settings: dict, fanout_rows: list[dict]) -> dict:
+    """The whole run as one JSON-ready object, with the warnings of each row attached."""
+    for row in fanout_rows:
+        row["warnings"] = [w for result in row["results"].values() for w in warnings(result)]
+    return {"meta": meta, "settings": settings, "scenarios": {"fanout": fanout_rows}}
+
+
+def _get(data: dict, *keys):
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def warnings(result: dict) -> list[str]:
+    """What a reader must know before trusting one server's numbers (one line per issue)."""
+    name, n = result.get("server", "?"), result.get("subscribers", "?")
+    where = f"{name} N={n}"
+    found: list[str] = []
+    if "error" in result:
+        found.append(f"{where}: run failed: {result['error']}")
+    if result.get("server_alive_at_end") is False:
+        found.append(f"{where}: the server process was not running at the end")
+    connect = result.get("connect") or {}
+    if connect.get("failed"):
+        found.append(f"{where}: {connect['failed']} subscriber connections failed: {connect.get('errors')}")
+    cores = os.cpu_count() or 1
+    for phase in ("burst", "rate"):
+        data = result.get(phase)
+        if not data:
+            continue
+        rounds = data.get("rounds", [])
+        saturated = [(i + 1, r["cpu"]["client_cores_max"] or 0.0) for i, r in enumerate(rounds)]
+        saturated = [(i, v) for i, v in saturated if v > CLIENT_SATURATED]
+        if saturated:
+            found.append(
+                f"{where} {phase}: load clients saturated in round(s) {_rounds(saturated)} (busiest client "
+                f"{max(v for _, v in saturated):.2f} cores): the server's number is a floor, not its limit"
+            )
+        noisy = [(i + 1, r["cpu"]["other_cores"]) for i, r in enumerate(rounds)]
+        noisy = [(i, v) for i, v in noisy if v > NOISY_OTHER_CORES]
+        if noisy:
+            found.append(
+                f"{where} {phase}: other processes used up to {max(v for _, v in noisy):.2f} cores in round(s) "
+                f"{_rounds(noisy)} (noise)"
+            )
+        full = [(i + 1, r["cpu"]["machine_busy_cores"] - r["cpu"]["other_cores"]) for i, r in enumerate(rounds)]
+        full = [(i, v) for i, v in full if v > 0.9 * cores]
+        if full:
+            found.append(
+                f"{where} {phase}: server + load clients alone used {max(v for _, v in full):.2f} of {cores} cores "
+                f"in round(s) {_rounds(full)}: the number is bounded by the machine"
+            )
+        if data.get("lost"):
+            found.append(f"{where} {phase}: {data['lost']:,} of {data['expected']:,} deliveries lost")
+        if data.get("close_codes"):
+            found.append(f"{where} {phase}: subscribers closed by the server: {data['close_codes']} (code: count)")
+        if data.get("other_frames"):
+            sample = (data.get("other_samples") or [""])[0]
+            found.append(f"{where} {phase}: {data['other_frames']} non-message frames, e.g. {sample[:160]}")
+        if data.get("out_of_order"):
+            found.append(f"{where} {phase}: {data['out_of_order']} messages out of order or repeated")
+        if "deadline" in data.get("ended", []):
+            found.append(f"{where} {phase}: stopped waiting at the deadline")
+    rate = result.get("rate") or {}
+    burst = result.get("burst") or {}
+    if rate and burst.get("deliveries_per_s") and burst.get("live_subscribers"):
+        demand = rate["rate"] * burst["live_subscribers"]
+        if demand > 0.7 * burst["deliveries_per_s"]:
+            found.append(
+                f"{where} rate: {rate['rate']:g} msg/s to {burst['live_subscribers']} subscribers asks for "
+                f"{demand:,.0f} deliveries/s, {demand / burst['deliveries_per_s']:.1f}x the burst capacity measured "
+                f"({burst['deliveries_per_s']:,.0f}/s): its latency is mostly queueing"
+            )
+    drain = _get(result, "teardown", "drain") or {}
+    if drain.get("connections_left"):
+        found.append(
+            f"{where}: the channel still counted {drain['connections_left']} connections "
+            f"{drain['seconds']:.0f} s after every client had left"
+        )
+    if result.get("pending_instances_killed_at_stop"):
+        found.append(
+            f"{where}: daphne killed {result['pending_instances_killed_at_stop']} pending application instances "
+            "when stopped after every client had left"
+        )
+    publisher = _get(result, "teardown", "publisher") or {}
+    if publisher.get("frames_received"):
+        found.append(
+            f"{where}: the publisher received {publisher['frames_received']} frames, "
+            f"e.g. {(publisher.get('samples') or [''])[0][:160]}"
+        )
+    problems = result.get("server_log_problems") or {}
+    if problems.get("count"):
+        example = problems["examples"][0][:200]
+        found.append(f"{where}: {problems['count']} problem lines in the server log, e.g. {example}")
+    return found
+
+
+def _rounds(pairs: list[tuple[int, float]]) -> str:
+    return ",".join(str(i) for i, _ in pairs)
+
+
+def _k(value) -> str:
+    return "-" if value is None else f"{value / 1000:.1f}k"
+
+
+def _fmt(value, spec: str = ",.0f", missing: str = "-") -> str:
+    if value is None:
+        return missing
+    return format(value, spec)
+
+
+def render(doc: dict) -> str:
+    """The run as text: setup line, one table of all subscriber counts, then warnings."""
+    meta, settings = doc["meta"], doc["settings"]
+    machine = meta["machine"]
+    lines = [
+        f"Realtime fan-out benchmark, {meta['date']}, commit {meta.get('commit', '?')[:10]} "
+        f"(working tree: {meta.get('working_tree', '?')}); service code measured: {meta.get('service_code')}",
+        f"machine: {machine['cpu_model']}, {machine['cores']} cores, {machine['memory_gb']} GB, "
+        f"Python {machine['python']}, load average before the run {machine['load_average_1m']:.2f}",
+        f"clients: {settings['client_processes']} subscriber processes ({settings['client_impl']} client) "
+        f"+ 1 publisher; payload {settings['size']} bytes; fixed rate {settings['rate']:g} msg/s "
+        f"for {settings['rate_seconds']:g} s",
+        "",
+        f"{settings['rounds']} round(s); the servers take turns in each round.",
+        "deliv/s: burst deliveries per second = messages received by all subscribers / (last delivery - first "
+        "publish), median of the rounds (range: min-max); delivered: totals over the rounds.",
+        "/cpu-s: deliveries per second of server CPU (steadier than deliv/s when other processes compete).",
+        "ratio: service / baseline, median of the per-round ratios (higher is better; the baseline sends the bare "
+        "payload, the service its JSON envelope).",
+        "p50/p99/max: publish -> deliver latency at the fixed rate, every round pooled.",
+        "srv, clients, other: CPU in cores (1.00 = one full core) during the median burst of the server, of each "
+        "subscriber process, and of every other process on the machine.",
+        "",
+    ]
+    header = (
+        f"{'N':>5} {'server':<8} {'burst':>5} {'delivered':>17} {'deliv/s':>8} {'range':>12} {'ratio':>5} "
+        f"{'/cpu-s':>7} {'ratio':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'srv':>5} {'clients':>9} {'other':>5}"
+    )
+    lines += [header, "-" * len(header)]
+    for row in doc["scenarios"]["fanout"]:
+        for name, result in row["results"].items():
+            burst = result.get("burst") or {}
+            latency = (result.get("rate") or {}).get("latency") or {}
+            cpu = burst.get("cpu") or {}
+            clients = cpu.get("client_cores") or {}
+            service = name == "service"
+            ratio = row.get("ratio_service_to_baseline") if service else None
+            cpu_ratio = row.get("cpu_ratio_service_to_baseline") if service else None
+            delivered = f"{_fmt(burst.get('received'))}/{_fmt(burst.get('expected'))}" if burst else "failed"
+            spread = f"{_k(burst.get('deliveries_per_s_min'))}-{_k(burst.get('deliveries_per_s_max'))}" if burst else ""
+            lines.append(
+                f"{row['subscribers']:>5} {name:<8} {_fmt(burst.get('messages')):>5} {delivered:>17} "
+                f"{_fmt(burst.get('deliveries_per_s')):>8} {spread:>12} {_fmt(ratio, '.2f'):>5} "
+                f"{_fmt(burst.get('deliveries_per_server_cpu_s')):>7} {_fmt(cpu_ratio, '.2f'):>5} "
+                f"{_fmt(latency.get('p50_ms'), '.1f'):>7} {_fmt(latency.get('p99_ms'), '.1f'):>7} "
+                f"{_fmt(latency.get('max_ms'), '.1f'):>7} {_fmt(cpu.get('server_cores'), '.2f'):>5} "
+                f"{'+'.join(_fmt(v, '.2f') for v in clients.values()) or '-':>9} "
+                f"{_fmt(cpu.get('other_cores'), '.2f'):>5}"
+            )
+    all_warnings = [w for row in doc["scenarios"]["fanout"] for w in row.get("warnings", [])]
+    if all_warnings:
+        lines += ["", "Warnings:"] + [f"  - {w}" for w in all_warnings]
+    else:
+        lines += ["", "No warnings: clients not saturated, nothing lost, server logs clean."]
+    return "\n".join(lines)
+
+
+def write_json(doc: dict, path: str | Path) -> None:
+    """Save the document (creating the folder if needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")

@@ -1,0 +1,312 @@
+"""Servers under test, each a child process on a free loopback port.
+
+``ServiceServer`` runs the project under daphne the way tests/liveserver.py does (temp YAML
+config, SQLite copied from a migrated database, ``sync_channels``, then
+``python -m daphne -b 127.0.0.1 -p PORT realtime_project.asgi:application``).
+``BaselineServer`` runs ``python -m bench.baseline``. Both have ``start()``, ``stop()``, ``pid``,
+``subscriber_url(client_id)``, ``publisher_url()`` and ``problems()`` (log lines worth reporting).
+
+Every child is registered in ``CHILDREN``: ``stop_all()`` runs at exit, and each child also gets
+SIGTERM from the kernel if this process dies (``PR_SET_PDEATHSIG``), so none is left behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import io
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+CHANNEL_ID = "bench-fanout"
+START_TIMEOUT = 30.0
+
+CHILDREN: list[subprocess.Popen] = []
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies (Linux; no-op elsewhere)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def spawn(args: list[str], *, log_path: Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.Popen:
+    """Start a registered child process writing stdout and stderr to ``log_path``."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,  # the bench starts no threads, so preexec_fn is safe here
+        )
+    CHILDREN.append(process)
+    return process
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM, wait, then SIGKILL; safe on processes that already ended."""
+    if process is None:
+        return
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+    if process in CHILDREN:
+        CHILDREN.remove(process)
+
+
+def stop_all() -> None:
+    """Stop every child still running (registered with atexit)."""
+    for process in list(CHILDREN):
+        stop_process(process, timeout=5)
+
+
+atexit.register(stop_all)
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """The environment of a project process, without test-runner settings leaking in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DJANGO_SETTINGS"))}
+    env["DJANGO_SETTINGS_MODULE"] = "realtime_project.settings"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+# Log lines worth showing in a report: errors, tracebacks, warnings and slow-consumer cut-offs.
+PROBLEM_LINE = re.compile(r"ERROR|CRITICAL|Traceback|WARNING|Exception|slow", re.IGNORECASE)
+
+
+def problem_lines(log_text: str, limit: int = 8) -> dict:
+    """Count the problem lines of a log and keep a few distinct examples."""
+    hits = [line for line in log_text.splitlines() if PROBLEM_LINE.search(line)]
+    examples: list[str] = []
+    seen: set[str] = set()
+    for line in hits:
+        # Lines differing only in numbers, ids or times count as one example.
+        shape = re.sub(r"[0-9a-f]{6,}|\d+", "#", line)
+        if shape not in seen:
+            seen.add(shape)
+            examples.append(line[:300])
+        if len(examples) >= limit:
+            break
+    return {"count": len(hits), "examples": examples}
+
+
+class _Server:
+    name = "server"
+
+    def __init__(self, work_dir: Path):
+        self.work_dir = work_dir
+        self.port: int | None = None
+        self.process: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+        self.log_offset = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        self.process = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def problems(self) -> dict:
+        """Problem lines logged since the last start."""
+        return problem_lines(self.log_text()[self.log_offset :])
+
+    def _new_log(self) -> Path:
+        self.log_path = self.work_dir / f"{self.name}.log"
+        self.log_offset = len(self.log_text())
+        return self.log_path
+
+
+class ServiceServer(_Server):
+    """The Realtime service under daphne, with one WS channel sized for the benchmark."""
+
+    name = "service"
+
+    def __init__(self, work_dir: Path, *, max_connections: int, source: Path = ROOT):
+        super().__init__(work_dir)
+        self.max_connections = max_connections
+        self.source = source  # the project tree to run: the working tree, or a snapshot of a commit
+        self.config_path = work_dir / "realtime.config.yaml"
+        self.database_path = work_dir / "db.sqlite3"
+        self.env: dict[str, str] = {}
+        self._prepared = False
+
+    def config_text(self) -> str:
+        return f"""\
+server:
+  # The publisher must never be rate-limited, and a burst must not trip the slow-consumer bound.
+  publish_rate: 1000000
+  publish_burst: 1000000
+  max_pending_messages: 1000000
+  max_pending_bytes: 268435456
+pubsub:
+  driver: "MEMORY"
+channels:
+  {CHANNEL_ID}:
+    id: "{CHANNEL_ID}"
+    type: "WS"
+    max_of_channel_connections: {self.max_connections}
+"""
+
+    def prepare(self) -> None:
+        """Write the config, migrate a fresh SQLite database and sync the channel into it (once)."""
+        if self._prepared:
+            return
+        self.config_path.write_text(self.config_text())
+        self.env = child_environment(
+            CONFIG_FOLDER_PATH=str(self.config_path),
+            DATABASE_URL=f"sqlite:///{self.database_path}",
+            LOG_LEVEL="INFO",
+            # Set, so the service does not warn about a random per-process key at every start.
+            DJANGO_SECRET_KEY=secrets.token_urlsafe(32),
+        )
+        template = self.work_dir / "template.sqlite3"
+        template_env = dict(self.env, DATABASE_URL=f"sqlite:///{template}")
+        for command in (["migrate", "--noinput"], ["sync_channels"]):
+            done = subprocess.run(
+                [sys.executable, "manage.py", *command],
+                cwd=self.source,
+                env=template_env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"manage.py {' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+        shutil.copy(template, self.database_path)
+        self._prepared = True
+
+    def start(self) -> None:
+        """Start daphne and wait until the channel's preflight answers."""
+        self.prepare()
+        self.port = free_port()
+        args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
+        self.process = spawn(
+            [*args, "realtime_project.asgi:application"], log_path=self._new_log(), env=self.env, cwd=self.source
+        )
+        url = f"http://127.0.0.1:{self.port}/api/v1/channels/{CHANNEL_ID}?upgrade=0"
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daphne exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"daphne did not serve {url} within {START_TIMEOUT:.0f} s:\n{self.log_text()[-3000:]}")
+
+    def subscriber_url(self, client_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/v1/channels/{CHANNEL_ID}?clientId={client_id}"
+
+    def live_connections(self) -> int | None:
+        """The channel's connection count as the preflight reports it (None if it does not answer)."""
+        try:
+            answer = httpx.get(f"http://127.0.0.1:{self.port}/api/v1/channels/{CHANNEL_ID}?upgrade=0", timeout=5.0)
+            body = answer.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+        # A full channel is refused with the description under "channel".
+        return (body.get("channel") or body).get("connections")
+
+    def publisher_url(self) -> str:
+        return self.subscriber_url("bench-publisher")
+
+
+class BaselineServer(_Server):
+    """The bare ``websockets`` broadcast server (bench/baseline.py)."""
+
+    name = "baseline"
+
+    def start(self) -> None:
+        """Start the baseline and wait until it accepts TCP connections."""
+        self.port = free_port()
+        args = [sys.executable, "-m", "bench.baseline", "--port", str(self.port), "--max-seconds", "7200"]
+        self.process = spawn(args, log_path=self._new_log(), env=child_environment())
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"baseline exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"baseline did not listen within {START_TIMEOUT:.0f} s:\n{self.log_text()[-3000:]}")
+
+    def subscriber_url(self, client_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/?clientId={client_id}"
+
+    def publisher_url(self) -> str:
+        return self.subscriber_url("bench-publisher")
+
+
+def snapshot(ref: str, destination: Path) -> str:
+    """Extract the project as committed at ``ref`` into ``destination``; return the commit id.
+
+    Other people may edit the working tree while the benchmark runs; a snapshot pins the code
+    measured. Read-only for the repository (``git archive``).
+    """
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=ROOT, capture_output=True, check=True)
+    destination.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(destination, filter="data")
+    return commit
+
+
+def work_directory(keep: Path | None = None) -> Path:
+    """A directory for configs, databases and logs: ``keep`` if given, else a fresh temp dir."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        return keep
+    return Path(tempfile.mkdtemp(prefix="realtime-bench-"))
+
+
+SERVERS = {"service": ServiceServer, "baseline": BaselineServer}

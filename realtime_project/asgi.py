@@ -11,6 +11,7 @@ django_application = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from channels_app.auth import log_security_warnings  # noqa: E402
+from channels_app.gctuning import tune_after_startup  # noqa: E402
 from channels_app.logformat import RequestIdMiddleware  # noqa: E402
 from channels_app.routing import http_router, websocket_router  # noqa: E402
 from channels_app.shutdown import install as install_graceful_shutdown  # noqa: E402
@@ -26,3 +27,6 @@ application = RequestIdMiddleware(
         }
     )
 )
+
+# Last: everything above is long-lived, so it is frozen out of the collector's scans.
+tune_after_startup()

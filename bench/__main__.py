@@ -21,12 +21,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import report, servers
-from .clients import SUBSCRIBER_IMPLS, ClientPool
+from . import report, servers, suite
+from .clients import ClientPool
 from .fanout import FanoutSettings, run_fanout
 from .sysstat import machine_info
 
-SCENARIOS = ("fanout",)
+SCENARIOS = ("fanout", "sse", "memory", "push", "redis")
 
 
 def subscriber_counts(text: str) -> list[int]:
@@ -44,14 +44,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="short phases; finishes in under 60 s")
-    parser.add_argument("--scenario", choices=SCENARIOS, default="fanout", help="what to measure (default fanout)")
+    parser.add_argument(
+        "--scenario",
+        default="fanout",
+        help="comma-separated scenarios to run, or all: " + ", ".join(SCENARIOS) + " (default fanout)",
+    )
+    parser.add_argument("--plot", metavar="PNG", help="save a plot of deliveries/s and latency vs subscribers here")
     parser.add_argument(
         "--subscribers", type=subscriber_counts, default=[100, 1000], help="subscriber counts (default 100,1000)"
     )
     parser.add_argument("--servers", default="service,baseline", help="servers to run, in order (default both)")
     parser.add_argument("--json", metavar="PATH", help="also save the results as JSON here")
     parser.add_argument(
-        "--client", choices=sorted(SUBSCRIBER_IMPLS), default="raw", help="subscriber client implementation"
+        "--client", choices=("raw", "websockets"), default="raw", help="subscriber client implementation"
     )
     parser.add_argument("--client-procs", type=int, default=2, help="subscriber processes (default 2)")
     parser.add_argument("--rounds", type=int, help="rounds of burst + fixed rate per server (default 3, quick 1)")
@@ -73,6 +78,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--work-dir", type=Path, help="keep configs and server logs here (default: temp, removed)")
     args = parser.parse_args(argv)
+    args.scenarios = list(SCENARIOS) if args.scenario == "all" else [p.strip() for p in args.scenario.split(",") if p]
+    for name in args.scenarios:
+        if name not in SCENARIOS:
+            parser.error(f"unknown scenario {name!r}: choose from {', '.join(SCENARIOS)} or all")
     args.servers = [name.strip() for name in args.servers.split(",") if name.strip()]
     unknown = [name for name in args.servers if name not in servers.SERVERS]
     if unknown:
@@ -147,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = servers.work_directory(args.work_dir)
     started = time.monotonic()
     pool = None
+    rows: list[dict] = []
+    extra: dict[str, dict] = {}
     troubled = True  # keep the work dir (server logs) unless the run ends cleanly
     try:
         print(f"work dir {work_dir} (configs, server logs; kept with --work-dir or when a problem shows)", flush=True)
@@ -156,9 +167,28 @@ def main(argv: list[str] | None = None) -> int:
             meta["service_code"] = f"commit {servers.snapshot(args.service_ref, service_source)} ({args.service_ref})"
         print(f"service code: {meta['service_code']}", flush=True)
         pool = ClientPool(args.client_procs)
-        rows = run_fanout(
-            settings, pool, work_dir, log=lambda line: print(line, flush=True), service_source=service_source
-        )
+        rows = []
+        if "fanout" in args.scenarios:
+            rows = run_fanout(
+                settings, pool, work_dir, log=lambda line: print(line, flush=True), service_source=service_source
+            )
+        for name in args.scenarios:
+            if name == "fanout":
+                continue
+            counts = ([1000] if args.quick else [1000, 5000]) if name == "memory" else args.subscribers
+            try:
+                extra[name] = suite.SCENARIOS[name](
+                    pool,
+                    work_dir,
+                    counts,
+                    args.quick,
+                    lambda line: print(line, flush=True),
+                    service_source or servers.ROOT,
+                    settings.rounds,
+                )
+            except Exception as error:  # noqa: BLE001 - reported, the other scenarios still run
+                extra[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+                print(f"! scenario {name} failed: {extra[name]['error']}", flush=True)
         troubled = any(
             "error" in result or (result.get("server_log_problems") or {}).get("count")
             for row in rows
@@ -173,15 +203,23 @@ def main(argv: list[str] | None = None) -> int:
     meta["duration_s"] = round(time.monotonic() - started, 1)
     run_settings = {**vars(settings), "client_processes": args.client_procs, "quick": args.quick}
     doc = report.document(meta, run_settings, rows)
+    doc["scenarios"].update(extra)
+    if not rows:
+        doc["scenarios"].pop("fanout")
     print()
-    print(report.render(doc))
+    if rows:
+        print(report.render(doc))
+    print(report.render_suite(doc["scenarios"]))
     print(f"\n(run took {meta['duration_s']:.0f} s)")
     if args.json:
         report.write_json(doc, args.json)
         print(f"JSON saved to {args.json}")
+    if args.plot:
+        print(report.plot(doc, args.plot))
     if work_dir.exists():
         print(f"configs and server logs kept in {work_dir}")
     failed = any("error" in result for row in rows for result in row["results"].values())
+    failed = failed or any("error" in result for result in extra.values())
     return 1 if failed else 0
 
 

@@ -323,7 +323,83 @@ class LibrarySubscriber:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
-SUBSCRIBER_IMPLS = {"raw": RawSubscriber, "websockets": LibrarySubscriber}
+class SSESubscriber(asyncio.Protocol):
+    """A Server-Sent Events client on a bare ``asyncio.Protocol``: one GET, then every marker found in
+    the stream counts as one message (the service's ``message`` events and the SSE baseline's events
+    each carry one; chunked-encoding lines and keep-alive comments carry none)."""
+
+    def __init__(self, tally: Tally, idx: int, url: str):
+        parts = urlsplit(url)
+        self.tally = tally
+        self.idx = idx
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.request = (
+            f"GET {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: text/event-stream\r\n\r\n"
+        ).encode()
+        self.buffer = bytearray()
+        self.is_open = False
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.opened = loop.create_future()
+        self.lost = loop.create_future()
+
+    async def start(self, within: float) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.create_connection(lambda: self, self.host, self.port), within)
+        await asyncio.wait_for(self.opened, within)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.is_open:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buffer[:end])
+            del buffer[: end + 4]
+            if not head.startswith(b"HTTP/1.1 200"):
+                if not self.opened.done():
+                    self.opened.set_exception(ConnectionError(head.split(b"\r\n", 1)[0].decode("latin-1")))
+                self.transport.close()
+                return
+            self.is_open = True
+            self.tally.on_open(self.idx)
+            if not self.opened.done():
+                self.opened.set_result(None)
+        # Hand over every complete event (blank-line separated); keep the unfinished tail.
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            return
+        chunk = bytes(buffer[: end + 2])
+        del buffer[: end + 2]
+        start = chunk.find(MARK)
+        on_frame = self.tally.on_frame
+        while start >= 0:
+            on_frame(self.idx, chunk[start : start + 64])
+            start = chunk.find(MARK, start + 1)
+
+    def connection_lost(self, exc) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed before the response"))
+        if self.is_open:
+            self.tally.on_close(self.idx, 1000)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    async def close(self, within: float) -> None:
+        if self.transport is not None and not self.lost.done():
+            self.transport.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.lost), within)
+
+
+SUBSCRIBER_IMPLS = {"raw": RawSubscriber, "websockets": LibrarySubscriber, "sse": SSESubscriber}
 
 
 class SubscriberRole:

@@ -192,3 +192,121 @@ def write_json(doc: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def render_suite(scenarios: dict) -> str:
+    """Tables of the sse, memory, push and redis scenarios (whichever ran)."""
+    lines: list[str] = []
+
+    def burst_line(n, name, r, ratio=None, cpu_ratio=None):
+        lat = r.get("latency") or {}
+        return (
+            f"{n:>5} {name:<14} {_fmt(r.get('received'))}/{_fmt(r.get('expected')):<10} "
+            f"{_fmt(r.get('deliveries_per_s')):>8} {_fmt(ratio, '.2f'):>5} "
+            f"{_fmt(r.get('deliveries_per_server_cpu_s')):>8} {_fmt(cpu_ratio, '.2f'):>5} "
+            f"{_fmt(r.get('pushes_per_s')):>7} {_fmt(lat.get('p50_ms'), '.1f'):>7} {_fmt(lat.get('p99_ms'), '.1f'):>7} "
+            f"{_fmt(r.get('server_cores'), '.2f'):>5} {_fmt(r.get('other_cores'), '.2f'):>5}"
+        )
+
+    header = (
+        f"{'N':>5} {'setup':<14} {'delivered':<21} {'deliv/s':>8} {'ratio':>5} {'/cpu-s':>8} {'ratio':>5} "
+        f"{'push/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'srv':>5} {'other':>5}"
+    )
+    if "sse" in scenarios:
+        lines += ["", "SSE fan-out (HTTP publish; ratio = service / bare ASGI SSE app under daphne):", header]
+        for row in scenarios["sse"]["rows"]:
+            for name, r in row["results"].items():
+                ours = name == "service"
+                lines.append(
+                    burst_line(
+                        row["subscribers"],
+                        name,
+                        r,
+                        row["ratio_deliveries_per_s"] if ours else None,
+                        row["ratio_per_cpu_s"] if ours else None,
+                    )
+                )
+    if "push" in scenarios:
+        lines += ["", "HTTP push (16 keep-alive connections; push/s = pushes accepted per second):", header]
+        for row in scenarios["push"]["rows"]:
+            lines.append(burst_line(row["subscribers"], "service", row["results"]["service"]))
+    if "redis" in scenarios:
+        lines += ["", "Redis mode (two instances, subscribers split, publish on one; ratio = vs memory mode):", header]
+        for row in scenarios["redis"]["rows"]:
+            for name, r in row["results"].items():
+                layer = name.removeprefix("redis-")
+                lines.append(
+                    burst_line(
+                        row["subscribers"],
+                        name,
+                        r,
+                        row.get(f"ratio_{layer}_deliveries_per_s"),
+                        row.get(f"ratio_{layer}_per_cpu_s"),
+                    )
+                )
+    if "memory" in scenarios:
+        lines += ["", "Idle memory (server RSS growth / idle connections):"]
+        lines.append(f"{'N':>5} {'setup':<14} {'connected':>9} {'RSS before':>11} {'RSS after':>10} {'per conn':>9}")
+        for row in scenarios["memory"]["rows"]:
+            for key, r in row.items():
+                if key == "subscribers":
+                    continue
+                lines.append(
+                    f"{row['subscribers']:>5} {key:<14} {_fmt(r.get('connected')):>9} "
+                    f"{_fmt((r.get('rss_before') or 0) / 1e6, '.1f'):>8} MB "
+                    f"{_fmt((r.get('rss_after') or 0) / 1e6, '.1f'):>7} MB "
+                    f"{_fmt((r.get('bytes_per_connection') or 0) / 1024, '.1f'):>6} KB"
+                )
+    return "\n".join(lines)
+
+
+def plot(doc: dict, path: str | Path) -> str:
+    """A PNG of deliveries/s and latency vs subscribers, ours beside the baselines; a message either way."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plot skipped: matplotlib is not installed (pip install -r bench/requirements.txt)"
+    series: dict[str, tuple[list, list, list]] = {}
+
+    def add(label, n, rate, p50):
+        xs, ys, ls = series.setdefault(label, ([], [], []))
+        xs.append(n)
+        ys.append(rate or 0)
+        ls.append(p50)
+
+    for row in doc["scenarios"].get("fanout", []):
+        for name, r in row["results"].items():
+            burst = r.get("burst") or {}
+            add(f"WS {name}", row["subscribers"], burst.get("deliveries_per_s"), _get(r, "rate", "latency", "p50_ms"))
+    for row in (doc["scenarios"].get("sse") or {}).get("rows", []):
+        for name, r in row["results"].items():
+            add(f"SSE {name}", row["subscribers"], r.get("deliveries_per_s"), _get(r, "latency", "p50_ms"))
+    for row in (doc["scenarios"].get("redis") or {}).get("rows", []):
+        for name, r in row["results"].items():
+            add(f"WS {name}", row["subscribers"], r.get("deliveries_per_s"), _get(r, "latency", "p50_ms"))
+    if not series:
+        return "plot skipped: no fan-out scenario ran"
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, (xs, ys, ls) in sorted(series.items()):
+        style = "--" if "baseline" in label else "-"
+        left.plot(xs, ys, style, marker="o", label=label)
+        right.plot(xs, [v if v is not None else float("nan") for v in ls], style, marker="o", label=label)
+    for axis, title in (
+        (left, "burst deliveries/s"),
+        (right, "latency p50, ms (burst for SSE/Redis, fixed rate for WS)"),
+    ):
+        axis.set_xscale("log")
+        axis.set_xlabel("subscribers")
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+    right.set_yscale("log")
+    left.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return f"plot saved to {path}"

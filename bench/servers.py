@@ -33,6 +33,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 CHANNEL_ID = "bench-fanout"
+SSE_CHANNEL_ID = "bench-sse"
+API_KEY = "bench-" + secrets.token_hex(16)  # the server API key of every service the benchmark starts
 START_TIMEOUT = 30.0
 
 CHILDREN: list[subprocess.Popen] = []
@@ -163,29 +165,52 @@ class ServiceServer(_Server):
 
     name = "service"
 
-    def __init__(self, work_dir: Path, *, max_connections: int, source: Path = ROOT):
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        max_connections: int,
+        source: Path = ROOT,
+        redis_url: str | None = None,
+        layer: str = "pubsub",
+        name: str | None = None,
+        server_cmd: str = "daphne",
+    ):
         super().__init__(work_dir)
+        if name:
+            self.name = name
         self.max_connections = max_connections
+        self.redis_url = redis_url
+        self.layer = layer
+        self.server_cmd = server_cmd
         self.source = source  # the project tree to run: the working tree, or a snapshot of a commit
-        self.config_path = work_dir / "realtime.config.yaml"
-        self.database_path = work_dir / "db.sqlite3"
+        self.config_path = work_dir / f"{self.name}.config.yaml"
+        self.database_path = work_dir / f"{self.name}.sqlite3"
         self.env: dict[str, str] = {}
         self._prepared = False
 
     def config_text(self) -> str:
+        if self.redis_url:
+            pubsub = f'  driver: "REDIS"\n  redis:\n    url: "{self.redis_url}"\n    layer: "{self.layer}"\n'
+        else:
+            pubsub = '  driver: "MEMORY"\n'
         return f"""\
 server:
+  allow_push_server_messages: true
   # The publisher must never be rate-limited, and a burst must not trip the slow-consumer bound.
   publish_rate: 1000000
   publish_burst: 1000000
   max_pending_messages: 1000000
   max_pending_bytes: 268435456
 pubsub:
-  driver: "MEMORY"
-channels:
+{pubsub}channels:
   {CHANNEL_ID}:
     id: "{CHANNEL_ID}"
     type: "WS"
+    max_of_channel_connections: {self.max_connections}
+  {SSE_CHANNEL_ID}:
+    id: "{SSE_CHANNEL_ID}"
+    type: "SSE"
     max_of_channel_connections: {self.max_connections}
 """
 
@@ -200,8 +225,9 @@ channels:
             LOG_LEVEL="INFO",
             # Set, so the service does not warn about a random per-process key at every start.
             DJANGO_SECRET_KEY=secrets.token_urlsafe(32),
+            REALTIME_API_KEYS=API_KEY,
         )
-        template = self.work_dir / "template.sqlite3"
+        template = self.work_dir / f"{self.name}.template.sqlite3"
         template_env = dict(self.env, DATABASE_URL=f"sqlite:///{template}")
         for command in (["migrate", "--noinput"], ["sync_channels"]):
             done = subprocess.run(
@@ -221,7 +247,11 @@ channels:
         """Start daphne and wait until the channel's preflight answers."""
         self.prepare()
         self.port = free_port()
-        args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
+        if self.server_cmd == "uvicorn":
+            args = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port)]
+            args += ["--ws", "websockets-sansio", "--no-access-log", "--lifespan", "off"]
+        else:
+            args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
         self.process = spawn(
             [*args, "realtime_project.asgi:application"], log_path=self._new_log(), env=self.env, cwd=self.source
         )
@@ -254,6 +284,70 @@ channels:
 
     def publisher_url(self) -> str:
         return self.subscriber_url("bench-publisher")
+
+    def sse_url(self, client_id: str) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1/channels/{SSE_CHANNEL_ID}?clientId={client_id}"
+
+    def push_target(self, channel_id: str = CHANNEL_ID) -> tuple[str, dict[str, str], bool]:
+        """(path, headers, wrap the payload in {"payload": ...}) for an HTTP publish."""
+        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+        return f"/api/v1/channels/{channel_id}/messages", headers, True
+
+
+class SSEBaselineServer(_Server):
+    """The bare ASGI SSE broadcast app (bench/sse_baseline.py) under daphne, like the service."""
+
+    name = "sse-baseline"
+
+    def start(self) -> None:
+        self.port = free_port()
+        args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "bench.sse_baseline:app"]
+        self.process = spawn(args, log_path=self._new_log(), env=child_environment())
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"SSE baseline exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"SSE baseline did not listen within {START_TIMEOUT:.0f} s")
+
+    def sse_url(self, client_id: str) -> str:
+        return f"http://127.0.0.1:{self.port}/events?clientId={client_id}"
+
+    def push_target(self, channel_id: str = "") -> tuple[str, dict[str, str], bool]:
+        return "/publish", {"Content-Type": "text/plain"}, False
+
+
+class RedisServer(_Server):
+    """A throw-away ``redis-server`` on a free port (no persistence), stopped by its PID."""
+
+    name = "redis"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.port = free_port()
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = spawn(args, log_path=self._new_log(), cwd=self.work_dir)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited:\n{self.log_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not listen")
+
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
 
 class BaselineServer(_Server):

@@ -355,7 +355,7 @@ def scenario_push(pool, work_dir, counts, quick, log, service_source, rounds) ->
             setup = Setup(
                 pool, "service", [service], _urls(service.subscriber_url, subscribers), "raw", service, CHANNEL_ID, log
             )
-            messages = 1000 if quick else 5000
+            messages = 300 if quick else 5000
             try:
                 setup.connect(subscribers)
                 setup.warmup()

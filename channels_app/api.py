@@ -42,8 +42,13 @@ def json_error(error: ApplicationError) -> JsonResponse:
     return response
 
 
-def api_endpoint(*methods: str, authenticated: bool = True):
-    """Wrap an async view: allowed methods, API key, and errors turned into JSON responses."""
+def api_endpoint(*methods: str, authenticated: bool = True, served_before_django: tuple[str, ...] = ()):
+    """Wrap an async view: allowed methods, API key, and errors turned into JSON responses.
+
+    ``served_before_django`` names methods the same URL answers in routing.py (``GET`` on the
+    channel URL), so that a 405's ``Allow`` header lists every method the URL supports.
+    """
+    allowed = ", ".join((*served_before_django, *methods))
 
     def decorate(view):
         @csrf_exempt
@@ -51,9 +56,10 @@ def api_endpoint(*methods: str, authenticated: bool = True):
         async def handler(request: HttpRequest, *args, **kwargs):
             if request.method not in methods:
                 response = JsonResponse(
-                    {"error": "method_not_allowed", "message": f"Use {' or '.join(methods)} on this URL."}, status=405
+                    {"error": "method_not_allowed", "message": f"Use {allowed.replace(', ', ' or ')} on this URL."},
+                    status=405,
                 )
-                response["Allow"] = ", ".join(methods)
+                response["Allow"] = allowed
                 return response
             runtime = get_runtime()
             try:
@@ -88,6 +94,21 @@ def json_body(request: HttpRequest) -> object:
         return json.loads(request.body or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad_request(f"The body is not valid JSON: {exc}.") from exc
+
+
+def whole_numbers(body: object, *fields: str) -> object:
+    """``body`` with integral floats (``3.0``) in ``fields`` turned into ints.
+
+    JSON has one number type and JSON Schema counts ``3.0`` as an integer; Python's parser does
+    not, so a client (or a generator following the OpenAPI document) sending ``3.0`` would be
+    refused for a value the document allows.
+    """
+    if not isinstance(body, dict):
+        return body
+    return {
+        key: int(value) if key in fields and isinstance(value, float) and value.is_integer() else value
+        for key, value in body.items()
+    }
 
 
 def payload_text(body: object) -> str:
@@ -186,14 +207,13 @@ async def channels_collection(request: HttpRequest):
             "Creating channels is disabled: set server.allow_create_new_channels: true.",
             status=403,
         )
-    draft = channel_draft_parse(
-        json_body(request), default_history_size=server.history_size, default_history_ttl=server.history_ttl
-    )
+    body = whole_numbers(json_body(request), "maxOfChannelConnections", "historySize", "historyTtl")
+    draft = channel_draft_parse(body, default_history_size=server.history_size, default_history_ttl=server.history_ttl)
     channel = await channel_create(draft=draft)
     return JsonResponse(channel_as_dict(channel, 0), status=201)
 
 
-@api_endpoint("DELETE")
+@api_endpoint("DELETE", served_before_django=("GET",))
 async def channel_item(request: HttpRequest, channel: str):
     """``DELETE /api/v1/channels/<channel>``: remove an API- or admin-created channel (closes with 4410)."""
     deleted = await channel_delete(reference=channel)
@@ -224,7 +244,7 @@ async def _history(request: HttpRequest, channel: str) -> JsonResponse:
 @api_endpoint("POST")
 async def tokens_create(request: HttpRequest):
     """``POST /api/v1/tokens``: mint a subscriber token for a private channel."""
-    body = json_body(request)
+    body = whole_numbers(json_body(request), "ttl")
     if not isinstance(body, dict) or not isinstance(body.get("channel"), str):
         raise bad_request('The body must be {"channel": "...", "clientId": "...", "ttl": 3600, "publish": false}.')
     channel = await get_runtime().registry.resolve(body["channel"])

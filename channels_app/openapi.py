@@ -38,6 +38,19 @@ _CHANNEL_PARAMETER = {
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,100}$"},
 }
 _BEARER = [{"apiKey": []}]
+_UUID = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+_SINCE = {
+    "name": "since",
+    "in": "query",
+    "description": "Resume after this position: <epoch>-<offset>, a bare offset, or a message id.",
+    "schema": {"type": "string", "pattern": f"^([A-Za-z0-9]{{1,32}}-[0-9]{{1,18}}|[0-9]{{1,18}}|{_UUID})?$"},
+}
+_CLIENT_ID = {
+    "name": "clientId",
+    "in": "query",
+    "description": "Who the client is; server-message is reserved.",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$", "not": {"const": "server-message"}},
+}
 
 
 @cache
@@ -145,8 +158,8 @@ def _document() -> dict:
                 "summary": "Subscribe (WebSocket upgrade or SSE stream by channel type), or describe with upgrade=0",
                 "parameters": [
                     {"name": "upgrade", "in": "query", "schema": {"type": "string", "enum": ["0"]}},
-                    {"name": "clientId", "in": "query", "schema": {"type": "string"}},
-                    {"name": "since", "in": "query", "schema": {"type": "string"}},
+                    _CLIENT_ID,
+                    _SINCE,
                     {"name": "token", "in": "query", "schema": {"type": "string"}},
                 ],
                 "responses": {
@@ -181,7 +194,14 @@ def _document() -> dict:
             "post": {
                 "summary": "Push a message (clientId server-message)",
                 "security": _BEARER,
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}],
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "description": "Retries with the same key publish once (remembered for 24 hours).",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                    }
+                ],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Push")}}},
                 "responses": {
                     "201": _json(_ref("Receipt"), "Published."),
@@ -192,7 +212,7 @@ def _document() -> dict:
                 "summary": "Read the channel's recent history",
                 "security": _BEARER,
                 "parameters": [
-                    {"name": "since", "in": "query", "schema": {"type": "string"}},
+                    _SINCE,
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                 ],
                 "responses": {
@@ -228,10 +248,12 @@ def _document() -> dict:
                                         "type": "array",
                                         "minItems": 1,
                                         "maxItems": 100,
+                                        # Each item is checked on its own: a malformed one is
+                                        # reported in results (status 400), the others are published.
                                         "items": {
-                                            "type": "object",
-                                            "required": ["channel", "payload"],
-                                            "properties": {"channel": {"type": "string"}, "payload": {}},
+                                            "description": 'One message: {"channel": "<id or name>", "payload": ...}; '
+                                            "a malformed item is reported in results with status 400.",
+                                            "examples": [{"channel": "chat", "payload": "hello"}],
                                         },
                                     }
                                 },

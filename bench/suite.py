@@ -385,7 +385,8 @@ def scenario_redis(pool, work_dir, counts, quick, log, service_source, rounds) -
                 ]
                 for layer in ("pubsub", "core"):
                     pair = [
-                        _service(work_dir, n, service_source, f"{layer}-{i}", redis_url=redis.url(), layer=layer)
+                        # The channel's connection count is shared in Redis by every setup of this run.
+                        _service(work_dir, 3 * n, service_source, f"{layer}-{i}", redis_url=redis.url(), layer=layer)
                         for i in (1, 2)
                     ]
                     for server in pair:
@@ -393,7 +394,8 @@ def scenario_redis(pool, work_dir, counts, quick, log, service_source, rounds) -
                         started.append(server)
 
                     def urls(count, pair=pair, n=n):
-                        return [pair[i % 2].subscriber_url(f"bench-{n}-{i}") for i in range(count)]
+                        # Client ids are unique across setups: presence lives in the shared Redis.
+                        return [pair[i % 2].subscriber_url(f"bench-{pair[0].name}-{n}-{i}") for i in range(count)]
 
                     setups.append(Setup(pool, f"redis-{layer}", pair, urls, "raw", pair[0], CHANNEL_ID, log))
                 by = run_bursts(setups, n, 30_000 if quick else 150_000, 20.0 if quick else 120.0, rounds)

@@ -51,6 +51,28 @@ class _ChannelLog:
     entries: deque[Message] = field(default_factory=deque)
 
 
+def replay_after(position: Position, *, held: list[Message], epoch: str | None, head: int) -> Replay:
+    """What a client resuming at ``position`` receives, given the messages a history still holds
+    (oldest first), its epoch (None before its first message) and its newest offset."""
+    earliest = held[0].position if held else None
+    if position.message_id is not None:
+        for index, message in enumerate(held):
+            if message.id == position.message_id:
+                return Replay(held[index + 1 :])
+        return Replay(held, Gap("unknown_position", str(position), earliest))
+    if position.epoch is not None and position.epoch != epoch:
+        return Replay(held, Gap("epoch_changed", str(position), earliest))
+    after = position.offset or 0
+    if after > head:
+        # A position from the future can only come from another incarnation of this history.
+        return Replay(held, Gap("epoch_changed", str(position), earliest))
+    missed = [message for message in held if message.offset > after]
+    first_held = held[0].offset if held else head + 1
+    if after + 1 < first_held:
+        return Replay(missed, Gap("expired", str(position), earliest))
+    return Replay(missed)
+
+
 def new_epoch() -> str:
     """A short random token naming one incarnation of a history."""
     return secrets.token_hex(4)
@@ -88,25 +110,7 @@ class MemoryHistory:
         """Messages after ``position``, oldest first, with a ``Gap`` when some are gone."""
         log = self._logs.get(channel.id) or _ChannelLog()
         self._trim(log, channel, self._clock())
-        held = list(log.entries)
-        earliest = held[0].position if held else None
-        if position.message_id is not None:
-            for index, message in enumerate(held):
-                if message.id == position.message_id:
-                    return Replay(held[index + 1 :])
-            return Replay(held, Gap("unknown_position", str(position), earliest))
-        if position.epoch is not None and position.epoch != self.epoch:
-            return Replay(held, Gap("epoch_changed", str(position), earliest))
-        after = position.offset or 0
-        if after >= log.next_offset:
-            # A position from the future can only come from another incarnation of this history.
-            return Replay(held, Gap("epoch_changed", str(position), earliest))
-        missed = [m for m in held if m.offset > after]
-        first_wanted = after + 1
-        first_held = held[0].offset if held else log.next_offset
-        if first_wanted < first_held:
-            return Replay(missed, Gap("expired", str(position), earliest))
-        return Replay(missed)
+        return replay_after(position, held=list(log.entries), epoch=self.epoch, head=log.next_offset - 1)
 
     async def between(self, channel: ChannelInfo, first: int, last: int) -> list[Message]:
         """Messages with ``first <= offset <= last`` still held (used to repair layer drops)."""

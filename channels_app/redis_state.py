@@ -31,7 +31,7 @@ import redis.asyncio as redis
 from redis.asyncio.sentinel import Sentinel
 
 from .errors import ApplicationError, channel_full, client_id_taken
-from .history import Gap, Replay
+from .history import Replay, replay_after
 from .idempotency import IDEMPOTENCY_WINDOW_SECONDS, MAX_KEY_LENGTH
 from .messages import Message, Position, utc_timestamp
 from .registry import ChannelInfo
@@ -209,24 +209,7 @@ class RedisHistory:
     async def since(self, channel: ChannelInfo, position: Position) -> Replay:
         """Messages after ``position``, oldest first, with a ``Gap`` when some are gone."""
         epoch, head, held = await self._state(channel)
-        earliest = held[0].position if held else None
-        if position.message_id is not None:
-            for index, message in enumerate(held):
-                if message.id == position.message_id:
-                    return Replay(held[index + 1 :])
-            return Replay(held, Gap("unknown_position", str(position), earliest))
-        if epoch is None or (position.epoch is not None and position.epoch != epoch):
-            if position.offset == 0 and position.epoch is None:
-                return Replay(held)
-            return Replay(held, Gap("epoch_changed", str(position), earliest))
-        after = position.offset or 0
-        if after > head:
-            return Replay(held, Gap("epoch_changed", str(position), earliest))
-        missed = [message for message in held if message.offset > after]
-        first_held = held[0].offset if held else head + 1
-        if after + 1 < first_held:
-            return Replay(missed, Gap("expired", str(position), earliest))
-        return Replay(missed)
+        return replay_after(position, held=held, epoch=epoch, head=head)
 
     @_translating_redis_errors
     async def between(self, channel: ChannelInfo, first: int, last: int) -> list[Message]:

@@ -14,6 +14,7 @@ import logging
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -32,6 +33,16 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH_MESSAGES = 100
 MAX_HISTORY_PAGE = 1000
+
+
+def database_unavailable() -> ApplicationError:
+    """The database cannot be reached (503); channels already known keep serving from the cache."""
+    return ApplicationError(
+        "database_unavailable",
+        "The database is unreachable right now, so this change could not be made; retry shortly. "
+        "Existing channels keep serving.",
+        status=503,
+    )
 
 
 def json_error(error: ApplicationError) -> JsonResponse:
@@ -75,6 +86,10 @@ def api_endpoint(*methods: str, authenticated: bool = True, served_before_django
                 return json_error(error)
             except RequestDataTooBig:
                 return json_error(ApplicationError("payload_too_large", "The request body is too large.", status=413))
+            except (OperationalError, InterfaceError) as exc:
+                # The database is down or unreachable: say so, and log one line rather than a traceback.
+                logger.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
+                return json_error(database_unavailable())
             except Exception:
                 logger.exception("unexpected error in %s %s", request.method, request.path)
                 return JsonResponse(

@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--client", choices=("raw", "websockets"), default="raw", help="subscriber client implementation"
     )
+    parser.add_argument(
+        "--asgi-server",
+        choices=("daphne", "uvicorn"),
+        default="daphne",
+        help="server running the service in the fanout scenario (uvicorn: --ws websockets-sansio;\n"
+        "pip install -r bench/requirements.txt)",
+    )
     parser.add_argument("--client-procs", type=int, default=2, help="subscriber processes (default 2)")
     parser.add_argument("--rounds", type=int, help="rounds of burst + fixed rate per server (default 3, quick 1)")
     parser.add_argument("--messages", type=int, help="burst size M (default: about 300,000 deliveries / N)")
@@ -94,6 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> FanoutSettings:
     settings = FanoutSettings(subscribers=args.subscribers, servers=args.servers, size=args.size, rate=args.rate)
     settings.client_impl = args.client
+    settings.asgi_server = args.asgi_server
     if args.quick:
         settings.rounds = 1
         settings.burst_deliveries = 30_000

@@ -50,6 +50,7 @@ class FanoutSettings:
     rate: float = 10.0
     rate_seconds: float = 5.0
     client_impl: str = "raw"
+    asgi_server: str = "daphne"  # what runs the service: daphne or uvicorn (--ws websockets-sansio)
     connect_concurrency: int = 32
     timeout: float = 120.0  # longest a burst may take
     idle_timeout: float = 10.0  # a burst ends when nothing arrived for this long
@@ -488,7 +489,9 @@ def run_fanout(settings: FanoutSettings, pool: ClientPool, work_dir, log=print, 
     for name in settings.servers:
         cls = SERVERS[name]
         if cls is ServiceServer:
-            servers[name] = ServiceServer(work_dir, max_connections=capacity, source=service_source or ROOT)
+            servers[name] = ServiceServer(
+                work_dir, max_connections=capacity, source=service_source or ROOT, server_cmd=settings.asgi_server
+            )
         else:
             servers[name] = cls(work_dir)
     phases = PhaseNames()

@@ -3,20 +3,41 @@
 The hub never waits on a client: it puts an already encoded frame here and moves on. A client
 that cannot keep up overflows its bound and is disconnected (code 4408); it can resume from
 history. So a slow client neither slows the others nor grows the server's memory without bound.
+
+Memory and GC: one exists per connection and ``put`` runs once per delivery, so frames and their
+sizes sit in two plain lists read from a head index (no tuple, no ``deque`` block and no
+``asyncio.Event`` per connection), and the class has ``__slots__``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 logger = logging.getLogger(__name__)
 
+# Written frames are dropped from the front of the lists once this many have piled up, so a
+# connection that never quite drains does not keep them all.
+COMPACT_AFTER = 256
+
 
 class Outbox:
     """Frames waiting for one connection; ``run()`` writes them in order."""
+
+    __slots__ = (
+        "_buffered_bytes",
+        "_frames",
+        "_head",
+        "_max_bytes",
+        "_max_messages",
+        "_on_overflow",
+        "_queued_bytes",
+        "_sizes",
+        "_waiter",
+        "_write",
+        "overflowed",
+    )
 
     def __init__(
         self,
@@ -32,9 +53,11 @@ class Outbox:
         self._max_bytes = max_bytes
         self._on_overflow = on_overflow
         self._buffered_bytes = buffered_bytes
-        self._frames: deque = deque()
+        self._frames: list = []
+        self._sizes: list[int] = []
+        self._head = 0  # frames before this index are written
         self._queued_bytes = 0
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future | None = None
         self.overflowed = False
 
     def put(self, frame, size: int) -> bool:
@@ -42,28 +65,50 @@ class Outbox:
         if self.overflowed:
             return False
         if (
-            len(self._frames) >= self._max_messages
+            len(self._frames) - self._head >= self._max_messages
             or self._queued_bytes + size + self._buffered_bytes() > self._max_bytes
         ):
             self.overflowed = True
             self._on_overflow()
             return False
-        self._frames.append((frame, size))
+        self._frames.append(frame)
+        self._sizes.append(size)
         self._queued_bytes += size
-        self._wakeup.set()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
         return True
 
     async def run(self) -> None:
         """Write queued frames until cancelled."""
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
+            if self._head >= len(self._frames):
+                waiter = self._waiter = loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    if self._waiter is waiter:
+                        self._waiter = None
             await self.flush()
 
     async def flush(self) -> None:
         """Write every queued frame now, unless the connection overflowed (its frames are dropped)."""
-        frames = self._frames
-        while frames and not self.overflowed:
-            frame, size = frames.popleft()
-            self._queued_bytes -= size
+        frames, sizes = self._frames, self._sizes
+        while self._head < len(frames) and not self.overflowed:
+            head = self._head
+            frame = frames[head]
+            frames[head] = None  # written frames are not kept alive until the next compaction
+            self._head = head + 1
+            self._queued_bytes -= sizes[head]
+            if self._head >= len(frames):
+                frames.clear()
+                sizes.clear()
+                self._head = 0
+            elif self._head >= COMPACT_AFTER:
+                del frames[: self._head]
+                del sizes[: self._head]
+                self._head = 0
             await self._write(frame)

@@ -21,6 +21,21 @@ class Subscription:
     message for all subscriptions sharing the same encoder.
     """
 
+    # One per connection: no per-instance __dict__.
+    __slots__ = (
+        "_epoch",
+        "_held",
+        "_last_offset",
+        "channel_id",
+        "client_id",
+        "echo",
+        "encode",
+        "encode_control",
+        "on_close",
+        "outbox",
+        "transport",
+    )
+
     def __init__(
         self,
         *,

@@ -140,7 +140,7 @@ def assert_back_to_baseline(result: dict, cycles: int, *, memory: bool = True) -
     print(f"churn: {cycles} cycles in {result['seconds']} s {result['kinds']}; RSS {baseline['rss']} -> {rss} KiB; "
           f"fds {baseline['fds']} -> {result['fds']}")  # fmt: skip
     retried = result["kinds"].pop("retried", 0)
-    assert sum(result["kinds"].values()) >= cycles
+    assert sum(result["kinds"].values()) >= cycles - cycles % 10
     assert retried < cycles // 100, f"{retried} connections dropped by the accept queue"
     assert result["fds"] <= baseline["fds"] + 3, (baseline["fds"], result["fds"])
     gauges = [line for line in result["metrics"].splitlines() if line.startswith("realtime_connections{")]
@@ -202,7 +202,7 @@ def test_redis_driver_churn_gives_back_redis_connections_and_slots(start_server,
     client = redis_server.client()
     # Slower than MEMORY (about 70 cycles/s here: every connect and disconnect is a Redis round trip
     # and, for the first and last local subscriber, a SUBSCRIBE/UNSUBSCRIBE), so fewer cycles.
-    cycles = max(CYCLES // 16, 500)
+    cycles = max(CYCLES // 16 // 10 * 10, 500)
     result = run_churn(server, cycles, rounds=2)
     redis_clients = len(client.client_list())
     again = run_churn(server, cycles, rounds=2)

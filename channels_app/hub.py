@@ -22,6 +22,7 @@ import time
 import uuid
 
 from .errors import ApplicationError
+from .gctuning import connection_closed
 from .history import Gap
 from .messages import Message, utc_timestamp
 from .naming import HUB_CHANNEL_PREFIX, REGISTRY_GROUP, SERVER_CLIENT_ID, channel_group
@@ -91,6 +92,7 @@ class Hub:
         if local is None or subscription not in local:
             return
         local.discard(subscription)
+        connection_closed()
         if not local:
             del self._local[channel_id]
             self._next_offset.pop(channel_id, None)

@@ -1,0 +1,208 @@
+"""Soak: steady load on one daphne for ``SOAK_SECONDS`` (30 in CI; set e.g. SOAK_SECONDS=600 for longer).
+
+20 WebSocket and 10 event-stream subscribers follow two channels fed over the HTTP API at a steady
+rate, while one client subscribes to a third, busier channel and never reads. Checked:
+
+- every acknowledged push reached every steady subscriber, in order, once; the server's counters
+  agree (``realtime_messages_published_total``, ``realtime_deliveries_total``) and
+  ``realtime_messages_lost_total`` stays 0;
+- the client that never read was cut off and counted (``realtime_slow_consumer_disconnects_total``),
+  and everything it missed is still recoverable from history;
+- memory stays flat and latency steady from the first third of the run to the last (the busy
+  channel, whose history keeps every 8 KiB message, is fed only during the first quarter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+
+import httpx
+import pytest
+
+from tests.test_hardening_websocket import handshake, resident_kib
+from tests.traffic import Publisher, Subscriber, delivery_report, settle, stop_all
+
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
+API_KEY = "soak-key-0123456789"
+RATE = 40.0
+CONFIG = """
+server:
+  max_pending_bytes: 262144
+  history_size: 500
+pubsub:
+  driver: "MEMORY"
+channels:
+  soak: {id: "soak-1", type: "WS", max_of_channel_connections: 100}
+  soak-feed: {id: "soak-feed-1", type: "SSE", max_of_channel_connections: 100}
+  soak-busy: {id: "soak-busy-1", type: "WS", max_of_channel_connections: 10, history_size: 100000}
+"""
+
+
+def counter(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+async def read_stream(server, channel: str, client_id: str, received: list[dict], ready: asyncio.Event) -> None:
+    """An event-stream subscriber that records every message (it is never cut off in this test)."""
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as client,
+        client.stream("GET", server.channel_url(channel, scheme="http", clientId=client_id)) as stream,
+    ):
+        async for line in stream.aiter_lines():
+            if line == "event: stream-open":
+                ready.set()
+            elif line.startswith("data: ") and '"payload"' in line:
+                message = json.loads(line[6:])
+                message["received_at"] = time.time()
+                received.append(message)
+
+
+@pytest.mark.timeout(SOAK_SECONDS * 3 + 120)
+def test_soak_steady_load(start_server):
+    server = start_server(CONFIG, env={"REALTIME_API_KEYS": API_KEY})
+    pid = server.process.pid
+
+    async def scenario():
+        ws_subscribers = [Subscriber(servers=[server], channel="soak-1", client_id=f"w{i}") for i in range(20)]
+        tasks = [asyncio.create_task(s.run()) for s in ws_subscribers]
+        streams = {f"s{i}": [] for i in range(10)}
+        ready = {client: asyncio.Event() for client in streams}
+        stream_tasks = [
+            asyncio.create_task(read_stream(server, "soak-feed-1", client, received, ready[client]))
+            for client, received in streams.items()
+        ]
+        await asyncio.wait_for(asyncio.gather(*(s.connected.wait() for s in ws_subscribers)), 10)
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in ready.values())), 10)
+        stalled = await asyncio.to_thread(
+            handshake, server, "/api/v1/channels/soak-busy-1?clientId=stalled", rcvbuf=4096
+        )
+        metrics_before = (await asyncio.to_thread(httpx.get, f"{server.http}/metrics")).text
+
+        publishers = [
+            Publisher(servers=[server], channel="soak-1", api_key=API_KEY, rate=RATE),
+            Publisher(servers=[server], channel="soak-feed-1", api_key=API_KEY, rate=RATE),
+        ]
+        busy = Publisher(servers=[server], channel="soak-busy-1", api_key=API_KEY, rate=RATE)
+        busy_payload = "b" * 8192
+
+        async def publish_busy():
+            async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5) as client:
+                started = time.monotonic()
+                index = 0
+                while not busy._stop:
+                    response = await client.post(
+                        f"{server.http}/api/v1/channels/soak-busy-1/messages",
+                        json={"payload": f"{index:06d}{busy_payload}"},
+                    )
+                    assert response.status_code == 201
+                    busy.acknowledged.append((index, "", response.json()))
+                    index += 1
+                    await asyncio.sleep(max(0.0, started + index / RATE - time.monotonic()))
+
+        publishing = [asyncio.create_task(p.run()) for p in publishers] + [asyncio.create_task(publish_busy())]
+        samples = []
+        started = time.monotonic()
+        while time.monotonic() - started < SOAK_SECONDS:
+            await asyncio.sleep(1)
+            samples.append((time.monotonic() - started, resident_kib(pid)))
+            if not busy._stop and time.monotonic() - started > SOAK_SECONDS / 4:
+                # The busy channel's history (8 KiB messages, all kept) stops growing before the
+                # memory samples that are compared.
+                busy.stop()
+        for publisher in [*publishers, busy]:
+            publisher.stop()
+        await asyncio.gather(*publishing)
+        await settle(ws_subscribers, publishers[0])
+        wanted = len(publishers[1].acknowledged)
+        deadline = time.monotonic() + 15
+        while any(len(received) < wanted for received in streams.values()) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        metrics_after = (await asyncio.to_thread(httpx.get, f"{server.http}/metrics")).text
+        await stop_all(ws_subscribers, tasks)
+        for task in stream_tasks:
+            task.cancel()
+        await asyncio.gather(*stream_tasks, return_exceptions=True)
+        stalled.close()
+        # What the stalled client missed is recoverable: page through history (the API reads any range).
+        recovered = []
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10) as client:
+            since = "0"
+            while True:
+                url = f"{server.http}/api/v1/channels/soak-busy-1/messages"
+                page = (await client.get(url, params={"since": since, "limit": 200})).json()
+                recovered += [m["payload"][:6] for m in page["messages"]]
+                if not page["more"]:
+                    break
+                since = f"{page['messages'][-1]['epoch']}-{page['messages'][-1]['offset']}"
+        return ws_subscribers, streams, publishers, busy, samples, metrics_before, metrics_after, recovered
+
+    ws_subscribers, streams, publishers, busy, samples, before, after, recovered = asyncio.run(scenario())
+
+    ws_report = delivery_report(ws_subscribers, publishers[0])
+    feed_wanted = [payload for _, payload, _ in publishers[1].acknowledged]
+    feed_missing = {client: len(feed_wanted) - len(received) for client, received in streams.items()}
+    feed_in_order = all([m["payload"] for m in received] == feed_wanted for received in streams.values())
+    published = counter(after, "realtime_messages_published_total") - counter(
+        before, "realtime_messages_published_total"
+    )
+    deliveries = counter(after, "realtime_deliveries_total") - counter(before, "realtime_deliveries_total")
+    slow_cut = counter(after, "realtime_slow_consumer_disconnects_total") - counter(
+        before, "realtime_slow_consumer_disconnects_total"
+    )
+    lost = counter(after, "realtime_messages_lost_total")
+
+    latencies = sorted((m["received_at"] - json.loads(m["payload"])["t"]) for r in streams.values() for m in r)
+    ws_latencies = [lat for s in ws_subscribers for lat in s.latencies]
+    third = max(len(samples) // 3, 1)
+    rss_first = statistics.mean(rss for _, rss in samples[:third])
+    rss_last = statistics.mean(rss for _, rss in samples[-third:])
+    windows = latency_windows(ws_subscribers)
+    summary = {
+        "seconds": SOAK_SECONDS,
+        "pushes": len(feed_wanted) + ws_report["published"] + len(busy.acknowledged),
+        "published_metric": published,
+        "deliveries_metric": deliveries,
+        "delivered_ws": ws_report["delivered"],
+        "delivered_sse": sum(len(r) for r in streams.values()),
+        "slow_consumer_disconnects": slow_cut,
+        "lost": lost,
+        "recovered_from_history": len(recovered),
+        "rss_kib_first_third": round(rss_first),
+        "rss_kib_last_third": round(rss_last),
+        "sse_latency_p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "ws_latency_p99_ms_by_window": windows,
+    }
+    print(f"soak: {summary}")
+
+    assert ws_report["missing"] == {} and ws_report["duplicated"] == {} and ws_report["disordered"] == {}
+    assert feed_missing == dict.fromkeys(streams, 0) and feed_in_order
+    assert published == len(feed_wanted) + ws_report["published"] + len(busy.acknowledged)
+    # Every delivery is accounted for: the steady subscribers' messages, plus what was handed to the
+    # stalled client before it was cut off (at most what was published on its channel).
+    steady = ws_report["delivered"] + sum(len(r) for r in streams.values())
+    assert steady <= deliveries <= steady + len(busy.acknowledged)
+    assert lost == 0
+    assert slow_cut == 1, "the client that never read was not cut off"
+    assert recovered == [f"{index:06d}" for index in range(len(busy.acknowledged))]
+    assert rss_last - rss_first < 8 * 1024, f"memory grew from {rss_first:.0f} to {rss_last:.0f} KiB"
+    assert windows[-1] < max(3 * windows[0], 100), windows
+    assert statistics.quantiles(ws_latencies, n=100)[98] < 1.0
+
+
+def latency_windows(subscribers: list[Subscriber], count: int = 3) -> list[float]:
+    """p99 publish-to-receive latency (ms) of the WebSocket subscribers in ``count`` consecutive windows."""
+    windows = []
+    for index in range(count):
+        chunk = [
+            latency
+            for subscriber in subscribers
+            for latency in subscriber.latencies[
+                index * len(subscriber.latencies) // count : (index + 1) * len(subscriber.latencies) // count
+            ]
+        ]
+        windows.append(round(statistics.quantiles(chunk, n=100)[98] * 1000, 1) if len(chunk) > 2 else 0.0)
+    return windows

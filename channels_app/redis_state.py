@@ -310,14 +310,19 @@ class RedisPresence:
 
     @_translating_redis_errors
     async def renew(self) -> None:
-        """Extend the leases of every connection this instance holds."""
+        """Extend the leases of every connection this instance holds.
+
+        A plain ``ZADD`` (not ``XX``) also puts back the slots of connections that outlived a Redis
+        restart, so they count against the limit again. A connection released while this runs may
+        be re-added; its stale entry stops counting when its lease runs out.
+        """
         held = list(self._held)
         if not held:
             return
         expiry = repr(self._clock() + self._lease)
         async with self._redis.pipeline(transaction=False) as pipe:
             for channel_id, client_id in held:
-                pipe.zadd(self._keys.presence(channel_id), {client_id: expiry}, xx=True)
+                pipe.zadd(self._keys.presence(channel_id), {client_id: expiry})
                 pipe.expire(self._keys.presence(channel_id), int(self._lease * 4) + 1)
             await pipe.execute()
 

@@ -76,7 +76,10 @@ class ChannelRegistry:
     """Looks channels up by id or name from a cache of the active channels."""
 
     def __init__(self):
+        # The last cache that loaded; kept (stale) while a reload fails, e.g. with the database down.
         self._by_reference: dict[str, ChannelInfo] | None = None
+        self._stale = True
+        self._retry_at = 0.0
         self._fingerprint: tuple | None = None
         self._checked_at = 0.0
         self._load_lock = asyncio.Lock()
@@ -87,8 +90,9 @@ class ChannelRegistry:
         self.before_load = None
 
     def invalidate(self) -> None:
-        """Forget the cache; the next lookup reloads it. Safe to call from any thread."""
-        self._by_reference = None
+        """Mark the cache stale; the next lookup reloads it. Safe to call from any thread."""
+        self._stale = True
+        self._retry_at = 0.0
 
     async def resolve(self, reference: str) -> ChannelInfo:
         """The active channel whose id (or else name) is ``reference``; ``ApplicationError`` 404 if none."""
@@ -110,8 +114,16 @@ class ChannelRegistry:
 
     async def _channels(self) -> dict[str, ChannelInfo]:
         cached = self._by_reference
-        if cached is None:
-            return await self._reload()
+        if cached is None or (self._stale and time.monotonic() >= self._retry_at):
+            try:
+                return await self._reload()
+            except Exception:
+                if cached is None:
+                    raise
+                # The cached registry keeps serving while the database is unavailable.
+                self._retry_at = time.monotonic() + MISS_RELOAD_SECONDS
+                logger.warning("could not reload the channel registry; serving the cached channels")
+                return cached
         if time.monotonic() - self._checked_at > REVALIDATE_SECONDS and self._revalidation is None:
             self._checked_at = time.monotonic()
             self._revalidation = asyncio.create_task(self._revalidate(), context=contextvars.Context())
@@ -119,7 +131,7 @@ class ChannelRegistry:
 
     async def _reload(self) -> dict[str, ChannelInfo]:
         async with self._load_lock:
-            if self._by_reference is not None:
+            if not self._stale and self._by_reference is not None:
                 return self._by_reference
             if self.before_load is not None:
                 try:
@@ -127,7 +139,13 @@ class ChannelRegistry:
                 except Exception:
                     # Serving from the database matters more; the hub starts with the next subscriber.
                     logger.exception("could not start listening for registry changes")
-            channels, fingerprint = await database_sync_to_async(_load_active_channels)()
+            # Cleared before loading, so an invalidation that lands during the load marks it stale again.
+            self._stale = False
+            try:
+                channels, fingerprint = await database_sync_to_async(_load_active_channels)()
+            except Exception:
+                self._stale = True
+                raise
             by_reference: dict[str, ChannelInfo] = {}
             for channel in channels:
                 by_reference[channel.name] = channel

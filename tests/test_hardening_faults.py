@@ -145,12 +145,6 @@ def test_no_acknowledged_message_is_lost_silently_across_a_redis_restart(redis_k
     assert silently_lost == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="redis_state.py (not ours): leases are renewed with ZADD XX, so after Redis restarts empty the "
-    "connections that survived the outage hold no slot: they stop counting against max_of_channel_connections "
-    "and their clientIds can connect a second time.",
-)
 @pytest.mark.timeout(60)
 def test_connections_that_survive_a_redis_restart_still_hold_their_slots(cluster, redis_server):
     first, _ = cluster
@@ -304,12 +298,6 @@ def test_database_unavailable_keeps_existing_channels_serving_and_fails_writes_c
     assert "Traceback" not in server.log().split("database_unavailable")[0][-200:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="registry.py (not ours): a lookup of an unknown channel invalidates the cache before reloading it; "
-    "when the database is down the reload fails and the cache stays empty, so every existing channel then "
-    "answers 503 database_unavailable (500 before api.py mapped database errors) until the database is back.",
-)
 @pytest.mark.timeout(60)
 def test_an_unknown_channel_during_a_database_outage_does_not_take_the_others_down(postgres_server):
     server, name = postgres_server

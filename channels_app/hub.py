@@ -187,8 +187,14 @@ class Hub:
             self.stats.incr("hub_duplicates")
             return False
         self._next_offset[channel_id] = (message.epoch, message.offset + 1)
-        if expected is not None and expected[0] == message.epoch and message.offset > expected[1]:
+        if expected is None:
+            return True
+        if expected[0] == message.epoch and message.offset > expected[1]:
             await self._repair(message, expected[1])
+        elif expected[0] != message.epoch and message.offset > 1:
+            # A new epoch (Redis restarted empty) starts at offset 1: what came before this message
+            # was published while the layer re-subscribed, and is read back from the new history.
+            await self._repair(message, 1)
         return True
 
     async def _repair(self, message: Message, first_missing: int) -> None:

@@ -129,12 +129,6 @@ def test_redis_killed_and_restarted_under_traffic(redis_kill_run):
         assert set(numbers[numbers.index(after[0]) :]) <= got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub.py (not ours): after Redis restarts empty, history starts a new epoch; the first messages of that "
-    "epoch are published while the layer re-subscribes and never reach the hub, and the hub repairs holes only "
-    "within one epoch, so they are lost silently (no gap, realtime_messages_lost_total unchanged).",
-)
 def test_no_acknowledged_message_is_lost_silently_across_a_redis_restart(redis_kill_run):
     subscribers, publisher, _, _ = redis_kill_run
     report = delivery_report(subscribers, publisher)

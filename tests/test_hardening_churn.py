@@ -164,12 +164,6 @@ def test_memory_driver_churn_gives_back_descriptors_and_slots(memory_churn):
     assert memory_churn["kinds"]["refused"] >= CYCLES // 10 - 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gctuning.py (not ours): thresholds (50000, 50, 1000) make full collections practically never run, "
-    "so the reference cycles each WebSocket connection leaves (about 6-15 KiB, refused ones too) reach the "
-    "oldest generation and are never freed: memory grows without bound with connection churn.",
-)
 def test_memory_levels_off_under_churn_with_the_default_gc_tuning(memory_churn):
     assert_back_to_baseline(memory_churn, CYCLES)
 

@@ -34,9 +34,11 @@ def bad_request(message: str, **extra: Any) -> ApplicationError:
 
 def channel_not_found(reference: str) -> ApplicationError:
     """No active channel has this id or name (404 / 4404)."""
+    # Ids have at most 100 characters: a longer reference is shown cut, not echoed back whole.
+    shown = reference if len(reference) <= 100 else reference[:100] + "..."
     return ApplicationError(
         "channel_not_found",
-        f"No channel has the id or name {reference!r}: check the URL, or create the channel first.",
+        f"No channel has the id or name {shown!r}: check the URL, or create the channel first.",
         status=404,
         close_code=4404,
     )

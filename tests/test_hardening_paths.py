@@ -157,6 +157,8 @@ def test_hostile_channel_ids_are_refused_on_every_route(server, channel):
     for method, target, headers, *body in attempts:
         status, response = raw_request(server, method, target, headers, *body)
         assert_no_server_error(status, response, (method, target[:80]))
+        # A 10 KB id is not echoed back whole.
+        assert len(response) < 4096 or status == 200, (method, len(response))
         if method == b"GET" and status == 200:
             # Only a real channel can answer 200: traversal never reaches another resource.
             assert b'"id": "chat-1"' in response or b'"id": "feed-1"' in response or b"channelId" in response

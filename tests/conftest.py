@@ -33,9 +33,8 @@ TEST_CONFIG = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def start_server(tmp_path_factory):
-    """Start real daphne servers: ``start_server(config_text=..., env=...)``; all stop at teardown."""
+def _servers_started_by(tmp_path_factory):
+    """A ``start(config_text=..., env=...)`` function, and every server it started stopped afterwards."""
     servers: list[LiveServer] = []
 
     def start(config_text: str = TEST_CONFIG, *, env: dict[str, str] | None = None, **kwargs) -> LiveServer:
@@ -46,6 +45,12 @@ def start_server(tmp_path_factory):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path_factory):
+    """Start real daphne servers: ``start_server(config_text=..., env=...)``; all stop at teardown."""
+    yield from _servers_started_by(tmp_path_factory)
 
 
 @pytest.fixture
@@ -65,16 +70,7 @@ def fresh_runtime():
 @pytest.fixture(scope="module")
 def start_module_server(tmp_path_factory):
     """Like ``start_server``, but the servers serve a whole test module (its tests use distinct channels)."""
-    servers: list[LiveServer] = []
-
-    def start(config_text: str = TEST_CONFIG, *, env: dict[str, str] | None = None, **kwargs) -> LiveServer:
-        server = LiveServer.start(tmp_path_factory.mktemp("server"), config_text, env=env, **kwargs)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+    yield from _servers_started_by(tmp_path_factory)
 
 
 @pytest.fixture

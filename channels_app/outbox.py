@@ -22,10 +22,6 @@ logger = logging.getLogger(__name__)
 COMPACT_AFTER = 256
 
 
-DRAIN_POLL_SECONDS = 0.01
-DRAIN_TIMEOUT_SECONDS = 10.0
-
-
 class Outbox:
     """Frames waiting for one connection; ``run()`` writes them in order."""
 
@@ -64,16 +60,11 @@ class Outbox:
         self._waiter: asyncio.Future | None = None
         self.overflowed = False
 
-    def put(self, frame, size: int, *, bounded: bool = True) -> bool:
-        """Queue a frame of ``size`` bytes; on overflow mark the connection slow and return False.
-
-        ``bounded=False`` is for a resume's replay: it is already bounded by the channel's history
-        (``history_size`` messages), and the writer paces it to the client, so a client far
-        behind catches up instead of being cut off before anything is written.
-        """
+    def put(self, frame, size: int) -> bool:
+        """Queue a frame of ``size`` bytes; on overflow mark the connection slow and return False."""
         if self.overflowed:
             return False
-        if bounded and (
+        if (
             len(self._frames) - self._head >= self._max_messages
             or self._queued_bytes + size + self._buffered_bytes() > self._max_bytes
         ):
@@ -120,20 +111,4 @@ class Outbox:
                 del frames[: self._head]
                 del sizes[: self._head]
                 self._head = 0
-            if self._buffered_bytes() > self._max_bytes // 2 and not await self._drained():
-                return
             await self._write(frame)
-
-    async def _drained(self) -> bool:
-        """Wait while the server still buffers half the bound for this client (daphne never makes
-        ``send`` wait); a client that drains nothing for ``DRAIN_TIMEOUT_SECONDS`` is too slow."""
-        deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT_SECONDS
-        while self._buffered_bytes() > self._max_bytes // 2:
-            if self.overflowed:
-                return False
-            if asyncio.get_running_loop().time() > deadline:
-                self.overflowed = True
-                self._on_overflow()
-                return False
-            await asyncio.sleep(DRAIN_POLL_SECONDS)
-        return True

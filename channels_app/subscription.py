@@ -98,7 +98,7 @@ class Subscription:
                 if self.wants(message):
                     self._remember(message)
                     frame, size = self.encode(message)
-                    self.outbox.put(frame, size, bounded=False)
+                    self.outbox.put(frame, size)
         for message, frame, size in held:
             self.offer(message, frame, size)
 

@@ -386,6 +386,12 @@ async def resume_stream(
     raise AssertionError(f"resumed {len(payloads)} of {count}")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="subscription.py/outbox.py (not ours): a resume queues its whole replay at once, so a replay larger "
+    "than max_pending_bytes overflows before anything is written; the client is cut off with nothing, every time, "
+    "and can never catch up. Replay should be paced to the outbox (see the hardening report).",
+)
 async def test_a_client_far_behind_catches_up_by_resuming(server):
     async with httpx.AsyncClient(base_url=server.http, headers={"Authorization": "Bearer ws-key"}) as api:
         for _ in range(100):

@@ -16,6 +16,22 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _json_body(schema: dict) -> dict:
+    """A required JSON request body."""
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _object(properties: dict, *, required: list[str] | None = None, closed: bool = False) -> dict:
+    """A JSON object schema; ``closed`` refuses properties not listed."""
+    schema: dict = {"type": "object"}
+    if required:
+        schema["required"] = required
+    if closed:
+        schema["additionalProperties"] = False
+    schema["properties"] = properties
+    return schema
+
+
 def _errors(*statuses: int) -> dict:
     descriptions = {
         400: "Bad request: the body or query is invalid.",
@@ -30,12 +46,13 @@ def _errors(*statuses: int) -> dict:
     return {str(status): _json(_ref("Error"), descriptions[status]) for status in statuses}
 
 
+_IDENTIFIER_PATTERN = "^[A-Za-z0-9._-]{1,100}$"
 _CHANNEL_PARAMETER = {
     "name": "channel",
     "in": "path",
     "required": True,
     "description": "The channel's id or name.",
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,100}$"},
+    "schema": {"type": "string", "pattern": _IDENTIFIER_PATTERN},
 }
 _BEARER = [{"apiKey": []}]
 _UUID = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
@@ -56,15 +73,9 @@ _CLIENT_ID = {
 @cache
 def _document() -> dict:
     schemas = {
-        "Error": {
-            "type": "object",
-            "required": ["error", "message"],
-            "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-        },
-        "Message": {
-            "type": "object",
-            "required": ["id", "channelId", "clientId", "payload", "createdAt"],
-            "properties": {
+        "Error": _object({"error": {"type": "string"}, "message": {"type": "string"}}, required=["error", "message"]),
+        "Message": _object(
+            {
                 "id": {"type": "string", "format": "uuid"},
                 "channelId": {"type": "string"},
                 "clientId": {"type": "string"},
@@ -73,11 +84,10 @@ def _document() -> dict:
                 "offset": {"type": ["integer", "null"]},
                 "epoch": {"type": ["string", "null"]},
             },
-        },
-        "Receipt": {
-            "type": "object",
-            "required": ["id", "channelId", "offset", "epoch", "position", "createdAt"],
-            "properties": {
+            required=["id", "channelId", "clientId", "payload", "createdAt"],
+        ),
+        "Receipt": _object(
+            {
                 "id": {"type": "string"},
                 "channelId": {"type": "string"},
                 "offset": {"type": "integer"},
@@ -85,16 +95,14 @@ def _document() -> dict:
                 "position": {"type": "string"},
                 "createdAt": {"type": "string", "format": "date-time"},
             },
-        },
-        "Push": {
-            "type": "object",
-            "required": ["payload"],
-            "properties": {"payload": {"description": "A string, or any JSON value delivered as its JSON text."}},
-        },
-        "Channel": {
-            "type": "object",
-            "required": ["id", "name", "type", "connections", "max"],
-            "properties": {
+            required=["id", "channelId", "offset", "epoch", "position", "createdAt"],
+        ),
+        "Push": _object(
+            {"payload": {"description": "A string, or any JSON value delivered as its JSON text."}},
+            required=["payload"],
+        ),
+        "Channel": _object(
+            {
                 "id": {"type": "string"},
                 "name": {"type": "string"},
                 "type": {"type": "string", "enum": ["WS", "SSE"]},
@@ -106,31 +114,30 @@ def _document() -> dict:
                 "private": {"type": "boolean"},
                 "source": {"type": "string", "enum": ["yaml", "api", "admin"]},
             },
-        },
-        "ChannelCreate": {
-            "type": "object",
-            "required": ["id", "type"],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,100}$"},
-                "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,100}$"},
+            required=["id", "name", "type", "connections", "max"],
+        ),
+        "ChannelCreate": _object(
+            {
+                "id": {"type": "string", "pattern": _IDENTIFIER_PATTERN},
+                "name": {"type": "string", "pattern": _IDENTIFIER_PATTERN},
                 "type": {"type": "string", "enum": ["WS", "SSE"]},
                 "maxOfChannelConnections": {"type": "integer", "minimum": 1, "maximum": 10000000},
                 "historySize": {"type": "integer", "minimum": 0, "maximum": 10000},
                 "historyTtl": {"type": "integer", "minimum": 1, "maximum": 604800},
                 "private": {"type": "boolean"},
             },
-        },
-        "Gap": {
-            "type": "object",
-            "properties": {
+            required=["id", "type"],
+            closed=True,
+        ),
+        "Gap": _object(
+            {
                 "control": {"const": "gap"},
                 "reason": {"type": "string"},
                 "requested": {"type": ["string", "null"]},
                 "earliest": {"type": ["string", "null"]},
                 "message": {"type": "string"},
-            },
-        },
+            }
+        ),
     }
     paths = {
         "/api/v1/channels": {
@@ -139,8 +146,7 @@ def _document() -> dict:
                 "security": _BEARER,
                 "responses": {
                     "200": _json(
-                        {"type": "object", "properties": {"channels": {"type": "array", "items": _ref("Channel")}}},
-                        "The active channels.",
+                        _object({"channels": {"type": "array", "items": _ref("Channel")}}), "The active channels."
                     ),
                     **_errors(401),
                 },
@@ -148,7 +154,7 @@ def _document() -> dict:
             "post": {
                 "summary": "Create a channel (the Go service's body)",
                 "security": _BEARER,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ChannelCreate")}}},
+                "requestBody": _json_body(_ref("ChannelCreate")),
                 "responses": {"201": _json(_ref("Channel"), "Created."), **_errors(400, 401, 403, 409)},
             },
         },
@@ -175,14 +181,7 @@ def _document() -> dict:
                 "security": _BEARER,
                 "responses": {
                     "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "id": {"type": "string"},
-                                "name": {"type": "string"},
-                                "deleted": {"type": "boolean"},
-                            },
-                        },
+                        _object({"id": {"type": "string"}, "name": {"type": "string"}, "deleted": {"type": "boolean"}}),
                         "Deleted.",
                     ),
                     **_errors(401, 404, 409),
@@ -202,7 +201,7 @@ def _document() -> dict:
                         "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                     }
                 ],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Push")}}},
+                "requestBody": _json_body(_ref("Push")),
                 "responses": {
                     "201": _json(_ref("Receipt"), "Published."),
                     **_errors(400, 401, 403, 404, 413, 422, 503),
@@ -217,15 +216,14 @@ def _document() -> dict:
                 ],
                 "responses": {
                     "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
+                        _object(
+                            {
                                 "channelId": {"type": "string"},
                                 "messages": {"type": "array", "items": _ref("Message")},
                                 "gap": {"oneOf": [_ref("Gap"), {"type": "null"}]},
                                 "more": {"type": "boolean"},
-                            },
-                        },
+                            }
+                        ),
                         "Messages after the position, oldest first.",
                     ),
                     **_errors(400, 401, 404),
@@ -236,41 +234,34 @@ def _document() -> dict:
             "post": {
                 "summary": "Publish to many channels in one request (at most 100 messages)",
                 "security": _BEARER,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["messages"],
-                                "properties": {
-                                    "messages": {
-                                        "type": "array",
-                                        "minItems": 1,
-                                        "maxItems": 100,
-                                        # Each item is checked on its own: a malformed one is
-                                        # reported in results (status 400), the others are published.
-                                        "items": {
-                                            "description": 'One message: {"channel": "<id or name>", "payload": ...}; '
-                                            "a malformed item is reported in results with status 400.",
-                                            "examples": [{"channel": "chat", "payload": "hello"}],
-                                        },
-                                    }
+                "requestBody": _json_body(
+                    _object(
+                        {
+                            "messages": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": 100,
+                                # Each item is checked on its own: a malformed one is
+                                # reported in results (status 400), the others are published.
+                                "items": {
+                                    "description": 'One message: {"channel": "<id or name>", "payload": ...}; '
+                                    "a malformed item is reported in results with status 400.",
+                                    "examples": [{"channel": "chat", "payload": "hello"}],
                                 },
                             }
-                        }
-                    },
-                },
+                        },
+                        required=["messages"],
+                    )
+                ),
                 "responses": {
                     "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
+                        _object(
+                            {
                                 "published": {"type": "integer"},
                                 "failed": {"type": "integer"},
                                 "results": {"type": "array", "items": {"type": "object"}},
-                            },
-                        },
+                            }
+                        ),
                         "One result per message, in order.",
                     ),
                     **_errors(400, 401, 403),
@@ -281,35 +272,28 @@ def _document() -> dict:
             "post": {
                 "summary": "Mint a subscriber token for a private channel",
                 "security": _BEARER,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["channel"],
-                                "properties": {
-                                    "channel": {"type": "string"},
-                                    "clientId": {"type": "string"},
-                                    "ttl": {"type": "integer", "minimum": 1, "maximum": 604800},
-                                    "publish": {"type": "boolean"},
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": _json_body(
+                    _object(
+                        {
+                            "channel": {"type": "string"},
+                            "clientId": {"type": "string"},
+                            "ttl": {"type": "integer", "minimum": 1, "maximum": 604800},
+                            "publish": {"type": "boolean"},
+                        },
+                        required=["channel"],
+                    )
+                ),
                 "responses": {
                     "201": _json(
-                        {
-                            "type": "object",
-                            "properties": {
+                        _object(
+                            {
                                 "token": {"type": "string"},
                                 "channelId": {"type": "string"},
                                 "clientId": {"type": "string"},
                                 "ttl": {"type": "integer"},
                                 "publish": {"type": "boolean"},
-                            },
-                        },
+                            }
+                        ),
                         "The token.",
                     ),
                     **_errors(400, 401, 404),

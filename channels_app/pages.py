@@ -61,41 +61,54 @@ def navigation(server) -> list[dict]:
     return links
 
 
+async def render_page(
+    request: HttpRequest,
+    *,
+    page: str,
+    title: str,
+    switched_on: bool,
+    transport: str,
+    extra_config: dict | None = None,
+) -> HttpResponse:
+    """Render ``realtime/<page>.html`` offering the channels of ``transport``, or 404 when the page is off.
+
+    ``extra_config`` adds the page's own settings to what its script receives (and the template reads).
+    """
+    if not switched_on:
+        raise Http404(f"The {page} page is off: set server.render_{page}_html: true.")
+    runtime = get_runtime()
+    channels, selected = channel_choices(
+        await runtime.registry.all(), transport=transport.upper(), requested=request.GET.get("channel")
+    )
+    config = page_config(transport=transport, channels=channels, selected=selected) | (extra_config or {})
+    context = {
+        "config": config,
+        "channels": channels,
+        "selected": selected,
+        "nav": navigation(runtime.server),
+        "page": page,
+        "title": title,
+    }
+    return render(request, f"realtime/{page}.html", context)
+
+
 @require_safe
 async def chat(request: HttpRequest) -> HttpResponse:
     """``GET /web/chat/``: talk on a WebSocket channel (``?channel=`` preselects one)."""
-    runtime = get_runtime()
-    server = runtime.server
-    if not server.render_chat_html:
-        raise Http404("The chat page is off: set server.render_chat_html: true.")
-    channels, selected = channel_choices(
-        await runtime.registry.all(), transport="WS", requested=request.GET.get("channel")
-    )
-    config = page_config(transport="ws", channels=channels, selected=selected)
-    context = {"config": config, "channels": channels, "selected": selected, "nav": navigation(server), "page": "chat"}
-    return render(request, "realtime/chat.html", context)
+    server = get_runtime().server
+    return await render_page(request, page="chat", title="Chat", switched_on=server.render_chat_html, transport="ws")
 
 
 @require_safe
 async def notifications(request: HttpRequest) -> HttpResponse:
     """``GET /web/notifications/``: follow an SSE channel, and push test notifications when allowed."""
-    runtime = get_runtime()
-    server = runtime.server
-    if not server.render_notifications_html:
-        raise Http404("The notifications page is off: set server.render_notifications_html: true.")
-    channels, selected = channel_choices(
-        await runtime.registry.all(), transport="SSE", requested=request.GET.get("channel")
+    server = get_runtime().server
+    push_settings = {"allowPush": server.allow_push_server_messages, "apiKeyRequired": not api_open_for_debug()}
+    return await render_page(
+        request,
+        page="notifications",
+        title="Notifications",
+        switched_on=server.render_notifications_html,
+        transport="sse",
+        extra_config=push_settings,
     )
-    config = page_config(transport="sse", channels=channels, selected=selected)
-    config["allowPush"] = server.allow_push_server_messages
-    config["apiKeyRequired"] = not api_open_for_debug()
-    context = {
-        "config": config,
-        "channels": channels,
-        "selected": selected,
-        "nav": navigation(server),
-        "page": "notifications",
-        "allow_push": config["allowPush"],
-        "api_key_required": config["apiKeyRequired"],
-    }
-    return render(request, "realtime/notifications.html", context)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 
 from channels.routing import URLRouter
-from django.urls import re_path
+from django.urls import path, re_path
 
 from .consumers import ChannelConsumer
+from .direct_api import DirectApiView
 from .origins import header, origin_allowed
 from .runtime import get_runtime
 from .security import SecurityHeadersMiddleware, host_allowed
 from .sse import ChannelStreamEndpoint
+from .urls import api_urlpatterns
 
 CHANNEL_PATH = r"^api/v1/channels/(?P<channel>[^/]+)/?$"
 CLOSE_ORIGIN_NOT_ALLOWED = 4403
@@ -104,13 +106,27 @@ class MethodRouter:
         return await app(scope, receive, send)
 
 
+def direct_api_routes() -> list:
+    """The server API's routes, served from ASGI around Django's middleware (see direct_api.py).
+
+    The channel URL itself is left out: its GET is the stream, and its other methods stay with
+    Django through the route above it.
+    """
+    return [
+        path(str(route.pattern), HostGuard(DirectApiView(route.callback)), name=route.name)
+        for route in api_urlpatterns
+        if route.name != "channel"
+    ]
+
+
 def http_router(django_app):
-    """The HTTP side: streams and preflights on the channel URL, Django for everything else;
-    security headers on every response."""
+    """The HTTP side: streams and preflights on the channel URL, the server API from ASGI, Django
+    for everything else; security headers on every response."""
     return SecurityHeadersMiddleware(
         URLRouter(
             [
                 re_path(CHANNEL_PATH, MethodRouter(get=HostGuard(ChannelStreamEndpoint()), other=django_app)),
+                *direct_api_routes(),
                 re_path(r"", django_app),
             ]
         )

@@ -2,40 +2,65 @@
 
 daphne hands each application ``functools.partial(server.handle_reply, protocol)`` as ``send``;
 from the protocol we read its Twisted transport's write buffer and reach WebSocket close codes
-that daphne's ``websocket.close`` refuses. Under other servers these helpers report "unknown"
-and callers fall back to plain ASGI.
+that daphne's ``websocket.close`` refuses. uvicorn hands a bound method of the connection's
+protocol (``--ws websockets-sansio``) or request cycle (HTTP), whose ``transport`` is an asyncio
+transport: we read its write buffer and can abort it. Under other servers these helpers report
+"unknown" and callers fall back to plain ASGI.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable
 
 
-def _protocol(send):
+def _unwrap(send):
     # Middleware that wraps ``send`` exposes the wrapped callable as ``__wrapped__``.
-    while not isinstance(send, functools.partial) and getattr(send, "__wrapped__", None) is not None:
+    while not _is_server_send(send) and getattr(send, "__wrapped__", None) is not None:
         send = send.__wrapped__
+    return send
+
+
+def _is_server_send(send) -> bool:
+    return isinstance(send, functools.partial) or getattr(send, "__self__", None) is not None
+
+
+def _protocol(send):
+    """daphne's Twisted protocol below ``send``, or None."""
+    send = _unwrap(send)
     if not isinstance(send, functools.partial) or not send.args:
         return None
     return send.args[0]
+
+
+def _asyncio_transport(send) -> asyncio.WriteTransport | None:
+    """The asyncio transport of the connection below ``send`` (uvicorn), or None."""
+    owner = getattr(_unwrap(send), "__self__", None)
+    transport = getattr(owner, "transport", None)
+    return transport if isinstance(transport, asyncio.WriteTransport) else None
 
 
 def write_buffer_probe(send) -> Callable[[], int]:
     """A callable returning the bytes queued in the server below ``send``, or 0 when unknown.
 
     ASGI gives no backpressure signal: daphne's ``send`` returns at once and Twisted buffers
-    without bound, so a client that stops reading would grow the server's memory forever. Under
-    servers whose ``send`` waits for the socket (uvicorn) the per-connection outbox fills instead.
+    without bound, so a client that stops reading would grow the server's memory forever.
+    uvicorn's ``send`` waits while its transport is above the high-water mark (64 KiB), so the
+    per-connection outbox fills; counting the transport's bytes too cuts the client off by the
+    same byte bound under both servers.
     """
     transport = getattr(_protocol(send), "transport", None)
-    if transport is None or not hasattr(transport, "_tempDataLen"):
-        return _unknown
+    if transport is not None and hasattr(transport, "_tempDataLen"):
 
-    def buffered() -> int:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        def buffered() -> int:
+            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
-    return buffered
+        return buffered
+    asyncio_transport = _asyncio_transport(send)
+    if asyncio_transport is not None:
+        return asyncio_transport.get_write_buffer_size
+    return _unknown
 
 
 def asgi_close_code_allowed(code: int) -> bool:
@@ -43,6 +68,8 @@ def asgi_close_code_allowed(code: int) -> bool:
 
     daphne closes through autobahn's ``sendClose``, which raises for anything but 1000 and
     3000-4999, so 1003 (unsupported data) and 1009 (message too big) never reach the client.
+    uvicorn passes every valid code on; for it ``websocket_close_frame_sender`` returns None, so
+    callers use ``websocket.close`` whatever this answers.
     """
     return code == 1000 or 3000 <= code <= 4999
 
@@ -64,7 +91,10 @@ def connection_aborter(send) -> Callable[[], None] | None:
     """A callable that drops the TCP connection below ``send`` at once, discarding unsent data; None if unknown."""
     transport = getattr(_protocol(send), "transport", None)
     abort = getattr(transport, "abortConnection", None)
-    return abort
+    if abort is not None:
+        return abort
+    asyncio_transport = _asyncio_transport(send)
+    return asyncio_transport.abort if asyncio_transport is not None else None
 
 
 def _unknown() -> int:

@@ -1,10 +1,16 @@
-"""The server probes see through middleware that wraps ``send``."""
+"""The server probes see through middleware that wraps ``send``, under daphne and under uvicorn."""
 
+import asyncio
 import functools
 from types import SimpleNamespace
 
 from channels_app.security import SecurityHeadersMiddleware
-from channels_app.transport import connection_aborter, write_buffer_probe
+from channels_app.transport import (
+    asgi_close_code_allowed,
+    connection_aborter,
+    websocket_close_frame_sender,
+    write_buffer_probe,
+)
 
 
 def _daphne_like_send():
@@ -16,17 +22,66 @@ def _daphne_like_send():
     return functools.partial(handle_reply, SimpleNamespace(transport=transport)), transport
 
 
-async def test_probes_reach_the_server_through_the_security_headers_middleware():
-    send, transport = _daphne_like_send()
+class _BufferingTransport(asyncio.WriteTransport):
+    """An asyncio transport holding ``buffered`` unsent bytes, as uvicorn's connections have."""
+
+    def __init__(self, buffered: int):
+        super().__init__()
+        self.buffered = buffered
+        self.aborted = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class _UvicornLikeProtocol:
+    """uvicorn hands its protocol's (WebSocket) or request cycle's (HTTP) bound ``send`` to the application."""
+
+    def __init__(self, transport):
+        self.transport = transport
+
+    async def send(self, message):
+        return None
+
+
+async def _seen_through_middleware(send) -> dict:
     seen = {}
 
     async def application(scope, receive, wrapped_send):
         seen["probe"] = write_buffer_probe(wrapped_send)
         seen["abort"] = connection_aborter(wrapped_send)
+        seen["close_frame"] = websocket_close_frame_sender(wrapped_send)
 
     await SecurityHeadersMiddleware(application)({"type": "http"}, None, send)
+    return seen
+
+
+async def test_probes_reach_the_server_through_the_security_headers_middleware():
+    send, transport = _daphne_like_send()
+    seen = await _seen_through_middleware(send)
     assert seen["probe"]() == 100 - 40 + 7
     assert seen["abort"] is transport.abortConnection
+
+
+async def test_probes_reach_uvicorns_asyncio_transport_through_the_middleware():
+    transport = _BufferingTransport(buffered=70_000)
+    seen = await _seen_through_middleware(_UvicornLikeProtocol(transport).send)
+    assert seen["probe"]() == 70_000
+    transport.buffered = 12
+    assert seen["probe"]() == 12, "read at each call, not once"
+    seen["abort"]()
+    assert transport.aborted
+    # uvicorn passes every close code on from websocket.close: no frame-level close is needed.
+    assert seen["close_frame"] is None
+
+
+def test_a_bound_send_without_an_asyncio_transport_is_unknown():
+    protocol = _UvicornLikeProtocol(SimpleNamespace(get_write_buffer_size=lambda: 5))
+    assert write_buffer_probe(protocol.send)() == 0
+    assert connection_aborter(protocol.send) is None
 
 
 def test_unknown_servers_report_nothing_buffered():
@@ -35,3 +90,9 @@ def test_unknown_servers_report_nothing_buffered():
 
     assert write_buffer_probe(plain_send)() == 0
     assert connection_aborter(plain_send) is None
+    assert websocket_close_frame_sender(plain_send) is None
+
+
+def test_close_codes_daphne_passes_on():
+    assert asgi_close_code_allowed(1000) and asgi_close_code_allowed(4408)
+    assert not asgi_close_code_allowed(1003) and not asgi_close_code_allowed(1009)

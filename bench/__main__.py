@@ -5,6 +5,8 @@ Examples:
     python -m bench --quick                        # < 60 s: 100 and 1000 subscribers, short phases
     python -m bench                                # full: 100 and 1000 subscribers
     python -m bench --subscribers 100,1000,5000 --json var/bench/fanout.json
+    python -m bench --scenario all --quick         # every scenario, each well under a minute
+    python -m bench --scenario channels,publish,connect,procs --service-ref HEAD
 
 Everything runs on 127.0.0.1; every process the benchmark starts is stopped when it ends.
 """
@@ -26,7 +28,7 @@ from .clients import ClientPool
 from .fanout import FanoutSettings, run_fanout
 from .sysstat import machine_info
 
-SCENARIOS = ("fanout", "sse", "memory", "push", "redis")
+SCENARIOS = ("fanout", "sse", "memory", "push", "redis", "channels", "publish", "connect", "procs")
 
 
 def subscriber_counts(text: str) -> list[int]:
@@ -53,7 +55,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--subscribers", type=subscriber_counts, default=[100, 1000], help="subscriber counts (default 100,1000)"
     )
-    parser.add_argument("--servers", default="service,baseline", help="servers to run, in order (default both)")
+    parser.add_argument(
+        "--servers",
+        default="service,baseline,asgi",
+        help="WebSocket servers of the fanout, channels and connect scenarios, in order: service, baseline\n"
+        "(bare websockets), asgi (bare ASGI app under --asgi-server) (default all three)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also save the results as JSON here")
     parser.add_argument(
         "--client", choices=("raw", "websockets"), default="raw", help="subscriber client implementation"
@@ -62,8 +69,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--asgi-server",
         choices=("daphne", "uvicorn"),
         default="daphne",
-        help="server running the service in the fanout scenario (uvicorn: --ws websockets-sansio;\n"
-        "pip install -r bench/requirements.txt)",
+        help="server running the service and the bare ASGI baselines in every scenario\n"
+        "(uvicorn: --ws websockets-sansio; pip install -r bench/requirements.txt)",
+    )
+    parser.add_argument("--channels", type=int, default=1000, help="channels of the channels scenario (default 1000)")
+    parser.add_argument(
+        "--channel-subscribers", type=int, default=5, help="subscribers per channel, channels scenario (default 5)"
+    )
+    parser.add_argument(
+        "--connect-cap",
+        type=int,
+        default=10_000,
+        help="connect scenario: stop opening connections at this many per server (default 10000, quick 1000)",
     )
     parser.add_argument("--client-procs", type=int, default=2, help="subscriber processes (default 2)")
     parser.add_argument("--rounds", type=int, help="rounds of burst + fixed rate per server (default 3, quick 1)")
@@ -95,6 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown server {unknown[0]!r}: choose from {', '.join(servers.SERVERS)}")
     if args.client_procs < 1:
         parser.error("--client-procs must be at least 1")
+    if min(args.channels, args.channel_subscribers, args.connect_cap) < 1:
+        parser.error("--channels, --channel-subscribers and --connect-cap must be at least 1")
     return args
 
 
@@ -183,17 +202,21 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.scenarios:
             if name == "fanout":
                 continue
-            counts = ([1000] if args.quick else [1000, 5000]) if name == "memory" else args.subscribers
+            context = suite.Context(
+                pool=pool,
+                work_dir=work_dir,
+                counts=args.subscribers,
+                quick=args.quick,
+                log=lambda line: print(line, flush=True),
+                source=service_source or servers.ROOT,
+                rounds=settings.rounds,
+                settings=settings,
+                channels=args.channels,
+                channel_subscribers=args.channel_subscribers,
+                connect_cap=args.connect_cap,
+            )
             try:
-                extra[name] = suite.SCENARIOS[name](
-                    pool,
-                    work_dir,
-                    counts,
-                    args.quick,
-                    lambda line: print(line, flush=True),
-                    service_source or servers.ROOT,
-                    settings.rounds,
-                )
+                extra[name] = suite.SCENARIOS[name](context)
             except Exception as error:  # noqa: BLE001 - reported, the other scenarios still run
                 extra[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
                 print(f"! scenario {name} failed: {extra[name]['error']}", flush=True)

@@ -1,7 +1,9 @@
 """The baseline: a bare ``websockets`` broadcast server, the least work a Python fan-out can do.
 
-Every text frame a client sends goes, unchanged, to every other connected client with
-``websockets.broadcast`` (one write per connection, no envelope, no history, no limits).
+Every text frame a client sends goes, unchanged, to every other client of its room with
+``websockets.broadcast`` (one write per connection, no envelope, no history, no limits). A room
+is the URL path (``ws://host:port/<room>``; the query string is ignored), so the many-channels
+scenario runs on it as on the service.
 
     python -m bench.baseline --port PORT
 
@@ -19,20 +21,24 @@ import sys
 
 from websockets.asyncio.server import broadcast, serve
 
-CLIENTS: set = set()
+ROOMS: dict[str, set] = {}
 
 
 async def handler(connection) -> None:
-    """Relay each text frame of this client to all the others."""
-    CLIENTS.add(connection)
+    """Relay each text frame of this client to all the others in its room."""
+    path = connection.request.path.partition("?")[0]
+    room = ROOMS.setdefault(path, set())
+    room.add(connection)
     try:
         while True:
             message = await connection.recv(decode=False)
-            broadcast([c for c in CLIENTS if c is not connection], message, text=True)
+            broadcast([c for c in room if c is not connection], message, text=True)
     except Exception:  # any end of the connection (close, reset) just ends the relay
         pass
     finally:
-        CLIENTS.discard(connection)
+        room.discard(connection)
+        if not room:
+            ROOMS.pop(path, None)
 
 
 async def main(port: int, max_seconds: float) -> None:

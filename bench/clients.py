@@ -31,6 +31,7 @@ import hashlib
 import multiprocessing
 import os
 import resource
+import sys
 import time
 import traceback
 from urllib.parse import urlsplit
@@ -138,8 +139,14 @@ class Tally:
                 self.done.set()
 
 
-class RawSubscriber(asyncio.Protocol):
-    """A receive-only WebSocket client: handshake, bulk frame parsing, pong and close replies."""
+class _StreamClient(asyncio.Protocol):
+    """A client on a bare ``asyncio.Protocol``: one HTTP request, a response head, then a stream.
+
+    Subclasses say what request to send, which response head opens the stream (``accepts``)
+    and what to do with the bytes that follow (``consume``).
+    """
+
+    close_code = 1006
 
     def __init__(self, tally: Tally, idx: int, url: str):
         parts = urlsplit(url)
@@ -149,23 +156,21 @@ class RawSubscriber(asyncio.Protocol):
         self.port = parts.port or 80
         self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.buffer = bytearray()
-        self.fragments: bytearray | None = None
         self.is_open = False
-        self.close_code = 1006
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.opened = loop.create_future()
         self.lost = loop.create_future()
-        key = base64.b64encode(os.urandom(16))
-        self.accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())  # noqa: S324 - RFC 6455
-        self.request = (
-            (
-                f"GET {self.target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
-            ).encode()
-            + key
-            + b"\r\n\r\n"
-        )
+        self.request = self.build_request()
+
+    def build_request(self) -> bytes:
+        raise NotImplementedError
+
+    def accepts(self, head: bytes) -> bool:
+        raise NotImplementedError
+
+    def consume(self) -> None:
+        raise NotImplementedError
 
     async def start(self, within: float) -> None:
         loop = asyncio.get_running_loop()
@@ -185,7 +190,7 @@ class RawSubscriber(asyncio.Protocol):
                 return
             head = bytes(buffer[:end])
             del buffer[: end + 4]
-            if not head.startswith(b"HTTP/1.1 101") or self.accept not in head:
+            if not self.accepts(head):
                 if not self.opened.done():
                     self.opened.set_exception(ConnectionError(head.split(b"\r\n", 1)[0].decode("latin-1")))
                 self.transport.close()
@@ -194,9 +199,37 @@ class RawSubscriber(asyncio.Protocol):
             self.tally.on_open(self.idx)
             if not self.opened.done():
                 self.opened.set_result(None)
-        self._parse()
+        self.consume()
 
-    def _parse(self) -> None:
+    def connection_lost(self, exc) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed before the response"))
+        if self.is_open:
+            self.tally.on_close(self.idx, self.close_code)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class RawSubscriber(_StreamClient):
+    """A receive-only WebSocket client: handshake, bulk frame parsing, pong and close replies."""
+
+    def build_request(self) -> bytes:
+        self.fragments: bytearray | None = None
+        key = base64.b64encode(os.urandom(16))
+        self.accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())  # noqa: S324 - RFC 6455
+        return (
+            (
+                f"GET {self.target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
+            ).encode()
+            + key
+            + b"\r\n\r\n"
+        )
+
+    def accepts(self, head: bytes) -> bool:
+        return head.startswith(b"HTTP/1.1 101") and self.accept in head
+
+    def consume(self) -> None:
         buffer = self.buffer
         size = len(buffer)
         pos = 0
@@ -254,14 +287,6 @@ class RawSubscriber(asyncio.Protocol):
         mask = os.urandom(4)
         header = bytes((0x80 | opcode, 0x80 | len(payload)))
         self.transport.write(header + mask + _apply_mask(payload, mask))
-
-    def connection_lost(self, exc) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
-        if self.is_open:
-            self.tally.on_close(self.idx, self.close_code)
-        if not self.lost.done():
-            self.lost.set_result(None)
 
     async def close(self, within: float) -> None:
         if self.transport is None or self.lost.done():
@@ -323,56 +348,24 @@ class LibrarySubscriber:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
-class SSESubscriber(asyncio.Protocol):
-    """A Server-Sent Events client on a bare ``asyncio.Protocol``: one GET, then every marker found in
-    the stream counts as one message (the service's ``message`` events and the SSE baseline's events
-    each carry one; chunked-encoding lines and keep-alive comments carry none)."""
+class SSESubscriber(_StreamClient):
+    """A Server-Sent Events client: one GET, then every marker found in the stream counts as one
+    message (the service's ``message`` events and the SSE baseline's events each carry one;
+    chunked-encoding lines and keep-alive comments carry none)."""
 
-    def __init__(self, tally: Tally, idx: int, url: str):
-        parts = urlsplit(url)
-        self.tally = tally
-        self.idx = idx
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.request = (
-            f"GET {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: text/event-stream\r\n\r\n"
+    close_code = 1000
+
+    def build_request(self) -> bytes:
+        return (
+            f"GET {self.target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nAccept: text/event-stream\r\n\r\n"
         ).encode()
-        self.buffer = bytearray()
-        self.is_open = False
-        self.transport: asyncio.Transport | None = None
-        loop = asyncio.get_running_loop()
-        self.opened = loop.create_future()
-        self.lost = loop.create_future()
 
-    async def start(self, within: float) -> None:
-        loop = asyncio.get_running_loop()
-        await asyncio.wait_for(loop.create_connection(lambda: self, self.host, self.port), within)
-        await asyncio.wait_for(self.opened, within)
+    def accepts(self, head: bytes) -> bool:
+        return head.startswith(b"HTTP/1.1 200")
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        if not self.is_open:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buffer[:end])
-            del buffer[: end + 4]
-            if not head.startswith(b"HTTP/1.1 200"):
-                if not self.opened.done():
-                    self.opened.set_exception(ConnectionError(head.split(b"\r\n", 1)[0].decode("latin-1")))
-                self.transport.close()
-                return
-            self.is_open = True
-            self.tally.on_open(self.idx)
-            if not self.opened.done():
-                self.opened.set_result(None)
+    def consume(self) -> None:
         # Hand over every complete event (blank-line separated); keep the unfinished tail.
+        buffer = self.buffer
         end = buffer.rfind(b"\n\n")
         if end < 0:
             return
@@ -383,14 +376,6 @@ class SSESubscriber(asyncio.Protocol):
         while start >= 0:
             on_frame(self.idx, chunk[start : start + 64])
             start = chunk.find(MARK, start + 1)
-
-    def connection_lost(self, exc) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(exc or ConnectionError("closed before the response"))
-        if self.is_open:
-            self.tally.on_close(self.idx, 1000)
-        if not self.lost.done():
-            self.lost.set_result(None)
 
     async def close(self, within: float) -> None:
         if self.transport is not None and not self.lost.done():
@@ -435,9 +420,10 @@ class SubscriberRole:
                     await subscriber.close(1.0)
 
         started = time.monotonic()
+        open_before = sum(tally.open)
         await asyncio.gather(*(one(url) for url in urls))
         return {
-            "connected": sum(tally.open),
+            "connected": sum(tally.open) - open_before,
             "failed": sum(errors.values()),
             "errors": errors,
             "seconds": time.monotonic() - started,
@@ -538,53 +524,68 @@ class PublisherLink:
 
 
 class PublisherRole:
-    """Commands of the publisher process: one connection per group (server) that sends."""
+    """Commands of the publisher process: per group (server), one or more connections that send.
+
+    With several connections (one per channel of the many-channels scenario) message ``seq``
+    goes out on connection ``seq % len(links)``: publishes are dealt round-robin over channels.
+    """
 
     def __init__(self):
-        self.links: dict[str, PublisherLink] = {}
+        self.links: dict[str, list[PublisherLink]] = {}
 
-    async def cmd_connect(self, group: str, url: str, open_timeout: float) -> dict:
+    async def cmd_connect(self, group: str, urls: list[str], open_timeout: float, concurrency: int = 16) -> dict:
         from websockets.asyncio.client import connect
 
         options = {"compression": None, "ping_interval": None, "close_timeout": 2}
-        connection = await connect(url, open_timeout=open_timeout, **options)
-        self.links[group] = PublisherLink(connection)
-        return {"connected": True}
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(url: str) -> PublisherLink:
+            async with limit:
+                return PublisherLink(await connect(url, open_timeout=open_timeout, **options))
+
+        self.links[group] = list(await asyncio.gather(*(one(url) for url in urls)))
+        return {"connected": len(self.links[group])}
+
+    def _senders(self, group: str) -> list:
+        return [link.connection.send for link in self.links[group]]
 
     async def cmd_ticker_start(self, group: str, phase: str, interval: float, size: int) -> dict:
-        """Publish one message of ``phase`` every ``interval`` seconds until ``ticker_stop``."""
-        link = self.links[group]
+        """Every ``interval`` seconds publish one message of ``phase`` on each connection, until ``ticker_stop``."""
+        links = self.links[group]
+        senders = self._senders(group)
 
         async def tick() -> None:
             seq = 0
             while True:
-                await link.connection.send(make_payload(phase, seq, size))
-                seq += 1
-                link.ticks = seq
+                for send in senders:
+                    await send(make_payload(phase, seq, size))
+                    seq += 1
+                links[0].ticks = seq
                 await asyncio.sleep(interval)
 
-        link.ticks = 0
-        link.ticker = asyncio.create_task(tick())
+        links[0].ticks = 0
+        links[0].ticker = asyncio.create_task(tick())
         return {}
 
     async def cmd_ticker_stop(self, group: str) -> dict:
-        return {"sent": await self.links[group].stop_ticker()}
+        return {"sent": await self.links[group][0].stop_ticker()}
 
     async def cmd_burst(self, group: str, phase: str, count: int, size: int) -> dict:
         """Send ``count`` messages back to back (``send`` waits only when the socket buffer is full)."""
-        send = self.links[group].connection.send
+        senders = self._senders(group)
+        links = len(senders)
         cpu = time.process_time()
         first = time.time()
         for seq in range(count):
-            await send(make_payload(phase, seq, size))
+            await senders[seq % links](make_payload(phase, seq, size))
         last = time.time()
         return {"t_first": first, "t_last": last, "sent": count, "cpu_s": time.process_time() - cpu}
 
-    async def cmd_rate(self, group: str, phase: str, rate: float, seconds: float, size: int) -> dict:
-        """Send ``rate`` messages per second for ``seconds`` on a fixed schedule."""
-        send = self.links[group].connection.send
+    async def cmd_rate(self, group: str, phase: str, rate: float, total: int, size: int) -> dict:
+        """Send ``total`` messages at ``rate`` messages per second on a fixed schedule."""
+        senders = self._senders(group)
+        links = len(senders)
         loop = asyncio.get_running_loop()
-        total = max(1, round(rate * seconds))
         start = loop.time()
         first = time.time()
         worst_lag = 0.0
@@ -594,19 +595,86 @@ class PublisherRole:
                 await asyncio.sleep(delay)
             else:
                 worst_lag = max(worst_lag, -delay)
-            await send(make_payload(phase, seq, size))
+            await senders[seq % links](make_payload(phase, seq, size))
         return {"t_first": first, "t_last": time.time(), "sent": total, "worst_schedule_lag_s": worst_lag}
 
     async def cmd_close(self, group: str, close_timeout: float) -> dict:
-        link = self.links.pop(group, None)
-        return await link.close(close_timeout) if link is not None else {}
+        links = self.links.pop(group, [])
+        closed = await asyncio.gather(*(link.close(close_timeout) for link in links))
+        return {
+            "frames_received": sum(c["frames_received"] for c in closed),
+            "samples": [sample for c in closed for sample in c["samples"]][:MAX_OTHER_SAMPLES],
+        }
 
     async def shutdown(self) -> None:
         for group in list(self.links):
             await self.cmd_close(group, 1.0)
 
 
-ROLES = {"subscriber": SubscriberRole, "publisher": PublisherRole}
+class DjangoPublisherRole:
+    """A separate Django process publishing with the Python API (``channels_app.publish`` / ``apublish``).
+
+    ``setup`` points it at the service's settings (the same config file and database), so in
+    Redis mode its messages reach the service's subscribers through Redis, as a backend's would.
+    """
+
+    async def cmd_setup(self, env: dict[str, str], source: str) -> dict:
+        os.environ.update(env)
+        os.chdir(source)
+        sys.path.insert(0, source)
+        import django
+
+        django.setup()
+        return {"django": django.get_version()}
+
+    async def cmd_publish(self, channel: str, phase: str, count: int, size: int, mode: str, concurrency: int) -> dict:
+        """Publish ``count`` messages: ``sync`` calls ``publish()`` in a thread, ``async`` awaits
+        ``apublish()`` from ``concurrency`` tasks."""
+        import channels_app
+
+        errors: dict[str, int] = {}
+
+        def failed(error: Exception) -> None:
+            name = f"{type(error).__name__}: {error}"[:200]
+            errors[name] = errors.get(name, 0) + 1
+
+        def publish_all() -> None:
+            for seq in range(count):
+                try:
+                    channels_app.publish(channel, make_payload(phase, seq, size))
+                except Exception as error:  # noqa: BLE001 - counted and reported
+                    failed(error)
+
+        next_seq = iter(range(count))
+
+        async def worker() -> None:
+            for seq in next_seq:
+                try:
+                    await channels_app.apublish(channel, make_payload(phase, seq, size))
+                except Exception as error:  # noqa: BLE001 - counted and reported
+                    failed(error)
+
+        cpu = time.process_time()
+        first = time.time()
+        if mode == "sync":
+            # publish() is for synchronous code: it may not run on this process's event loop.
+            await asyncio.to_thread(publish_all)
+        else:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        last = time.time()
+        return {
+            "t_first": first,
+            "t_last": last,
+            "sent": count - sum(errors.values()),
+            "errors": errors,
+            "cpu_s": time.process_time() - cpu,
+        }
+
+    async def shutdown(self) -> None:
+        pass
+
+
+ROLES = {"subscriber": SubscriberRole, "publisher": PublisherRole, "django-publisher": DjangoPublisherRole}
 
 
 def worker_main(conn, role: str, max_seconds: float) -> None:
@@ -709,8 +777,10 @@ class ClientPool:
     """``subscriber_processes`` subscriber processes and one publisher process."""
 
     def __init__(self, subscriber_processes: int, max_seconds: float = 3600.0):
-        context = multiprocessing.get_context("spawn")
+        context = self.context = multiprocessing.get_context("spawn")
+        self.max_seconds = max_seconds
         self.subscribers: list[Worker] = []
+        self.extras: list[Worker] = []
         self.publisher: Worker | None = None
         try:
             for index in range(subscriber_processes):
@@ -719,6 +789,12 @@ class ClientPool:
         except BaseException:
             self.stop()
             raise
+
+    def extra(self, role: str) -> Worker:
+        """One more client process of ``role`` (stopped with the pool, or by the caller)."""
+        worker = Worker(self.context, role, len(self.extras), self.max_seconds)
+        self.extras.append(worker)
+        return worker
 
     def pids(self) -> dict[str, int]:
         """Process ids by name, for CPU accounting."""
@@ -745,6 +821,6 @@ class ClientPool:
         return self.recv_all(timeout)
 
     def stop(self) -> None:
-        workers = [*self.subscribers, *([self.publisher] if self.publisher else [])]
+        workers = [*self.subscribers, *([self.publisher] if self.publisher else []), *self.extras]
         for worker in workers:
             worker.stop()

@@ -1,7 +1,11 @@
 """Scenario: N WebSocket subscribers on one channel, one publisher, ~100-byte messages.
 
-For each subscriber count, the service and the baseline are started side by side and each gets
-N subscribers (spread over the client processes) and a publisher. Every subscription is made
+For each subscriber count, the service and the baselines (bare ``websockets``, bare ASGI app)
+are started side by side and each gets N subscribers (spread over the client processes) and a
+publisher. The same machinery runs the many-channels scenario (``FanoutSettings.channels``:
+subscribers dealt over that many channels, one publishing connection per channel, publishes
+dealt round-robin over them) and the processes-per-machine scenario (a "target" of several
+server processes: subscribers dealt over them, publishing on the first, CPU summed). Every subscription is made
 live with a warm-up (a message every 50 ms until every subscriber received one). Then, for
 ``rounds`` rounds, the servers take turns (service, baseline, service, baseline...) so noise
 from other processes on the machine hits both alike:
@@ -28,7 +32,7 @@ import time
 from dataclasses import dataclass
 
 from .clients import ClientPool
-from .servers import ROOT, SERVERS, ServiceServer
+from .servers import CHANNEL_ID, ROOT, SERVERS, ServiceServer, room_channel_id
 from .sysstat import CpuWindow, process_rss_bytes
 
 WARMUP_INTERVAL = 0.05
@@ -56,9 +60,25 @@ class FanoutSettings:
     idle_timeout: float = 10.0  # a burst ends when nothing arrived for this long
     quiet_wait: float = 30.0  # before each phase, wait up to this long for other processes to go quiet
     quiet_cores: float = 0.25  # "quiet": other processes use less than this many cores
+    channels: int = 0  # 0: every subscriber on CHANNEL_ID; else dealt over room_channel_id(0..channels-1)
+    warmup_interval: float = WARMUP_INTERVAL
+
+    @property
+    def channel_count(self) -> int:
+        return max(1, self.channels)
+
+    def channel_of(self, index: int) -> str:
+        return room_channel_id(index % self.channels) if self.channels else CHANNEL_ID
 
     def burst_messages(self, subscribers: int) -> int:
-        return max(self.min_messages, min(self.max_messages, self.burst_deliveries // max(subscribers, 1)))
+        """M: each channel gets the same number of messages, about ``burst_deliveries`` in all."""
+        per_channel = max(self.min_messages, min(self.max_messages, self.burst_deliveries // max(subscribers, 1)))
+        return per_channel * self.channel_count
+
+    def rate_messages(self) -> int:
+        """Messages of the fixed-rate phase: ``rate`` x ``rate_seconds``, rounded up to a whole round of channels."""
+        wanted = max(1, round(self.rate * self.rate_seconds))
+        return -(-wanted // self.channel_count) * self.channel_count
 
 
 def percentiles(values) -> dict:
@@ -108,11 +128,13 @@ def _merge(parts: list[dict]) -> tuple[dict, array.array]:
     return merged, latencies
 
 
-def _cpu_summary(window: dict, server_name: str) -> dict:
+def _cpu_summary(window: dict, server_names: list[str]) -> dict:
     cores = window["cores"]
     clients = {k: v for k, v in cores.items() if k.startswith("subscriber")}
+    per_server = [cores.get(name) for name in server_names]
     return {
-        "server_cores": cores.get(server_name),
+        "server_cores": None if None in per_server else sum(per_server),
+        "per_server_cores": dict(zip(server_names, per_server, strict=True)),
         "client_cores": clients,
         "client_cores_max": max((v for v in clients.values() if v is not None), default=None),
         "publisher_cores": cores.get("publisher-0"),
@@ -139,11 +161,15 @@ class PhaseNames:
 
 
 class ServerSession:
-    """One server at one subscriber count: its subscribers (a group in each client process) and its publisher."""
+    """One target (a server, or several processes of one) at one subscriber count: its subscribers
+    (a group in each client process) and its publishing connections (on the first server)."""
 
-    def __init__(self, server, pool: ClientPool, settings: FanoutSettings, subscribers: int, phases: PhaseNames, log):
-        self.server = server
-        self.group = server.name
+    def __init__(
+        self, name: str, servers: list, pool: ClientPool, settings: FanoutSettings, subscribers: int, phases, log
+    ):
+        self.servers = servers
+        self.server = servers[0]
+        self.group = name
         self.pool = pool
         self.settings = settings
         self.n = subscribers
@@ -152,7 +178,10 @@ class ServerSession:
         self.rate_latencies = array.array("d")
 
     def pids(self) -> dict[str, int]:
-        return {self.server.name: self.server.pid, **self.pool.pids()}
+        return {**{server.name: server.pid for server in self.servers}, **self.pool.pids()}
+
+    def cpu(self, window: dict) -> dict:
+        return _cpu_summary(window, [server.name for server in self.servers])
 
     def wait_quiet(self) -> dict:
         """Wait (at most ``quiet_wait`` s) until other processes use under ``quiet_cores`` for 1 s.
@@ -177,7 +206,11 @@ class ServerSession:
 
     def connect(self) -> dict:
         s = self.settings
-        urls = [self.server.subscriber_url(f"bench-{self.n}-{i}") for i in range(self.n)]
+        # Client ids are unique across targets: in Redis mode presence is shared by every instance.
+        urls = [
+            self.servers[i % len(self.servers)].subscriber_url(f"bench-{self.group}-{self.n}-{i}", s.channel_of(i))
+            for i in range(self.n)
+        ]
         concurrency = max(1, s.connect_concurrency // len(self.pool.subscribers))
         per_worker = [{"urls": part} for part in self.pool.split(urls)]
         started = time.monotonic()
@@ -191,8 +224,10 @@ class ServerSession:
             open_timeout=30.0,
         )
         seconds = time.monotonic() - started
-        publisher_url = self.server.publisher_url()
-        self.pool.publisher.call("connect", timeout=40, group=self.group, url=publisher_url, open_timeout=30)
+        publisher_urls = [self.server.publisher_url(s.channel_of(i)) for i in range(s.channel_count)]
+        self.pool.publisher.call(
+            "connect", timeout=60 + len(publisher_urls) / 20, group=self.group, urls=publisher_urls, open_timeout=30
+        )
         errors: dict[str, int] = {}
         for part in parts:
             for name, count in part["errors"].items():
@@ -211,7 +246,12 @@ class ServerSession:
         phase = self.phases("w")
         self.pool.call_all("arm", timeout=30, group=self.group, phase=phase, expected=1, latencies=False)
         self.pool.publisher.call(
-            "ticker_start", timeout=30, group=self.group, phase=phase, interval=WARMUP_INTERVAL, size=self.settings.size
+            "ticker_start",
+            timeout=30,
+            group=self.group,
+            phase=phase,
+            interval=self.settings.warmup_interval,
+            size=self.settings.size,
         )
         try:
             parts = self.pool.call_all(
@@ -231,7 +271,10 @@ class ServerSession:
         messages = s.burst_messages(self.n)
         phase = self.phases("b")
         quiet = self.wait_quiet()
-        armed = self.pool.call_all("arm", timeout=30, group=self.group, phase=phase, expected=messages, latencies=True)
+        per_connection = messages // s.channel_count
+        armed = self.pool.call_all(
+            "arm", timeout=30, group=self.group, phase=phase, expected=per_connection, latencies=True
+        )
         live = sum(a["target"] for a in armed)
         with CpuWindow(self.pids()) as window:
             self.pool.send_all("wait", group=self.group, deadline=s.timeout, idle=s.idle_timeout)
@@ -239,8 +282,8 @@ class ServerSession:
                 "burst", timeout=s.timeout + 30, group=self.group, phase=phase, count=messages, size=s.size
             )
             merged, _ = _merge(self.pool.recv_all(s.timeout + 30))
-        cpu = _cpu_summary(window.result, self.server.name)
-        expected = messages * live
+        cpu = self.cpu(window.result)
+        expected = per_connection * live
         elapsed = (merged["last_recv"] - published["t_first"]) if merged["received"] else None
         publish_seconds = published["t_last"] - published["t_first"]
         result = {
@@ -274,8 +317,11 @@ class ServerSession:
         s = self.settings
         phase = self.phases("r")
         quiet = self.wait_quiet()
-        total = max(1, round(s.rate * s.rate_seconds))
-        armed = self.pool.call_all("arm", timeout=30, group=self.group, phase=phase, expected=total, latencies=True)
+        total = s.rate_messages()
+        per_connection = total // s.channel_count
+        armed = self.pool.call_all(
+            "arm", timeout=30, group=self.group, phase=phase, expected=per_connection, latencies=True
+        )
         live = sum(a["target"] for a in armed)
         with CpuWindow(self.pids()) as window:
             self.pool.send_all("wait", group=self.group, deadline=s.rate_seconds + s.timeout, idle=s.idle_timeout)
@@ -285,7 +331,7 @@ class ServerSession:
                 group=self.group,
                 phase=phase,
                 rate=s.rate,
-                seconds=s.rate_seconds,
+                total=total,
                 size=s.size,
             )
             merged, latencies = _merge(self.pool.recv_all(s.rate_seconds + s.timeout + 30))
@@ -295,12 +341,12 @@ class ServerSession:
             "seconds": s.rate_seconds,
             "messages": total,
             "live_subscribers": live,
-            "expected": total * live,
+            "expected": per_connection * live,
             "received": merged["received"],
-            "lost": total * live - merged["received"],
+            "lost": per_connection * live - merged["received"],
             "latency": merged["latency"],
             "worst_schedule_lag_ms": published["worst_schedule_lag_s"] * 1000,
-            "cpu": _cpu_summary(window.result, self.server.name),
+            "cpu": self.cpu(window.result),
             "quiet_before": quiet,
             **{k: merged[k] for k in ("ended", "out_of_order", "other_frames", "other_samples", "close_codes")},
         }
@@ -328,7 +374,7 @@ class ServerSession:
             info["publisher"] = self.pool.publisher.call("close", timeout=30, group=self.group, close_timeout=2.0)
         except Exception as error:
             info["error"] = f"{type(error).__name__}: {error}"
-        if isinstance(self.server, ServiceServer) and self.server.alive():
+        if isinstance(self.server, ServiceServer) and all(server.alive() for server in self.servers):
             info["drain"] = self.wait_drained()
         return info
 
@@ -336,8 +382,9 @@ class ServerSession:
         """Watch the channel's connection count (the preflight) go back to 0 after every client left."""
         started = time.monotonic()
         count = None
+        channel = self.settings.channel_of(0)
         while time.monotonic() - started < DRAIN_TIMEOUT:
-            count = self.server.live_connections()
+            count = self.server.live_connections(channel)
             if count == 0:
                 break
             time.sleep(0.1)
@@ -415,21 +462,40 @@ def summarize_rates(rounds: list[dict], latencies) -> dict:
 PENDING_KILLED = re.compile(r"Killed (\d+) pending application instances")
 
 
-def run_count(servers: dict, pool: ClientPool, settings: FanoutSettings, n: int, phases: PhaseNames, log) -> dict:
-    """Every server at one subscriber count, with interleaved rounds."""
-    row: dict = {"subscribers": n, "results": {}}
+def _median_ratio(ours: list[dict], theirs: list[dict], key: str) -> tuple[list[float], float | None]:
+    """Per-round ratios ours/theirs of ``key`` (rounds are paired: they ran one after the other) and their median."""
+    ratios = [a[key] / b[key] for a, b in zip(ours, theirs, strict=False) if a[key] and b[key]]
+    return ratios, statistics.median(ratios) if ratios else None
+
+
+def run_count(
+    targets: dict[str, list],
+    pool: ClientPool,
+    settings: FanoutSettings,
+    n: int,
+    phases: PhaseNames,
+    log,
+    ours: str = "service",
+) -> dict:
+    """Every target (name: its server processes) at one subscriber count, with interleaved rounds.
+
+    The row's ``ratios`` compare ``ours`` with every other target, per round, then take the median.
+    """
+    row: dict = {"subscribers": n, "channels": settings.channel_count, "results": {}}
     sessions: list[ServerSession] = []
     bursts: dict[str, list[dict]] = {}
     rates: dict[str, list[dict]] = {}
     try:
-        for name, server in servers.items():
-            result = row["results"][name] = {"server": name, "subscribers": n}
+        for name, target in targets.items():
+            result = row["results"][name] = {"server": name, "subscribers": n, "processes": len(target)}
             try:
-                server.start()
-                session = ServerSession(server, pool, settings, n, phases, log)
+                for server in target:
+                    server.start()
+                session = ServerSession(name, target, pool, settings, n, phases, log)
                 sessions.append(session)
                 result["connect"] = session.connect()
-                result["server_rss_mb_connected"] = round((process_rss_bytes(server.pid) or 0) / 2**20, 1)
+                rss = sum(process_rss_bytes(server.pid) or 0 for server in target)
+                result["server_rss_mb_connected"] = round(rss / 2**20, 1)
                 result["warmup"] = session.warmup()
             except Exception as error:
                 result["error"] = f"{type(error).__name__}: {error}"
@@ -454,52 +520,73 @@ def run_count(servers: dict, pool: ClientPool, settings: FanoutSettings, n: int,
         for session in sessions:
             result = row["results"][session.group]
             result["teardown"] = session.teardown()
-            result["server_alive_at_end"] = session.server.alive()
-            session.server.stop()
-            log_text = session.server.log_text()[session.server.log_offset :]
-            killed = PENDING_KILLED.findall(log_text)
-            result["pending_instances_killed_at_stop"] = int(killed[-1]) if killed else 0
-            result["server_log_problems"] = session.server.problems()
-        for name in servers:
-            servers[name].stop()
+            result["server_alive_at_end"] = all(server.alive() for server in session.servers)
+            killed_total = 0
+            problems: dict = {"count": 0, "examples": []}
+            for server in session.servers:
+                server.stop()
+                killed = PENDING_KILLED.findall(server.log_text()[server.log_offset :])
+                killed_total += int(killed[-1]) if killed else 0
+                found = server.problems()
+                problems["count"] += found["count"]
+                problems["examples"] += found["examples"]
+            result["pending_instances_killed_at_stop"] = killed_total
+            result["server_log_problems"] = problems
+        for target in targets.values():
+            for server in target:
+                server.stop()
     for session in sessions:
         result = row["results"][session.group]
         result["burst"] = summarize_bursts(bursts.get(session.group, []))
         result["rate"] = summarize_rates(rates.get(session.group, []), session.rate_latencies)
-    # Rounds are paired: service and baseline ran one after the other, under the same noise.
-    pairs = zip(bursts.get("service", []), bursts.get("baseline", []), strict=False)
-    row["round_ratios"] = [s["deliveries_per_s"] / b["deliveries_per_s"] for s, b in pairs if b["deliveries_per_s"]]
-    row["ratio_service_to_baseline"] = statistics.median(row["round_ratios"]) if row["round_ratios"] else None
-    pairs = zip(bursts.get("service", []), bursts.get("baseline", []), strict=False)
-    row["round_cpu_ratios"] = [
-        s["deliveries_per_server_cpu_s"] / b["deliveries_per_server_cpu_s"]
-        for s, b in pairs
-        if s["deliveries_per_server_cpu_s"] and b["deliveries_per_server_cpu_s"]
-    ]
-    row["cpu_ratio_service_to_baseline"] = (
-        statistics.median(row["round_cpu_ratios"]) if row["round_cpu_ratios"] else None
-    )
+    row["ours"] = ours
+    row["ratios"] = {}
+    for name in targets:
+        if name == ours:
+            continue
+        per_round, median = _median_ratio(bursts.get(ours, []), bursts.get(name, []), "deliveries_per_s")
+        cpu_rounds, cpu_median = _median_ratio(
+            bursts.get(ours, []), bursts.get(name, []), "deliveries_per_server_cpu_s"
+        )
+        row["ratios"][name] = {
+            "deliveries_per_s": median,
+            "per_cpu_s": cpu_median,
+            "round_ratios": per_round,
+            "round_cpu_ratios": cpu_rounds,
+        }
+    baseline = row["ratios"].get("baseline") or {}
+    row["ratio_service_to_baseline"] = baseline.get("deliveries_per_s")
+    row["cpu_ratio_service_to_baseline"] = baseline.get("per_cpu_s")
     return row
 
 
 def run_fanout(settings: FanoutSettings, pool: ClientPool, work_dir, log=print, service_source=None) -> list[dict]:
     """Run the scenario for every subscriber count; one row per count with a result per server."""
     capacity = max(settings.subscribers) + 10
-    servers = {}
+    targets = {}
     for name in settings.servers:
         cls = SERVERS[name]
         if cls is ServiceServer:
-            servers[name] = ServiceServer(
-                work_dir, max_connections=capacity, source=service_source or ROOT, server_cmd=settings.asgi_server
-            )
+            targets[name] = [
+                ServiceServer(
+                    work_dir,
+                    max_connections=capacity,
+                    source=service_source or ROOT,
+                    server_cmd=settings.asgi_server,
+                    rooms=settings.channels,
+                    # Subscribers of a channel, its publisher, and room to spare.
+                    room_connections=capacity // settings.channel_count + 10,
+                )
+            ]
         else:
-            servers[name] = cls(work_dir)
+            targets[name] = [cls(work_dir, server_cmd=settings.asgi_server)]
     phases = PhaseNames()
     rows = []
     for n in settings.subscribers:
+        spread = f" over {settings.channels} channels" if settings.channels else ""
         log(
-            f"N={n}: {settings.rounds} round(s) of a {settings.burst_messages(n)}-message burst "
-            f"and {settings.rate:g} msg/s for {settings.rate_seconds:g} s per server"
+            f"N={n}{spread}: {settings.rounds} round(s) of a {settings.burst_messages(n)}-message burst "
+            f"and {settings.rate:g} msg/s for {settings.rate_messages() / settings.rate:g} s per server"
         )
-        rows.append(run_count(servers, pool, settings, n, phases, log))
+        rows.append(run_count(targets, pool, settings, n, phases, log))
     return rows

@@ -19,9 +19,14 @@ NOISY_OTHER_CORES = 0.30
 
 def document(meta: dict, settings: dict, fanout_rows: list[dict]) -> dict:
     """The whole run as one JSON-ready object, with the warnings of each row attached."""
-    for row in fanout_rows:
-        row["warnings"] = [w for result in row["results"].values() for w in warnings(result)]
+    attach_warnings(fanout_rows)
     return {"meta": meta, "settings": settings, "scenarios": {"fanout": fanout_rows}}
+
+
+def attach_warnings(rows: list[dict]) -> None:
+    """Attach to each fan-out-shaped row (fanout, channels, procs) the warnings of its servers."""
+    for row in rows:
+        row["warnings"] = [w for result in row["results"].values() for w in warnings(result)]
 
 
 def _get(data: dict, *keys):
@@ -147,44 +152,50 @@ def render(doc: dict) -> str:
         "deliv/s: burst deliveries per second = messages received by all subscribers / (last delivery - first "
         "publish), median of the rounds (range: min-max); delivered: totals over the rounds.",
         "/cpu-s: deliveries per second of server CPU (steadier than deliv/s when other processes compete).",
-        "ratio: service / baseline, median of the per-round ratios (higher is better; the baseline sends the bare "
-        "payload, the service its JSON envelope).",
+        "ratio: service / this server (bare websockets or bare ASGI app), on that server's line: median of the "
+        "per-round ratios (higher is better; the baselines send the bare payload, the service its JSON envelope).",
         "p50/p99/max: publish -> deliver latency at the fixed rate, every round pooled.",
         "srv, clients, other: CPU in cores (1.00 = one full core) during the median burst of the server, of each "
         "subscriber process, and of every other process on the machine.",
         "",
     ]
+    lines += fanout_table(doc["scenarios"]["fanout"])
+    return "\n".join(lines)
+
+
+def fanout_table(rows: list[dict]) -> list[str]:
+    """The fan-out rows (also those of the channels and procs scenarios) as a table, then their warnings."""
+    width = max((len(name) for row in rows for name in row["results"]), default=8)
     header = (
-        f"{'N':>5} {'server':<8} {'burst':>5} {'delivered':>17} {'deliv/s':>8} {'range':>12} {'ratio':>5} "
+        f"{'N':>5} {'server':<{width}} {'burst':>5} {'delivered':>17} {'deliv/s':>8} {'range':>12} {'ratio':>5} "
         f"{'/cpu-s':>7} {'ratio':>5} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'srv':>5} {'clients':>9} {'other':>5}"
     )
-    lines += [header, "-" * len(header)]
-    for row in doc["scenarios"]["fanout"]:
+    lines = [header, "-" * len(header)]
+    for row in rows:
         for name, result in row["results"].items():
             burst = result.get("burst") or {}
             latency = (result.get("rate") or {}).get("latency") or {}
             cpu = burst.get("cpu") or {}
             clients = cpu.get("client_cores") or {}
-            service = name == "service"
-            ratio = row.get("ratio_service_to_baseline") if service else None
-            cpu_ratio = row.get("cpu_ratio_service_to_baseline") if service else None
+            ratios = (row.get("ratios") or {}).get(name) or {}
             delivered = f"{_fmt(burst.get('received'))}/{_fmt(burst.get('expected'))}" if burst else "failed"
             spread = f"{_k(burst.get('deliveries_per_s_min'))}-{_k(burst.get('deliveries_per_s_max'))}" if burst else ""
             lines.append(
-                f"{row['subscribers']:>5} {name:<8} {_fmt(burst.get('messages')):>5} {delivered:>17} "
-                f"{_fmt(burst.get('deliveries_per_s')):>8} {spread:>12} {_fmt(ratio, '.2f'):>5} "
-                f"{_fmt(burst.get('deliveries_per_server_cpu_s')):>7} {_fmt(cpu_ratio, '.2f'):>5} "
+                f"{row['subscribers']:>5} {name:<{width}} {_fmt(burst.get('messages')):>5} {delivered:>17} "
+                f"{_fmt(burst.get('deliveries_per_s')):>8} {spread:>12} "
+                f"{_fmt(ratios.get('deliveries_per_s'), '.2f'):>5} "
+                f"{_fmt(burst.get('deliveries_per_server_cpu_s')):>7} {_fmt(ratios.get('per_cpu_s'), '.2f'):>5} "
                 f"{_fmt(latency.get('p50_ms'), '.1f'):>7} {_fmt(latency.get('p99_ms'), '.1f'):>7} "
                 f"{_fmt(latency.get('max_ms'), '.1f'):>7} {_fmt(cpu.get('server_cores'), '.2f'):>5} "
                 f"{'+'.join(_fmt(v, '.2f') for v in clients.values()) or '-':>9} "
                 f"{_fmt(cpu.get('other_cores'), '.2f'):>5}"
             )
-    all_warnings = [w for row in doc["scenarios"]["fanout"] for w in row.get("warnings", [])]
+    all_warnings = [w for row in rows for w in row.get("warnings", [])]
     if all_warnings:
         lines += ["", "Warnings:"] + [f"  - {w}" for w in all_warnings]
     else:
         lines += ["", "No warnings: clients not saturated, nothing lost, server logs clean."]
-    return "\n".join(lines)
+    return lines
 
 
 def write_json(doc: dict, path: str | Path) -> None:
@@ -195,8 +206,24 @@ def write_json(doc: dict, path: str | Path) -> None:
 
 
 def render_suite(scenarios: dict) -> str:
-    """Tables of the sse, memory, push and redis scenarios (whichever ran)."""
+    """Tables of the scenarios other than fanout (whichever ran)."""
     lines: list[str] = []
+    for key, title in (
+        (
+            "channels",
+            "Many channels ({channels} channels x {subscribers_per_channel} subscribers, {publish}; "
+            "fixed rate {rate:g} msg/s spread over the channels; ratio = service / this server):",
+        ),
+        (
+            "procs",
+            "Processes per machine (Redis, layer {layer}; subscribers split, WebSocket publish on the first "
+            "process; ratio = 2 processes / 1 process, the scaling factor):",
+        ),
+    ):
+        if key in scenarios and "rows" in scenarios[key]:
+            attach_warnings(scenarios[key]["rows"])
+            lines += ["", title.format(**scenarios[key])]
+            lines += fanout_table(scenarios[key]["rows"])
 
     def burst_line(n, name, r, ratio=None, cpu_ratio=None):
         lat = r.get("latency") or {}
@@ -212,7 +239,7 @@ def render_suite(scenarios: dict) -> str:
         f"{'N':>5} {'setup':<14} {'delivered':<21} {'deliv/s':>8} {'ratio':>5} {'/cpu-s':>8} {'ratio':>5} "
         f"{'push/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'srv':>5} {'other':>5}"
     )
-    if "sse" in scenarios:
+    if "rows" in scenarios.get("sse", {}):
         lines += ["", "SSE fan-out (HTTP publish; ratio = service / bare ASGI SSE app under daphne):", header]
         for row in scenarios["sse"]["rows"]:
             for name, r in row["results"].items():
@@ -226,11 +253,11 @@ def render_suite(scenarios: dict) -> str:
                         row["ratio_per_cpu_s"] if ours else None,
                     )
                 )
-    if "push" in scenarios:
+    if "rows" in scenarios.get("push", {}):
         lines += ["", "HTTP push (16 keep-alive connections; push/s = pushes accepted per second):", header]
         for row in scenarios["push"]["rows"]:
             lines.append(burst_line(row["subscribers"], "service", row["results"]["service"]))
-    if "redis" in scenarios:
+    if "rows" in scenarios.get("redis", {}):
         lines += ["", "Redis mode (two instances, subscribers split, publish on one; ratio = vs memory mode):", header]
         for row in scenarios["redis"]["rows"]:
             for name, r in row["results"].items():
@@ -244,7 +271,52 @@ def render_suite(scenarios: dict) -> str:
                         row.get(f"ratio_{layer}_per_cpu_s"),
                     )
                 )
-    if "memory" in scenarios:
+    if "results" in scenarios.get("publish", {}):
+        publish = scenarios["publish"]
+        lines += [
+            "",
+            f"publish() from a separate Django process (Redis mode, {publish['subscribers']} WS subscribers, "
+            f"{publish['messages']} messages a round; push/s = publishes/s; ratio = vs HTTP push):",
+            header + f" {'publisher':>9}",
+        ]
+        for name, r in publish["results"].items():
+            ratio = (publish["ratios_to_http_push"].get(name) or {}) if name != "http push" else {}
+            publisher = next(iter((r.get("publisher_cores") or {}).values()), None)
+            lines.append(
+                burst_line(
+                    publish["subscribers"],
+                    name,
+                    r,
+                    ratio.get("publishes_per_s"),
+                    ratio.get("deliveries_per_server_cpu_s"),
+                )
+                + f" {_fmt(publisher, '.2f'):>9}"
+            )
+        lines.append("  (ratio columns: publishes/s and deliveries per server CPU-second, each / HTTP push)")
+    if "results" in scenarios.get("connect", {}):
+        connect = scenarios["connect"]
+        lines += [
+            "",
+            f"Connect rate (new connections kept open, handshakes in flight ramped {connect['levels']}, "
+            f"cap {connect['cap']:,}):",
+            f"{'setup':<18} {'opened':>7} {'best/s':>7}  per step (/s at in-flight)          first error",
+        ]
+        for name, r in connect["results"].items():
+            steps = " ".join(f"{_fmt(step['per_second'])}@{step['in_flight']}" for step in r["steps"])
+            error = r.get("first_error")
+            said = (
+                "none up to the cap"
+                if error is None
+                else (
+                    f"after {error['after_open']:,} open, {error['in_flight']} in flight: "
+                    + "; ".join(f"{count} x {text}" for text, count in error["errors"].items())[:160]
+                )
+            )
+            lines.append(f"{name:<18} {_fmt(r['opened']):>7} {_fmt(r['best_per_second']):>7}  {steps:<34} {said}")
+    for key, result in scenarios.items():
+        if isinstance(result, dict) and "error" in result:
+            lines += ["", f"{key}: failed: {result['error'][:500]}"]
+    if "rows" in scenarios.get("memory", {}):
         lines += ["", "Idle memory (server RSS growth / idle connections):"]
         lines.append(f"{'N':>5} {'setup':<14} {'connected':>9} {'RSS before':>11} {'RSS after':>10} {'per conn':>9}")
         for row in scenarios["memory"]["rows"]:

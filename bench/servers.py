@@ -1,10 +1,13 @@
 """Servers under test, each a child process on a free loopback port.
 
-``ServiceServer`` runs the project under daphne the way tests/liveserver.py does (temp YAML
-config, SQLite copied from a migrated database, ``sync_channels``, then
+``ServiceServer`` runs the project under daphne (or uvicorn) the way tests/liveserver.py does
+(temp YAML config, SQLite copied from a migrated database, ``sync_channels``, then
 ``python -m daphne -b 127.0.0.1 -p PORT realtime_project.asgi:application``).
-``BaselineServer`` runs ``python -m bench.baseline``. Both have ``start()``, ``stop()``, ``pid``,
-``subscriber_url(client_id)``, ``publisher_url()`` and ``problems()`` (log lines worth reporting).
+``BaselineServer`` runs ``python -m bench.baseline``; ``AsgiWsBaselineServer`` and
+``SSEBaselineServer`` run the bare ASGI apps (bench/asgi_ws_baseline.py, bench/sse_baseline.py)
+under the same server as the service. WebSocket servers have ``start()``, ``stop()``, ``pid``,
+``subscriber_url(client_id, channel)``, ``publisher_url(channel)`` and ``problems()`` (log lines
+worth reporting); every one of them has rooms, so the many-channels scenario runs on each.
 
 Every child is registered in ``CHILDREN``: ``stop_all()`` runs at exit, and each child also gets
 SIGTERM from the kernel if this process dies (``PR_SET_PDEATHSIG``), so none is left behind.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import hashlib
 import io
 import os
 import re
@@ -34,6 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 CHANNEL_ID = "bench-fanout"
 SSE_CHANNEL_ID = "bench-sse"
+ASGI_SERVERS = ("daphne", "uvicorn")
 API_KEY = "bench-" + secrets.token_hex(16)  # the server API key of every service the benchmark starts
 START_TIMEOUT = 30.0
 
@@ -103,6 +108,16 @@ def child_environment(**overrides: str) -> dict[str, str]:
     return env
 
 
+def asgi_server_args(server_cmd: str, app: str) -> list[str]:
+    """The command running the ASGI ``app`` on ``{port}``: daphne, or uvicorn with the sans-I/O websockets."""
+    if server_cmd == "uvicorn":
+        args = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}"]
+        return [*args, "--ws", "websockets-sansio", "--no-access-log", "--lifespan", "off", app]
+    if server_cmd != "daphne":
+        raise ValueError(f"unknown ASGI server {server_cmd!r}: choose from {', '.join(ASGI_SERVERS)}")
+    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}", app]
+
+
 # Log lines worth showing in a report: errors, tracebacks, warnings and slow-consumer cut-offs.
 PROBLEM_LINE = re.compile(r"ERROR|CRITICAL|Traceback|WARNING|Exception|slow", re.IGNORECASE)
 
@@ -159,9 +174,44 @@ class _Server:
         self.log_offset = len(self.log_text())
         return self.log_path
 
+    def _launch(self, args: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT, ready=None) -> None:
+        """Start ``args`` on a free port (``{port}`` in them is replaced) and wait until ``ready()``.
+
+        ``ready`` defaults to "the port accepts TCP connections".
+        """
+        self.port = free_port()
+        args = [arg.replace("{port}", str(self.port)) for arg in args]
+        self.process = spawn(args, log_path=self._new_log(), env=env, cwd=cwd)
+        ready = ready or self._listening
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            if ready():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} was not ready within {START_TIMEOUT:.0f} s:\n{self.log_text()[-3000:]}")
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+
+def room_channel_id(index: int) -> str:
+    """The id of the ``index``-th channel of the many-channels scenario."""
+    return f"bench-ch-{index:05d}"
+
 
 class ServiceServer(_Server):
-    """The Realtime service under daphne, with one WS channel sized for the benchmark."""
+    """The Realtime service under daphne (or uvicorn), with channels sized for the benchmark.
+
+    Besides the WS channel ``CHANNEL_ID`` and the SSE channel ``SSE_CHANNEL_ID`` its config
+    declares ``rooms`` more WS channels (``room_channel_id(i)``) for the many-channels scenario.
+    """
 
     name = "service"
 
@@ -173,8 +223,11 @@ class ServiceServer(_Server):
         source: Path = ROOT,
         redis_url: str | None = None,
         layer: str = "pubsub",
+        prefix: str | None = None,
         name: str | None = None,
         server_cmd: str = "daphne",
+        rooms: int = 0,
+        room_connections: int = 100,
     ):
         super().__init__(work_dir)
         if name:
@@ -182,7 +235,10 @@ class ServiceServer(_Server):
         self.max_connections = max_connections
         self.redis_url = redis_url
         self.layer = layer
+        self.prefix = prefix
         self.server_cmd = server_cmd
+        self.rooms = rooms
+        self.room_connections = room_connections
         self.source = source  # the project tree to run: the working tree, or a snapshot of a commit
         self.config_path = work_dir / f"{self.name}.config.yaml"
         self.database_path = work_dir / f"{self.name}.sqlite3"
@@ -192,8 +248,16 @@ class ServiceServer(_Server):
     def config_text(self) -> str:
         if self.redis_url:
             pubsub = f'  driver: "REDIS"\n  redis:\n    url: "{self.redis_url}"\n    layer: "{self.layer}"\n'
+            if self.prefix:
+                pubsub += f'    prefix: "{self.prefix}"\n'
         else:
             pubsub = '  driver: "MEMORY"\n'
+        channels = [(CHANNEL_ID, "WS", self.max_connections), (SSE_CHANNEL_ID, "SSE", self.max_connections)]
+        channels += [(room_channel_id(i), "WS", self.room_connections) for i in range(self.rooms)]
+        declared = "".join(
+            f'  {ident}:\n    id: "{ident}"\n    type: "{kind}"\n    max_of_channel_connections: {limit}\n'
+            for ident, kind, limit in channels
+        )
         return f"""\
 server:
   allow_push_server_messages: true
@@ -204,18 +268,10 @@ server:
   max_pending_bytes: 268435456
 pubsub:
 {pubsub}channels:
-  {CHANNEL_ID}:
-    id: "{CHANNEL_ID}"
-    type: "WS"
-    max_of_channel_connections: {self.max_connections}
-  {SSE_CHANNEL_ID}:
-    id: "{SSE_CHANNEL_ID}"
-    type: "SSE"
-    max_of_channel_connections: {self.max_connections}
-"""
+{declared}"""
 
     def prepare(self) -> None:
-        """Write the config, migrate a fresh SQLite database and sync the channel into it (once)."""
+        """Write the config and sync its channels into a copy of a migrated SQLite database (once)."""
         if self._prepared:
             return
         self.config_path.write_text(self.config_text())
@@ -227,63 +283,56 @@ pubsub:
             DJANGO_SECRET_KEY=secrets.token_urlsafe(32),
             REALTIME_API_KEYS=API_KEY,
         )
-        template = self.work_dir / f"{self.name}.template.sqlite3"
-        template_env = dict(self.env, DATABASE_URL=f"sqlite:///{template}")
-        for command in (["migrate", "--noinput"], ["sync_channels"]):
-            done = subprocess.run(
-                [sys.executable, "manage.py", *command],
-                cwd=self.source,
-                env=template_env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"manage.py {' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
-        shutil.copy(template, self.database_path)
+        # Migrating takes seconds on a busy machine: do it once per source tree, then copy.
+        migrated = self.work_dir / f"migrated-{hashlib.sha1(str(self.source).encode()).hexdigest()[:10]}.sqlite3"
+        if not migrated.exists():
+            self._manage(["migrate", "--noinput"], migrated.with_suffix(".tmp"))
+            migrated.with_suffix(".tmp").rename(migrated)
+        shutil.copy(migrated, self.database_path)
+        self._manage(["sync_channels"], self.database_path)
         self._prepared = True
 
-    def start(self) -> None:
-        """Start daphne and wait until the channel's preflight answers."""
-        self.prepare()
-        self.port = free_port()
-        if self.server_cmd == "uvicorn":
-            args = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port)]
-            args += ["--ws", "websockets-sansio", "--no-access-log", "--lifespan", "off"]
-        else:
-            args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)]
-        self.process = spawn(
-            [*args, "realtime_project.asgi:application"], log_path=self._new_log(), env=self.env, cwd=self.source
+    def _manage(self, command: list[str], database: Path) -> None:
+        done = subprocess.run(
+            [sys.executable, "manage.py", *command],
+            cwd=self.source,
+            env=dict(self.env, DATABASE_URL=f"sqlite:///{database}"),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
-        url = f"http://127.0.0.1:{self.port}/api/v1/channels/{CHANNEL_ID}?upgrade=0"
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
-            try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"daphne did not serve {url} within {START_TIMEOUT:.0f} s:\n{self.log_text()[-3000:]}")
+        if done.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
 
-    def subscriber_url(self, client_id: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/api/v1/channels/{CHANNEL_ID}?clientId={client_id}"
+    def start(self) -> None:
+        """Start the server and wait until the channel's preflight answers."""
+        self.prepare()
+        args = asgi_server_args(self.server_cmd, "realtime_project.asgi:application")
+        self._launch(args, env=self.env, cwd=self.source, ready=self._answers)
 
-    def live_connections(self) -> int | None:
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(self._preflight_url(CHANNEL_ID), timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def _preflight_url(self, channel_id: str) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1/channels/{channel_id}?upgrade=0"
+
+    def subscriber_url(self, client_id: str, channel: str = CHANNEL_ID) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/v1/channels/{channel}?clientId={client_id}"
+
+    def live_connections(self, channel: str = CHANNEL_ID) -> int | None:
         """The channel's connection count as the preflight reports it (None if it does not answer)."""
         try:
-            answer = httpx.get(f"http://127.0.0.1:{self.port}/api/v1/channels/{CHANNEL_ID}?upgrade=0", timeout=5.0)
-            body = answer.json()
+            body = httpx.get(self._preflight_url(channel), timeout=5.0).json()
         except (httpx.HTTPError, ValueError):
             return None
         # A full channel is refused with the description under "channel".
         return (body.get("channel") or body).get("connections")
 
-    def publisher_url(self) -> str:
-        return self.subscriber_url("bench-publisher")
+    def publisher_url(self, channel: str = CHANNEL_ID) -> str:
+        return self.subscriber_url(f"bench-publisher-{channel}", channel)
 
     def sse_url(self, client_id: str) -> str:
         return f"http://127.0.0.1:{self.port}/api/v1/channels/{SSE_CHANNEL_ID}?clientId={client_id}"
@@ -294,26 +343,53 @@ pubsub:
         return f"/api/v1/channels/{channel_id}/messages", headers, True
 
 
+class _RoomServer(_Server):
+    """A bare WebSocket broadcast server: a room per URL path, each frame to the room's other clients."""
+
+    def subscriber_url(self, client_id: str, channel: str = CHANNEL_ID) -> str:
+        return f"ws://127.0.0.1:{self.port}/{channel}?clientId={client_id}"
+
+    def publisher_url(self, channel: str = CHANNEL_ID) -> str:
+        return self.subscriber_url(f"bench-publisher-{channel}", channel)
+
+
+class BaselineServer(_RoomServer):
+    """The bare ``websockets`` broadcast server (bench/baseline.py)."""
+
+    name = "baseline"
+
+    def __init__(self, work_dir: Path, *, server_cmd: str = "daphne"):
+        super().__init__(work_dir)  # runs on its own server, whatever runs the service
+
+    def start(self) -> None:
+        args = [sys.executable, "-m", "bench.baseline", "--port", "{port}", "--max-seconds", "7200"]
+        self._launch(args, env=child_environment())
+
+
+class AsgiWsBaselineServer(_RoomServer):
+    """The bare ASGI WebSocket broadcast app (bench/asgi_ws_baseline.py) under the service's server."""
+
+    name = "asgi"
+
+    def __init__(self, work_dir: Path, *, server_cmd: str = "daphne"):
+        super().__init__(work_dir)
+        self.server_cmd = server_cmd
+
+    def start(self) -> None:
+        self._launch(asgi_server_args(self.server_cmd, "bench.asgi_ws_baseline:app"), env=child_environment())
+
+
 class SSEBaselineServer(_Server):
-    """The bare ASGI SSE broadcast app (bench/sse_baseline.py) under daphne, like the service."""
+    """The bare ASGI SSE broadcast app (bench/sse_baseline.py) under the service's server."""
 
     name = "sse-baseline"
 
+    def __init__(self, work_dir: Path, *, server_cmd: str = "daphne"):
+        super().__init__(work_dir)
+        self.server_cmd = server_cmd
+
     def start(self) -> None:
-        self.port = free_port()
-        args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "bench.sse_baseline:app"]
-        self.process = spawn(args, log_path=self._new_log(), env=child_environment())
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"SSE baseline exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"SSE baseline did not listen within {START_TIMEOUT:.0f} s")
+        self._launch(asgi_server_args(self.server_cmd, "bench.sse_baseline:app"), env=child_environment())
 
     def sse_url(self, client_id: str) -> str:
         return f"http://127.0.0.1:{self.port}/events?clientId={client_id}"
@@ -331,52 +407,11 @@ class RedisServer(_Server):
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed")
-        self.port = free_port()
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.process = spawn(args, log_path=self._new_log(), cwd=self.work_dir)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited:\n{self.log_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not listen")
+        args = [binary, "--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self._launch(args, cwd=self.work_dir)
 
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-
-class BaselineServer(_Server):
-    """The bare ``websockets`` broadcast server (bench/baseline.py)."""
-
-    name = "baseline"
-
-    def start(self) -> None:
-        """Start the baseline and wait until it accepts TCP connections."""
-        self.port = free_port()
-        args = [sys.executable, "-m", "bench.baseline", "--port", str(self.port), "--max-seconds", "7200"]
-        self.process = spawn(args, log_path=self._new_log(), env=child_environment())
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"baseline exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"baseline did not listen within {START_TIMEOUT:.0f} s:\n{self.log_text()[-3000:]}")
-
-    def subscriber_url(self, client_id: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/?clientId={client_id}"
-
-    def publisher_url(self) -> str:
-        return self.subscriber_url("bench-publisher")
 
 
 def snapshot(ref: str, destination: Path) -> str:
@@ -403,4 +438,4 @@ def work_directory(keep: Path | None = None) -> Path:
     return Path(tempfile.mkdtemp(prefix="realtime-bench-"))
 
 
-SERVERS = {"service": ServiceServer, "baseline": BaselineServer}
+SERVERS = {"service": ServiceServer, "baseline": BaselineServer, "asgi": AsgiWsBaselineServer}

@@ -1,4 +1,4 @@
-"""Shared fixtures: real daphne servers, and a fresh in-process runtime for consumer unit tests."""
+"""Shared fixtures: real servers (daphne, or uvicorn on request), and a fresh in-process runtime for unit tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from channels_app.runtime import reset_runtime
-from tests.liveserver import LiveServer
+from tests.liveserver import SERVERS, LiveServer
 
 TEST_CONFIG = textwrap.dedent(
     """
@@ -34,7 +34,7 @@ TEST_CONFIG = textwrap.dedent(
 
 
 def _servers_started_by(tmp_path_factory):
-    """A ``start(config_text=..., env=...)`` function, and every server it started stopped afterwards."""
+    """A ``start(config_text=..., env=..., server=...)`` function, and every server it started stopped afterwards."""
     servers: list[LiveServer] = []
 
     def start(config_text: str = TEST_CONFIG, *, env: dict[str, str] | None = None, **kwargs) -> LiveServer:
@@ -49,7 +49,8 @@ def _servers_started_by(tmp_path_factory):
 
 @pytest.fixture
 def start_server(tmp_path_factory):
-    """Start real daphne servers: ``start_server(config_text=..., env=...)``; all stop at teardown."""
+    """Start real servers: ``start_server(config_text=..., env=..., server="uvicorn")`` (daphne by default); all stop
+    at teardown."""
     yield from _servers_started_by(tmp_path_factory)
 
 
@@ -57,6 +58,22 @@ def start_server(tmp_path_factory):
 def daphne_server(start_server) -> LiveServer:
     """One daphne serving TEST_CONFIG."""
     return start_server()
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def asgi_server(request) -> str:
+    """``"daphne"``, then ``"uvicorn"``: a test (or a module's server fixture) using it runs under both.
+
+    Module-scoped, so pytest runs a module's tests under one server, then under the other, and a
+    module-scoped server fixture built on it starts once per server.
+    """
+    return request.param
+
+
+@pytest.fixture
+def any_server(start_server, asgi_server) -> LiveServer:
+    """TEST_CONFIG served by daphne, then by uvicorn (the test runs once with each)."""
+    return start_server(server=asgi_server)
 
 
 @pytest.fixture(autouse=True)

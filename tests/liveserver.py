@@ -1,12 +1,14 @@
-"""Real daphne processes for end-to-end tests.
+"""Real server processes (daphne or uvicorn) for end-to-end tests.
 
-``LiveServer.start(tmp_path, config_text)`` writes the YAML, prepares a SQLite database (copied
-from a migrated template, so each server starts in about a second), runs ``sync_channels`` and
-starts ``daphne`` on a free loopback port. ``stop()`` terminates it; tests never leave one behind.
+``LiveServer.start(tmp_path, config_text, server="daphne")`` writes the YAML, prepares a SQLite
+database (copied from a migrated template, so each server starts in about a second), runs
+``sync_channels`` and starts the server on a free loopback port with the options
+``scripts/entrypoint.sh`` gives it. ``stop()`` terminates it; tests never leave one behind.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -19,8 +21,19 @@ from pathlib import Path
 
 import httpx
 
+from channels_app.config import load_config
+
 ROOT = Path(__file__).resolve().parent.parent
 _TEMPLATE_DB: Path | None = None
+
+SERVERS = ("daphne", "uvicorn")
+# What scripts/entrypoint.sh passes to uvicorn besides the address and the two options it derives
+# from the configuration (tests/test_uvicorn.py checks the script says the same).
+UVICORN_OPTIONS = (
+    "--ws", "websockets-sansio", "--ws-per-message-deflate", "false", "--ws-ping-interval", "20",
+    "--ws-ping-timeout", "30", "--lifespan", "off", "--backlog", "2048",
+)  # fmt: skip
+DAPHNE_BACKLOG = 1024
 
 
 def free_port() -> int:
@@ -56,9 +69,26 @@ def _template_database(work_dir: Path) -> Path:
     return _TEMPLATE_DB
 
 
+def server_command(server: str, *, port: int, env: dict[str, str], extra_args: list[str]) -> list[str]:
+    """The command line scripts/entrypoint.sh runs for ``server``, on 127.0.0.1:``port``."""
+    application = "realtime_project.asgi:application"
+    if server == "daphne":
+        endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog={DAPHNE_BACKLOG}"
+        return [sys.executable, "-m", "daphne", "-e", endpoint, *extra_args, application]
+    if server == "uvicorn":
+        grace = max(math.ceil(float(env.get("REALTIME_SHUTDOWN_GRACE_SECONDS", "20"))), 1)
+        max_size = max(1 << 20, 2 * load_config(env["CONFIG_FOLDER_PATH"]).server.max_message_size)
+        return [
+            sys.executable, "-m", "uvicorn", application, "--host", "127.0.0.1", "--port", str(port),
+            *UVICORN_OPTIONS, "--ws-max-size", str(max_size), "--timeout-graceful-shutdown", str(grace),
+            *extra_args,
+        ]  # fmt: skip
+    raise ValueError(f"server={server!r}: use one of {', '.join(SERVERS)}")
+
+
 @dataclass
 class LiveServer:
-    """One daphne process serving the project on a loopback port."""
+    """One server process (daphne or uvicorn) serving the project on a loopback port."""
 
     port: int
     config_path: Path
@@ -67,6 +97,7 @@ class LiveServer:
     process: subprocess.Popen | None = None
     log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    server: str = "daphne"
 
     @property
     def http(self) -> str:
@@ -95,8 +126,9 @@ class LiveServer:
         env: dict[str, str] | None = None,
         sync: bool = True,
         database_path: Path | None = None,
+        server: str = "daphne",
     ) -> LiveServer:
-        """Write the config, prepare the database, sync channels and start daphne; wait until it answers."""
+        """Write the config, prepare the database, sync channels and start ``server``; wait until it answers."""
         work_dir.mkdir(parents=True, exist_ok=True)
         config_path = work_dir / "realtime.config.yaml"
         config_path.write_text(config_text)
@@ -108,26 +140,19 @@ class LiveServer:
         )
         if sync:
             manage("sync_channels", env=server_env)
-        server = cls(port=free_port(), config_path=config_path, database_path=database_path, env=server_env)
-        server.run()
-        return server
+        live = cls(
+            port=free_port(), config_path=config_path, database_path=database_path, env=server_env, server=server
+        )
+        live.run()
+        return live
 
     def run(self) -> None:
-        """Start (or restart) the daphne process and wait until it serves HTTP."""
-        self.log_path = self.config_path.parent / f"daphne-{self.port}.log"
+        """Start (or restart) the server process and wait until it serves HTTP."""
+        command = server_command(self.server, port=self.port, env=self.env, extra_args=self.extra_args)
+        self.log_path = self.config_path.parent / f"{self.server}-{self.port}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child process owns it
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                *self.extra_args,
-                "realtime_project.asgi:application",
-            ],
+            command,
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -137,17 +162,17 @@ class LiveServer:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited with {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(f"{self.server} exited with {self.process.returncode}:\n{self.log()}")
             try:
                 httpx.get(f"{self.http}/api/v1/channels/__ping__?upgrade=0", timeout=0.5)
                 return
             except httpx.TransportError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"daphne did not start within 20 s:\n{self.log()}")
+        raise RuntimeError(f"{self.server} did not start within 20 s:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop daphne and wait for it."""
+        """Stop the server and wait for it."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(sig)
@@ -158,5 +183,5 @@ class LiveServer:
             self.process.wait(timeout=5)
 
     def log(self) -> str:
-        """Everything daphne printed so far."""
+        """Everything the server printed so far."""
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""

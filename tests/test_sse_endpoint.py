@@ -1,4 +1,4 @@
-"""The event stream of SSE channels and the ``?upgrade=0`` preflight, against a real daphne with httpx.
+"""The event stream of SSE channels and the ``?upgrade=0`` preflight, with httpx, under daphne and under uvicorn.
 
 Messages reach SSE channels through the server API (``POST /api/v1/channels/<channel>/messages``),
 which publishes with ``services.message_publish`` like every other path.
@@ -51,8 +51,8 @@ channels:
 
 
 @pytest.fixture(scope="module")
-def server(start_module_server):
-    return start_module_server(CONFIG, env={"REALTIME_API_KEYS": API_KEY})
+def server(start_module_server, asgi_server):
+    return start_module_server(CONFIG, env={"REALTIME_API_KEYS": API_KEY}, server=asgi_server)
 
 
 @pytest.fixture(scope="module")
@@ -392,8 +392,8 @@ def _raw_stream(server, path: str) -> socket.socket:
     return sock
 
 
-async def test_slow_consumer_stream_ends_without_slowing_others(start_module_server, api):
-    server = start_module_server(SLOW_CONFIG, env={"REALTIME_API_KEYS": API_KEY})
+async def test_slow_consumer_stream_ends_without_slowing_others(start_module_server, asgi_server, api):
+    server = start_module_server(SLOW_CONFIG, env={"REALTIME_API_KEYS": API_KEY}, server=asgi_server)
     count, size = 400, 16 * 1024  # well past what the kernel buffers on loopback (~4 MiB)
     stalled = await asyncio.to_thread(_raw_stream, server, "/api/v1/channels/slow-1?clientId=stalled")
     try:

@@ -1,4 +1,4 @@
-"""The WebSocket endpoint of WS channels, end to end against a real daphne with ``websockets`` clients."""
+"""The WebSocket endpoint of WS channels, end to end with ``websockets`` clients, under daphne and under uvicorn."""
 
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ channels:
 
 
 @pytest.fixture(scope="module")
-def server(start_module_server):
-    return start_module_server(CONFIG)
+def server(start_module_server, asgi_server):
+    return start_module_server(CONFIG, server=asgi_server)
 
 
 def ws_url(server, channel: str, **query: str) -> str:
@@ -370,8 +370,8 @@ async def test_messages_arrive_in_publish_order_exactly_once(server):
     assert [m["id"] for m in got_r1] == [m["id"] for m in got_r2]
 
 
-async def test_publishing_too_fast_is_refused_with_4429_and_not_published(start_module_server):
-    server = start_module_server(RATE_CONFIG)
+async def test_publishing_too_fast_is_refused_with_4429_and_not_published(start_module_server, asgi_server):
+    server = start_module_server(RATE_CONFIG, server=asgi_server)
     async with (
         websockets.connect(ws_url(server, "rated-1", clientId="fast")) as fast,
         websockets.connect(ws_url(server, "rated-1", clientId="listener")) as listener,
@@ -413,8 +413,8 @@ def _raw_websocket(server, path: str) -> socket.socket:
     return sock
 
 
-async def test_slow_consumer_is_cut_off_without_slowing_others(start_module_server):
-    server = start_module_server(SLOW_CONFIG)
+async def test_slow_consumer_is_cut_off_without_slowing_others(start_module_server, asgi_server):
+    server = start_module_server(SLOW_CONFIG, server=asgi_server)
     count, size = 400, 16 * 1024  # well past what the kernel buffers on loopback (~4 MiB)
     stalled = await asyncio.to_thread(_raw_websocket, server, "/api/v1/channels/slow-1?clientId=stalled")
     try:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
+import struct
 from collections.abc import Callable
 
 
@@ -94,7 +96,22 @@ def connection_aborter(send) -> Callable[[], None] | None:
     if abort is not None:
         return abort
     asyncio_transport = _asyncio_transport(send)
-    return asyncio_transport.abort if asyncio_transport is not None else None
+    if asyncio_transport is None:
+        return None
+
+    def reset() -> None:
+        # asyncio's abort() closes the socket normally: the kernel would keep the megabytes the
+        # client did not read and go on sending them. A zero linger makes the close a reset, as
+        # Twisted's abortConnection does, so the kernel drops them too.
+        sock = asyncio_transport.get_extra_info("socket")
+        if sock is not None and sock.fileno() != -1:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        asyncio_transport.abort()
+
+    return reset
 
 
 def _unknown() -> int:

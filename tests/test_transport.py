@@ -4,6 +4,8 @@ import asyncio
 import functools
 from types import SimpleNamespace
 
+import pytest
+
 from channels_app.security import SecurityHeadersMiddleware
 from channels_app.transport import (
     asgi_close_code_allowed,
@@ -96,3 +98,25 @@ def test_unknown_servers_report_nothing_buffered():
 def test_close_codes_daphne_passes_on():
     assert asgi_close_code_allowed(1000) and asgi_close_code_allowed(4408)
     assert not asgi_close_code_allowed(1003) and not asgi_close_code_allowed(1009)
+
+
+async def test_uvicorn_abort_resets_the_connection_and_drops_what_the_client_did_not_read():
+    accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def on_connect(reader, writer):
+        accepted.set_result(writer)
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, client_writer = await asyncio.open_connection("127.0.0.1", port)
+    writer = await accepted
+    writer.write(b"x" * 1_000_000)  # more than the client reads before the abort
+    abort = connection_aborter(_UvicornLikeProtocol(writer.transport).send)
+    abort()
+    # A reset, not an orderly close: the client gets an error, not the megabyte and then EOF.
+    with pytest.raises(ConnectionResetError):
+        while await asyncio.wait_for(reader.read(65536), 5):
+            pass
+    client_writer.close()
+    server.close()
+    await server.wait_closed()

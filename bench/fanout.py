@@ -38,6 +38,7 @@ from .sysstat import CpuWindow, process_rss_bytes
 WARMUP_INTERVAL = 0.05
 WARMUP_TIMEOUT = 30.0
 DRAIN_TIMEOUT = 15.0
+SETTLE_TIMEOUT = 60.0
 
 
 @dataclass
@@ -264,7 +265,27 @@ class ServerSession:
         if live < self.n:
             self.log(f"  ! {self.group}: only {live}/{self.n} subscribers received a warm-up message")
         time.sleep(0.3)  # let the last warm-up messages land before anything is timed
-        return {"live_subscribers": live, "messages_sent": sent, "close_codes": merged["close_codes"]}
+        settled = self.wait_server_idle()
+        return {
+            "live_subscribers": live,
+            "messages_sent": sent,
+            "close_codes": merged["close_codes"],
+            "server_idle_after_s": settled,
+        }
+
+    def wait_server_idle(self, cores: float = 0.15, longest: float = SETTLE_TIMEOUT) -> float:
+        """Wait until the servers' CPU falls under ``cores`` (warm-up messages still queued in a slow
+        server would otherwise be timed with the burst); return how long that took."""
+        started = time.monotonic()
+        while time.monotonic() - started < longest:
+            with CpuWindow({server.name: server.pid for server in self.servers}) as window:
+                time.sleep(0.5)
+            if sum(v or 0.0 for v in window.stop()["cores"].values()) < cores:
+                break
+        waited = time.monotonic() - started
+        if waited >= longest:
+            self.log(f"  ! {self.group}: the server was still busy {longest:.0f} s after the warm-up")
+        return round(waited, 1)
 
     def burst(self) -> dict:
         s = self.settings

@@ -1,4 +1,4 @@
-# Realtime: Django Channels served by daphne. See docs/deployment.md.
+# Realtime: Django Channels served by daphne (or uvicorn: REALTIME_SERVER). See docs/deployment.md.
 #
 #   docker build -t realtime:0.1.0 .
 #   docker run -p 8080:8080 -v realtime-data:/data realtime:0.1.0
@@ -30,12 +30,15 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 RUN python -m compileall -q channels_app realtime_project
 
-# PORT: where daphne listens. DATABASE_URL: SQLite in the /data volume (for more than one
+# REALTIME_SERVER: daphne (the default) or uvicorn, which delivers 2-3x the WebSocket messages per
+# CPU-second (docs/deployment.md, "Choosing the server"); any other value stops the container.
+# PORT: where the server listens. DATABASE_URL: SQLite in the /data volume (for more than one
 # instance use PostgreSQL: postgres://user:password@host:5432/name). DJANGO_ALLOWED_HOSTS: set it
 # to the host names clients use (behind a load balancer: its public name), comma-separated.
 # CONFIG_FOLDER_PATH: unset means configs/memory.config.yaml; a relative path is looked for from
 # "/" first (mount the file at /configs/...), then from /app (the copies baked in here).
-ENV PORT=8080 \
+ENV REALTIME_SERVER=daphne \
+    PORT=8080 \
     DATABASE_URL=sqlite:////data/db.sqlite3 \
     DJANGO_ALLOWED_HOSTS=localhost,127.0.0.1,[::1]
 VOLUME ["/data"]

@@ -3,9 +3,11 @@
 #
 #   1. resolves CONFIG_FOLDER_PATH (see below) and exports it as an absolute path;
 #   2. applies migrations and writes the YAML's channels into the registry;
-#   3. execs daphne on 0.0.0.0:$PORT (default 8080), so daphne receives SIGTERM directly.
+#   3. execs the server REALTIME_SERVER names on $HOST:$PORT (default 0.0.0.0:8080), so the server
+#      receives SIGTERM directly: daphne (the default) or uvicorn (see docs/deployment.md,
+#      "Choosing the server").
 #
-# Arguments: options starting with "-" are passed to daphne (docker run IMAGE --proxy-headers);
+# Arguments: options starting with "-" are passed to the server (docker run IMAGE --proxy-headers);
 # anything else is run instead of the server, with the same configuration, and without
 # migrating (docker compose run realtime python manage.py createsuperuser).
 #
@@ -25,8 +27,15 @@ fail() {
 }
 
 PORT="${PORT:-8080}"
+HOST="${HOST:-0.0.0.0}"
 case "$PORT" in
     '' | *[!0-9]*) fail "PORT=$PORT is not a port number: write for example PORT=8080" ;;
+esac
+
+REALTIME_SERVER="${REALTIME_SERVER:-daphne}"
+case "$REALTIME_SERVER" in
+    daphne | uvicorn) ;;
+    *) fail "REALTIME_SERVER=$REALTIME_SERVER is not a server this service runs: write REALTIME_SERVER=daphne (the default) or REALTIME_SERVER=uvicorn" ;;
 esac
 
 config="${CONFIG_FOLDER_PATH:-configs/memory.config.yaml}"
@@ -71,5 +80,25 @@ fi
 echo "realtime: configuration from $CONFIG_FOLDER_PATH"
 python manage.py migrate --noinput
 python manage.py sync_channels
-echo "realtime: listening on 0.0.0.0:$PORT"
-exec daphne -b 0.0.0.0 -p "$PORT" "$@" realtime_project.asgi:application
+echo "realtime: listening on $HOST:$PORT ($REALTIME_SERVER)"
+if [ "$REALTIME_SERVER" = uvicorn ]; then
+    # From the configuration: a message limit above server.max_message_size, so that an oversized
+    # frame still reaches our check and gets its documented close (at least daphne's 1 MiB), and
+    # the drain's grace period in whole seconds.
+    limits=$(python -c '
+import math, os
+from channels_app.config import load_config
+grace = float(os.environ.get("REALTIME_SHUTDOWN_GRACE_SECONDS", "20"))
+print(max(1 << 20, 2 * load_config().server.max_message_size), max(math.ceil(grace), 1))
+')
+    # No permessage-deflate: daphne offers none, and it would cost CPU and zlib memory per connection.
+    exec uvicorn realtime_project.asgi:application --host "$HOST" --port "$PORT" \
+        --ws websockets-sansio --ws-max-size "${limits% *}" --ws-per-message-deflate false \
+        --ws-ping-interval 20 --ws-ping-timeout 30 --lifespan off --backlog 2048 \
+        --timeout-graceful-shutdown "${limits#* }" "$@"
+fi
+# daphne's own listen backlog is 50: connection storms overflow it. An endpoint string sets it
+# (and replaces -b/-p, which daphne would open as a second listener). Twisted wants the colons
+# of an IPv6 address escaped.
+interface=$(printf '%s' "$HOST" | sed 's/:/\\:/g')
+exec daphne -e "tcp:port=$PORT:interface=$interface:backlog=1024" "$@" realtime_project.asgi:application

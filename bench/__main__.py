@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="server running the service and the bare ASGI baselines in every scenario\n"
         "(uvicorn: --ws websockets-sansio; pip install -r bench/requirements.txt)",
     )
-    parser.add_argument("--channels", type=int, default=1000, help="channels of the channels scenario (default 1000)")
+    parser.add_argument("--channels", type=int, help="channels of the channels scenario (default 1000, quick 200)")
     parser.add_argument(
         "--channel-subscribers", type=int, default=5, help="subscribers per channel, channels scenario (default 5)"
     )
@@ -112,6 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown server {unknown[0]!r}: choose from {', '.join(servers.SERVERS)}")
     if args.client_procs < 1:
         parser.error("--client-procs must be at least 1")
+    if args.channels is None:
+        args.channels = 200 if args.quick else 1000
     if min(args.channels, args.channel_subscribers, args.connect_cap) < 1:
         parser.error("--channels, --channel-subscribers and --connect-cap must be at least 1")
     return args

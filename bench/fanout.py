@@ -107,8 +107,7 @@ def _merge(parts: list[dict]) -> tuple[dict, array.array]:
     close_codes: dict[str, int] = {}
     for part in parts:
         latencies.frombytes(part["latencies"])
-        for code, count in part["close_codes"].items():
-            close_codes[str(code)] = close_codes.get(str(code), 0) + count
+        add_counts(close_codes, part["close_codes"])
     merged = {
         "ended": sorted({p["ended"] for p in parts}),
         "received": sum(p["received"] for p in parts),
@@ -287,16 +286,21 @@ class ServerSession:
             self.log(f"  ! {self.group}: the server was still busy {longest:.0f} s after the warm-up")
         return round(waited, 1)
 
-    def burst(self) -> dict:
-        s = self.settings
-        messages = s.burst_messages(self.n)
-        phase = self.phases("b")
+    def _arm(self, kind: str, messages: int) -> tuple[str, dict, int, int]:
+        """Wait for quiet, then arm the subscribers for a phase of ``messages`` dealt over the channels;
+        (phase, quiet, messages per connection, live subscribers)."""
+        phase = self.phases(kind)
         quiet = self.wait_quiet()
-        per_connection = messages // s.channel_count
+        per_connection = messages // self.settings.channel_count
         armed = self.pool.call_all(
             "arm", timeout=30, group=self.group, phase=phase, expected=per_connection, latencies=True
         )
-        live = sum(a["target"] for a in armed)
+        return phase, quiet, per_connection, sum(a["target"] for a in armed)
+
+    def burst(self) -> dict:
+        s = self.settings
+        messages = s.burst_messages(self.n)
+        phase, quiet, per_connection, live = self._arm("b", messages)
         with CpuWindow(self.pids()) as window:
             self.pool.send_all("wait", group=self.group, deadline=s.timeout, idle=s.idle_timeout)
             published = self.pool.publisher.call(
@@ -336,14 +340,8 @@ class ServerSession:
 
     def fixed_rate(self) -> dict:
         s = self.settings
-        phase = self.phases("r")
-        quiet = self.wait_quiet()
         total = s.rate_messages()
-        per_connection = total // s.channel_count
-        armed = self.pool.call_all(
-            "arm", timeout=30, group=self.group, phase=phase, expected=per_connection, latencies=True
-        )
-        live = sum(a["target"] for a in armed)
+        phase, quiet, per_connection, live = self._arm("r", total)
         with CpuWindow(self.pids()) as window:
             self.pool.send_all("wait", group=self.group, deadline=s.rate_seconds + s.timeout, idle=s.idle_timeout)
             published = self.pool.publisher.call(
@@ -386,8 +384,7 @@ class ServerSession:
             info["open_before_close"] = sum(p["open_before_close"] for p in parts)
             closed: dict[str, int] = {}
             for part in parts:
-                for code, count in part["closed_by_server"].items():
-                    closed[str(code)] = closed.get(str(code), 0) + count
+                add_counts(closed, part["closed_by_server"])
             info["closed_by_server_during_run"] = closed
         except Exception as error:
             info["error"] = f"{type(error).__name__}: {error}"
@@ -415,6 +412,30 @@ class ServerSession:
         return {"connections_left": count, "seconds": seconds}
 
 
+def add_counts(total: dict[str, int], counts: dict) -> dict[str, int]:
+    """Add ``counts`` (close code: count) into ``total``, keys as strings (as in JSON); return ``total``."""
+    for code, count in counts.items():
+        total[str(code)] = total.get(str(code), 0) + count
+    return total
+
+
+def _round_totals(rounds: list[dict]) -> dict:
+    """What every kind of phase sums over its rounds: deliveries, losses, stray frames, close codes."""
+    close_codes: dict[str, int] = {}
+    for r in rounds:
+        add_counts(close_codes, r["close_codes"])
+    return {
+        "expected": sum(r["expected"] for r in rounds),
+        "received": sum(r["received"] for r in rounds),
+        "lost": sum(r["lost"] for r in rounds),
+        "out_of_order": sum(r["out_of_order"] for r in rounds),
+        "other_frames": sum(r["other_frames"] for r in rounds),
+        "other_samples": [s for r in rounds for s in r["other_samples"]][:5],
+        "close_codes": close_codes,
+        "ended": sorted({e for r in rounds for e in r["ended"]}),
+    }
+
+
 def summarize_bursts(rounds: list[dict]) -> dict:
     """One server's bursts: the median round's numbers, totals of losses, every round kept."""
     if not rounds:
@@ -422,10 +443,6 @@ def summarize_bursts(rounds: list[dict]) -> dict:
     ordered = sorted(rounds, key=lambda r: r["deliveries_per_s"])
     median_round = ordered[(len(ordered) - 1) // 2]
     rates = [r["deliveries_per_s"] for r in rounds]
-    close_codes: dict[str, int] = {}
-    for r in rounds:
-        for code, count in r["close_codes"].items():
-            close_codes[code] = close_codes.get(code, 0) + count
     return {
         "messages": rounds[0]["messages"],
         "live_subscribers": rounds[0]["live_subscribers"],
@@ -435,14 +452,7 @@ def summarize_bursts(rounds: list[dict]) -> dict:
         "deliveries_per_server_cpu_s": statistics.median(
             [r["deliveries_per_server_cpu_s"] for r in rounds if r["deliveries_per_server_cpu_s"]] or [0.0]
         ),
-        "expected": sum(r["expected"] for r in rounds),
-        "received": sum(r["received"] for r in rounds),
-        "lost": sum(r["lost"] for r in rounds),
-        "out_of_order": sum(r["out_of_order"] for r in rounds),
-        "other_frames": sum(r["other_frames"] for r in rounds),
-        "other_samples": [s for r in rounds for s in r["other_samples"]][:5],
-        "close_codes": close_codes,
-        "ended": sorted({e for r in rounds for e in r["ended"]}),
+        **_round_totals(rounds),
         "seconds": median_round["seconds"],
         "publish_per_s": median_round["publish_per_s"],
         "latency": median_round["latency"],
@@ -457,23 +467,12 @@ def summarize_rates(rounds: list[dict], latencies) -> dict:
     """One server's fixed-rate phases: latency percentiles over every delivery of every round."""
     if not rounds:
         return {}
-    close_codes: dict[str, int] = {}
-    for r in rounds:
-        for code, count in r["close_codes"].items():
-            close_codes[code] = close_codes.get(code, 0) + count
     by_cpu = sorted(rounds, key=lambda r: r["cpu"]["server_cores"] or 0.0)
     return {
         "rate": rounds[0]["rate"],
         "seconds": rounds[0]["seconds"],
         "messages": sum(r["messages"] for r in rounds),
-        "expected": sum(r["expected"] for r in rounds),
-        "received": sum(r["received"] for r in rounds),
-        "lost": sum(r["lost"] for r in rounds),
-        "out_of_order": sum(r["out_of_order"] for r in rounds),
-        "other_frames": sum(r["other_frames"] for r in rounds),
-        "other_samples": [s for r in rounds for s in r["other_samples"]][:5],
-        "close_codes": close_codes,
-        "ended": sorted({e for r in rounds for e in r["ended"]}),
+        **_round_totals(rounds),
         "latency": percentiles(latencies),
         "cpu": by_cpu[(len(by_cpu) - 1) // 2]["cpu"],
         "rounds": rounds,

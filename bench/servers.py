@@ -343,8 +343,10 @@ pubsub:
         return f"/api/v1/channels/{channel_id}/messages", headers, True
 
 
-class _RoomServer(_Server):
-    """A bare WebSocket broadcast server: a room per URL path, each frame to the room's other clients."""
+class _Rooms:
+    """URLs of a bare WebSocket broadcast server: a room per URL path, each frame to the room's other clients."""
+
+    port: int | None
 
     def subscriber_url(self, client_id: str, channel: str = CHANNEL_ID) -> str:
         return f"ws://127.0.0.1:{self.port}/{channel}?clientId={client_id}"
@@ -353,7 +355,20 @@ class _RoomServer(_Server):
         return self.subscriber_url(f"bench-publisher-{channel}", channel)
 
 
-class BaselineServer(_RoomServer):
+class _AsgiApp(_Server):
+    """A bare ASGI app of bench/ (``app``) under the service's server (``server_cmd``)."""
+
+    app = ""
+
+    def __init__(self, work_dir: Path, *, server_cmd: str = "daphne"):
+        super().__init__(work_dir)
+        self.server_cmd = server_cmd
+
+    def start(self) -> None:
+        self._launch(asgi_server_args(self.server_cmd, self.app), env=child_environment())
+
+
+class BaselineServer(_Rooms, _Server):
     """The bare ``websockets`` broadcast server (bench/baseline.py)."""
 
     name = "baseline"
@@ -366,30 +381,18 @@ class BaselineServer(_RoomServer):
         self._launch(args, env=child_environment())
 
 
-class AsgiWsBaselineServer(_RoomServer):
+class AsgiWsBaselineServer(_Rooms, _AsgiApp):
     """The bare ASGI WebSocket broadcast app (bench/asgi_ws_baseline.py) under the service's server."""
 
     name = "asgi"
-
-    def __init__(self, work_dir: Path, *, server_cmd: str = "daphne"):
-        super().__init__(work_dir)
-        self.server_cmd = server_cmd
-
-    def start(self) -> None:
-        self._launch(asgi_server_args(self.server_cmd, "bench.asgi_ws_baseline:app"), env=child_environment())
+    app = "bench.asgi_ws_baseline:app"
 
 
-class SSEBaselineServer(_Server):
+class SSEBaselineServer(_AsgiApp):
     """The bare ASGI SSE broadcast app (bench/sse_baseline.py) under the service's server."""
 
     name = "sse-baseline"
-
-    def __init__(self, work_dir: Path, *, server_cmd: str = "daphne"):
-        super().__init__(work_dir)
-        self.server_cmd = server_cmd
-
-    def start(self) -> None:
-        self._launch(asgi_server_args(self.server_cmd, "bench.sse_baseline:app"), env=child_environment())
+    app = "bench.sse_baseline:app"
 
     def sse_url(self, client_id: str) -> str:
         return f"http://127.0.0.1:{self.port}/events?clientId={client_id}"

@@ -525,7 +525,7 @@ def scenario_procs(ctx: Context) -> dict:
     phases = PhaseNames()
     try:
         redis.start()
-        for n in ctx.counts:
+        for n in [max(ctx.counts)] if ctx.quick else ctx.counts:
             ctx.log(f"processes per machine, N={n}: 1 and 2 service processes on Redis, publish on the first")
 
             def instance(name: str, prefix: str, n=n) -> ServiceServer:

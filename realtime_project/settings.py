@@ -193,7 +193,7 @@ def _channel_layers(config) -> dict:
         # InMemoryChannelLayer (channels 4.3) does not compile channel_capacity globs, so it is
         # given the (regex, capacity) pairs it iterates over.
         memory_config = {"capacity": 1000, "channel_capacity": [(re.compile(r"^realtime-hub"), hub_capacity)]}
-        return {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": memory_config}}
+        return {"default": {"BACKEND": "channels_app.layers.InMemoryChannelLayer", "CONFIG": memory_config}}
     redis = config.pubsub.redis
     if redis.sentinels:
         host = {

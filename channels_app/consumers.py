@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -29,7 +30,7 @@ from .services import (
     subscription_start,
 )
 from .subscription import Subscription
-from .transport import asgi_close_code_allowed, websocket_close_frame_sender, write_buffer_probe
+from .transport import _protocol, asgi_close_code_allowed, websocket_close_frame_sender, write_buffer_probe
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,61 @@ def encode_control(body: dict) -> tuple[str, int]:
     """A control object (gap, error, close) as one WebSocket text frame, and its size in bytes."""
     text = json.dumps(body, separators=(",", ":"))
     return text, len(text.encode("utf-8"))
+
+
+class _DrainSignal:
+    """Stands in for the push producer registered on a Twisted transport (daphne's HTTPChannel,
+    still registered after the WebSocket upgrade), forwarding to it, to learn when the transport's
+    write buffer is empty: Twisted calls ``resumeProducing`` then, once it had called
+    ``pauseProducing`` for a buffer over its ``bufferSize`` (64 KiB)."""
+
+    __slots__ = ("producer", "waiter")
+
+    def __init__(self, producer):
+        self.producer = producer
+        self.waiter: asyncio.Future | None = None
+
+    def pauseProducing(self) -> None:
+        if self.producer is not None:
+            self.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.producer is not None:
+            self.producer.resumeProducing()
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def stopProducing(self) -> None:
+        if self.producer is not None:
+            self.producer.stopProducing()
+
+
+def write_drain_waiter(send) -> Callable[[], Awaitable[None]] | None:
+    """An awaitable callable returning once daphne's write buffer below ``send`` has drained (at
+    once when it holds at most 64 KiB); None under servers whose ``send`` waits for the socket.
+
+    It belongs beside ``write_buffer_probe`` in transport.py, where the SSE stream can use it too.
+    """
+    transport = getattr(_protocol(send), "transport", None)
+    if transport is None or not hasattr(transport, "producerPaused"):
+        return None
+    signal: _DrainSignal | None = None
+
+    async def drained() -> None:
+        nonlocal signal
+        if signal is None:
+            # Installed on first use only: connections that never page a replay are untouched.
+            signal = _DrainSignal(transport.producer)
+            if transport.producer is None:
+                transport.registerProducer(signal, True)
+            else:
+                transport.producer = signal
+        if transport.producerPaused and not transport.disconnected:
+            waiter = signal.waiter = asyncio.get_running_loop().create_future()
+            await waiter
+
+    return drained
 
 
 class ChannelConsumer(AsyncWebsocketConsumer):
@@ -113,6 +169,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             max_bytes=server.max_pending_bytes,
             on_overflow=self._on_overflow,
             buffered_bytes=write_buffer_probe(self.base_send),
+            wait_drained=write_drain_waiter(self.base_send),
         )
         self.subscription = Subscription(
             channel_id=self.connection.channel.id,

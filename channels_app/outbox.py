@@ -4,6 +4,11 @@ The hub never waits on a client: it puts an already encoded frame here and moves
 that cannot keep up overflows its bound and is disconnected (code 4408); it can resume from
 history. So a slow client neither slows the others nor grows the server's memory without bound.
 
+A resume's replay may be larger than the bound. It is not queued at once but in pages (see
+``Subscription.replay``): while a ``refill`` is set, the writer asks for the next page each time
+the queue is empty, after ``wait_drained`` (returns once the server has drained its write buffer;
+None where ``send`` itself waits for the socket). Nothing is polled: the server wakes the writer.
+
 Memory and GC: one exists per connection and ``put`` runs once per delivery, so frames and their
 sizes sit in two plain lists read from a head index (no tuple, no ``deque`` block and no
 ``asyncio.Event`` per connection), and the class has ``__slots__``.
@@ -34,9 +39,11 @@ class Outbox:
         "_on_overflow",
         "_queued_bytes",
         "_sizes",
+        "_wait_drained",
         "_waiter",
         "_write",
         "overflowed",
+        "refill",
     )
 
     def __init__(
@@ -47,18 +54,22 @@ class Outbox:
         max_bytes: int,
         on_overflow: Callable[[], None],
         buffered_bytes: Callable[[], int],
+        wait_drained: Callable[[], Awaitable[None]] | None = None,
     ):
         self._write = write
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._on_overflow = on_overflow
         self._buffered_bytes = buffered_bytes
+        self._wait_drained = wait_drained
         self._frames: list = []
         self._sizes: list[int] = []
         self._head = 0  # frames before this index are written
         self._queued_bytes = 0
         self._waiter: asyncio.Future | None = None
         self.overflowed = False
+        # Set while a replay is paced: queues the next page and clears itself after the last one.
+        self.refill: Callable[[], None] | None = None
 
     def put(self, frame, size: int) -> bool:
         """Queue a frame of ``size`` bytes; on overflow mark the connection slow and return False."""
@@ -82,10 +93,15 @@ class Outbox:
         return True
 
     async def run(self) -> None:
-        """Write queued frames until cancelled."""
+        """Write queued frames until cancelled or the connection overflows."""
         loop = asyncio.get_running_loop()
-        while True:
+        # After an overflow ``flush`` writes nothing and returns at once: looping on would spin
+        # without ever yielding, freezing the event loop for every connection.
+        while not self.overflowed:
             if self._head >= len(self._frames):
+                if self.refill is not None:
+                    await self._next_page()
+                    continue
                 waiter = self._waiter = loop.create_future()
                 try:
                     await waiter
@@ -93,6 +109,43 @@ class Outbox:
                     if self._waiter is waiter:
                         self._waiter = None
             await self.flush()
+
+    @property
+    def max_messages(self) -> int:
+        """The bound on queued frames."""
+        return self._max_messages
+
+    @property
+    def max_bytes(self) -> int:
+        """The bound on queued bytes, counting what the server still buffers."""
+        return self._max_bytes
+
+    def has_room(self, size: int) -> bool:
+        """Whether a page being queued may take ``size`` more bytes: pages fill half the bound, so
+        control frames and the last page's overshoot still fit."""
+        return (
+            len(self._frames) - self._head < self._max_messages // 2
+            and self._queued_bytes + size + self._buffered_bytes() <= self._max_bytes // 2
+        )
+
+    def is_empty(self) -> bool:
+        """Whether every queued frame has been handed to the server."""
+        return self._head >= len(self._frames)
+
+    def overflow(self) -> None:
+        """Mark the connection slow (once), as ``put`` does when the bound is exceeded."""
+        if not self.overflowed:
+            self.overflowed = True
+            self._on_overflow()
+
+    async def _next_page(self) -> None:
+        if self._wait_drained is not None:
+            # A client that never reads leaves the writer here; the connection ends it (4408 when
+            # its held live messages overflow, or daphne's ping timeout).
+            await self._wait_drained()
+        refill = self.refill
+        if refill is not None and not self.overflowed:
+            refill()
 
     async def flush(self) -> None:
         """Write every queued frame now, unless the connection overflowed (its frames are dropped)."""

@@ -3,6 +3,10 @@
 A connection first registers with the hub while *holding* live messages, then replays what it
 missed from history, then releases the held live messages it has not already seen. Each message
 reaches the connection exactly once and in offset order, whichever path brought it.
+
+A replay larger than half the outgoing bound is queued in pages, each when the outbox has drained
+the previous one (``Outbox.refill``), so a client far behind catches up at its own pace. Held live
+messages have their own bound (the outbox's): a client that stops reading is still cut off.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ class Subscription:
     __slots__ = (
         "_epoch",
         "_held",
+        "_held_bytes",
         "_last_offset",
+        "_replay_index",
+        "_replaying",
         "channel_id",
         "client_id",
         "echo",
@@ -60,6 +67,10 @@ class Subscription:
         self._epoch: str | None = None
         self._last_offset: int | None = None
         self._held: list[tuple[Message, object, int]] | None = []
+        self._held_bytes = 0
+        # The replay still to be queued, and the index of its next message.
+        self._replaying: list[Message] = []
+        self._replay_index = 0
 
     def wants(self, message: Message) -> bool:
         """False for the sender's own message (unless it asked for echo) and for repeats."""
@@ -74,7 +85,7 @@ class Subscription:
     def offer(self, message: Message, frame, size: int) -> bool:
         """Queue an encoded live message (or hold it during a replay); False when not queued."""
         if self._held is not None:
-            self._held.append((message, frame, size))
+            self._hold(message, frame, size)
             return False
         if not self.wants(message):
             return False
@@ -88,19 +99,54 @@ class Subscription:
         include ones it already has (published just before it reconnected, still on their way
         through the channel layer); those are dropped, not sent twice.
         """
-        held, self._held = self._held or [], None
         if replay is not None:
             if position is not None and (replay.gap is None or replay.gap.reason == "expired"):
-                held = self._resume_at(position, held)
+                self._held = self._resume_at(position, self._held or [])
             if replay.gap is not None:
                 self.send_control(replay.gap.as_wire())
-            for message in replay.messages:
-                if self.wants(message):
-                    self._remember(message)
-                    frame, size = self.encode(message)
-                    self.outbox.put(frame, size)
+            self._replaying, self._replay_index = replay.messages, 0
+            self._queue_page()
+        else:
+            self._go_live()
+
+    def _queue_page(self) -> None:
+        """Queue the next page of the replay (the outbox's writer asks for the ones after it)."""
+        messages, index, outbox = self._replaying, self._replay_index, self.outbox
+        while index < len(messages):
+            message = messages[index]
+            if self.wants(message):
+                frame, size = self.encode(message)
+                # A page ends at half the bound; an empty outbox always takes one message.
+                if not outbox.has_room(size) and not outbox.is_empty():
+                    break
+                self._remember(message)
+                if not outbox.put(frame, size):
+                    outbox.refill = None  # cut off as slow: the rest would be dropped anyway
+                    return
+            index += 1
+        self._replay_index = index
+        if index < len(messages):
+            outbox.refill = self._queue_page
+        else:
+            outbox.refill = None
+            self._go_live()
+
+    def _go_live(self) -> None:
+        held, self._held, self._held_bytes = self._held or [], None, 0
+        self._replaying = []
         for message, frame, size in held:
             self.offer(message, frame, size)
+
+    def _hold(self, message: Message, frame, size: int) -> None:
+        outbox = self.outbox
+        if outbox.overflowed:
+            return
+        self._held.append((message, frame, size))
+        self._held_bytes += size
+        if len(self._held) > outbox.max_messages or self._held_bytes > outbox.max_bytes:
+            # Live traffic outgrew the bound while the client was still catching up.
+            self._held.clear()
+            outbox.overflow()
 
     def send_gap(self, gap: Gap) -> None:
         """Tell the client that messages were lost on the way to it."""

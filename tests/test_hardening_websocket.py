@@ -374,11 +374,15 @@ async def resume_stream(
         url = f"/api/v1/channels/{channel}?clientId={client_id}"
         async with api.stream("GET", url, headers={"Last-Event-ID": last_id}) as stream:
             try:
+                event_id = None
                 async for line in stream.aiter_lines():
                     if line.startswith("id: "):
-                        last_id = line[4:]
+                        event_id = line[4:]
                     elif line.startswith("data: ") and '"payload"' in line:
+                        # Only an event received whole moves the position on (an id without its
+                        # data, cut off mid-event, would skip that message).
                         payloads.append(json.loads(line[6:])["payload"][:5])
+                        last_id = event_id or last_id
                         if len(payloads) == count:
                             return payloads, attempt
             except httpx.HTTPError:
@@ -386,17 +390,45 @@ async def resume_stream(
     raise AssertionError(f"resumed {len(payloads)} of {count}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="subscription.py/outbox.py (not ours): a resume queues its whole replay at once, so a replay larger "
-    "than max_pending_bytes overflows before anything is written; the client is cut off with nothing, every time, "
-    "and can never catch up. Replay should be paced to the outbox (see the hardening report).",
-)
 async def test_a_client_far_behind_catches_up_by_resuming(server):
     async with httpx.AsyncClient(base_url=server.http, headers={"Authorization": "Bearer ws-key"}) as api:
         for _ in range(100):
             response = await api.post("/api/v1/channels/stalled-1/messages", json={"payload": "z" * 16 * 1024})
             assert response.status_code == 201
-    # 100 x 16 KiB is over max_pending_bytes (1 MiB): the replay must be delivered over several resumes.
+    # 100 x 16 KiB is over max_pending_bytes (1 MiB): the replay is paced to the client, in one go.
     received, attempts = await resume_websocket(server, "stalled-1", "far-behind", 100, attempts=5)
     assert len(received) == 100
+    assert attempts == 1
+
+
+async def test_a_resuming_client_that_never_reads_is_still_cut_off(server):
+    """Its paced replay waits for it, but live messages held meanwhile have their own bound."""
+    async with httpx.AsyncClient(base_url=server.http, headers={"Authorization": "Bearer ws-key"}) as api:
+        # 4.8 MiB of history: more than the kernel's socket buffers absorb.
+        for _ in range(300):
+            response = await api.post("/api/v1/channels/stalled-1/messages", json={"payload": "h" * 16 * 1024})
+            assert response.status_code == 201
+        before = connections(server, "stalled-1")
+        metrics_before = (await api.get("/metrics")).text
+        rss_before = resident_kib(server.process.pid)
+        sock = await asyncio.to_thread(
+            handshake, server, "/api/v1/channels/stalled-1?clientId=never-reads&since=0", rcvbuf=4096
+        )
+        await wait_until(lambda: connections(server, "stalled-1") == before + 1)
+        started = time.monotonic()
+        # 1.25 MiB of live messages while its replay waits for it: over max_pending_bytes (1 MiB).
+        for _ in range(80):
+            response = await api.post("/api/v1/channels/stalled-1/messages", json={"payload": "l" * 16 * 1024})
+            assert response.status_code == 201
+        await wait_until(lambda: connections(server, "stalled-1") == before)
+        cut_after = time.monotonic() - started
+        metrics_after = (await api.get("/metrics")).text
+    rss_after = resident_kib(server.process.pid)
+    sock.close()
+
+    def slow_cut(text: str) -> float:
+        return float(next(line.split()[-1] for line in text.splitlines() if line.startswith("realtime_slow_consumer")))
+
+    print(f"never-reading resume: cut off after {cut_after:.2f} s; RSS {rss_before} -> {rss_after} KiB")
+    assert slow_cut(metrics_after) - slow_cut(metrics_before) == 1
+    assert rss_after - rss_before < 50_000

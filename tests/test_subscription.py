@@ -27,6 +27,7 @@ class Connection:
 
     def __init__(self, *, client_id: str = "reader", echo: bool = False, max_messages: int = 100):
         self.written: list = []
+        self.wrote = asyncio.Event()
         self.overflows = 0
         self.closed: list = []
         self.outbox = Outbox(
@@ -48,6 +49,12 @@ class Connection:
 
     async def _write(self, frame) -> None:
         self.written.append(frame)
+        self.wrote.set()
+
+    async def until_written(self, count: int) -> None:
+        while len(self.written) < count:
+            self.wrote.clear()
+            await asyncio.wait_for(self.wrote.wait(), 1)
 
     def _overflow(self) -> None:
         self.overflows += 1
@@ -141,6 +148,66 @@ async def test_messages_outside_history_are_always_delivered():
     assert await connection.frames() == [("message", "m7"), ("message", "raw group_send"), ("message", "m8")]
 
 
+async def test_a_replay_larger_than_half_the_bound_is_queued_in_pages_as_the_outbox_drains():
+    connection = Connection(max_messages=4)  # pages of 2
+    connection.subscription.replay(Replay([message(offset) for offset in range(2, 9)]), Position(epoch="e1", offset=1))
+    assert connection.outbox.put("probe", 1)  # room is left beside a page
+    assert connection.overflows == 0
+    # Live messages, repeats of the replay among them, wait for its last page.
+    connection.offer(message(7), message(8), message(9), message(10))
+    writer = asyncio.create_task(connection.outbox.run())
+    await connection.until_written(10)
+    writer.cancel()
+    replayed = [("message", f"m{offset}") for offset in range(2, 11)]
+    assert connection.written == replayed[:2] + ["probe"] + replayed[2:]
+    assert connection.overflows == 0
+    connection.offer(message(11))
+    assert await connection.frames() == connection.written[:-1] + [("message", "m11")]
+
+
+async def test_live_messages_held_during_a_paced_replay_have_their_own_bound():
+    connection = Connection(max_messages=4)
+    connection.subscription.replay(Replay([message(offset) for offset in range(2, 9)]), Position(epoch="e1", offset=1))
+    connection.offer(*(message(offset) for offset in range(9, 13)))
+    assert connection.overflows == 0
+    connection.offer(message(13))  # a client that does not read: cut off, nothing more is written
+    assert connection.overflows == 1
+    await asyncio.wait_for(connection.outbox.run(), 1)
+    assert connection.written == []
+
+
+async def test_a_paced_replay_waits_for_the_server_to_drain_what_it_buffers():
+    drained = asyncio.Event()
+    waits = 0
+
+    async def wait_drained():
+        nonlocal waits
+        waits += 1
+        await drained.wait()
+        drained.clear()
+
+    connection = Connection(max_messages=4)
+    connection.outbox = connection.subscription.outbox = Outbox(
+        write=connection._write,
+        max_messages=4,
+        max_bytes=1_000_000,
+        on_overflow=connection._overflow,
+        buffered_bytes=lambda: 0,
+        wait_drained=wait_drained,
+    )
+    connection.subscription.replay(Replay([message(offset) for offset in range(1, 6)]), Position(epoch="e1", offset=0))
+    writer = asyncio.create_task(connection.outbox.run())
+    for page in (2, 4):
+        await connection.until_written(page)
+        await asyncio.sleep(0.01)
+        assert len(connection.written) == page  # nothing more until the server has drained
+        drained.set()
+    await connection.until_written(5)
+    writer.cancel()
+    assert connection.written == [("message", f"m{offset}") for offset in range(1, 6)]
+    assert waits == 2
+
+
 async def test_control_frames_are_not_held_back_by_a_replay():
     connection = Connection()
     connection.offer(message(1))
@@ -214,3 +281,14 @@ async def test_outbox_bytes_are_freed_as_frames_are_written():
         await box.flush()
     assert len(written) == 10
     assert overflows == []
+
+
+async def test_outbox_writer_stops_when_the_connection_overflows_with_frames_queued():
+    box, written, overflows = outbox(max_messages=2)
+    writer = asyncio.create_task(box.run())
+    await asyncio.sleep(0)
+    assert box.put("a", 1) and box.put("b", 1)
+    assert not box.put("c", 1)
+    # It ends instead of spinning on the frames it may no longer write (which froze the event loop).
+    await asyncio.wait_for(writer, 1)
+    assert written == [] and overflows == [True]

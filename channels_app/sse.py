@@ -19,7 +19,7 @@ import logging
 
 from django_eventstream.utils import sse_encode_event
 
-from .consumers import flag, query_params
+from .consumers import flag, query_params, write_drain_waiter
 from .errors import ApplicationError
 from .messages import Message
 from .origins import cors_headers, header
@@ -127,6 +127,7 @@ class _Stream:
             max_bytes=server.max_pending_bytes,
             on_overflow=self._on_overflow,
             buffered_bytes=write_buffer_probe(self.send),
+            wait_drained=write_drain_waiter(self.send),
         )
         self.subscription = Subscription(
             channel_id=self.connection.channel.id,

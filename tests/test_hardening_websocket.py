@@ -401,6 +401,18 @@ async def test_a_client_far_behind_catches_up_by_resuming(server):
     assert attempts == 1
 
 
+async def test_an_event_stream_far_behind_catches_up_by_resuming(server):
+    async with httpx.AsyncClient(base_url=server.http, headers={"Authorization": "Bearer ws-key"}, timeout=30) as api:
+        for index in range(100):
+            payload = f"{index:05d}" + "z" * 16 * 1024
+            response = await api.post("/api/v1/channels/stalled-feed-1/messages", json={"payload": payload})
+            assert response.status_code == 201
+        # 100 x 16 KiB is over max_pending_bytes (1 MiB): the replay is paced to the stream, in one go.
+        payloads, attempts = await resume_stream(api, "stalled-feed-1", "feed-far-behind", 100, attempts=5)
+    assert payloads == [f"{index:05d}" for index in range(100)]
+    assert attempts == 1
+
+
 async def test_a_resuming_client_that_never_reads_is_still_cut_off(server):
     """Its paced replay waits for it, but live messages held meanwhile have their own bound."""
     async with httpx.AsyncClient(base_url=server.http, headers={"Authorization": "Bearer ws-key"}) as api:

@@ -415,7 +415,10 @@ class SubscriberRole:
                     await subscriber.start(open_timeout)
                     self.connections[group].append(subscriber)
                 except Exception as error:  # noqa: BLE001 - counted and reported
-                    name = f"{type(error).__name__}: {error}"[:200]
+                    said = str(error) or (
+                        "no answer within the open timeout" if isinstance(error, TimeoutError) else ""
+                    )
+                    name = f"{type(error).__name__}: {said}"[:200]
                     errors[name] = errors.get(name, 0) + 1
                     await subscriber.close(1.0)
 

@@ -149,6 +149,17 @@ def _per_cpu(received: int, cpu: dict) -> float | None:
     return received / spent if spent > 0 else None
 
 
+def wait_idle(servers: list, cores: float = 0.15, longest: float = SETTLE_TIMEOUT) -> float:
+    """Wait (at most ``longest`` s) until ``servers`` together use under ``cores``; return the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < longest:
+        with CpuWindow({server.name: server.pid for server in servers}) as window:
+            time.sleep(0.5)
+        if sum(v or 0.0 for v in window.stop()["cores"].values()) < cores:
+            break
+    return round(time.monotonic() - started, 1)
+
+
 class PhaseNames:
     """Unique phase tags, so a late message of one phase is never counted in another."""
 
@@ -272,19 +283,13 @@ class ServerSession:
             "server_idle_after_s": settled,
         }
 
-    def wait_server_idle(self, cores: float = 0.15, longest: float = SETTLE_TIMEOUT) -> float:
-        """Wait until the servers' CPU falls under ``cores`` (warm-up messages still queued in a slow
-        server would otherwise be timed with the burst); return how long that took."""
-        started = time.monotonic()
-        while time.monotonic() - started < longest:
-            with CpuWindow({server.name: server.pid for server in self.servers}) as window:
-                time.sleep(0.5)
-            if sum(v or 0.0 for v in window.stop()["cores"].values()) < cores:
-                break
-        waited = time.monotonic() - started
-        if waited >= longest:
-            self.log(f"  ! {self.group}: the server was still busy {longest:.0f} s after the warm-up")
-        return round(waited, 1)
+    def wait_server_idle(self) -> float:
+        """Wait until the servers' CPU falls (warm-up messages still queued in a slow server would
+        otherwise be timed with the burst); return how long that took."""
+        waited = wait_idle(self.servers)
+        if waited >= SETTLE_TIMEOUT:
+            self.log(f"  ! {self.group}: the server was still busy {SETTLE_TIMEOUT:.0f} s after the warm-up")
+        return waited
 
     def _arm(self, kind: str, messages: int) -> tuple[str, dict, int, int]:
         """Wait for quiet, then arm the subscribers for a phase of ``messages`` dealt over the channels;

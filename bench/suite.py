@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from .clients import ClientPool, make_payload
-from .fanout import FanoutSettings, PhaseNames, _merge, percentiles, run_count, run_fanout
+from .fanout import FanoutSettings, PhaseNames, _merge, percentiles, run_count, run_fanout, wait_idle
 from .servers import (
     CHANNEL_ID,
     SERVERS,
@@ -634,6 +634,8 @@ def _connect_ramp(ctx: Context, server, group: str, url_of, impl: str, cap: int)
     steps = []
     first_error = None
     opened = 0
+    # A server still busy with the previous ramp's closes would be measured with them.
+    idle_after = wait_idle([server], longest=30.0)
     try:
         for level in CONNECT_LEVELS:
             urls = [url_of(f"c-{group}-{opened + i}") for i in range(batch)]
@@ -667,7 +669,14 @@ def _connect_ramp(ctx: Context, server, group: str, url_of, impl: str, cap: int)
         with contextlib.suppress(Exception):
             ctx.pool.call_all("close", timeout=120, group=group, close_timeout=2.0)
     best = max((s["per_second"] or 0.0 for s in steps), default=0.0)
-    return {"cap": cap, "opened": opened, "best_per_second": best, "first_error": first_error, "steps": steps}
+    return {
+        "cap": cap,
+        "opened": opened,
+        "best_per_second": best,
+        "first_error": first_error,
+        "server_idle_after_s": idle_after,
+        "steps": steps,
+    }
 
 
 def scenario_connect(ctx: Context) -> dict:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from .errors import ApplicationError
@@ -30,7 +31,13 @@ from .services import (
     subscription_start,
 )
 from .subscription import Subscription
-from .transport import _protocol, asgi_close_code_allowed, websocket_close_frame_sender, write_buffer_probe
+from .transport import (
+    asgi_close_code_allowed,
+    connection_aborter,
+    websocket_close_frame_sender,
+    write_buffer_probe,
+    write_drain_waiter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,61 +68,6 @@ def encode_control(body: dict) -> tuple[str, int]:
     return text, len(text.encode("utf-8"))
 
 
-class _DrainSignal:
-    """Stands in for the push producer registered on a Twisted transport (daphne's HTTPChannel,
-    still registered after the WebSocket upgrade), forwarding to it, to learn when the transport's
-    write buffer is empty: Twisted calls ``resumeProducing`` then, once it had called
-    ``pauseProducing`` for a buffer over its ``bufferSize`` (64 KiB)."""
-
-    __slots__ = ("producer", "waiter")
-
-    def __init__(self, producer):
-        self.producer = producer
-        self.waiter: asyncio.Future | None = None
-
-    def pauseProducing(self) -> None:
-        if self.producer is not None:
-            self.producer.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        if self.producer is not None:
-            self.producer.resumeProducing()
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def stopProducing(self) -> None:
-        if self.producer is not None:
-            self.producer.stopProducing()
-
-
-def write_drain_waiter(send) -> Callable[[], Awaitable[None]] | None:
-    """An awaitable callable returning once daphne's write buffer below ``send`` has drained (at
-    once when it holds at most 64 KiB); None under servers whose ``send`` waits for the socket.
-
-    It belongs beside ``write_buffer_probe`` in transport.py, where the SSE stream can use it too.
-    """
-    transport = getattr(_protocol(send), "transport", None)
-    if transport is None or not hasattr(transport, "producerPaused"):
-        return None
-    signal: _DrainSignal | None = None
-
-    async def drained() -> None:
-        nonlocal signal
-        if signal is None:
-            # Installed on first use only: connections that never page a replay are untouched.
-            signal = _DrainSignal(transport.producer)
-            if transport.producer is None:
-                transport.registerProducer(signal, True)
-            else:
-                transport.producer = signal
-        if transport.producerPaused and not transport.disconnected:
-            waiter = signal.waiter = asyncio.get_running_loop().create_future()
-            await waiter
-
-    return drained
-
-
 class ChannelConsumer(AsyncWebsocketConsumer):
     """Subscribes a WebSocket to a WS channel and publishes the text frames it sends."""
 
@@ -123,14 +75,33 @@ class ChannelConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = None
 
     async def __call__(self, scope, receive, send):
-        """Run the consumer, and give the connection slot back however it ends."""
+        """Run the consumer, and give the connection slot back however it ends.
+
+        It reads the client's events itself instead of through channels' ``AsyncConsumer``: that
+        loop (``await_many_dispatch``) keeps a task and an ``asyncio.wait`` per received frame, to
+        also listen on a layer channel this consumer does not have, and its ``dispatch`` hands
+        every frame to a thread to close stale database connections, though no handler here uses
+        the ORM outside ``database_sync_to_async`` (which closes them itself). Per connection that
+        was about 2 KB of the idle memory, and per published frame a thread hand-off.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
         self.connection = None
         self.subscription = None
         self.outbox = None
         self._writer = None
         self._closing = None
         try:
-            await super().__call__(scope, receive, send)
+            while True:
+                message = await receive()
+                handler = getattr(self, get_handler_name(message), None)
+                if handler is None:
+                    logger.warning("ignored an ASGI event of unknown type %r", message.get("type"))
+                    continue
+                await handler(message)
+        except StopConsumer:
+            pass
         finally:
             await self._release()
 
@@ -261,7 +232,16 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         if outbox is not None:
             # What was already queued goes out before the close (nothing, for a slow consumer).
             await outbox.flush()
-        await self._send_close(code, body)
+        abort = connection_aborter(self.base_send) if code == CLOSE_SLOW_CONSUMER else None
+        if abort is not None:
+            # A slow consumer may never read its close frame: daphne drops it 1 s after the close
+            # (autobahn's close handshake timeout); under uvicorn nothing else would.
+            asyncio.get_running_loop().call_later(1.0, abort)
+        try:
+            await self._send_close(code, body)
+        except OSError:
+            # uvicorn's ClientDisconnected, once the abort has run.
+            pass
 
     async def _send_close(self, code: int, body: dict) -> None:
         await self.base_send({"type": "websocket.send", "text": json.dumps(body, separators=(",", ":"))})

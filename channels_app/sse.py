@@ -19,7 +19,7 @@ import logging
 
 from django_eventstream.utils import sse_encode_event
 
-from .consumers import flag, query_params, write_drain_waiter
+from .consumers import flag, query_params
 from .errors import ApplicationError
 from .messages import Message
 from .origins import cors_headers, header
@@ -27,7 +27,7 @@ from .outbox import Outbox
 from .runtime import get_runtime
 from .services import channel_describe, connection_close, connection_open, subscription_start
 from .subscription import Subscription
-from .transport import connection_aborter, write_buffer_probe
+from .transport import connection_aborter, write_buffer_probe, write_drain_waiter
 
 logger = logging.getLogger(__name__)
 
@@ -180,12 +180,18 @@ class _Stream:
         if self.final_frame is not None:
             await outbox.flush()
             await self._write(self.final_frame)
-        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
         abort = connection_aborter(self.send) if self.overflowed else None
         if abort is not None:
             # What the server still buffers is what the client could not read; dropping the
-            # connection frees it now, and the client resumes from its Last-Event-ID.
+            # connection frees it now (under uvicorn the end of the response would wait for the
+            # client to read), and the client resumes from its Last-Event-ID.
             abort()
+            await asyncio.sleep(0)
+        try:
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            # uvicorn's ClientDisconnected, once the abort has run.
+            pass
 
     async def _write(self, frame: bytes) -> None:
         await self.send({"type": "http.response.body", "body": frame, "more_body": True})

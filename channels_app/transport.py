@@ -14,7 +14,7 @@ import asyncio
 import functools
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 def _unwrap(send):
@@ -116,3 +116,56 @@ def connection_aborter(send) -> Callable[[], None] | None:
 
 def _unknown() -> int:
     return 0
+
+
+class _DrainSignal:
+    """Stands in for the push producer registered on a Twisted transport (daphne's HTTPChannel,
+    still registered after the WebSocket upgrade), forwarding to it, to learn when the transport's
+    write buffer is empty: Twisted calls ``resumeProducing`` then, once it had called
+    ``pauseProducing`` for a buffer over its ``bufferSize`` (64 KiB)."""
+
+    __slots__ = ("producer", "waiter")
+
+    def __init__(self, producer):
+        self.producer = producer
+        self.waiter: asyncio.Future | None = None
+
+    def pauseProducing(self) -> None:
+        if self.producer is not None:
+            self.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.producer is not None:
+            self.producer.resumeProducing()
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def stopProducing(self) -> None:
+        if self.producer is not None:
+            self.producer.stopProducing()
+
+
+def write_drain_waiter(send) -> Callable[[], Awaitable[None]] | None:
+    """An awaitable callable returning once daphne's write buffer below ``send`` has drained (at
+    once when it holds at most 64 KiB); None under servers whose ``send`` waits for the socket.
+    """
+    transport = getattr(_protocol(send), "transport", None)
+    if transport is None or not hasattr(transport, "producerPaused"):
+        return None
+    signal: _DrainSignal | None = None
+
+    async def drained() -> None:
+        nonlocal signal
+        if signal is None:
+            # Installed on first use only: connections that never page a replay are untouched.
+            signal = _DrainSignal(transport.producer)
+            if transport.producer is None:
+                transport.registerProducer(signal, True)
+            else:
+                transport.producer = signal
+        if transport.producerPaused and not transport.disconnected:
+            waiter = signal.waiter = asyncio.get_running_loop().create_future()
+            await waiter
+
+    return drained

@@ -29,6 +29,8 @@ if [ "$mode" = "dev" ]; then
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   # Browser tests drive Debian's Chromium; Playwright's own browser download is not used.
   [ -x /usr/bin/chromium ] || missing+=(chromium)
+  # tests/test_deploy.py reads the listen backlog with ss.
+  command -v ss >/dev/null 2>&1 || missing+=(iproute2)
   if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 else
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt

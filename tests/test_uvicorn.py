@@ -209,21 +209,7 @@ def _server_side_connections(port: int, client_port: int) -> int:
     return len(result.stdout.splitlines())
 
 
-@pytest.mark.parametrize(
-    "asgi_server",
-    [
-        "daphne",
-        pytest.param(
-            "uvicorn",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="ChannelConsumer never aborts a cut-off connection: uvicorn's close waits for the client "
-                "to read (daphne aborts 1 s after its close frame); needs the consumers.py change in "
-                "docs/deployment.md, 'Choosing the server'",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("asgi_server", ["daphne", "uvicorn"])
 async def test_connection_of_a_client_that_never_reads_is_dropped_after_the_cut_off(start_server, asgi_server):
     server = start_server(SLOW_CONFIG, server=asgi_server)
     stalled = await asyncio.to_thread(_stalled_websocket, server.port, "/api/v1/channels/slow-1?clientId=stalled")

@@ -64,8 +64,6 @@ class Tally:
         self.size = 0
         self.open: list[bool] = []
         self.close_codes: dict[int, int] = {}
-        self.others = 0
-        self.other_samples: list[str] = []
         self.arm("", 0, False)
 
     def add_connection(self) -> int:
@@ -88,6 +86,8 @@ class Tally:
         self.first_recv = 0.0
         self.last_recv = 0.0
         self.latencies: array.array | None = array.array("d") if latencies else None
+        self.others = 0
+        self.other_samples: list[str] = []
         self.target = sum(self.open)
         self.done = asyncio.Event()
         if self.target == 0 or expected == 0:

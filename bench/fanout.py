@@ -512,7 +512,12 @@ def run_count(
     rates: dict[str, list[dict]] = {}
     try:
         for name, target in targets.items():
-            result = row["results"][name] = {"server": name, "subscribers": n, "processes": len(target)}
+            result = row["results"][name] = {
+                "server": name,
+                "subscribers": n,
+                "channels": settings.channel_count,
+                "processes": len(target),
+            }
             try:
                 for server in target:
                     server.start()

@@ -90,7 +90,8 @@ def warnings(result: dict) -> list[str]:
     rate = result.get("rate") or {}
     burst = result.get("burst") or {}
     if rate and burst.get("deliveries_per_s") and burst.get("live_subscribers"):
-        demand = rate["rate"] * burst["live_subscribers"]
+        # The fixed rate is spread over the channels: each message reaches one channel's subscribers.
+        demand = rate["rate"] * burst["live_subscribers"] / result.get("channels", 1)
         if demand > 0.7 * burst["deliveries_per_s"]:
             found.append(
                 f"{where} rate: {rate['rate']:g} msg/s to {burst['live_subscribers']} subscribers asks for "

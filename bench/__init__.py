@@ -2,10 +2,15 @@
 
 ``python -m bench --help`` lists the options. The pieces:
 
-- ``servers``: the service under daphne and the baseline servers, as child processes.
+- ``servers``: the service under daphne (or uvicorn), the baseline servers and redis-server, as
+  child processes.
 - ``baseline``: the bare ``websockets`` broadcast server (``python -m bench.baseline``).
-- ``clients``: load-client processes (subscribers and a publisher) driven over pipes.
+- ``asgi_ws_baseline``, ``sse_baseline``: bare ASGI WebSocket and SSE broadcast apps, run under
+  the same server as the service.
+- ``clients``: load-client processes (subscribers, a publisher, Django publishers) driven over pipes.
 - ``sysstat``: CPU and memory of processes and of the machine, read from ``/proc``.
-- ``fanout``: the WebSocket fan-out scenario (burst throughput and fixed-rate latency).
-- ``report``: the terminal table, warnings and JSON document.
+- ``fanout``: the WebSocket fan-out scenario (burst throughput and fixed-rate latency), also run
+  over many channels and over several server processes.
+- ``suite``: the other scenarios (sse, memory, push, redis, channels, publish, connect, procs).
+- ``report``: the terminal tables, warnings and JSON document.
 """

@@ -74,6 +74,11 @@ class ChannelConsumer(AsyncWebsocketConsumer):
     # The hub receives from the channel layer for every local connection.
     channel_layer_alias = None
 
+    def __init__(self, *, channel: str):
+        """``channel``: the channel id or name from the URL (routing.WebSocketRouter matches it)."""
+        super().__init__()
+        self.channel_reference = channel
+
     async def __call__(self, scope, receive, send):
         """Run the consumer, and give the connection slot back however it ends.
 
@@ -111,7 +116,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         query = query_params(self.scope)
         try:
             self.connection = await connection_open(
-                reference=self.scope["url_route"]["kwargs"]["channel"],
+                reference=self.channel_reference,
                 transport="WS",
                 client_id=query.get("clientId"),
                 since=query.get("since"),

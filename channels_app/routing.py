@@ -153,8 +153,9 @@ class WebSocketRouter:
         match = self.channel_path.match(_path_below_root(scope))
         if match is None:
             return await refuse_websocket(receive, send, CLOSE_NOT_FOUND, NOT_FOUND_BODY)
-        scope = {**scope, "url_route": {"args": (), "kwargs": match.groupdict()}}
-        return await ChannelConsumer()(scope, receive, send)
+        # The channel goes to the consumer itself: a copy of the scope with ``url_route`` in it
+        # would be kept for the life of the connection.
+        return await ChannelConsumer(channel=match["channel"])(scope, receive, send)
 
 
 def _path_below_root(scope) -> str:

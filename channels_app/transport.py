@@ -54,11 +54,7 @@ def write_buffer_probe(send) -> Callable[[], int]:
     """
     transport = getattr(_protocol(send), "transport", None)
     if transport is not None and hasattr(transport, "_tempDataLen"):
-
-        def buffered() -> int:
-            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-
-        return buffered
+        return _TwistedWriteBuffer(transport).buffered
     asyncio_transport = _asyncio_transport(send)
     if asyncio_transport is not None:
         return asyncio_transport.get_write_buffer_size
@@ -153,13 +149,33 @@ def write_drain_waiter(send) -> Callable[[], Awaitable[None]] | None:
     transport = getattr(_protocol(send), "transport", None)
     if transport is None or not hasattr(transport, "producerPaused"):
         return None
-    signal: _DrainSignal | None = None
+    return _TwistedWriteBuffer(transport).drained
 
-    async def drained() -> None:
-        nonlocal signal
+
+class _TwistedWriteBuffer:
+    """What a Twisted transport buffers, and a wait for it to drain.
+
+    A small object with slots rather than closures: one exists per connection, and its bound
+    methods cost less memory than a function with its cells.
+    """
+
+    __slots__ = ("signal", "transport")
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.signal: _DrainSignal | None = None
+
+    def buffered(self) -> int:
+        """Bytes written to the transport and not yet sent."""
+        transport = self.transport
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+    async def drained(self) -> None:
+        """Return once the transport's buffer has drained below Twisted's mark."""
+        transport, signal = self.transport, self.signal
         if signal is None:
             # Installed on first use only: connections that never page a replay are untouched.
-            signal = _DrainSignal(transport.producer)
+            signal = self.signal = _DrainSignal(transport.producer)
             if transport.producer is None:
                 transport.registerProducer(signal, True)
             else:
@@ -167,5 +183,3 @@ def write_drain_waiter(send) -> Callable[[], Awaitable[None]] | None:
         if transport.producerPaused and not transport.disconnected:
             waiter = signal.waiter = asyncio.get_running_loop().create_future()
             await waiter
-
-    return drained

@@ -14,9 +14,13 @@ transaction commits, so subscribers never hear of rows that were rolled back::
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import os
+import threading
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 
 from .messages import Message
 from .naming import SERVER_CLIENT_ID
@@ -38,5 +42,54 @@ async def apublish(channel: str, payload, *, client_id: str = SERVER_CLIENT_ID) 
 
 
 def publish(channel: str, payload, *, client_id: str = SERVER_CLIENT_ID) -> Message:
-    """Synchronous twin of ``apublish`` for views, signals and tasks."""
-    return async_to_sync(apublish)(channel, payload, client_id=client_id)
+    """Synchronous twin of ``apublish`` for views, signals, tasks and scripts.
+
+    In a thread the server runs sync code in (a sync view, a signal), ``async_to_sync`` runs
+    ``apublish`` on the server's event loop, where this process's runtime lives. Anywhere else
+    (a management command, a worker, a script) there is no such loop, and ``async_to_sync`` would
+    make a new one per call, while the runtime's Redis connections stay bound to the first one
+    (the next call failed with "Event loop is closed"). There every call runs on one event loop
+    that a background thread keeps for the process.
+    """
+    if _server_loop() is not None:
+        return async_to_sync(apublish)(channel, payload, client_id=client_id)
+    return _publisher_loop().run(apublish(channel, payload, client_id=client_id))
+
+
+def _server_loop() -> asyncio.AbstractEventLoop | None:
+    """The running event loop whose ``sync_to_async`` call this thread serves, if any.
+
+    asgiref records it per thread; ``async_to_sync`` reads the same two attributes to decide
+    whether to run on that loop or make a new one.
+    """
+    threadlocal = SyncToAsync.threadlocal
+    if getattr(threadlocal, "main_event_loop_pid", None) != os.getpid():
+        return None
+    loop = getattr(threadlocal, "main_event_loop", None)
+    return loop if loop is not None and loop.is_running() else None
+
+
+class PublisherLoop:
+    """An event loop in a daemon thread, running the coroutines of ``publish()`` called outside the server."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="realtime-publisher", daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine):
+        """Run ``coroutine`` on the loop; return its result (or raise its exception)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+
+_publisher_loop_lock = threading.Lock()
+
+
+@functools.cache
+def _publisher_loop_unlocked() -> PublisherLoop:
+    return PublisherLoop()
+
+
+def _publisher_loop() -> PublisherLoop:
+    with _publisher_loop_lock:
+        return _publisher_loop_unlocked()

@@ -1,13 +1,19 @@
 """The Python publishing API reaches WebSocket and SSE subscribers through the one publish path."""
 
+import asyncio
 import json
+import subprocess
+import sys
 
 import pytest
+import websockets
 from asgiref.sync import sync_to_async
 from channels.testing import ApplicationCommunicator, WebsocketCommunicator
 
 import channels_app
 from channels_app.models import Channel
+from tests.conftest import redis_config
+from tests.liveserver import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,3 +72,33 @@ async def test_publishing_to_an_unknown_channel_says_so():
     with pytest.raises(ApplicationError) as refused:
         await channels_app.apublish("missing", "x")
     assert refused.value.status == 404
+
+
+PUBLISH_SCRIPT = """
+import django
+
+django.setup()
+import channels_app
+
+for index in range(5):
+    print(channels_app.publish("chat-1", f"from a script {index}").offset)
+"""
+
+
+async def test_publish_from_a_separate_process_reaches_a_redis_backed_server(start_server, redis_server):
+    """A script, worker or management command publishes through Redis, call after call."""
+    server = start_server(redis_config(redis_server.url))
+    async with websockets.connect(f"{server.ws}/api/v1/channels/chat-1?clientId=reader") as ws:
+        script = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", PUBLISH_SCRIPT],
+            cwd=ROOT,
+            env=server.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert script.returncode == 0, script.stderr
+        received = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(5)]
+    assert [message["payload"] for message in received] == [f"from a script {index}" for index in range(5)]
+    assert [message["offset"] for message in received] == [int(line) for line in script.stdout.split()]

@@ -241,7 +241,8 @@ def render_suite(scenarios: dict) -> str:
         f"{'push/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'srv':>5} {'other':>5}"
     )
     if "rows" in scenarios.get("sse", {}):
-        lines += ["", "SSE fan-out (HTTP publish; ratio = service / bare ASGI SSE app under daphne):", header]
+        server = scenarios["sse"].get("asgi_server", "daphne")
+        lines += ["", f"SSE fan-out (HTTP publish; ratio = service / bare ASGI SSE app under {server}):", header]
         for row in scenarios["sse"]["rows"]:
             for name, r in row["results"].items():
                 ours = name == "service"

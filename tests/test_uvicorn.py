@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -28,19 +27,9 @@ import websockets
 from channels_app.security import SecurityHeadersMiddleware
 from channels_app.transport import connection_aborter, websocket_close_frame_sender, write_buffer_probe
 from tests.liveserver import ROOT, UVICORN_OPTIONS, base_environment, free_port
+from tests.test_ws_endpoint import SLOW_CONFIG
 
 API_KEY = "uvicorn-test-key"
-
-SLOW_CONFIG = """
-server:
-  publish_rate: 100000
-  publish_burst: 100000
-  max_pending_bytes: 65536
-pubsub:
-  driver: "MEMORY"
-channels:
-  slow: {id: "slow-1", type: "WS"}
-"""
 
 LARGE_CONFIG = """
 server:
@@ -260,49 +249,6 @@ async def test_a_frame_over_the_servers_own_limit_is_refused_by_the_server(any_s
     body, code = await _close_after_sending(any_server.channel_url("chat-1", clientId="huge"), "x" * (2 << 20))
     assert code == close_code
     assert body is None
-
-
-# --------------------------------------------------------------------------------------------
-# SIGTERM
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.timeout(60)
-async def test_sigterm_drains_with_our_close_frame_then_uvicorn_exits_within_the_grace_period(start_server):
-    grace = 3
-    server = start_server(
-        server="uvicorn", env={"REALTIME_API_KEYS": API_KEY, "REALTIME_SHUTDOWN_GRACE_SECONDS": str(grace)}
-    )
-    async with (
-        websockets.connect(server.channel_url("chat-1", clientId="ws-client")) as ws,
-        httpx.AsyncClient(timeout=10) as client,
-        client.stream("GET", server.channel_url("feed-1", scheme="http", clientId="sse-client")) as stream,
-    ):
-        lines = stream.aiter_lines()
-        while (await anext(lines)) != "event: stream-open":
-            pass
-        signalled = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
-        control = json.loads(await asyncio.wait_for(ws.recv(), 5))
-        with pytest.raises(websockets.ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
-        remaining = [line async for line in lines]
-        returncode = await asyncio.to_thread(server.process.wait, grace + 5)
-    elapsed = time.monotonic() - signalled
-    # Our drain ran first (not uvicorn's 1012 "service restart"), then uvicorn's shutdown.
-    assert control == {
-        "control": "close",
-        "code": 1001,
-        "error": "going_away",
-        "message": "This instance is shutting down; reconnect (with ?since=) to resume elsewhere.",
-    }
-    assert closed.value.rcvd.code == 1001
-    assert "event: stream-error" in remaining
-    assert elapsed < grace + 1, f"exited {elapsed:.1f}s after SIGTERM"
-    # uvicorn re-raises the signal it handled once it has shut down.
-    assert returncode == -signal.SIGTERM
-    log = server.log()
-    assert "SIGTERM: draining" in log and "drained in" in log and "Finished server process" in log
 
 
 # --------------------------------------------------------------------------------------------

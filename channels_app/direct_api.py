@@ -26,6 +26,7 @@ from django.middleware.security import SecurityMiddleware
 
 from .api import json_error
 from .errors import ApplicationError
+from .gctuning import request_finished
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,12 @@ class DirectApiView:
 
     async def __call__(self, scope, receive, send):
         """Read the body, run the view, send its response."""
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            request_finished()
+
+    async def _serve(self, scope, receive, send):
         try:
             body = await read_body(receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
         except ClientGone:

@@ -9,9 +9,7 @@ never reads, its own message limit, SIGTERM beside uvicorn's signal handling, an
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import re
 import socket
 import struct
@@ -27,6 +25,7 @@ import websockets
 from channels_app.security import SecurityHeadersMiddleware
 from channels_app.transport import connection_aborter, websocket_close_frame_sender, write_buffer_probe
 from tests.liveserver import ROOT, UVICORN_OPTIONS, base_environment, free_port
+from tests.test_hardening_websocket import handshake
 from tests.test_ws_endpoint import SLOW_CONFIG
 
 API_KEY = "uvicorn-test-key"
@@ -94,23 +93,9 @@ async def test_transport_helpers_find_uvicorns_websocket_and_http_connections():
 # --------------------------------------------------------------------------------------------
 
 
-def _stalled_websocket(port: int, path: str) -> socket.socket:
+def _stalled_websocket(server, path: str) -> socket.socket:
     """A WebSocket client that completes the handshake and then does not read."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        assert chunk, "server closed during the handshake"
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
+    return handshake(server, path, rcvbuf=4096)
 
 
 def _read_until_close_frame(sock: socket.socket, within: float = 20) -> list[tuple[int, bytes]]:
@@ -165,7 +150,7 @@ async def _flood(server, count: int, size: int) -> None:
 
 async def test_client_that_never_reads_is_cut_off_with_4408_and_memory_stays_bounded(start_server):
     server = start_server(SLOW_CONFIG, server="uvicorn")
-    stalled = await asyncio.to_thread(_stalled_websocket, server.port, "/api/v1/channels/slow-1?clientId=stalled")
+    stalled = await asyncio.to_thread(_stalled_websocket, server, "/api/v1/channels/slow-1?clientId=stalled")
     try:
         before = _rss_kib(server.process.pid)
         count, size = 1500, 16 * 1024  # 24 MiB for a client that reads none of it
@@ -201,7 +186,7 @@ def _server_side_connections(port: int, client_port: int) -> int:
 @pytest.mark.parametrize("asgi_server", ["daphne", "uvicorn"])
 async def test_connection_of_a_client_that_never_reads_is_dropped_after_the_cut_off(start_server, asgi_server):
     server = start_server(SLOW_CONFIG, server=asgi_server)
-    stalled = await asyncio.to_thread(_stalled_websocket, server.port, "/api/v1/channels/slow-1?clientId=stalled")
+    stalled = await asyncio.to_thread(_stalled_websocket, server, "/api/v1/channels/slow-1?clientId=stalled")
     client_port = stalled.getsockname()[1]
     try:
         await asyncio.wait_for(_flood(server, 400, 16 * 1024), 60)

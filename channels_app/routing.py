@@ -60,12 +60,12 @@ NOT_FOUND_BODY = {
 
 
 class HostGuard:
-    """Refuses the channel URL under a ``Host`` that ``DJANGO_ALLOWED_HOSTS`` does not list.
+    """Refuses an HTTP request under a ``Host`` that ``DJANGO_ALLOWED_HOSTS`` does not list (400).
 
-    Django checks the host of the requests it serves; streams, preflights and WebSockets are
-    served before Django, so they are checked here. Without it a page on a DNS-rebinding domain
-    would pass the origin check (its ``Origin`` host equals the ``Host`` it sends) and could read
-    a service that is meant to be reachable only inside a network.
+    Django checks the host of the requests it serves; streams, preflights and the server API are
+    served before Django, so they are checked here (WebSockets in ``WebSocketRouter``). Without it
+    a page on a DNS-rebinding domain would pass the origin check (its ``Origin`` host equals the
+    ``Host`` it sends) and could read a service that is meant to be reachable only inside a network.
     """
 
     def __init__(self, application):
@@ -76,14 +76,10 @@ class HostGuard:
         if host_allowed(host):
             return await self.application(scope, receive, send)
         get_runtime().stats.incr("refusals_host_not_allowed")
-        body = host_not_allowed_body(host)
-        if scope["type"] == "http":
-            payload = json.dumps(body).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-            await send({"type": "http.response.start", "status": 400, "headers": headers})
-            await send({"type": "http.response.body", "body": payload})
-            return None
-        await refuse_websocket(receive, send, CLOSE_HOST_NOT_ALLOWED, body)
+        payload = json.dumps(host_not_allowed_body(host)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
         return None
 
 
@@ -160,10 +156,10 @@ class WebSocketRouter:
 
 def _path_below_root(scope) -> str:
     """The request path without the ``root_path`` prefix and leading slashes, as URLRouter matches it."""
-    path, root_path = scope["path"], scope.get("root_path", "")
-    if root_path and path.startswith(root_path):
-        path = path[len(root_path) :]
-    return path.lstrip("/")
+    request_path, root_path = scope["path"], scope.get("root_path", "")
+    if root_path and request_path.startswith(root_path):
+        request_path = request_path[len(root_path) :]
+    return request_path.lstrip("/")
 
 
 def websocket_router():

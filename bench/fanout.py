@@ -533,19 +533,9 @@ def run_count(
         ready = [s for s in sessions if "error" not in row["results"][s.group]]
         for round_index in range(settings.rounds):
             log(f" round {round_index + 1}/{settings.rounds}")
-            for session in ready:
-                try:
-                    bursts.setdefault(session.group, []).append(session.burst())
-                except Exception as error:
-                    row["results"][session.group]["error"] = f"burst: {type(error).__name__}: {error}"
-                    log(f"  ! {session.group} burst failed: {error}")
+            _run_phase(ready, row, bursts, "burst", "burst", lambda session: session.burst(), log)
             ready = [s for s in ready if "error" not in row["results"][s.group]]
-            for session in ready:
-                try:
-                    rates.setdefault(session.group, []).append(session.fixed_rate())
-                except Exception as error:
-                    row["results"][session.group]["error"] = f"rate: {type(error).__name__}: {error}"
-                    log(f"  ! {session.group} fixed rate failed: {error}")
+            _run_phase(ready, row, rates, "rate", "fixed rate", lambda session: session.fixed_rate(), log)
     finally:
         for session in sessions:
             result = row["results"][session.group]
@@ -620,3 +610,13 @@ def run_fanout(settings: FanoutSettings, pool: ClientPool, work_dir, log=print, 
         )
         rows.append(run_count(targets, pool, settings, n, phases, log))
     return rows
+
+
+def _run_phase(sessions, row: dict, results: dict, key: str, label: str, run, log) -> None:
+    """Run one phase on every session, appending its result; a failure marks that server's row."""
+    for session in sessions:
+        try:
+            results.setdefault(session.group, []).append(run(session))
+        except Exception as error:
+            row["results"][session.group]["error"] = f"{key}: {type(error).__name__}: {error}"
+            log(f"  ! {session.group} {label} failed: {error}")

@@ -100,6 +100,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the service as committed at REF (e.g. HEAD; git archive into the work dir)\n"
         "instead of the working tree, which other people may be editing",
     )
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="count the servers' system calls in every burst with perf stat (needs perf, and root or\n"
+        "kernel.perf_event_paranoid <= 1); printed per delivery",
+    )
     parser.add_argument("--work-dir", type=Path, help="keep configs and server logs here (default: temp, removed)")
     args = parser.parse_args(argv)
     args.scenarios = list(SCENARIOS) if args.scenario == "all" else [p.strip() for p in args.scenario.split(",") if p]
@@ -123,6 +129,7 @@ def settings_from(args: argparse.Namespace) -> FanoutSettings:
     settings = FanoutSettings(subscribers=args.subscribers, servers=args.servers, size=args.size, rate=args.rate)
     settings.client_impl = args.client
     settings.asgi_server = args.asgi_server
+    settings.syscalls = args.syscalls
     if args.quick:
         settings.rounds = 1
         settings.burst_deliveries = 30_000

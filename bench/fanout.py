@@ -26,6 +26,7 @@ count is watched until it is back to 0 (a leak check), then the servers are stop
 from __future__ import annotations
 
 import array
+import contextlib
 import re
 import statistics
 import time
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 from .clients import ClientPool
 from .servers import CHANNEL_ID, ROOT, SERVERS, ServiceServer, room_channel_id
-from .sysstat import CpuWindow, process_rss_bytes
+from .sysstat import CpuWindow, SyscallWindow, per_delivery, process_rss_bytes
 
 WARMUP_INTERVAL = 0.05
 WARMUP_TIMEOUT = 30.0
@@ -63,6 +64,7 @@ class FanoutSettings:
     quiet_cores: float = 0.25  # "quiet": other processes use less than this many cores
     channels: int = 0  # 0: every subscriber on CHANNEL_ID; else dealt over room_channel_id(0..channels-1)
     warmup_interval: float = WARMUP_INTERVAL
+    syscalls: bool = False  # count the servers' system calls in bursts (perf stat)
 
     @property
     def channel_count(self) -> int:
@@ -306,7 +308,11 @@ class ServerSession:
         s = self.settings
         messages = s.burst_messages(self.n)
         phase, quiet, per_connection, live = self._arm("b", messages)
-        with CpuWindow(self.pids()) as window:
+        syscalls = SyscallWindow([server.pid for server in self.servers], self.servers[0].work_dir)
+        with contextlib.ExitStack() as stack:
+            if s.syscalls:
+                stack.enter_context(syscalls)
+            window = stack.enter_context(CpuWindow(self.pids()))
             self.pool.send_all("wait", group=self.group, deadline=s.timeout, idle=s.idle_timeout)
             published = self.pool.publisher.call(
                 "burst", timeout=s.timeout + 30, group=self.group, phase=phase, count=messages, size=s.size
@@ -336,6 +342,9 @@ class ServerSession:
             **{k: merged[k] for k in ("other_frames", "other_samples", "close_codes", "client_cpu_s")},
             "latency": merged["latency"],
         }
+        if s.syscalls:
+            result["syscalls"] = syscalls.result
+            result["syscalls_per_delivery"] = per_delivery(syscalls.result, merged["received"])
         self.log(
             f"  {self.group}: burst {messages} msg x {live} subs: {result['received']:,}/{expected:,} delivered, "
             f"{result['deliveries_per_s']:,.0f}/s in {elapsed or 0:.2f} s (server {cpu['server_cores'] or 0:.2f} "
@@ -462,6 +471,7 @@ def summarize_bursts(rounds: list[dict]) -> dict:
         "publish_per_s": median_round["publish_per_s"],
         "latency": median_round["latency"],
         "cpu": median_round["cpu"],
+        "syscalls_per_delivery": median_round.get("syscalls_per_delivery"),
         "cpu_max_client_any_round": max((r["cpu"]["client_cores_max"] or 0.0) for r in rounds),
         "other_cores_max": max(r["cpu"]["other_cores"] for r in rounds),
         "rounds": rounds,

@@ -164,6 +164,27 @@ def render(doc: dict) -> str:
     return "\n".join(lines)
 
 
+SYSCALL_COLUMNS = ("all", "sendto", "sendmsg", "write", "writev", "epoll_wait", "epoll_ctl", "recvfrom", "read")
+
+
+def syscall_table(rows: list[dict]) -> list[str]:
+    """System calls per delivery in the median burst (``--syscalls``); nothing when not counted."""
+    counted = [
+        (row["subscribers"], name, (result.get("burst") or {}).get("syscalls_per_delivery"))
+        for row in rows
+        for name, result in row["results"].items()
+    ]
+    if not any(per for _, _, per in counted):
+        return []
+    width = max(len(name) for _, name, _ in counted)
+    header = f"{'N':>5} {'server':<{width}} " + " ".join(f"{column:>10}" for column in SYSCALL_COLUMNS)
+    lines = ["", "System calls per delivery (median burst, perf stat):", header, "-" * len(header)]
+    for n, name, per in counted:
+        cells = " ".join(f"{_fmt((per or {}).get(column), '.3f'):>10}" for column in SYSCALL_COLUMNS)
+        lines.append(f"{n:>5} {name:<{width}} {cells}")
+    return lines
+
+
 def fanout_table(rows: list[dict]) -> list[str]:
     """The fan-out rows (also those of the channels and procs scenarios) as a table, then their warnings."""
     width = max((len(name) for row in rows for name in row["results"]), default=8)
@@ -191,6 +212,7 @@ def fanout_table(rows: list[dict]) -> list[str]:
                 f"{'+'.join(_fmt(v, '.2f') for v in clients.values()) or '-':>9} "
                 f"{_fmt(cpu.get('other_cores'), '.2f'):>5}"
             )
+    lines += syscall_table(rows)
     all_warnings = [w for row in rows for w in row.get("warnings", [])]
     if all_warnings:
         lines += ["", "Warnings:"] + [f"  - {w}" for w in all_warnings]

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -114,3 +118,80 @@ def machine_info() -> dict:
         "python": sys.version.split()[0],
         "load_average_1m": os.getloadavg()[0],
     }
+
+
+# What a fan-out delivery costs the kernel: the send calls, and the event-loop wake-ups around them.
+SYSCALL_EVENTS = {
+    "all": "raw_syscalls:sys_enter",
+    "sendto": "syscalls:sys_enter_sendto",
+    "sendmsg": "syscalls:sys_enter_sendmsg",
+    "write": "syscalls:sys_enter_write",
+    "writev": "syscalls:sys_enter_writev",
+    "epoll_wait": "syscalls:sys_enter_epoll_wait",
+    "epoll_ctl": "syscalls:sys_enter_epoll_ctl",
+    "recvfrom": "syscalls:sys_enter_recvfrom",
+    "read": "syscalls:sys_enter_read",
+}
+
+
+class SyscallWindow:
+    """System calls made by processes over a window, counted by ``perf stat`` on kernel tracepoints.
+
+    Needs ``perf`` and the right to trace (root, or ``kernel.perf_event_paranoid`` ≤ 1); without them
+    ``result`` says why and holds no counts. Counting costs the traced processes little: the kernel
+    bumps a counter per call, nothing is recorded.
+    """
+
+    def __init__(self, pids: list[int], work_dir: Path):
+        self.pids = pids
+        self.output = work_dir / f"perf-stat-{os.getpid()}-{time.monotonic_ns()}.csv"
+        self.process: subprocess.Popen | None = None
+        self.result: dict = {}
+
+    def __enter__(self) -> SyscallWindow:
+        perf = shutil.which("perf")
+        if perf is None:
+            self.result = {"error": "perf is not installed (apt-get install linux-perf)"}
+            return self
+        events = ",".join(SYSCALL_EVENTS.values())
+        self.process = subprocess.Popen(
+            [perf, "stat", "-x", ",", "-o", str(self.output), "-e", events, "-p", ",".join(map(str, self.pids))],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(0.3)  # perf attaches to the processes' threads before it starts counting
+        if self.process.poll() is not None:
+            self.result = {"error": f"perf stat failed: {self.process.stderr.read().decode().strip()[:300]}"}
+            self.process = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.result = _parse_perf_stat(self.output.read_text() if self.output.exists() else "")
+        self.output.unlink(missing_ok=True)
+
+
+def _parse_perf_stat(text: str) -> dict:
+    """Counts by SYSCALL_EVENTS name from ``perf stat -x ,`` output (value, unit, event, ...)."""
+    names = {event: name for name, event in SYSCALL_EVENTS.items()}
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) >= 3 and fields[2] in names and fields[0].isdigit():
+            counts[names[fields[2]]] = int(fields[0])
+    return counts if counts else {"error": "perf stat counted nothing"}
+
+
+def per_delivery(syscalls: dict, deliveries: int) -> dict | None:
+    """Each counted system call per delivery (None without counts or deliveries)."""
+    if "error" in syscalls or not deliveries:
+        return None
+    return {name: round(count / deliveries, 3) for name, count in syscalls.items()}

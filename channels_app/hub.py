@@ -34,12 +34,18 @@ logger = logging.getLogger(__name__)
 # hour keeps long-lived subscriptions alive.
 GROUP_REFRESH_SECONDS = 3600
 
+# Queued layer events the hub fans out before it lets the connections' writers run. A writer then
+# sends a turn's frames together: under daphne one socket write and one arm and disarm of the
+# write watch for all of them rather than one each, which is most of daphne's cost per delivery.
+EVENTS_PER_TURN = 16
+
 
 class Hub:
     """Joins channel groups for this instance and fans messages out to local subscriptions."""
 
-    def __init__(self, *, layer, history, registry, stats):
+    def __init__(self, *, layer, history, registry, stats, events_per_turn: int = EVENTS_PER_TURN):
         self.layer = layer
+        self.events_per_turn = events_per_turn
         self.history = history
         self.registry = registry
         self.stats = stats
@@ -129,10 +135,11 @@ class Hub:
     async def _receive_loop(self) -> None:
         while True:
             try:
-                event = await self.layer.receive(self.channel_name)
-                await self.dispatch(event)
+                for _ in range(self.events_per_turn):
+                    event = await self.layer.receive(self.channel_name)
+                    await self.dispatch(event)
                 # receive() does not yield while events are queued: let the connections' writers
-                # drain their outboxes between messages, or a burst would overflow every one of them.
+                # drain their outboxes every few events, or a burst would overflow every one of them.
                 await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise

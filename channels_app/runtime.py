@@ -11,7 +11,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from .history import MemoryHistory
-from .hub import Hub
+from .hub import EVENTS_PER_TURN, Hub
 from .idempotency import MemoryIdempotency
 from .presence import MemoryPresence
 from .registry import ChannelRegistry
@@ -42,7 +42,14 @@ class Runtime:
             self.history = MemoryHistory()
             self.presence = MemoryPresence()
             self.idempotency = MemoryIdempotency()
-        self.hub = Hub(layer=layer, history=self.history, registry=self.registry, stats=self.stats)
+        self.hub = Hub(
+            layer=layer,
+            history=self.history,
+            registry=self.registry,
+            stats=self.stats,
+            # Every connection must have room for a turn's frames in its outbox.
+            events_per_turn=max(1, min(EVENTS_PER_TURN, config.server.max_pending_messages // 4)),
+        )
         self.registry.before_load = self.hub.start
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
         self.draining = False

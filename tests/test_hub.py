@@ -208,8 +208,8 @@ async def test_close_all_closes_every_local_subscription_of_every_channel(hub):
 
 
 async def test_a_burst_of_queued_events_does_not_overflow_connections_that_keep_up(hub):
-    """The layer hands queued events over without yielding; the hub lets writers run between them."""
-    reader = Reader(encode_payload, max_messages=5)
+    """The layer hands queued events over without yielding; the hub lets writers run every turn."""
+    reader = Reader(encode_payload, max_messages=hub.events_per_turn)
     await hub.subscribe(reader.subscription)
     for index in range(50):
         message = await hub.history.append(ROOM, payload=f"m{index}", client_id="writer")
@@ -217,3 +217,23 @@ async def test_a_burst_of_queued_events_does_not_overflow_connections_that_keep_
     frames = await reader.wait_for(50)
     assert not reader.overflowed
     assert [frame[1] for frame in frames] == [f"m{index}" for index in range(50)]
+
+
+async def test_queued_events_reach_each_writer_a_turn_at_a_time(hub):
+    """A writer finds a whole turn of frames to send together (one socket write under daphne)."""
+    reader = Reader(encode_payload)
+    queued_at_each_write = []
+    write = reader.outbox._write
+
+    async def counting_write(frame):
+        queued_at_each_write.append(hub.stats.counters().get("deliveries", 0) - len(reader.frames))
+        await write(frame)
+
+    reader.outbox._write = counting_write
+    await hub.subscribe(reader.subscription)
+    for index in range(3 * hub.events_per_turn):
+        message = await hub.history.append(ROOM, payload=f"m{index}", client_id="writer")
+        await hub.layer.send(hub.channel_name, message.to_event())
+    await reader.wait_for(3 * hub.events_per_turn)
+    assert hub.events_per_turn > 1
+    assert max(queued_at_each_write) == hub.events_per_turn

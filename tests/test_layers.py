@@ -43,3 +43,49 @@ async def test_expired_messages_and_their_channel_still_leave(monkeypatch):
     # channels' rule: a channel whose message expired unread is dropped from every group.
     assert stale not in layer.groups.get("channel-a", {})
     assert stale not in layer.channels
+
+
+async def test_group_send_queues_for_every_member_without_yielding():
+    """A burst of publishes reaches the hub together, so it can be fanned out in one turn."""
+    layer = InMemoryChannelLayer()
+    members = [await layer.new_channel("member") for _ in range(3)]
+    for member in members:
+        await layer.group_add("channel-a", member)
+    other_task_ran = []
+    asyncio.get_running_loop().call_soon(other_task_ran.append, True)
+    for index in range(5):
+        await layer.group_send("channel-a", {"type": "realtime.message", "n": index})
+    assert other_task_ran == []
+    for member in members:
+        assert [(await layer.receive(member))["n"] for _ in range(5)] == list(range(5))
+
+
+async def test_group_send_to_a_full_member_still_reaches_the_others():
+    layer = InMemoryChannelLayer(capacity=1)
+    full, free = await layer.new_channel("full"), await layer.new_channel("free")
+    await layer.group_add("channel-a", full)
+    await layer.group_add("channel-a", free)
+    await layer.send(full, {"type": "realtime.message", "n": 0})
+    await layer.group_send("channel-a", {"type": "realtime.message", "n": 1})
+    assert (await layer.receive(full))["n"] == 0
+    assert (await layer.receive(free))["n"] == 1
+    assert full not in layer.channels
+
+
+async def test_a_publisher_yields_once_a_member_is_backlogged():
+    """A publisher faster than the hub is held to one message per turn, not queued without bound."""
+    layer = InMemoryChannelLayer(capacity=10_000)
+    member = await layer.new_channel("member")
+    await layer.group_add("channel-a", member)
+    depth_at_each_turn = []
+
+    def other_task():
+        depth_at_each_turn.append(layer.channels[member].qsize())
+        handle[0] = asyncio.get_running_loop().call_soon(other_task)
+
+    handle = [asyncio.get_running_loop().call_soon(other_task)]
+    for index in range(layers.BACKLOG + 10):
+        await layer.group_send("channel-a", {"type": "realtime.message", "n": index})
+    handle[0].cancel()
+    # No turn for others until the backlog is reached, then one after every message.
+    assert depth_at_each_turn == list(range(layers.BACKLOG, layers.BACKLOG + 11))

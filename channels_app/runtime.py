@@ -47,8 +47,7 @@ class Runtime:
             history=self.history,
             registry=self.registry,
             stats=self.stats,
-            # Every connection must have room for a turn's frames in its outbox.
-            events_per_turn=max(1, min(EVENTS_PER_TURN, config.server.max_pending_messages // 4)),
+            events_per_turn=events_per_turn(config.server),
         )
         self.registry.before_load = self.hub.start
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
@@ -87,3 +86,11 @@ def get_runtime() -> Runtime:
 def reset_runtime() -> None:
     """Forget the runtime so the next use builds a new one (tests that change settings)."""
     _holder.reset()
+
+
+def events_per_turn(server) -> int:
+    """How many queued events the hub fans out per turn: every connection that keeps up must have
+    room for a turn of the largest messages, with three quarters of its bound to spare."""
+    by_count = server.max_pending_messages // 4
+    by_bytes = server.max_pending_bytes // (4 * server.max_message_size)
+    return max(1, min(EVENTS_PER_TURN, by_count, by_bytes))

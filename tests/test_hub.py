@@ -237,3 +237,20 @@ async def test_queued_events_reach_each_writer_a_turn_at_a_time(hub):
     await reader.wait_for(3 * hub.events_per_turn)
     assert hub.events_per_turn > 1
     assert max(queued_at_each_write) == hub.events_per_turn
+
+
+def test_a_turn_of_the_largest_messages_fits_a_quarter_of_every_bound():
+    from types import SimpleNamespace
+
+    from channels_app.hub import EVENTS_PER_TURN
+    from channels_app.runtime import events_per_turn
+
+    def server(messages=1000, pending_bytes=4 * 2**20, message_size=65536):
+        return SimpleNamespace(
+            max_pending_messages=messages, max_pending_bytes=pending_bytes, max_message_size=message_size
+        )
+
+    assert events_per_turn(server()) == EVENTS_PER_TURN
+    assert events_per_turn(server(messages=20)) == 5
+    assert events_per_turn(server(pending_bytes=2**20)) == 4
+    assert events_per_turn(server(messages=1, pending_bytes=1024)) == 1

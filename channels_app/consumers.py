@@ -35,8 +35,7 @@ from .transport import (
     asgi_close_code_allowed,
     connection_aborter,
     websocket_close_frame_sender,
-    write_buffer_probe,
-    write_drain_waiter,
+    write_buffer_watch,
 )
 
 logger = logging.getLogger(__name__)
@@ -139,13 +138,14 @@ class ChannelConsumer(AsyncWebsocketConsumer):
 
     def _prepare(self, server) -> None:
         self.bucket = TokenBucket(rate=server.publish_rate, burst=server.publish_burst)
+        buffered_bytes, wait_drained = write_buffer_watch(self.base_send)
         self.outbox = Outbox(
             write=self._write,
             max_messages=server.max_pending_messages,
             max_bytes=server.max_pending_bytes,
             on_overflow=self._on_overflow,
-            buffered_bytes=write_buffer_probe(self.base_send),
-            wait_drained=write_drain_waiter(self.base_send),
+            buffered_bytes=buffered_bytes,
+            wait_drained=wait_drained,
         )
         self.subscription = Subscription(
             channel_id=self.connection.channel.id,

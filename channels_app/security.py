@@ -59,7 +59,7 @@ class SecurityHeadersMiddleware:
                 message = {**message, "headers": with_security_headers(message.get("headers", ()))}
             await send(message)
 
-        # Lets transport.write_buffer_probe reach the server's buffer through this wrapper.
+        # Lets transport.write_buffer_watch reach the server's buffer through this wrapper.
         send_with_headers.__wrapped__ = send
         return await self.application(scope, receive, send_with_headers)
 

@@ -27,7 +27,7 @@ from .outbox import Outbox
 from .runtime import get_runtime
 from .services import channel_describe, connection_close, connection_open, subscription_start
 from .subscription import Subscription
-from .transport import connection_aborter, write_buffer_probe, write_drain_waiter
+from .transport import connection_aborter, write_buffer_watch
 
 logger = logging.getLogger(__name__)
 
@@ -121,13 +121,14 @@ class _Stream:
         """Subscribe, open the response, then write events until the client leaves or is cut off."""
         runtime = get_runtime()
         server = runtime.server
+        buffered_bytes, wait_drained = write_buffer_watch(self.send)
         outbox = Outbox(
             write=self._write,
             max_messages=server.max_pending_messages,
             max_bytes=server.max_pending_bytes,
             on_overflow=self._on_overflow,
-            buffered_bytes=write_buffer_probe(self.send),
-            wait_drained=write_drain_waiter(self.send),
+            buffered_bytes=buffered_bytes,
+            wait_drained=wait_drained,
         )
         self.subscription = Subscription(
             channel_id=self.connection.channel.id,

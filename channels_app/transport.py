@@ -43,22 +43,27 @@ def _asyncio_transport(send) -> asyncio.WriteTransport | None:
     return transport if isinstance(transport, asyncio.WriteTransport) else None
 
 
-def write_buffer_probe(send) -> Callable[[], int]:
-    """A callable returning the bytes queued in the server below ``send``, or 0 when unknown.
+def write_buffer_watch(send) -> tuple[Callable[[], int], Callable[[], Awaitable[None]] | None]:
+    """``(bytes buffered, wait for drain)`` for the connection below ``send``: one object serves both.
 
-    ASGI gives no backpressure signal: daphne's ``send`` returns at once and Twisted buffers
-    without bound, so a client that stops reading would grow the server's memory forever.
-    uvicorn's ``send`` waits while its transport is above the high-water mark (64 KiB), so the
-    per-connection outbox fills; counting the transport's bytes too cuts the client off by the
-    same byte bound under both servers.
+    The first returns the bytes queued in the server, or 0 when unknown. ASGI gives no
+    backpressure signal: daphne's ``send`` returns at once and Twisted buffers without bound, so a
+    client that stops reading would grow the server's memory forever. uvicorn's ``send`` waits
+    while its transport is above the high-water mark (64 KiB), so the per-connection outbox
+    fills; counting the transport's bytes too cuts the client off by the same byte bound under
+    both servers.
+
+    The second returns once daphne's write buffer has drained (at once when it holds at most
+    64 KiB); it is None under servers whose ``send`` itself waits for the socket.
     """
     transport = getattr(_protocol(send), "transport", None)
     if transport is not None and hasattr(transport, "_tempDataLen"):
-        return _TwistedWriteBuffer(transport).buffered
+        buffer = _TwistedWriteBuffer(transport)
+        return buffer.buffered, (buffer.drained if hasattr(transport, "producerPaused") else None)
     asyncio_transport = _asyncio_transport(send)
     if asyncio_transport is not None:
-        return asyncio_transport.get_write_buffer_size
-    return _unknown
+        return asyncio_transport.get_write_buffer_size, None
+    return _unknown, None
 
 
 def asgi_close_code_allowed(code: int) -> bool:
@@ -140,16 +145,6 @@ class _DrainSignal:
     def stopProducing(self) -> None:
         if self.producer is not None:
             self.producer.stopProducing()
-
-
-def write_drain_waiter(send) -> Callable[[], Awaitable[None]] | None:
-    """An awaitable callable returning once daphne's write buffer below ``send`` has drained (at
-    once when it holds at most 64 KiB); None under servers whose ``send`` waits for the socket.
-    """
-    transport = getattr(_protocol(send), "transport", None)
-    if transport is None or not hasattr(transport, "producerPaused"):
-        return None
-    return _TwistedWriteBuffer(transport).drained
 
 
 class _TwistedWriteBuffer:

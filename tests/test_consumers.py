@@ -105,7 +105,7 @@ async def test_publishing_over_the_rate_is_an_error_frame_and_nothing_is_publish
 
 async def test_slow_consumer_is_closed_with_4408_and_frees_its_slot(runtime, monkeypatch):
     # The server reports a full write buffer for new connections: the next message overflows.
-    monkeypatch.setattr(consumers, "write_buffer_probe", lambda send: lambda: 10**9)
+    monkeypatch.setattr(consumers, "write_buffer_watch", lambda send: (lambda: 10**9, None))
     slow = await connect("clientId=slow")
     monkeypatch.undo()
     sender = await connect("clientId=sender")

@@ -11,7 +11,7 @@ from channels_app.transport import (
     asgi_close_code_allowed,
     connection_aborter,
     websocket_close_frame_sender,
-    write_buffer_probe,
+    write_buffer_watch,
 )
 
 
@@ -53,7 +53,7 @@ async def _seen_through_middleware(send) -> dict:
     seen = {}
 
     async def application(scope, receive, wrapped_send):
-        seen["probe"] = write_buffer_probe(wrapped_send)
+        seen["probe"] = write_buffer_watch(wrapped_send)[0]
         seen["abort"] = connection_aborter(wrapped_send)
         seen["close_frame"] = websocket_close_frame_sender(wrapped_send)
 
@@ -82,7 +82,7 @@ async def test_probes_reach_uvicorns_asyncio_transport_through_the_middleware():
 
 def test_a_bound_send_without_an_asyncio_transport_is_unknown():
     protocol = _UvicornLikeProtocol(SimpleNamespace(get_write_buffer_size=lambda: 5))
-    assert write_buffer_probe(protocol.send)() == 0
+    assert write_buffer_watch(protocol.send)[0]() == 0
     assert connection_aborter(protocol.send) is None
 
 
@@ -90,7 +90,7 @@ def test_unknown_servers_report_nothing_buffered():
     async def plain_send(message):
         return None
 
-    assert write_buffer_probe(plain_send)() == 0
+    assert write_buffer_watch(plain_send)[0]() == 0
     assert connection_aborter(plain_send) is None
     assert websocket_close_frame_sender(plain_send) is None
 
@@ -120,3 +120,17 @@ async def test_uvicorn_abort_resets_the_connection_and_drops_what_the_client_did
     client_writer.close()
     server.close()
     await server.wait_closed()
+
+
+def test_one_object_per_daphne_connection_serves_the_probe_and_the_drain_wait():
+    send, transport = _daphne_like_send()
+    transport.producerPaused = False
+    probe, drained = write_buffer_watch(send)
+    assert probe() == 100 - 40 + 7
+    assert probe.__self__ is drained.__self__
+
+
+def test_only_daphne_needs_a_drain_wait():
+    assert write_buffer_watch(_UvicornLikeProtocol(_BufferingTransport(buffered=0)).send)[1] is None
+    send, _ = _daphne_like_send()  # a Twisted transport without producer support
+    assert write_buffer_watch(send)[1] is None

@@ -23,7 +23,7 @@ import uvicorn
 import websockets
 
 from channels_app.security import SecurityHeadersMiddleware
-from channels_app.transport import connection_aborter, websocket_close_frame_sender, write_buffer_probe
+from channels_app.transport import connection_aborter, websocket_close_frame_sender, write_buffer_watch
 from tests.liveserver import ROOT, UVICORN_OPTIONS, base_environment, free_port
 from tests.test_hardening_websocket import handshake
 from tests.test_ws_endpoint import SLOW_CONFIG
@@ -52,7 +52,7 @@ async def test_transport_helpers_find_uvicorns_websocket_and_http_connections():
     seen: dict[str, tuple] = {}
 
     async def application(scope, receive, send):
-        probe, abort = write_buffer_probe(send), connection_aborter(send)
+        probe, abort = write_buffer_watch(send)[0], connection_aborter(send)
         seen[scope["type"]] = (probe(), abort is not None, websocket_close_frame_sender(send))
         if scope["type"] == "websocket":
             await receive()

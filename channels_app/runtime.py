@@ -7,6 +7,8 @@ driver keeps them in this (single) process, the REDIS driver in Redis, behind th
 
 from __future__ import annotations
 
+import weakref
+
 from channels.layers import get_channel_layer
 from django.conf import settings
 
@@ -53,6 +55,8 @@ class Runtime:
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
         self.draining = False
         self.in_flight = InFlight()
+        # Per channel id, the lock that keeps this process's publishes in offset order (services).
+        self.publish_locks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     @property
     def server(self):

@@ -6,7 +6,9 @@ anything refused and never touch the ORM synchronously.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from dataclasses import dataclass
 
 from .errors import ApplicationError, bad_request, channel_full, client_id_taken, shutting_down, wrong_transport
@@ -61,22 +63,36 @@ async def message_publish(
     limit = runtime.server.max_message_size
     if size > limit:
         raise payload_too_large(size, limit)
-    message = await runtime.history.append(channel, payload=payload, client_id=client_id)
-    try:
-        await runtime.layer.group_send(channel_group(channel.id), message.to_event())
-    except Exception as exc:
-        runtime.stats.incr("publish_errors")
-        logger.exception("channel layer refused message %s on channel %s", message.id, channel.id)
-        raise ApplicationError(
-            "layer_unavailable",
-            "The message was recorded in history but could not be fanned out now; "
-            "subscribers will receive it when they resume.",
-            status=503,
-            close_code=4503,
-            extra={"id": message.id, "offset": message.offset},
-        ) from exc
+    # The hub drops a message that arrives after a higher offset of its channel (Hub._in_sequence)
+    # and can only repair that hole while history still holds it. So this process hands a
+    # channel's messages to the layer one at a time, in offset order: RedisChannelLayer (layer:
+    # core) orders a queue by a timestamp group_send takes after three Redis round trips, and
+    # concurrent publishes (HTTP pushes on several connections) reached the hubs out of order.
+    async with _publish_lock(runtime.publish_locks, channel.id):
+        message = await runtime.history.append(channel, payload=payload, client_id=client_id)
+        try:
+            await runtime.layer.group_send(channel_group(channel.id), message.to_event())
+        except Exception as exc:
+            runtime.stats.incr("publish_errors")
+            logger.exception("channel layer refused message %s on channel %s", message.id, channel.id)
+            raise ApplicationError(
+                "layer_unavailable",
+                "The message was recorded in history but could not be fanned out now; "
+                "subscribers will receive it when they resume.",
+                status=503,
+                close_code=4503,
+                extra={"id": message.id, "offset": message.offset},
+            ) from exc
     runtime.stats.incr("messages_published")
     return message
+
+
+def _publish_lock(locks: weakref.WeakValueDictionary, channel_id: str) -> asyncio.Lock:
+    """The lock of a channel's publishes; it is forgotten once no publish holds or awaits it."""
+    lock = locks.get(channel_id)
+    if lock is None:
+        lock = locks[channel_id] = asyncio.Lock()
+    return lock
 
 
 async def connection_open(

@@ -211,6 +211,10 @@ def _channel_layers(config) -> dict:
     layer_config = {"hosts": [host], "prefix": redis.prefix, "capacity": 1000}
     if redis.layer == "core":
         layer_config["channel_capacity"] = {"realtime-hub*": hub_capacity}
+        # The hub's receive blocks in BZPOPMIN for RedisChannelLayer.brpop_timeout (5 s); redis-py
+        # 8 also gives up reading after 5 s by default, so an idle hub's receive failed (and its
+        # connection was dropped) every 5 s. Read timeouts must outlast the blocking pop.
+        host["socket_timeout"] = 10
     return {"default": {"BACKEND": backend, "CONFIG": layer_config}}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -335,3 +336,39 @@ def test_the_core_redis_layer_also_fans_out_across_instances(start_server, redis
             return await receive_json(on_second)
 
     assert asyncio.run(scenario())["payload"] == "over RedisChannelLayer"
+
+
+def test_concurrent_pushes_over_the_core_layer_arrive_complete_and_in_order(start_server, redis_server):
+    """RedisChannelLayer orders a hub's queue by a time taken after several round trips: pushes
+    that overlapped used to overtake each other, and the late ones were dropped as repeats."""
+    config = redis_config(redis_server.url).replace('prefix: "rt"', 'prefix: "rt"\n    layer: "core"')
+    config = config.replace("server:\n", "server:\n  history_size: 0\n", 1)
+    env = {"REALTIME_API_KEYS": API_KEY}
+    first = start_server(config, env=env)
+    second = start_server(config, env=env, database_path=first.database_path, sync=False)
+    pushes, connections = 400, 8
+
+    async def push_all(client: httpx.AsyncClient, start: int) -> None:
+        for index in range(start, pushes, connections):
+            response = await client.post(
+                f"{first.http}/api/v1/channels/chat-1/messages", json={"payload": str(index)}, headers=AUTH
+            )
+            assert response.status_code == 201
+
+    async def scenario():
+        async with websockets.connect(second.channel_url("chat-1", clientId="far")) as far:
+            clients = [httpx.AsyncClient(timeout=10) for _ in range(connections)]
+            try:
+                await asyncio.gather(*(push_all(client, start) for start, client in enumerate(clients)))
+            finally:
+                await asyncio.gather(*(client.aclose() for client in clients))
+            frames = []
+            with contextlib.suppress(TimeoutError):
+                while len(frames) < pushes:
+                    frames.append(await receive_json(far, 5))
+            return frames
+
+    # history_size 0: a message that arrives late cannot be repaired from history.
+    frames = asyncio.run(scenario())
+    assert [frame["control"] for frame in frames if "control" in frame] == []
+    assert [frame["offset"] for frame in frames] == list(range(1, pushes + 1))

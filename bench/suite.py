@@ -444,8 +444,16 @@ def scenario_redis(ctx: Context) -> dict:
                 setups = [Setup(ctx.pool, "memory", [memory], urls, "raw", memory, CHANNEL_ID, ctx.log)]
                 for layer in ("pubsub", "core"):
                     pair = [
-                        # The channel's connection count is shared in Redis by every setup of this run.
-                        ctx.service(3 * n, f"{layer}-{i}", max_connections=3 * n, redis_url=redis.url(), layer=layer)
+                        # Each layer its own key prefix: a history left by the other layer's burst
+                        # would otherwise look like a hole to this one's hubs.
+                        ctx.service(
+                            3 * n,
+                            f"{layer}-{i}",
+                            max_connections=3 * n,
+                            redis_url=redis.url(),
+                            layer=layer,
+                            prefix=f"bench{layer}",
+                        )
                         for i in (1, 2)
                     ]
                     for server in pair:

@@ -136,6 +136,17 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 return 'ok'
 """
 
+# Removes a slot only if it still carries the lease a renewal just wrote: a slot released while
+# that renewal was in flight. (Had another instance taken the same client id in that instant, the
+# renewal overwrote its lease too and it goes uncounted until that instance's next renewal.)
+_FORGET_RENEWED = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
 
 class RedisHistory:
     """Per-channel history shared by every instance."""
@@ -239,6 +250,7 @@ class RedisPresence:
         self._keys = _Keys(prefix)
         self._lease = lease
         self._acquire = client.register_script(_ACQUIRE)
+        self._forget_renewed = client.register_script(_FORGET_RENEWED)
         self._clock = clock
         self._held: set[tuple[str, str]] = set()
         self._renewal: asyncio.Task | None = None
@@ -313,8 +325,9 @@ class RedisPresence:
         """Extend the leases of every connection this instance holds.
 
         A plain ``ZADD`` (not ``XX``) also puts back the slots of connections that outlived a Redis
-        restart, so they count against the limit again. A connection released while this runs may
-        be re-added; its stale entry stops counting when its lease runs out.
+        restart, so they count against the limit again. It would also put back the slot of a
+        connection released while the renewal was in flight, counting it (and refusing its client
+        id) until the lease ran out; such slots are removed again at once.
         """
         held = list(self._held)
         if not held:
@@ -325,6 +338,9 @@ class RedisPresence:
                 pipe.zadd(self._keys.presence(channel_id), {client_id: expiry})
                 pipe.expire(self._keys.presence(channel_id), int(self._lease * 4) + 1)
             await pipe.execute()
+        for channel_id, client_id in held:
+            if (channel_id, client_id) not in self._held:
+                await self._forget_renewed(keys=[self._keys.presence(channel_id)], args=[client_id, expiry])
 
 
 class RedisIdempotency:

@@ -94,7 +94,6 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         self.connection = None
         self.subscription = None
         self.outbox = None
-        self._writer = None
         self._closing = None
         try:
             while True:
@@ -134,7 +133,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             await self._send_close(error.close_code, {"control": "close", "code": error.close_code, **error.as_dict()})
             return
         await self.accept()
-        self._writer = asyncio.create_task(self.outbox.run())
+        self.outbox.start()
 
     def _prepare(self, server) -> None:
         self.bucket = TokenBucket(rate=server.publish_rate, burst=server.publish_burst)
@@ -260,9 +259,9 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         await self.base_send({"type": "websocket.send", "text": frame})
 
     async def _release(self) -> None:
-        connection, subscription, writer = self.connection, self.subscription, self._writer
-        self.connection = self.subscription = self._writer = None
-        if writer is not None:
-            writer.cancel()
+        connection, subscription = self.connection, self.subscription
+        self.connection = self.subscription = None
+        if self.outbox is not None:
+            await self.outbox.stop()
         if connection is not None:
             await connection_close(connection=connection, subscription=subscription)

@@ -1,4 +1,4 @@
-"""A bounded per-connection queue of outgoing frames, drained by one writer task.
+"""A bounded per-connection queue of outgoing frames, written by a task that runs while it holds any.
 
 The hub never waits on a client: it puts an already encoded frame here and moves on. A client
 that cannot keep up overflows its bound and is disconnected (code 4408); it can resume from
@@ -11,7 +11,9 @@ None where ``send`` itself waits for the socket). Nothing is polled: the server 
 
 Memory and GC: one exists per connection and ``put`` runs once per delivery, so frames and their
 sizes sit in two plain lists read from a head index (no tuple, no ``deque`` block and no
-``asyncio.Event`` per connection), and the class has ``__slots__``.
+``asyncio.Event`` per connection), and the class has ``__slots__``. The writer task starts when a
+frame is queued and ends once all are written: an idle connection holds no task (about 1 KB
+each, most connections of a fan-out service being idle at any moment).
 """
 
 from __future__ import annotations
@@ -28,22 +30,23 @@ COMPACT_AFTER = 256
 
 
 class Outbox:
-    """Frames waiting for one connection; ``run()`` writes them in order."""
+    """Frames waiting for one connection; once ``start``ed, a writer task sends them in order."""
 
     __slots__ = (
         "_buffered_bytes",
         "_frames",
         "_head",
+        "_loop",
         "_max_bytes",
         "_max_messages",
         "_on_overflow",
         "_queued_bytes",
         "_sizes",
         "_wait_drained",
-        "_waiter",
         "_write",
         "overflowed",
         "refill",
+        "writer",
     )
 
     def __init__(
@@ -66,7 +69,10 @@ class Outbox:
         self._sizes: list[int] = []
         self._head = 0  # frames before this index are written
         self._queued_bytes = 0
-        self._waiter: asyncio.Future | None = None
+        # Set by ``start``: from then on queued frames are written.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # The task writing queued frames, while there are any.
+        self.writer: asyncio.Task | None = None
         self.overflowed = False
         # Set while a replay is paced: queues the next page and clears itself after the last one.
         self.refill: Callable[[], None] | None = None
@@ -85,30 +91,47 @@ class Outbox:
         self._frames.append(frame)
         self._sizes.append(size)
         self._queued_bytes += size
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if self.writer is None and self._loop is not None:
+            self.writer = self._loop.create_task(self._write_queued())
         return True
 
-    async def run(self) -> None:
-        """Write queued frames until cancelled or the connection overflows."""
-        loop = asyncio.get_running_loop()
-        # After an overflow ``flush`` writes nothing and returns at once: looping on would spin
-        # without ever yielding, freezing the event loop for every connection.
-        while not self.overflowed:
-            if self._head >= len(self._frames):
-                if self.refill is not None:
+    def start(self) -> None:
+        """Start writing (once the connection is open): what is queued now, and whatever comes."""
+        self._loop = asyncio.get_running_loop()
+        if self.writer is None and (not self.is_empty() or self.refill is not None):
+            self.writer = self._loop.create_task(self._write_queued())
+
+    async def stop(self) -> None:
+        """Stop writing (the connection is closing): no new writer, and a running one is cancelled.
+
+        Frames still queued stay; ``flush`` writes them.
+        """
+        self._loop = None
+        writer = self.writer
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
+            # wait() rather than awaiting the task: a cancellation of the caller still propagates.
+            await asyncio.wait([writer])
+            if self.writer is writer:  # cancelled before it ever ran, so its ``finally`` did not
+                self.writer = None
+
+    async def _write_queued(self) -> None:
+        try:
+            # After an overflow ``flush`` writes nothing and returns at once: looping on would spin
+            # without ever yielding, freezing the event loop for every connection.
+            while not self.overflowed:
+                if self._head < len(self._frames):
+                    await self.flush()
+                elif self.refill is not None:
                     await self._next_page()
-                    continue
-                waiter = self._waiter = loop.create_future()
-                try:
-                    await waiter
-                finally:
-                    if self._waiter is waiter:
-                        self._waiter = None
-            await self.flush()
+                else:
+                    return
+        except OSError:
+            # The connection is gone (uvicorn's ClientDisconnected); its consumer is told so and
+            # releases it.
+            logger.debug("stopped writing to a connection that went away")
+        finally:
+            self.writer = None
 
     @property
     def max_messages(self) -> int:

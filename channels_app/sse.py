@@ -167,8 +167,8 @@ class _Stream:
         }
         first = f"retry: {server.sse_retry}\n\n" + sse_encode_event("stream-open", json.dumps(opening))
         await self._write(first.encode("utf-8"))
+        outbox.start()
         tasks = [
-            asyncio.create_task(outbox.run()),
             asyncio.create_task(self._keepalive(outbox, server.sse_keepalive)),
             asyncio.create_task(self._watch_disconnect()),
         ]
@@ -178,6 +178,7 @@ class _Stream:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await outbox.stop()
         if self.final_frame is not None:
             await outbox.flush()
             await self._write(self.final_frame)

@@ -50,7 +50,7 @@ class Reader:
             on_close=lambda code, body: self.closed.append(code),
         )
         self.subscription.replay(None)
-        self.writer = asyncio.create_task(self.outbox.run())
+        self.outbox.start()
 
     async def _write(self, frame) -> None:
         self.frames.append(frame)

@@ -155,9 +155,9 @@ async def test_a_replay_larger_than_half_the_bound_is_queued_in_pages_as_the_out
     assert connection.overflows == 0
     # Live messages, repeats of the replay among them, wait for its last page.
     connection.offer(message(7), message(8), message(9), message(10))
-    writer = asyncio.create_task(connection.outbox.run())
+    connection.outbox.start()
     await connection.until_written(10)
-    writer.cancel()
+    await connection.outbox.stop()
     replayed = [("message", f"m{offset}") for offset in range(2, 11)]
     assert connection.written == replayed[:2] + ["probe"] + replayed[2:]
     assert connection.overflows == 0
@@ -172,8 +172,10 @@ async def test_live_messages_held_during_a_paced_replay_have_their_own_bound():
     assert connection.overflows == 0
     connection.offer(message(13))  # a client that does not read: cut off, nothing more is written
     assert connection.overflows == 1
-    await asyncio.wait_for(connection.outbox.run(), 1)
+    connection.outbox.start()
+    await asyncio.sleep(0.01)
     assert connection.written == []
+    assert connection.outbox.writer is None
 
 
 async def test_a_paced_replay_waits_for_the_server_to_drain_what_it_buffers():
@@ -196,14 +198,14 @@ async def test_a_paced_replay_waits_for_the_server_to_drain_what_it_buffers():
         wait_drained=wait_drained,
     )
     connection.subscription.replay(Replay([message(offset) for offset in range(1, 6)]), Position(epoch="e1", offset=0))
-    writer = asyncio.create_task(connection.outbox.run())
+    connection.outbox.start()
     for page in (2, 4):
         await connection.until_written(page)
         await asyncio.sleep(0.01)
         assert len(connection.written) == page  # nothing more until the server has drained
         drained.set()
     await connection.until_written(5)
-    writer.cancel()
+    await connection.outbox.stop()
     assert connection.written == [("message", f"m{offset}") for offset in range(1, 6)]
     assert waits == 2
 
@@ -248,11 +250,11 @@ async def test_outbox_writer_sends_frames_in_order():
             all_written.set()
 
     box = Outbox(write=write, max_messages=10, max_bytes=1000, on_overflow=lambda: None, buffered_bytes=lambda: 0)
-    writer = asyncio.create_task(box.run())
+    box.start()
     for index in range(5):
         assert box.put(f"f{index}", 10)
     await asyncio.wait_for(all_written.wait(), 5)
-    writer.cancel()
+    await box.stop()
     assert written == ["f0", "f1", "f2", "f3", "f4"]
 
 
@@ -285,10 +287,38 @@ async def test_outbox_bytes_are_freed_as_frames_are_written():
 
 async def test_outbox_writer_stops_when_the_connection_overflows_with_frames_queued():
     box, written, overflows = outbox(max_messages=2)
-    writer = asyncio.create_task(box.run())
-    await asyncio.sleep(0)
+    box.start()
     assert box.put("a", 1) and box.put("b", 1)
+    writer = box.writer
     assert not box.put("c", 1)
     # It ends instead of spinning on the frames it may no longer write (which froze the event loop).
     await asyncio.wait_for(writer, 1)
     assert written == [] and overflows == [True]
+    assert box.writer is None
+
+
+async def test_an_idle_outbox_holds_no_writer_task():
+    box, written, _ = outbox()
+    assert box.put("queued before the connection opened", 1)
+    box.start()
+    assert box.writer is not None
+    await asyncio.wait_for(asyncio.shield(box.writer), 1)
+    assert box.writer is None
+    assert box.put("next", 1)
+    await asyncio.wait_for(asyncio.shield(box.writer), 1)
+    assert written == ["queued before the connection opened", "next"]
+    assert box.writer is None
+
+
+async def test_nothing_is_written_before_start_or_after_stop():
+    box, written, _ = outbox()
+    assert box.put("a", 1)
+    await asyncio.sleep(0.01)
+    assert written == [] and box.writer is None
+    box.start()
+    await box.stop()
+    assert box.put("b", 1)
+    await asyncio.sleep(0.01)
+    assert box.writer is None
+    await box.flush()  # a closing connection writes what is left itself
+    assert written[-1] == "b"

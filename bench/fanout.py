@@ -369,6 +369,7 @@ class ServerSession:
             )
             merged, latencies = _merge(self.pool.recv_all(s.rate_seconds + s.timeout + 30))
         self.rate_latencies.extend(latencies)
+        cpu = self.cpu(window.result)
         result = {
             "rate": s.rate,
             "seconds": s.rate_seconds,
@@ -379,7 +380,9 @@ class ServerSession:
             "lost": per_connection * live - merged["received"],
             "latency": merged["latency"],
             "worst_schedule_lag_ms": published["worst_schedule_lag_s"] * 1000,
-            "cpu": self.cpu(window.result),
+            "cpu": cpu,
+            # The "CPU per delivery at a steady rate": messages one at a time, no bursts.
+            "deliveries_per_server_cpu_s": _per_cpu(merged["received"], cpu),
             "quiet_before": quiet,
             **{k: merged[k] for k in ("ended", "out_of_order", "other_frames", "other_samples", "close_codes")},
         }
@@ -489,6 +492,9 @@ def summarize_rates(rounds: list[dict], latencies) -> dict:
         "messages": sum(r["messages"] for r in rounds),
         **_round_totals(rounds),
         "latency": percentiles(latencies),
+        "deliveries_per_server_cpu_s": statistics.median(
+            [r["deliveries_per_server_cpu_s"] for r in rounds if r.get("deliveries_per_server_cpu_s")] or [0.0]
+        ),
         "cpu": by_cpu[(len(by_cpu) - 1) // 2]["cpu"],
         "rounds": rounds,
     }
@@ -578,9 +584,11 @@ def run_count(
         cpu_rounds, cpu_median = _median_ratio(
             bursts.get(ours, []), bursts.get(name, []), "deliveries_per_server_cpu_s"
         )
+        _, rate_cpu_median = _median_ratio(rates.get(ours, []), rates.get(name, []), "deliveries_per_server_cpu_s")
         row["ratios"][name] = {
             "deliveries_per_s": median,
             "per_cpu_s": cpu_median,
+            "rate_per_cpu_s": rate_cpu_median,
             "round_ratios": per_round,
             "round_cpu_ratios": cpu_rounds,
         }

@@ -167,6 +167,25 @@ def render(doc: dict) -> str:
 SYSCALL_COLUMNS = ("all", "sendto", "sendmsg", "write", "writev", "epoll_wait", "epoll_ctl", "recvfrom", "read")
 
 
+def steady_rate_table(rows: list[dict]) -> list[str]:
+    """Deliveries per server CPU-second in the fixed-rate phase (one message at a time), with ratios."""
+    counted = [
+        (row, name, (result.get("rate") or {}).get("deliveries_per_server_cpu_s"))
+        for row in rows
+        for name, result in row["results"].items()
+    ]
+    if not any(per for _, _, per in counted):
+        return []
+    width = max(len(name) for _, name, _ in counted)
+    header = f"{'N':>5} {'server':<{width}} {'/cpu-s':>8} {'ratio':>5}"
+    lines = ["", "Steady rate (the fixed-rate phase): deliveries per server CPU-second; ratio = ours / this:"]
+    lines += [header, "-" * len(header)]
+    for row, name, per in counted:
+        ratio = ((row.get("ratios") or {}).get(name) or {}).get("rate_per_cpu_s")
+        lines.append(f"{row['subscribers']:>5} {name:<{width}} {_fmt(per):>8} {_fmt(ratio, '.2f'):>5}")
+    return lines
+
+
 def syscall_table(rows: list[dict]) -> list[str]:
     """System calls per delivery in the median burst (``--syscalls``); nothing when not counted."""
     counted = [
@@ -212,6 +231,7 @@ def fanout_table(rows: list[dict]) -> list[str]:
                 f"{'+'.join(_fmt(v, '.2f') for v in clients.values()) or '-':>9} "
                 f"{_fmt(cpu.get('other_cores'), '.2f'):>5}"
             )
+    lines += steady_rate_table(rows)
     lines += syscall_table(rows)
     all_warnings = [w for row in rows for w in row.get("warnings", [])]
     if all_warnings:

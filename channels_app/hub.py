@@ -42,6 +42,14 @@ GROUP_REFRESH_SECONDS = 3600
 EVENTS_PER_TURN = 16
 
 
+def events_per_turn(server) -> int:
+    """How many queued events the hub fans out per turn: every connection that keeps up must have
+    room for a turn of the largest messages, with three quarters of its bound to spare."""
+    by_count = server.max_pending_messages // 4
+    by_bytes = server.max_pending_bytes // (4 * server.max_message_size)
+    return max(1, min(EVENTS_PER_TURN, by_count, by_bytes))
+
+
 class Hub:
     """Joins channel groups for this instance and fans messages out to local subscriptions."""
 

@@ -22,9 +22,11 @@ import time
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
 
+from .hub import EVENTS_PER_TURN
+
 SWEEP_INTERVAL_SECONDS = 1.0
-# Messages waiting for a member beyond which a publisher yields (the hub fans out 16 per turn).
-BACKLOG = 16
+# Messages waiting for a member beyond which a publisher yields: a turn of the hub's.
+BACKLOG = EVENTS_PER_TURN
 
 
 class InMemoryChannelLayer(ChannelsInMemoryChannelLayer):

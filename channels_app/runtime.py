@@ -13,7 +13,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from .history import MemoryHistory
-from .hub import EVENTS_PER_TURN, Hub
+from .hub import Hub, events_per_turn
 from .idempotency import MemoryIdempotency
 from .presence import MemoryPresence
 from .registry import ChannelRegistry
@@ -90,11 +90,3 @@ def get_runtime() -> Runtime:
 def reset_runtime() -> None:
     """Forget the runtime so the next use builds a new one (tests that change settings)."""
     _holder.reset()
-
-
-def events_per_turn(server) -> int:
-    """How many queued events the hub fans out per turn: every connection that keeps up must have
-    room for a turn of the largest messages, with three quarters of its bound to spare."""
-    by_count = server.max_pending_messages // 4
-    by_bytes = server.max_pending_bytes // (4 * server.max_message_size)
-    return max(1, min(EVENTS_PER_TURN, by_count, by_bytes))

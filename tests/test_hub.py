@@ -242,8 +242,7 @@ async def test_queued_events_reach_each_writer_a_turn_at_a_time(hub):
 def test_a_turn_of_the_largest_messages_fits_a_quarter_of_every_bound():
     from types import SimpleNamespace
 
-    from channels_app.hub import EVENTS_PER_TURN
-    from channels_app.runtime import events_per_turn
+    from channels_app.hub import EVENTS_PER_TURN, events_per_turn
 
     def server(messages=1000, pending_bytes=4 * 2**20, message_size=65536):
         return SimpleNamespace(

@@ -308,11 +308,10 @@ class ServerSession:
         s = self.settings
         messages = s.burst_messages(self.n)
         phase, quiet, per_connection, live = self._arm("b", messages)
-        syscalls = SyscallWindow([server.pid for server in self.servers], self.servers[0].work_dir)
-        with contextlib.ExitStack() as stack:
-            if s.syscalls:
-                stack.enter_context(syscalls)
-            window = stack.enter_context(CpuWindow(self.pids()))
+        syscalls = (
+            SyscallWindow([server.pid for server in self.servers], self.servers[0].work_dir) if s.syscalls else None
+        )
+        with syscalls or contextlib.nullcontext(), CpuWindow(self.pids()) as window:
             self.pool.send_all("wait", group=self.group, deadline=s.timeout, idle=s.idle_timeout)
             published = self.pool.publisher.call(
                 "burst", timeout=s.timeout + 30, group=self.group, phase=phase, count=messages, size=s.size
@@ -342,7 +341,7 @@ class ServerSession:
             **{k: merged[k] for k in ("other_frames", "other_samples", "close_codes", "client_cpu_s")},
             "latency": merged["latency"],
         }
-        if s.syscalls:
+        if syscalls is not None:
             result["syscalls"] = syscalls.result
             result["syscalls_per_delivery"] = per_delivery(syscalls.result, merged["received"])
         self.log(

@@ -167,14 +167,18 @@ def render(doc: dict) -> str:
 SYSCALL_COLUMNS = ("all", "sendto", "sendmsg", "write", "writev", "epoll_wait", "epoll_ctl", "recvfrom", "read")
 
 
+def _per_server(rows: list[dict], phase: str, key: str) -> list[tuple[dict, str, object]]:
+    """``(row, server, phase summary's key)`` for every server of every row; [] when none has it."""
+    counted = [
+        (row, name, (result.get(phase) or {}).get(key)) for row in rows for name, result in row["results"].items()
+    ]
+    return counted if any(value for _, _, value in counted) else []
+
+
 def steady_rate_table(rows: list[dict]) -> list[str]:
     """Deliveries per server CPU-second in the fixed-rate phase (one message at a time), with ratios."""
-    counted = [
-        (row, name, (result.get("rate") or {}).get("deliveries_per_server_cpu_s"))
-        for row in rows
-        for name, result in row["results"].items()
-    ]
-    if not any(per for _, _, per in counted):
+    counted = _per_server(rows, "rate", "deliveries_per_server_cpu_s")
+    if not counted:
         return []
     width = max(len(name) for _, name, _ in counted)
     header = f"{'N':>5} {'server':<{width}} {'/cpu-s':>8} {'ratio':>5}"
@@ -188,19 +192,15 @@ def steady_rate_table(rows: list[dict]) -> list[str]:
 
 def syscall_table(rows: list[dict]) -> list[str]:
     """System calls per delivery in the median burst (``--syscalls``); nothing when not counted."""
-    counted = [
-        (row["subscribers"], name, (result.get("burst") or {}).get("syscalls_per_delivery"))
-        for row in rows
-        for name, result in row["results"].items()
-    ]
-    if not any(per for _, _, per in counted):
+    counted = _per_server(rows, "burst", "syscalls_per_delivery")
+    if not counted:
         return []
     width = max(len(name) for _, name, _ in counted)
     header = f"{'N':>5} {'server':<{width}} " + " ".join(f"{column:>10}" for column in SYSCALL_COLUMNS)
     lines = ["", "System calls per delivery (median burst, perf stat):", header, "-" * len(header)]
-    for n, name, per in counted:
+    for row, name, per in counted:
         cells = " ".join(f"{_fmt((per or {}).get(column), '.3f'):>10}" for column in SYSCALL_COLUMNS)
-        lines.append(f"{n:>5} {name:<{width}} {cells}")
+        lines.append(f"{row['subscribers']:>5} {name:<{width}} {cells}")
     return lines
 
 

@@ -22,6 +22,12 @@ class ApplicationError(Exception):
         self.close_code = close_code
         self.extra = extra or {}
 
+    def copy(self) -> ApplicationError:
+        """The same refusal as a new exception, for raising it in several callers at once."""
+        return ApplicationError(
+            self.code, self.message, status=self.status, close_code=self.close_code, extra=dict(self.extra)
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """The JSON body of the refusal: ``{"error": code, "message": text, ...extra}``."""
         return {"error": self.code, "message": self.message, **self.extra}

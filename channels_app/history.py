@@ -11,6 +11,7 @@ import secrets
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .messages import Message, Position, utc_timestamp
@@ -88,23 +89,33 @@ class MemoryHistory:
 
     async def append(self, channel: ChannelInfo, *, payload: str, client_id: str) -> Message:
         """Stamp a new message (id, time, offset) and keep it in the channel's history."""
+        (message,) = await self.append_many(channel, [(payload, client_id)])
+        return message
+
+    async def append_many(self, channel: ChannelInfo, entries: Sequence[tuple[str, str]]) -> list[Message]:
+        """Stamp a run of messages, given as ``(payload, client_id)`` pairs, with consecutive
+        offsets, and keep them in the channel's history."""
         log = self._logs.setdefault(channel.id, _ChannelLog())
         now = self._clock()
-        message = Message(
-            id=str(uuid.uuid4()),
-            channel_id=channel.id,
-            client_id=client_id,
-            payload=payload,
-            created_at=utc_timestamp(),
-            offset=log.next_offset,
-            epoch=self.epoch,
-            published_at=now,
-        )
-        log.next_offset += 1
+        created_at = utc_timestamp()
+        messages = []
+        for payload, client_id in entries:
+            message = Message(
+                id=str(uuid.uuid4()),
+                channel_id=channel.id,
+                client_id=client_id,
+                payload=payload,
+                created_at=created_at,
+                offset=log.next_offset,
+                epoch=self.epoch,
+                published_at=now,
+            )
+            log.next_offset += 1
+            messages.append(message)
         if channel.history_size > 0:
-            log.entries.append(message)
+            log.entries.extend(messages)
         self._trim(log, channel, now)
-        return message
+        return messages
 
     async def since(self, channel: ChannelInfo, position: Position) -> Replay:
         """Messages after ``position``, oldest first, with a ``Gap`` when some are gone."""

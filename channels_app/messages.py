@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -87,6 +88,23 @@ class Message:
             epoch=wire.get("epoch"),
             published_at=published_at,
         )
+
+
+def layer_event(messages: Sequence[Message]) -> dict:
+    """The channel-layer event carrying a run of one channel's messages, oldest first.
+
+    One message travels as ``realtime.message`` (the event raw ``group_send`` callers send too);
+    several travel as one ``realtime.messages`` event, so the layer carries them in one send and
+    a hub fans them out in one turn.
+    """
+    if len(messages) == 1:
+        return messages[0].to_event()
+    return {
+        "type": "realtime.messages",
+        "channel_id": messages[0].channel_id,
+        "messages": [message.as_wire() for message in messages],
+        "published_at": [message.published_at for message in messages],
+    }
 
 
 @dataclass(frozen=True, slots=True)

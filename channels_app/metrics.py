@@ -20,6 +20,10 @@ from .runtime import Runtime, get_runtime
 # Counter name in stats.py -> (metric, help, label name, label value taken from the counter name suffix)
 _PLAIN_COUNTERS = {
     "messages_published": ("realtime_messages_published_total", "Messages accepted by the publish path."),
+    "publish_runs": (
+        "realtime_publish_runs_total",
+        "Runs of publishes recorded and sent to the layer together (messages published / runs = mean run).",
+    ),
     "deliveries": ("realtime_deliveries_total", "Messages handed to a subscriber's outbox."),
     "slow_consumer_disconnects": (
         "realtime_slow_consumer_disconnects_total",

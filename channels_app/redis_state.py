@@ -26,6 +26,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 
 import redis.asyncio as redis
 from redis.asyncio.sentinel import Sentinel
@@ -105,22 +106,29 @@ class _Keys:
 
 
 # Stamping and recording are one atomic step, so offsets are gapless and history never lags them.
+# ARGV: epoch if new, count, history_size, published_at, history_ttl, idle expiry, created_at, then
+# id, clientId and payload of each message. Returns the epoch and the first message's offset.
 _APPEND = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
 end
-local offset = redis.call('INCR', KEYS[2])
-local size = tonumber(ARGV[6])
+local count = tonumber(ARGV[2])
+local size = tonumber(ARGV[3])
+local first = redis.call('INCRBY', KEYS[2], count) - count + 1
 if size > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', size, offset .. '-1',
-    'i', ARGV[2], 'c', ARGV[3], 'p', ARGV[4], 't', ARGV[5], 'ts', ARGV[7])
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[8]))
+  for i = 0, count - 1 do
+    local at = 8 + 3 * i
+    redis.call('XADD', KEYS[3], (first + i) .. '-1',
+      'i', ARGV[at], 'c', ARGV[at + 1], 'p', ARGV[at + 2], 't', ARGV[7], 'ts', ARGV[4])
+  end
+  redis.call('XTRIM', KEYS[3], 'MAXLEN', size)
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
 end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[9]))
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[9]))
-return {epoch, offset}
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
+return {epoch, first}
 """
 
 _ACQUIRE = """
@@ -158,35 +166,45 @@ class RedisHistory:
         self._append = client.register_script(_APPEND)
         self._clock = clock
 
-    @_translating_redis_errors
     async def append(self, channel: ChannelInfo, *, payload: str, client_id: str) -> Message:
         """Stamp a message with the channel's next offset and record it, atomically."""
-        message_id = str(uuid.uuid4())
+        (message,) = await self.append_many(channel, [(payload, client_id)])
+        return message
+
+    @_translating_redis_errors
+    async def append_many(self, channel: ChannelInfo, entries: Sequence[tuple[str, str]]) -> list[Message]:
+        """Stamp a run of messages, given as ``(payload, client_id)`` pairs, with consecutive offsets
+        and record them, atomically and in one round trip."""
         created_at = utc_timestamp()
         now = self._clock()
         keys = [self._keys.epoch(channel.id), self._keys.seq(channel.id), self._keys.log(channel.id)]
+        drafts = [(str(uuid.uuid4()), payload, client_id) for payload, client_id in entries]
         args = [
             secrets.token_hex(4),
-            message_id,
-            client_id,
-            payload,
-            created_at,
+            len(drafts),
             channel.history_size,
             repr(now),
             channel.history_ttl,
             SEQUENCE_IDLE_SECONDS,
+            created_at,
         ]
-        epoch, offset = await self._append(keys=keys, args=args)
-        return Message(
-            id=message_id,
-            channel_id=channel.id,
-            client_id=client_id,
-            payload=payload,
-            created_at=created_at,
-            offset=int(offset),
-            epoch=epoch.decode() if isinstance(epoch, bytes) else epoch,
-            published_at=now,
-        )
+        for message_id, payload, client_id in drafts:
+            args += [message_id, client_id, payload]
+        epoch, first = await self._append(keys=keys, args=args)
+        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+        return [
+            Message(
+                id=message_id,
+                channel_id=channel.id,
+                client_id=client_id,
+                payload=payload,
+                created_at=created_at,
+                offset=int(first) + index,
+                epoch=epoch,
+                published_at=now,
+            )
+            for index, (message_id, payload, client_id) in enumerate(drafts)
+        ]
 
     async def _state(self, channel: ChannelInfo, first: int | None = None) -> tuple[str | None, int, list[Message]]:
         start = f"{first}-1" if first is not None else "-"

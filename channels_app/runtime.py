@@ -55,8 +55,8 @@ class Runtime:
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
         self.draining = False
         self.in_flight = InFlight()
-        # Per channel id, the lock that keeps this process's publishes in offset order (services).
-        self.publish_locks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        # Per channel id, the queue that sends this process's publishes in runs, in offset order.
+        self.publish_queues: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     @property
     def server(self):

@@ -6,14 +6,14 @@ anything refused and never touch the ORM synchronously.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
-import weakref
 from dataclasses import dataclass
 
 from .errors import ApplicationError, bad_request, channel_full, client_id_taken, shutting_down, wrong_transport
-from .messages import Message, Position, position_parse
+from .messages import Message, Position, layer_event, position_parse
 from .naming import channel_group, client_id_parse
+from .publish_queue import PendingPublish, PublishQueue
 from .registry import ChannelInfo
 from .runtime import Runtime, get_runtime
 from .subscription import Subscription
@@ -65,34 +65,57 @@ async def message_publish(
         raise payload_too_large(size, limit)
     # The hub drops a message that arrives after a higher offset of its channel (Hub._in_sequence)
     # and can only repair that hole while history still holds it. So this process hands a
-    # channel's messages to the layer one at a time, in offset order: RedisChannelLayer (layer:
+    # channel's messages to the layer one run at a time, in offset order: RedisChannelLayer (layer:
     # core) orders a queue by a timestamp group_send takes after three Redis round trips, and
     # concurrent publishes (HTTP pushes on several connections) reached the hubs out of order.
-    async with _publish_lock(runtime.publish_locks, channel.id):
-        message = await runtime.history.append(channel, payload=payload, client_id=client_id)
-        try:
-            await runtime.layer.group_send(channel_group(channel.id), message.to_event())
-        except Exception as exc:
-            runtime.stats.incr("publish_errors")
-            logger.exception("channel layer refused message %s on channel %s", message.id, channel.id)
-            raise ApplicationError(
-                "layer_unavailable",
-                "The message was recorded in history but could not be fanned out now; "
-                "subscribers will receive it when they resume.",
-                status=503,
-                close_code=4503,
-                extra={"id": message.id, "offset": message.offset},
-            ) from exc
-    runtime.stats.incr("messages_published")
-    return message
+    queue = _publish_queue(runtime, channel.id)
+    return await queue.submit(channel, payload=payload, client_id=client_id, size=size)
 
 
-def _publish_lock(locks: weakref.WeakValueDictionary, channel_id: str) -> asyncio.Lock:
-    """The lock of a channel's publishes; it is forgotten once no publish holds or awaits it."""
-    lock = locks.get(channel_id)
-    if lock is None:
-        lock = locks[channel_id] = asyncio.Lock()
-    return lock
+def _publish_queue(runtime: Runtime, channel_id: str) -> PublishQueue:
+    """The queue of a channel's publishes; it is forgotten once no publish waits in it."""
+    queue = runtime.publish_queues.get(channel_id)
+    if queue is None:
+        send_run = functools.partial(_publish_run, runtime=runtime)
+        queue = runtime.publish_queues[channel_id] = PublishQueue(send_run, max_messages=runtime.hub.events_per_turn)
+    return queue
+
+
+async def _publish_run(run: list[PendingPublish], *, runtime: Runtime) -> None:
+    """Record a run of one channel's publishes in history and hand it to the layer as one event."""
+    channel = run[0].channel
+    try:
+        messages = await runtime.history.append_many(channel, [(p.payload, p.client_id) for p in run])
+    except ApplicationError as error:
+        for publish in run:
+            publish.fail(error.copy())
+        return
+    try:
+        await runtime.layer.group_send(channel_group(channel.id), layer_event(messages))
+    except Exception:
+        runtime.stats.incr("publish_errors", len(run))
+        logger.exception(
+            "channel layer refused messages %s to %s on channel %s", messages[0].id, messages[-1].id, channel.id
+        )
+        for publish, message in zip(run, messages, strict=True):
+            publish.fail(layer_unavailable(message))
+        return
+    runtime.stats.incr("messages_published", len(messages))
+    runtime.stats.incr("publish_runs")
+    for publish, message in zip(run, messages, strict=True):
+        publish.succeed(message)
+
+
+def layer_unavailable(message: Message) -> ApplicationError:
+    """A recorded message the channel layer refused to carry (503 / 4503); resuming recovers it."""
+    return ApplicationError(
+        "layer_unavailable",
+        "The message was recorded in history but could not be fanned out now; "
+        "subscribers will receive it when they resume.",
+        status=503,
+        close_code=4503,
+        extra={"id": message.id, "offset": message.offset},
+    )
 
 
 async def connection_open(

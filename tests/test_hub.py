@@ -10,6 +10,7 @@ from channels.layers import InMemoryChannelLayer
 
 from channels_app.history import MemoryHistory
 from channels_app.hub import Hub
+from channels_app.messages import layer_event
 from channels_app.naming import channel_group
 from channels_app.outbox import Outbox
 from channels_app.registry import ChannelInfo
@@ -253,3 +254,39 @@ def test_a_turn_of_the_largest_messages_fits_a_quarter_of_every_bound():
     assert events_per_turn(server(messages=20)) == 5
     assert events_per_turn(server(pending_bytes=2**20)) == 4
     assert events_per_turn(server(messages=1, pending_bytes=1024)) == 1
+
+
+async def test_a_run_of_messages_is_fanned_out_in_order_and_counts_as_its_messages_in_a_turn(hub):
+    """A ``realtime.messages`` event (a run of publishes) fills the turn by the messages it carries."""
+    reader = Reader(encode_payload)
+    queued_at_each_write = []
+    write = reader.outbox._write
+
+    async def counting_write(frame):
+        queued_at_each_write.append(hub.stats.counters().get("deliveries", 0) - len(reader.frames))
+        await write(frame)
+
+    reader.outbox._write = counting_write
+    await hub.subscribe(reader.subscription)
+    runs = 4
+    for run in range(runs):
+        entries = [(f"r{run}m{index}", "writer") for index in range(hub.events_per_turn)]
+        messages = await hub.history.append_many(ROOM, entries)
+        await hub.layer.send(hub.channel_name, layer_event(messages))
+    total = runs * hub.events_per_turn
+    frames = await reader.wait_for(total)
+    assert [frame[2] for frame in frames] == list(range(1, total + 1))
+    assert frames[-1][1] == f"r{runs - 1}m{hub.events_per_turn - 1}"
+    assert max(queued_at_each_write) == hub.events_per_turn
+
+
+async def test_a_run_that_skips_offsets_is_repaired_from_history(hub):
+    reader = Reader(encode_payload)
+    await hub.subscribe(reader.subscription)
+    await publish(hub, "first")
+    await publish(hub, "dropped by the layer", send=False)
+    messages = await hub.history.append_many(ROOM, [("third", "writer"), ("fourth", "writer")])
+    await hub.layer.group_send(channel_group(ROOM.id), layer_event(messages))
+    frames = await reader.wait_for(4)
+    assert [frame[1] for frame in frames] == ["first", "dropped by the layer", "third", "fourth"]
+    assert hub.stats.counters()["layer_recovered"] == 1

@@ -54,6 +54,7 @@ def test_metrics_move_when_messages_flow(start_server):
     during, after = asyncio.run(scenario())
     assert metric(during, "realtime_connections", 'channel="chat-1",transport="WS"') == 2
     assert metric(after, "realtime_messages_published_total") == 2
+    assert metric(after, "realtime_publish_runs_total") == 2
     assert metric(after, "realtime_deliveries_total") == 3
     assert metric(after, "realtime_refusals_total", 'reason="channel_not_found"') == 1
     assert metric(after, "realtime_connections_opened_total", 'transport="ws"') == 2

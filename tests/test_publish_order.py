@@ -3,7 +3,8 @@
 The hub drops a message that arrives after a higher offset of its channel, and repairs the hole
 from history only while history still holds it. RedisChannelLayer (``layer: core``) orders a
 channel's queue by a timestamp that ``group_send`` takes after several Redis round trips, so
-publishes that overlap must hand their messages to the layer one at a time, in offset order.
+publishes that overlap must hand their messages to the layer one run at a time, in offset order.
+Publishes that wait for a run on its way go together, and each learns its own outcome.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from channels.layers import InMemoryChannelLayer
 from django.conf import settings
 
+from channels_app.errors import ApplicationError
 from channels_app.registry import ChannelInfo
 from channels_app.runtime import Runtime
 from channels_app.services import message_publish
@@ -29,11 +31,14 @@ class TimestampingLayer(InMemoryChannelLayer):
         super().__init__()
         self.rng = rng
         self.queued: list[tuple[float, int]] = []
+        self.sends = 0
 
     async def group_send(self, group, message):
         for _ in range(self.rng.randint(0, 3)):
             await asyncio.sleep(0)
-        self.queued.append((time.monotonic(), message["message"]["offset"]))
+        wires = message["messages"] if message["type"] == "realtime.messages" else [message["message"]]
+        self.queued.extend((time.monotonic(), wire["offset"]) for wire in wires)
+        self.sends += 1
 
 
 class YieldingHistory:
@@ -42,10 +47,10 @@ class YieldingHistory:
     def __init__(self, history, rng: random.Random):
         self.history, self.rng = history, rng
 
-    async def append(self, *args, **kwargs):
+    async def append_many(self, *args, **kwargs):
         for _ in range(self.rng.randint(0, 3)):
             await asyncio.sleep(0)
-        return await self.history.append(*args, **kwargs)
+        return await self.history.append_many(*args, **kwargs)
 
 
 def test_overlapping_publishes_reach_the_layer_in_offset_order():
@@ -54,9 +59,73 @@ def test_overlapping_publishes_reach_the_layer_in_offset_order():
         layer = TimestampingLayer(rng)
         runtime = Runtime(config=settings.REALTIME, layer=layer)
         runtime.history = YieldingHistory(runtime.history, rng)
-        await asyncio.gather(
+        published = await asyncio.gather(
             *(message_publish(channel=CHANNEL, payload=f"m{i}", client_id="c", runtime=runtime) for i in range(64))
         )
-        return [offset for _, offset in sorted(layer.queued)]
+        return published, [offset for _, offset in sorted(layer.queued)], layer.sends
 
-    assert asyncio.run(scenario()) == list(range(1, 65))
+    published, queued, sends = asyncio.run(scenario())
+    assert queued == list(range(1, 65))
+    # Each publisher got its own message, stamped in the order it published.
+    assert [(m.payload, m.offset) for m in published] == [(f"m{i}", i + 1) for i in range(64)]
+    # Publishes that waited for a run on its way went together: one layer send per run, each run
+    # no longer than a turn of the hub's.
+    assert 64 / 16 <= sends < 64
+
+
+class HeldHistory:
+    """The runtime's history, holding the first run until released so the next ones queue up."""
+
+    def __init__(self, history, *, error: Exception | None = None):
+        self.history, self.error = history, error
+        self.release = asyncio.Event()
+
+    async def append_many(self, *args, **kwargs):
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        return await self.history.append_many(*args, **kwargs)
+
+
+async def publish_while_held(runtime, history: HeldHistory, count: int):
+    runtime.history = history
+    tasks = [
+        asyncio.ensure_future(message_publish(channel=CHANNEL, payload=f"m{i}", client_id="c", runtime=runtime))
+        for i in range(count)
+    ]
+    await asyncio.sleep(0.01)
+    history.release.set()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_run_history_refuses_fails_each_of_its_publishers_with_its_own_error():
+    runtime = Runtime(config=settings.REALTIME, layer=InMemoryChannelLayer())
+    refusal = ApplicationError("redis_unavailable", "Redis is away.", status=503, close_code=4503)
+    outcomes = await publish_while_held(runtime, HeldHistory(runtime.history, error=refusal), 5)
+    assert [(o.code, o.status) for o in outcomes] == [("redis_unavailable", 503)] * 5
+    assert len({id(o) for o in outcomes}) == 5
+    assert "messages_published" not in runtime.stats.counters()
+
+
+async def test_a_run_the_layer_refuses_tells_each_publisher_its_own_recorded_offset(monkeypatch):
+    runtime = Runtime(config=settings.REALTIME, layer=InMemoryChannelLayer())
+
+    async def unavailable(group, message):
+        raise ConnectionError("layer down")
+
+    monkeypatch.setattr(runtime.layer, "group_send", unavailable)
+    outcomes = await publish_while_held(runtime, HeldHistory(runtime.history), 5)
+    assert [(o.code, o.close_code, o.extra["offset"]) for o in outcomes] == [
+        ("layer_unavailable", 4503, offset) for offset in range(1, 6)
+    ]
+    assert runtime.stats.counters()["publish_errors"] == 5
+    assert await runtime.history.history.head(CHANNEL.id) == 5
+
+
+async def test_publishes_that_waited_together_are_counted_as_one_run():
+    runtime = Runtime(config=settings.REALTIME, layer=InMemoryChannelLayer())
+    messages = await publish_while_held(runtime, HeldHistory(runtime.history), 5)
+    assert [m.offset for m in messages] == [1, 2, 3, 4, 5]
+    assert runtime.stats.counters()["messages_published"] == 5
+    # All five reached the queue before its sender ran, so they went as one run.
+    assert runtime.stats.counters()["publish_runs"] == 1

@@ -1,12 +1,16 @@
-"""Connection slots in Redis: a renewal racing a release does not bring the released slot back."""
+"""Redis state: a run of messages is recorded in one step; a renewal racing a release does not
+bring the released slot back."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
-from channels_app.redis_state import RedisPresence
+from channels_app.messages import Position
+from channels_app.redis_state import RedisHistory, RedisPresence
 from channels_app.registry import ChannelInfo
 
 pytestmark = pytest.mark.asyncio
@@ -19,6 +23,38 @@ async def presence(redis_server):
     client = redis.from_url(redis_server.url)
     yield RedisPresence(client, "t", lease=30)
     await client.aclose()
+
+
+@pytest.fixture
+async def history(redis_server):
+    client = redis.from_url(redis_server.url)
+    yield RedisHistory(client, "t")
+    await client.flushdb()
+    await client.aclose()
+
+
+async def test_a_run_is_stamped_with_consecutive_offsets_and_kept_in_order(history):
+    first = await history.append(ROOM, payload="one", client_id="a")
+    run = await history.append_many(ROOM, [("two", "b"), ("trois ✓", "c"), ("four", "d")])
+    assert [m.offset for m in (first, *run)] == [1, 2, 3, 4]
+    assert {m.epoch for m in run} == {first.epoch}
+    assert len({m.id for m in (first, *run)}) == 4
+    replay = await history.since(ROOM, Position(epoch=first.epoch, offset=1))
+    assert [(m.offset, m.payload, m.client_id, m.id) for m in replay.messages] == [
+        (m.offset, m.payload, m.client_id, m.id) for m in run
+    ]
+    assert await history.head(ROOM.id) == 4
+
+
+async def test_a_run_longer_than_the_history_keeps_only_its_newest_messages(history):
+    small = replace(ROOM, history_size=3)
+    await history.append_many(small, [(f"m{index}", "w") for index in range(5)])
+    held = await history.between(small, 1, 5)
+    assert [(m.offset, m.payload) for m in held] == [(3, "m2"), (4, "m3"), (5, "m4")]
+    none_kept = replace(ROOM, id="room-2", history_size=0)
+    run = await history.append_many(none_kept, [("x", "w"), ("y", "w")])
+    assert [m.offset for m in run] == [1, 2]
+    assert await history.between(none_kept, 1, 2) == []
 
 
 def _while_renewing(monkeypatch, action):

@@ -50,7 +50,7 @@ class PendingPublish:
 
 
 class PublishQueue:
-    """One channel's publishes waiting for their run, and the task that sends runs in order.
+    """One channel's publishes waiting for their run, and the task that sends queued runs in order.
 
     ``send_run`` records and fans out a run and settles each publish's outcome; the queue only
     forms runs (at most ``max_messages`` publishes and ``RUN_MAX_BYTES`` of payload) and keeps one
@@ -61,21 +61,37 @@ class PublishQueue:
         self._send_run = send_run
         self._max_messages = max(1, max_messages)
         self._pending: deque[PendingPublish] = deque()
+        # A run is on its way: sent by its own publisher, or by the sender task draining the queue.
+        self._sending = False
         self._sender: asyncio.Task | None = None
 
     async def submit(self, channel: ChannelInfo, *, payload: str, client_id: str, size: int) -> Message:
-        """Queue one publish and wait until its run has been recorded and handed to the layer."""
-        outcome = asyncio.get_running_loop().create_future()
-        self._pending.append(PendingPublish(channel, payload, client_id, size, outcome))
-        if self._sender is None:
-            # A fresh context: a run serves several requests, so it carries none's request id.
-            self._sender = asyncio.create_task(
-                self._send_runs(), name="realtime-publish-runs", context=contextvars.Context()
-            )
-            self._sender.add_done_callback(self._sender_done)
-        return await outcome
+        """Send one publish, or queue it behind the run on its way; return once its run has been
+        recorded and handed to the layer."""
+        publish = PendingPublish(channel, payload, client_id, size, asyncio.get_running_loop().create_future())
+        if self._sending:
+            self._pending.append(publish)
+            return await publish.outcome
+        # Nothing is on its way, so nothing waits: this publish goes now, alone, in its own task.
+        # (Were it handed to the sender task, every publish would wait two more turns of the loop.)
+        self._sending = True
+        try:
+            await self._send_run([publish])
+        finally:
+            self._after_own_run()
+        return publish.outcome.result()
 
-    async def _send_runs(self) -> None:
+    def _after_own_run(self) -> None:
+        if not self._pending:
+            self._sending = False
+            return
+        # A fresh context: a run serves several requests, so it carries none's request id.
+        self._sender = asyncio.create_task(
+            self._send_queued_runs(), name="realtime-publish-runs", context=contextvars.Context()
+        )
+        self._sender.add_done_callback(self._sender_done)
+
+    async def _send_queued_runs(self) -> None:
         run: list[PendingPublish] = []
         try:
             while self._pending:
@@ -95,6 +111,7 @@ class PublishQueue:
             raise
         finally:
             self._sender = None
+            self._sending = False
 
     def _sender_done(self, sender: asyncio.Task) -> None:
         if self._sender is sender:
@@ -107,6 +124,7 @@ class PublishQueue:
             publish.outcome.cancel()
         self._pending.clear()
         self._sender = None
+        self._sending = False
 
     def _next_run(self) -> list[PendingPublish]:
         run: list[PendingPublish] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -20,14 +21,17 @@ class Sender:
         self.runs: list[list[str]] = []
         self.release = asyncio.Event()
         self.release.set()
-        self.fail_next: Exception | None = None
+        self.failures: dict[int, Exception] = {}  # run number (from 1) -> what it raises
+        self.after: dict[int, Callable[[], None]] = {}  # run number -> called as the run ends
 
     async def __call__(self, run: list[PendingPublish]) -> None:
         self.runs.append([publish.payload for publish in run])
         await self.release.wait()
-        if self.fail_next is not None:
-            error, self.fail_next = self.fail_next, None
-            raise error
+        number = len(self.runs)
+        if number in self.after:
+            self.after[number]()
+        if number in self.failures:
+            raise self.failures[number]
         for offset, publish in enumerate(run, start=sum(map(len, self.runs[:-1])) + 1):
             publish.succeed(
                 Message(id=f"id-{offset}", channel_id=ROOM.id, client_id="c", payload=publish.payload, created_at="t")
@@ -100,34 +104,69 @@ async def test_a_publisher_that_stops_waiting_before_its_run_leaves_is_not_sent(
 async def test_a_failed_run_fails_its_publishers_and_the_next_run_still_goes(caplog):
     sender = Sender()
     sender.release.clear()
-    sender.fail_next = RuntimeError("broken")
+    sender.failures = {1: RuntimeError("own run broken"), 2: RuntimeError("queued run broken")}
     queue = PublishQueue(sender, max_messages=2)
+    alone = submit(queue, "alone")
+    await asyncio.sleep(0)
     doomed = [submit(queue, "d0"), submit(queue, "d1")]
     later = submit(queue, "later")
     await asyncio.sleep(0)
     sender.release.set()
+    with pytest.raises(RuntimeError, match="own run broken"):
+        await alone
     for task in doomed:
-        with pytest.raises(RuntimeError, match="broken"):
+        with pytest.raises(RuntimeError, match="queued run broken"):
             await task
     assert (await later).payload == "later"
-    assert sender.runs == [["d0", "d1"], ["later"]]
+    assert sender.runs == [["alone"], ["d0", "d1"], ["later"]]
     assert "publishing a run of 2 message(s) on channel room-1 failed" in caplog.text
 
 
-@pytest.mark.parametrize("turns_before_cancel", [1, 2], ids=["before-it-starts", "during-a-run"])
-async def test_publishers_are_released_when_the_sender_is_cancelled(turns_before_cancel):
+async def test_a_publisher_cancelled_while_its_own_run_is_on_its_way_does_not_strand_the_queue():
     sender = Sender()
     sender.release.clear()
+    queue = PublishQueue(sender, max_messages=16)
+    first = submit(queue, "m0")
+    await asyncio.sleep(0)
+    waiting = submit(queue, "m1")
+    await asyncio.sleep(0)
+    first.cancel()
+    sender.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert (await asyncio.wait_for(waiting, 5)).payload == "m1"
+    assert sender.runs == [["m0"], ["m1"]]
+
+
+def cancel_sender_soon():
+    asyncio.get_running_loop().call_soon(lambda: [task.cancel() for task in sender_tasks()])
+
+
+@pytest.mark.parametrize("when", ["before-it-starts", "during-a-run"])
+async def test_publishers_are_released_when_the_sender_is_cancelled(when):
+    """As when the event loop closes: nobody is left waiting for a run that will never be sent."""
+    sender = Sender()
+    sender.release.clear()
+    # Run 1 is m0's own; the sender task is created as it ends and sends m1, then m2.
+    if when == "before-it-starts":
+        sender.after[1] = cancel_sender_soon  # lands before the new task's first step
+    else:
+        sender.after[1] = sender.release.clear
     queue = PublishQueue(sender, max_messages=1)
-    on_its_way, waiting = submit(queue, "m0"), submit(queue, "m1")
-    for _ in range(turns_before_cancel):
-        await asyncio.sleep(0)
-    (task,) = sender_tasks()
-    task.cancel()
-    for publish in (on_its_way, waiting):
+    first = submit(queue, "m0")
+    await asyncio.sleep(0)
+    queued = [submit(queue, "m1"), submit(queue, "m2")]
+    await asyncio.sleep(0)
+    sender.release.set()
+    await first
+    if when == "during-a-run":
+        assert sender.runs == [["m0"], ["m1"]]  # the sender's first step came before this one
+        (task,) = sender_tasks()
+        task.cancel()
+    for publish in queued:
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(publish, 5)
-    assert sender.runs == ([["m0"]] if turns_before_cancel == 2 else [])
-    # The queue serves the next publish with a new sender.
+    assert sender.runs == ([["m0"], ["m1"]] if when == "during-a-run" else [["m0"]])
+    # The queue serves the next publish.
     sender.release.set()
     assert (await asyncio.wait_for(submit(queue, "next"), 5)).payload == "next"

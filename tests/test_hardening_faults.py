@@ -56,7 +56,9 @@ def cluster(start_server, redis_server):
 def preflight(server, channel: str = "load-1") -> dict:
     response = httpx.get(f"{server.http}/api/v1/channels/{channel}?upgrade=0", timeout=5)
     body = response.json()
-    return body.get("channel", body)
+    described = body.get("channel", body)
+    assert "connections" in described, f"preflight answered {response.status_code}: {body}"
+    return described
 
 
 async def start_traffic(servers, subscribers_per_server: int, rate: float = 40.0):

@@ -41,7 +41,13 @@ from .transport import (
 logger = logging.getLogger(__name__)
 
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SLOW_CONSUMER = 4408
+# Frames of one connection being published at once. They enter the channel's publish queue in the
+# order they arrived, so they stay in order, and can travel together as one run (publish_queue.py);
+# awaited one by one, a connection could publish no faster than a run's Redis round trips. Beyond
+# this many the consumer stops reading frames until one is done.
+PUBLISHES_IN_FLIGHT = 16
 
 
 def query_params(scope: dict) -> dict[str, str]:
@@ -95,6 +101,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         self.subscription = None
         self.outbox = None
         self._closing = None
+        self._publishing: set[asyncio.Task] = set()
         try:
             while True:
                 message = await receive()
@@ -197,11 +204,33 @@ class ChannelConsumer(AsyncWebsocketConsumer):
                 }
             )
             return
+        if len(self._publishing) >= PUBLISHES_IN_FLIGHT:
+            await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+        publishing = asyncio.create_task(self._publish(connection, subscription, text_data))
+        self._publishing.add(publishing)
+        publishing.add_done_callback(self._published)
+
+    async def _publish(self, connection, subscription: Subscription, text_data: str) -> None:
         try:
             await message_publish(channel=connection.channel, payload=text_data, client_id=connection.client_id)
         except ApplicationError as error:
             # The connection may have been closed meanwhile; its subscription then drops this.
             subscription.send_control({"control": "error", "code": error.close_code, **error.as_dict()})
+
+    def _published(self, publishing: asyncio.Task) -> None:
+        self._publishing.discard(publishing)
+        if publishing.cancelled() or publishing.exception() is None:
+            return
+        logger.error("publishing a WebSocket frame failed", exc_info=publishing.exception())
+        self.close_soon(
+            CLOSE_INTERNAL_ERROR,
+            {
+                "control": "close",
+                "code": CLOSE_INTERNAL_ERROR,
+                "error": "internal_error",
+                "message": "The server failed to publish your message; reconnect with ?since= to resume.",
+            },
+        )
 
     async def disconnect(self, code):
         """Release the subscription and the connection slot."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 
@@ -136,7 +137,7 @@ async def test_a_replay_larger_than_the_outgoing_buffer_is_paced_not_cut_off(run
     await communicator.disconnect()
 
 
-async def test_a_crashed_connection_frees_its_slot(runtime, monkeypatch):
+async def test_a_publish_that_crashes_closes_the_connection_with_1011_and_frees_its_slot(runtime, monkeypatch, caplog):
     async def crash(**kwargs):
         raise RuntimeError("boom")
 
@@ -144,8 +145,11 @@ async def test_a_crashed_connection_frees_its_slot(runtime, monkeypatch):
     communicator = await connect("clientId=doomed")
     assert await runtime.presence.contains("room-1", "doomed")
     await communicator.send_to(text_data="anything")
-    with pytest.raises(RuntimeError):
-        await communicator.wait(5)
+    body, code = await closed(communicator)
+    assert code == 1011
+    assert body["error"] == "internal_error"
+    assert "boom" not in json.dumps(body)  # no internals to the client; they are in the log
+    assert "publishing a WebSocket frame failed" in caplog.text and "RuntimeError: boom" in caplog.text
     assert not await runtime.presence.contains("room-1", "doomed")
     assert runtime.hub.local_count("room-1") == 0
     again = await connect("clientId=doomed")
@@ -195,3 +199,41 @@ async def test_channel_full_and_taken_client_id_leave_the_holders_alone(runtime)
     for communicator in (*holders[1:], newcomer):
         await communicator.disconnect()
     assert await runtime.presence.count("room-1") == 0
+
+
+class SlowHistory:
+    """The runtime's history, answering each run only when ``release`` is set (as a busy Redis)."""
+
+    def __init__(self, history):
+        self.history = history
+        self.release = asyncio.Event()
+        self.runs: list[int] = []
+
+    async def append_many(self, channel, entries):
+        self.runs.append(len(entries))
+        await self.release.wait()
+        return await self.history.append_many(channel, entries)
+
+    def __getattr__(self, name):
+        return getattr(self.history, name)
+
+
+async def test_a_connections_frames_are_published_in_order_without_waiting_for_each_other(runtime):
+    configure(runtime, publish_rate=1000, publish_burst=1000)
+    history = runtime.history = SlowHistory(runtime.history)
+    publisher = await connect("clientId=publisher")
+    reader = await connect("clientId=reader")
+    for index in range(40):
+        await publisher.send_to(text_data=f"m{index}")
+    await asyncio.sleep(0.2)
+    # The first frame's run is on its way; no more than PUBLISHES_IN_FLIGHT frames were taken up
+    # meanwhile (the consumer stopped reading), and those wait together for the next run.
+    assert history.runs == [1]
+    history.release.set()
+    received = [json.loads(await reader.receive_from(5)) for _ in range(40)]
+    assert [message["payload"] for message in received] == [f"m{index}" for index in range(40)]
+    assert [message["offset"] for message in received] == list(range(1, 41))
+    assert history.runs[1] == consumers.PUBLISHES_IN_FLIGHT - 1
+    assert len(history.runs) < 40
+    await publisher.disconnect()
+    await reader.disconnect()

@@ -220,10 +220,9 @@ async def test_a_burst_of_queued_events_does_not_overflow_connections_that_keep_
     assert [frame[1] for frame in frames] == [f"m{index}" for index in range(50)]
 
 
-async def test_queued_events_reach_each_writer_a_turn_at_a_time(hub):
-    """A writer finds a whole turn of frames to send together (one socket write under daphne)."""
-    reader = Reader(encode_payload)
-    queued_at_each_write = []
+def count_queued_at_each_write(hub: Hub, reader: Reader) -> list[int]:
+    """How many frames were delivered to ``reader`` but not yet written, at each of its writes."""
+    queued_at_each_write: list[int] = []
     write = reader.outbox._write
 
     async def counting_write(frame):
@@ -231,6 +230,13 @@ async def test_queued_events_reach_each_writer_a_turn_at_a_time(hub):
         await write(frame)
 
     reader.outbox._write = counting_write
+    return queued_at_each_write
+
+
+async def test_queued_events_reach_each_writer_a_turn_at_a_time(hub):
+    """A writer finds a whole turn of frames to send together (one socket write under daphne)."""
+    reader = Reader(encode_payload)
+    queued_at_each_write = count_queued_at_each_write(hub, reader)
     await hub.subscribe(reader.subscription)
     for index in range(3 * hub.events_per_turn):
         message = await hub.history.append(ROOM, payload=f"m{index}", client_id="writer")
@@ -259,14 +265,7 @@ def test_a_turn_of_the_largest_messages_fits_a_quarter_of_every_bound():
 async def test_a_run_of_messages_is_fanned_out_in_order_and_counts_as_its_messages_in_a_turn(hub):
     """A ``realtime.messages`` event (a run of publishes) fills the turn by the messages it carries."""
     reader = Reader(encode_payload)
-    queued_at_each_write = []
-    write = reader.outbox._write
-
-    async def counting_write(frame):
-        queued_at_each_write.append(hub.stats.counters().get("deliveries", 0) - len(reader.frames))
-        await write(frame)
-
-    reader.outbox._write = counting_write
+    queued_at_each_write = count_queued_at_each_write(hub, reader)
     await hub.subscribe(reader.subscription)
     runs = 4
     for run in range(runs):

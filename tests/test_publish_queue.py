@@ -46,6 +46,16 @@ def sender_tasks() -> list[asyncio.Task]:
     return [task for task in asyncio.all_tasks() if task.get_name() == "realtime-publish-runs"]
 
 
+async def first_run_held(max_messages: int, sender: Sender | None = None):
+    """A queue whose first publish, "m0", is on its way and held there until ``sender.release``."""
+    sender = sender or Sender()
+    sender.release.clear()
+    queue = PublishQueue(sender, max_messages=max_messages)
+    first = submit(queue, "m0")
+    await asyncio.sleep(0)
+    return sender, queue, first
+
+
 async def test_a_publish_to_a_quiet_channel_leaves_at_once_alone():
     sender = Sender()
     queue = PublishQueue(sender, max_messages=16)
@@ -57,11 +67,7 @@ async def test_a_publish_to_a_quiet_channel_leaves_at_once_alone():
 
 
 async def test_publishes_that_arrive_while_a_run_is_on_its_way_go_together_in_order():
-    sender = Sender()
-    sender.release.clear()
-    queue = PublishQueue(sender, max_messages=16)
-    first = submit(queue, "m0")
-    await asyncio.sleep(0)
+    sender, queue, first = await first_run_held(16)
     waiting = [submit(queue, f"m{index}") for index in range(1, 6)]
     await asyncio.sleep(0)
     sender.release.set()
@@ -71,11 +77,7 @@ async def test_publishes_that_arrive_while_a_run_is_on_its_way_go_together_in_or
 
 
 async def test_runs_are_bounded_by_count_and_by_bytes():
-    sender = Sender()
-    sender.release.clear()
-    queue = PublishQueue(sender, max_messages=3)
-    first = submit(queue, "m0")
-    await asyncio.sleep(0)
+    sender, queue, first = await first_run_held(3)
     by_count = [submit(queue, f"c{index}") for index in range(4)]
     big = RUN_MAX_BYTES // 2 + 1
     by_bytes = [submit(queue, f"b{index}", size=big) for index in range(2)]
@@ -87,11 +89,7 @@ async def test_runs_are_bounded_by_count_and_by_bytes():
 
 
 async def test_a_publisher_that_stops_waiting_before_its_run_leaves_is_not_sent():
-    sender = Sender()
-    sender.release.clear()
-    queue = PublishQueue(sender, max_messages=16)
-    first = submit(queue, "m0")
-    await asyncio.sleep(0)
+    sender, queue, first = await first_run_held(16)
     gone, kept = submit(queue, "gone"), submit(queue, "kept")
     await asyncio.sleep(0)
     gone.cancel()
@@ -103,11 +101,8 @@ async def test_a_publisher_that_stops_waiting_before_its_run_leaves_is_not_sent(
 
 async def test_a_failed_run_fails_its_publishers_and_the_next_run_still_goes(caplog):
     sender = Sender()
-    sender.release.clear()
     sender.failures = {1: RuntimeError("own run broken"), 2: RuntimeError("queued run broken")}
-    queue = PublishQueue(sender, max_messages=2)
-    alone = submit(queue, "alone")
-    await asyncio.sleep(0)
+    sender, queue, alone = await first_run_held(2, sender)
     doomed = [submit(queue, "d0"), submit(queue, "d1")]
     later = submit(queue, "later")
     await asyncio.sleep(0)
@@ -118,16 +113,12 @@ async def test_a_failed_run_fails_its_publishers_and_the_next_run_still_goes(cap
         with pytest.raises(RuntimeError, match="queued run broken"):
             await task
     assert (await later).payload == "later"
-    assert sender.runs == [["alone"], ["d0", "d1"], ["later"]]
+    assert sender.runs == [["m0"], ["d0", "d1"], ["later"]]
     assert "publishing a run of 2 message(s) on channel room-1 failed" in caplog.text
 
 
 async def test_a_publisher_cancelled_while_its_own_run_is_on_its_way_does_not_strand_the_queue():
-    sender = Sender()
-    sender.release.clear()
-    queue = PublishQueue(sender, max_messages=16)
-    first = submit(queue, "m0")
-    await asyncio.sleep(0)
+    sender, queue, first = await first_run_held(16)
     waiting = submit(queue, "m1")
     await asyncio.sleep(0)
     first.cancel()
@@ -146,15 +137,12 @@ def cancel_sender_soon():
 async def test_publishers_are_released_when_the_sender_is_cancelled(when):
     """As when the event loop closes: nobody is left waiting for a run that will never be sent."""
     sender = Sender()
-    sender.release.clear()
     # Run 1 is m0's own; the sender task is created as it ends and sends m1, then m2.
     if when == "before-it-starts":
         sender.after[1] = cancel_sender_soon  # lands before the new task's first step
     else:
         sender.after[1] = sender.release.clear
-    queue = PublishQueue(sender, max_messages=1)
-    first = submit(queue, "m0")
-    await asyncio.sleep(0)
+    sender, queue, first = await first_run_held(1, sender)
     queued = [submit(queue, "m1"), submit(queue, "m2")]
     await asyncio.sleep(0)
     sender.release.set()

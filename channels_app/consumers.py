@@ -114,6 +114,9 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             pass
         finally:
             await self._release()
+            if self._publishing:
+                # Frames read from the client are published even when it has gone.
+                await asyncio.wait(self._publishing)
 
     async def connect(self):
         """Admit the connection or refuse it with a documented close code."""
@@ -206,13 +209,17 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             return
         if len(self._publishing) >= PUBLISHES_IN_FLIGHT:
             await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+            if self.connection is None or self._closing is not None:
+                return  # closed while this frame waited for room, like the frames not yet read
         publishing = asyncio.create_task(self._publish(connection, subscription, text_data))
         self._publishing.add(publishing)
         publishing.add_done_callback(self._published)
 
     async def _publish(self, connection, subscription: Subscription, text_data: str) -> None:
         try:
-            await message_publish(channel=connection.channel, payload=text_data, client_id=connection.client_id)
+            # Counted like an accepted push: a draining instance waits for it (shutdown.drain).
+            with get_runtime().in_flight:
+                await message_publish(channel=connection.channel, payload=text_data, client_id=connection.client_id)
         except ApplicationError as error:
             # The connection may have been closed meanwhile; its subscription then drops this.
             subscription.send_control({"control": "error", "code": error.close_code, **error.as_dict()})
@@ -222,6 +229,8 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         if publishing.cancelled() or publishing.exception() is None:
             return
         logger.error("publishing a WebSocket frame failed", exc_info=publishing.exception())
+        if self.connection is None:
+            return  # the connection is already gone
         self.close_soon(
             CLOSE_INTERNAL_ERROR,
             {

@@ -179,7 +179,12 @@ class Hub:
             await self._on_message(_message_from_event(event))
         elif kind == "realtime.messages":
             for message in _messages_from_run_event(event):
-                await self._on_message(message)
+                try:
+                    await self._on_message(message)
+                except Exception:
+                    # As if each message were its own event: the rest of the run is still delivered.
+                    logger.exception("hub could not deliver message %s of a run", message.id)
+                    self.stats.incr("hub_errors")
         elif kind == "realtime.close":
             error = ApplicationError(
                 event.get("error", "closed"),

@@ -10,6 +10,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from channels_app import consumers, services
+from channels_app.errors import ApplicationError
 from channels_app.models import Channel
 from realtime_project.asgi import application
 
@@ -237,3 +238,38 @@ async def test_a_connections_frames_are_published_in_order_without_waiting_for_e
     assert len(history.runs) < 40
     await publisher.disconnect()
     await reader.disconnect()
+
+
+async def test_frames_read_before_the_client_left_are_still_published_and_drained_for(runtime):
+    configure(runtime, publish_rate=1000, publish_burst=1000)
+    history = runtime.history = SlowHistory(runtime.history)
+    publisher = await connect("clientId=publisher")
+    for index in range(5):
+        await publisher.send_to(text_data=f"m{index}")
+    await asyncio.sleep(0.1)
+    await publisher.disconnect()
+    # A draining instance waits for them like for accepted pushes.
+    assert runtime.in_flight.count == 5
+    history.release.set()
+    async with asyncio.timeout(5):
+        await runtime.in_flight.wait_idle()
+    assert await history.head("room-1") == 5
+    assert not await runtime.presence.contains("room-1", "publisher")
+
+
+async def test_a_frame_waiting_for_room_is_not_published_once_the_connection_closed(runtime):
+    configure(runtime, publish_rate=1000, publish_burst=1000)
+    history = runtime.history = SlowHistory(runtime.history)
+    publisher = await connect("clientId=publisher")
+    for index in range(consumers.PUBLISHES_IN_FLIGHT + 4):
+        await publisher.send_to(text_data=f"m{index}")
+    await asyncio.sleep(0.1)
+    closed_now = runtime.hub.close_local("room-1", ApplicationError("disconnected", "bye", close_code=4000))
+    assert closed_now == 1
+    history.release.set()
+    body, code = await closed(publisher)
+    assert code == 4000
+    async with asyncio.timeout(5):
+        await runtime.in_flight.wait_idle()
+    # The frames in flight were published; the one waiting for room and those not yet read were not.
+    assert await history.head("room-1") == consumers.PUBLISHES_IN_FLIGHT

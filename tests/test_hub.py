@@ -289,3 +289,18 @@ async def test_a_run_that_skips_offsets_is_repaired_from_history(hub):
     frames = await reader.wait_for(4)
     assert [frame[1] for frame in frames] == ["first", "dropped by the layer", "third", "fourth"]
     assert hub.stats.counters()["layer_recovered"] == 1
+
+
+async def test_a_message_that_fails_does_not_cost_the_rest_of_its_run(hub):
+    def encode_or_fail(message):
+        if message.payload == "bad":
+            raise ValueError("cannot encode")
+        return encode_payload(message)
+
+    reader = Reader(encode_or_fail)
+    await hub.subscribe(reader.subscription)
+    messages = await hub.history.append_many(ROOM, [("before", "w"), ("bad", "w"), ("after", "w")])
+    await hub.layer.send(hub.channel_name, layer_event(messages))
+    frames = await reader.wait_for(2)
+    assert [frame[1] for frame in frames] == ["before", "after"]
+    assert hub.stats.counters()["hub_errors"] == 1

@@ -226,9 +226,10 @@ class ChannelConsumer(AsyncWebsocketConsumer):
 
     def _published(self, publishing: asyncio.Task) -> None:
         self._publishing.discard(publishing)
-        if publishing.cancelled() or publishing.exception() is None:
+        failure = None if publishing.cancelled() else publishing.exception()
+        if failure is None:
             return
-        logger.error("publishing a WebSocket frame failed", exc_info=publishing.exception())
+        logger.error("publishing a WebSocket frame failed", exc_info=failure)
         if self.connection is None:
             return  # the connection is already gone
         self.close_soon(

@@ -10,8 +10,9 @@ client can see and makes a publish cost the same with 1 channel or 10,000.
 ``group_send`` also puts the message on every member's queue at once, instead of through a task
 per member: channels' way suspends the publisher once per message, so a burst of publishes
 reached the hub one per event-loop turn and could never be fanned out together. The publisher
-still yields once a member has ``BACKLOG`` messages waiting: a publisher faster than the hub is
-held to one message per turn, as before, rather than piling its messages up in the hub's queue.
+still yields once a member has ``BACKLOG`` events waiting: a publisher faster than the hub is
+held to one event (a message, or a run of them) per turn, rather than piling them up in the hub's
+queue.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
 from .hub import EVENTS_PER_TURN
 
 SWEEP_INTERVAL_SECONDS = 1.0
-# Messages waiting for a member beyond which a publisher yields: a turn of the hub's.
+# Events waiting for a member beyond which a publisher yields (a run of publishes is one event).
 BACKLOG = EVENTS_PER_TURN
 
 

@@ -92,14 +92,17 @@ class Outbox:
         self._sizes.append(size)
         self._queued_bytes += size
         if self.writer is None and self._loop is not None:
-            self.writer = self._loop.create_task(self._write_queued())
+            self._start_writer()
         return True
 
     def start(self) -> None:
         """Start writing (once the connection is open): what is queued now, and whatever comes."""
         self._loop = asyncio.get_running_loop()
         if self.writer is None and (not self.is_empty() or self.refill is not None):
-            self.writer = self._loop.create_task(self._write_queued())
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        self.writer = self._loop.create_task(self._write_queued())
 
     async def stop(self) -> None:
         """Stop writing (the connection is closing): no new writer, and a running one is cancelled.

@@ -76,7 +76,8 @@ def _publish_queue(runtime: Runtime, channel_id: str) -> PublishQueue:
     """The queue of a channel's publishes; it is forgotten once no publish waits in it."""
     queue = runtime.publish_queues.get(channel_id)
     if queue is None:
-        # A run is at most one hub turn long (hub.events_per_turn), so a turn holds at most two.
+        # A run is at most a hub turn long (hub.events_per_turn): the hub takes a run whole, so
+        # no turn of it holds more than two turns' worth of messages.
         send_run = functools.partial(_publish_run, runtime=runtime)
         queue = runtime.publish_queues[channel_id] = PublishQueue(send_run, max_messages=runtime.hub.events_per_turn)
     return queue

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import redis.asyncio as redis
 from redis.asyncio.sentinel import Sentinel
+from redis.maint_notifications import MaintNotificationsConfig
 
 from .errors import ApplicationError, channel_full, client_id_taken
 from .history import Replay, replay_after
@@ -76,6 +77,11 @@ def redis_client(config) -> redis.Redis:
         "socket_timeout": 3,
         "health_check_interval": 15,
         "retry_on_timeout": False,
+        # redis-py 8 turns "maintenance notifications" (a Redis Enterprise and Cloud feature) on
+        # for RESP3 by default, and while they are on its pool skips the check that replaces a
+        # closed connection: after a Redis restart every connection pooled before it failed its
+        # next command (a 503) although Redis was back.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
     if config.sentinels:
         sentinels = [(host, int(port)) for host, port in (address.rsplit(":", 1) for address in config.sentinels)]

@@ -3,6 +3,8 @@ bring the released slot back."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from dataclasses import replace
 
 import pytest
@@ -91,3 +93,27 @@ async def test_a_slot_taken_again_during_a_renewal_is_kept(presence, monkeypatch
     monkeypatch.undo()
     assert await presence.contains("room-1", "back")
     assert await presence.count("room-1") == 1
+
+
+async def test_connections_pooled_before_a_redis_restart_do_not_fail_a_command_after_it(tmp_path):
+    """redis-py 8 skips its pool's check for closed connections while "maintenance notifications"
+    are on (the default with RESP3), so each connection pooled before a restart failed its next
+    command with a 503 although Redis was back."""
+    from types import SimpleNamespace
+
+    from channels_app.redis_state import redis_client
+    from tests.redisserver import RedisServer
+
+    server = RedisServer.start(tmp_path)
+    client = redis_client(SimpleNamespace(sentinels=(), url=server.url))
+    try:
+        # Several connections in the pool at once, as concurrent requests leave them.
+        await asyncio.gather(*(client.blpop([f"k{index}"], timeout=0.2) for index in range(4)))
+        server.stop(signal.SIGKILL)
+        server.run()
+        await asyncio.sleep(0.2)
+        for index in range(8):
+            assert await client.incr("after-restart") == index + 1
+    finally:
+        await client.aclose()
+        server.stop()

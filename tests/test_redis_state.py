@@ -105,8 +105,8 @@ async def test_connections_pooled_before_a_redis_restart_do_not_fail_a_command_a
     from tests.redisserver import RedisServer
 
     server = RedisServer.start(tmp_path)
-    client = redis_client(SimpleNamespace(sentinels=(), url=server.url))
     try:
+        client = redis_client(SimpleNamespace(sentinels=(), url=server.url))
         # Several connections in the pool at once, as concurrent requests leave them.
         await asyncio.gather(*(client.blpop([f"k{index}"], timeout=0.2) for index in range(4)))
         server.stop(signal.SIGKILL)
@@ -114,6 +114,6 @@ async def test_connections_pooled_before_a_redis_restart_do_not_fail_a_command_a
         await asyncio.sleep(0.2)
         for index in range(8):
             assert await client.incr("after-restart") == index + 1
-    finally:
         await client.aclose()
+    finally:
         server.stop()

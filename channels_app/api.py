@@ -8,7 +8,6 @@ details (it is logged).
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 
@@ -21,12 +20,13 @@ from django.views.decorators.csrf import csrf_exempt
 from .auth import api_key_check
 from .channel_services import channel_create, channel_delete, channel_draft_parse
 from .errors import ApplicationError, bad_request
-from .messages import Message, position_parse
+from .messages import position_parse
 from .naming import SERVER_CLIENT_ID, client_id_parse
 from .openapi import openapi_document
+from .publish_queue import Receipt
 from .runtime import get_runtime
 from .selectors import channel_as_dict, channel_list
-from .services import message_publish
+from .services import message_publish_receipt
 from .tokens import DEFAULT_TTL_SECONDS, token_mint
 
 logger = logging.getLogger(__name__)
@@ -136,9 +136,11 @@ def payload_text(body: object) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
-def message_receipt(message: Message) -> dict:
-    """What a push answers: the message's id, offset and resume position."""
-    return {
+def message_receipt(receipt: Receipt) -> dict:
+    """What a push answers: the message's id, offset and resume position, and ``"fanout": "pending"``
+    when the channel layer refused it for now (it is recorded, and handed over once the layer is back)."""
+    message = receipt.message
+    body = {
         "id": message.id,
         "channelId": message.channel_id,
         "offset": message.offset,
@@ -146,6 +148,14 @@ def message_receipt(message: Message) -> dict:
         "position": message.position,
         "createdAt": message.created_at,
     }
+    if receipt.fanout_pending:
+        body["fanout"] = "pending"
+    return body
+
+
+def receipt_status(receipt: Receipt) -> int:
+    """201 Created, or 202 Accepted while the message's hand-over to subscribers is pending."""
+    return 202 if receipt.fanout_pending else 201
 
 
 def _require_push_allowed() -> None:
@@ -157,11 +167,11 @@ def _require_push_allowed() -> None:
         )
 
 
-async def _push(reference: str, payload: str) -> dict:
-    runtime = get_runtime()
-    channel = await runtime.registry.resolve(reference)
-    message = await message_publish(channel=channel, payload=payload, client_id=SERVER_CLIENT_ID)
-    return message_receipt(message)
+async def _push(reference: str, payload: str, idempotency_key: str | None = None) -> Receipt:
+    channel = await get_runtime().registry.resolve(reference)
+    return await message_publish_receipt(
+        channel=channel, payload=payload, client_id=SERVER_CLIENT_ID, idempotency_key=idempotency_key
+    )
 
 
 @api_endpoint("GET", "POST")
@@ -175,13 +185,9 @@ async def channel_messages(request: HttpRequest, channel: str):
 async def _push_one(request: HttpRequest, channel: str) -> JsonResponse:
     _require_push_allowed()
     payload = payload_text(json_body(request))
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return JsonResponse(await _push(channel, payload), status=201)
-    fingerprint = hashlib.sha256(f"{channel}\0{payload}".encode()).hexdigest()
-    receipt, replayed = await get_runtime().idempotency.run_once(key, fingerprint, lambda: _push(channel, payload))
-    response = JsonResponse(receipt, status=201)
-    if replayed:
+    receipt = await _push(channel, payload, request.headers.get("Idempotency-Key"))
+    response = JsonResponse(message_receipt(receipt), status=receipt_status(receipt))
+    if receipt.replayed:
         response["Idempotent-Replayed"] = "true"
     return response
 
@@ -202,11 +208,11 @@ async def messages_push_batch(request: HttpRequest):
             if not isinstance(item, dict) or not isinstance(item.get("channel"), str):
                 raise bad_request(f"messages[{index}] must be an object with a channel and a payload.")
             receipt = await _push(item["channel"], payload_text(item))
-            results.append({"channel": item["channel"], "status": 201, **receipt})
+            results.append({"channel": item["channel"], "status": receipt_status(receipt), **message_receipt(receipt)})
         except ApplicationError as error:
             channel_reference = item.get("channel") if isinstance(item, dict) else None
             results.append({"channel": channel_reference, "status": error.status, **error.as_dict()})
-    published = sum(1 for result in results if result["status"] == 201)
+    published = sum(1 for result in results if result["status"] in (201, 202))
     return JsonResponse({"published": published, "failed": len(results) - published, "results": results})
 
 

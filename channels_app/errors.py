@@ -90,3 +90,15 @@ def shutting_down() -> ApplicationError:
         status=503,
         close_code=4503,
     )
+
+
+def publish_outcome_unknown() -> ApplicationError:
+    """The publish was sent to Redis, which did not answer in time: it may or may not be recorded (504 / 4504)."""
+    return ApplicationError(
+        "publish_outcome_unknown",
+        "The message broker (Redis) did not answer in time, so whether this message was published is unknown. "
+        "Retry with the same Idempotency-Key: you get the original receipt if it was published, and it is "
+        "published once if it was not.",
+        status=504,
+        close_code=4504,
+    )

@@ -1,8 +1,10 @@
 """Per-channel message history: stamping, recent messages and resume.
 
-``MemoryHistory`` serves the MEMORY driver (one instance). Its epoch is drawn when the process
-starts, so positions handed out before a restart are recognised as belonging to lost history.
-A Redis implementation with the same interface serves the REDIS driver.
+``MemoryHistory`` serves the MEMORY driver (one instance). Each incarnation of a channel's history
+(a channel's first publish in this process, or after the channel was deleted and created again)
+draws its own epoch, so a position from lost history, from a deleted channel or from another
+channel is recognised as foreign and answered with a gap. A Redis implementation with the same
+interface serves the REDIS driver.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .errors import ApplicationError
+from .idempotency import IdempotencyKey, MemoryReceipts
 from .messages import Message, Position, utc_timestamp
 from .registry import ChannelInfo
 
@@ -46,8 +50,31 @@ class Replay:
     gap: Gap | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A message to record: its id, payload and publisher, and the key that makes its publish idempotent."""
+
+    payload: str
+    client_id: str
+    idempotency: IdempotencyKey | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """A draft whose ``Idempotency-Key`` was already used for the same message: the message recorded then."""
+
+    message: Message
+
+
+# What ``append_many`` makes of each draft: a new message, an earlier one, or a refusal (a key reused).
+Recorded = Message | Replayed | ApplicationError
+
+
 @dataclass
 class _ChannelLog:
+    epoch: str
+    incarnation: int
     next_offset: int = 1
     entries: deque[Message] = field(default_factory=deque)
 
@@ -82,53 +109,71 @@ def new_epoch() -> str:
 class MemoryHistory:
     """History held in this process; the state of the MEMORY driver's single instance."""
 
-    def __init__(self, *, epoch: str | None = None, clock=time.time):
-        self.epoch = epoch or new_epoch()
+    def __init__(
+        self, *, epochs: Callable[[], str] = new_epoch, clock=time.time, receipts: MemoryReceipts | None = None
+    ):
+        self._epochs = epochs
         self._logs: dict[str, _ChannelLog] = {}
         self._clock = clock
+        self._receipts = receipts or MemoryReceipts()
 
     async def append(self, channel: ChannelInfo, *, payload: str, client_id: str) -> Message:
         """Stamp a new message (id, time, offset) and keep it in the channel's history."""
-        (message,) = await self.append_many(channel, [(payload, client_id)])
+        (message,) = await self.append_many(channel, [Draft(payload, client_id)])
         return message
 
-    async def append_many(self, channel: ChannelInfo, entries: Sequence[tuple[str, str]]) -> list[Message]:
-        """Stamp a run of messages, given as ``(payload, client_id)`` pairs, with consecutive
-        offsets, and keep them in the channel's history."""
-        log = self._logs.setdefault(channel.id, _ChannelLog())
+    async def append_many(self, channel: ChannelInfo, drafts: Sequence[Draft]) -> list[Recorded]:
+        """Stamp a run of drafts with consecutive offsets and keep them in the channel's history; a
+        draft whose ``Idempotency-Key`` is known is not recorded again (``Replayed``)."""
+        log = self._log(channel)
         now = self._clock()
         created_at = utc_timestamp()
+        recorded: list[Recorded] = []
         messages = []
-        for payload, client_id in entries:
+        for draft in drafts:
+            earlier = self._receipts.lookup(channel, log.epoch, draft.idempotency)
+            if earlier is not None:
+                recorded.append(earlier if isinstance(earlier, ApplicationError) else Replayed(earlier))
+                continue
             message = Message(
-                id=str(uuid.uuid4()),
+                id=draft.id,
                 channel_id=channel.id,
-                client_id=client_id,
-                payload=payload,
+                client_id=draft.client_id,
+                payload=draft.payload,
                 created_at=created_at,
                 offset=log.next_offset,
-                epoch=self.epoch,
+                epoch=log.epoch,
                 published_at=now,
             )
             log.next_offset += 1
             messages.append(message)
+            recorded.append(message)
+            self._receipts.remember(channel, log.epoch, draft.idempotency, message)
         if channel.history_size > 0:
             log.entries.extend(messages)
         self._trim(log, channel, now)
-        return messages
+        return recorded
 
     async def since(self, channel: ChannelInfo, position: Position) -> Replay:
         """Messages after ``position``, oldest first, with a ``Gap`` when some are gone."""
-        log = self._logs.get(channel.id) or _ChannelLog()
+        log = self._current_log(channel)
+        if log is None:
+            return replay_after(position, held=[], epoch=None, head=0)
         self._trim(log, channel, self._clock())
-        return replay_after(position, held=list(log.entries), epoch=self.epoch, head=log.next_offset - 1)
+        return replay_after(position, held=list(log.entries), epoch=log.epoch, head=log.next_offset - 1)
 
     async def between(self, channel: ChannelInfo, first: int, last: int) -> list[Message]:
         """Messages with ``first <= offset <= last`` still held (used to repair layer drops)."""
-        log = self._logs.get(channel.id)
+        log = self._current_log(channel)
         if log is None:
             return []
         return [m for m in log.entries if first <= m.offset <= last]
+
+    async def find(self, channel: ChannelInfo, message_ids: Sequence[str]) -> list[Message]:
+        """The messages with these ids still held, oldest first."""
+        log = self._current_log(channel)
+        wanted = set(message_ids)
+        return [m for m in log.entries if m.id in wanted] if log is not None else []
 
     async def head(self, channel_id: str) -> int:
         """The offset of the newest message published on the channel (0 when none)."""
@@ -136,8 +181,19 @@ class MemoryHistory:
         return log.next_offset - 1 if log else 0
 
     async def forget(self, channel_id: str) -> None:
-        """Drop a deleted channel's history."""
+        """Drop a deleted channel's history; its next publish starts a new epoch."""
         self._logs.pop(channel_id, None)
+
+    def _log(self, channel: ChannelInfo) -> _ChannelLog:
+        log = self._current_log(channel)
+        if log is None:
+            log = self._logs[channel.id] = _ChannelLog(epoch=self._epochs(), incarnation=channel.incarnation)
+        return log
+
+    def _current_log(self, channel: ChannelInfo) -> _ChannelLog | None:
+        """The channel's log, unless it belongs to an earlier channel with the same id."""
+        log = self._logs.get(channel.id)
+        return log if log is not None and log.incarnation == channel.incarnation else None
 
     @staticmethod
     def _trim(log: _ChannelLog, channel: ChannelInfo, now: float) -> None:

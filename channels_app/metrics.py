@@ -35,6 +35,23 @@ _PLAIN_COUNTERS = {
     "hub_duplicates": ("realtime_hub_duplicates_total", "Repeated messages the hub discarded."),
     "hub_errors": ("realtime_hub_errors_total", "Channel-layer events the hub failed to handle."),
     "publish_errors": ("realtime_publish_errors_total", "Publishes the channel layer refused."),
+    "publish_outcomes_unknown": (
+        "realtime_publish_outcomes_unknown_total",
+        "History appends sent to Redis and not answered in time (answered 504 publish_outcome_unknown).",
+    ),
+    "publish_outcomes_recorded": (
+        "realtime_publish_outcomes_recorded_total",
+        "Messages of unanswered appends found in history afterwards, and handed to the layer then.",
+    ),
+    "publish_outcomes_not_recorded": (
+        "realtime_publish_outcomes_not_recorded_total",
+        "Messages of unanswered appends that history turned out not to hold: never published.",
+    ),
+    "fanout_repaired": ("realtime_fanout_repaired_total", "Recorded messages handed to the layer late."),
+    "fanout_repairs_abandoned": (
+        "realtime_fanout_repairs_abandoned_total",
+        "Runs of recorded messages the layer still refused after two minutes (they stay in history).",
+    ),
     "redis_errors": ("realtime_redis_errors_total", "Redis operations that failed."),
     "resume_gaps": ("realtime_resume_gaps_total", "Resumes that history could not fully cover."),
 }

@@ -41,7 +41,8 @@ def _errors(*statuses: int) -> dict:
         409: "Conflict.",
         413: "Payload too large.",
         422: "Unprocessable: the request cannot be carried out as asked.",
-        503: "Recorded but not fanned out: the channel layer is unavailable.",
+        503: "Not done: Redis could not be reached before anything was sent (nothing was published).",
+        504: "Outcome unknown: Redis did not answer in time; retry with the same Idempotency-Key.",
     }
     return {str(status): _json(_ref("Error"), descriptions[status]) for status in statuses}
 
@@ -94,6 +95,12 @@ def _document() -> dict:
                 "epoch": {"type": "string"},
                 "position": {"type": "string"},
                 "createdAt": {"type": "string", "format": "date-time"},
+                "fanout": {
+                    "type": "string",
+                    "enum": ["pending"],
+                    "description": "Present (202) when the channel layer refused the recorded message for now: "
+                    "it is handed to subscribers once the layer is back.",
+                },
             },
             required=["id", "channelId", "offset", "epoch", "position", "createdAt"],
         ),
@@ -197,14 +204,16 @@ def _document() -> dict:
                     {
                         "name": "Idempotency-Key",
                         "in": "header",
-                        "description": "Retries with the same key publish once (remembered for 24 hours).",
+                        "description": "Retries with the same key publish once, whatever became of the first "
+                        "attempt's answer (remembered for 24 hours, per channel). Reused for another payload: 422.",
                         "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                     }
                 ],
                 "requestBody": _json_body(_ref("Push")),
                 "responses": {
                     "201": _json(_ref("Receipt"), "Published."),
-                    **_errors(400, 401, 403, 404, 413, 422, 503),
+                    "202": _json(_ref("Receipt"), "Published (recorded); its hand-over to subscribers is pending."),
+                    **_errors(400, 401, 403, 404, 413, 422, 503, 504),
                 },
             },
             "get": {

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from .history import Draft
 from .messages import Message
 from .registry import ChannelInfo
 
@@ -28,20 +29,30 @@ logger = logging.getLogger(__name__)
 RUN_MAX_BYTES = 256 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a publish produced: its message; whether an earlier publish with the same
+    ``Idempotency-Key`` had recorded it; whether its hand-over to subscribers is still pending (the
+    channel layer refused it for now, and ``fanout_repair`` retries it)."""
+
+    message: Message
+    replayed: bool = False
+    fanout_pending: bool = False
+
+
 @dataclass(slots=True)
 class PendingPublish:
     """One publish waiting for its run; its publisher awaits ``outcome``."""
 
     channel: ChannelInfo
-    payload: str
-    client_id: str
+    draft: Draft
     size: int
     outcome: asyncio.Future
 
-    def succeed(self, message: Message) -> None:
-        """Hand the publisher its stamped message (unless it stopped waiting)."""
+    def succeed(self, receipt: Receipt) -> None:
+        """Hand the publisher its receipt (unless it stopped waiting)."""
         if not self.outcome.done():
-            self.outcome.set_result(message)
+            self.outcome.set_result(receipt)
 
     def fail(self, error: BaseException) -> None:
         """Raise ``error`` in the publisher (unless it stopped waiting)."""
@@ -65,10 +76,10 @@ class PublishQueue:
         self._sending = False
         self._sender: asyncio.Task | None = None
 
-    async def submit(self, channel: ChannelInfo, *, payload: str, client_id: str, size: int) -> Message:
+    async def submit(self, channel: ChannelInfo, draft: Draft, *, size: int) -> Receipt:
         """Send one publish, or queue it behind the run on its way; return once its run has been
         recorded and handed to the layer."""
-        publish = PendingPublish(channel, payload, client_id, size, asyncio.get_running_loop().create_future())
+        publish = PendingPublish(channel, draft, size, asyncio.get_running_loop().create_future())
         if self._sending:
             self._pending.append(publish)
             return await publish.outcome

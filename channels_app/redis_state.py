@@ -1,19 +1,22 @@
 """Cluster-wide state for the REDIS driver: history, connection slots and idempotency keys.
 
-Same interfaces as the in-memory classes (``MemoryHistory``, ``MemoryPresence``,
-``MemoryIdempotency``), so the realtime path does not know which driver runs. Every instance
-talks to one bounded connection pool; each operation has short timeouts, so when Redis is away
-callers get an error at once (turned into 503 / a WebSocket error frame) instead of hanging.
+Same interfaces as the in-memory classes (``MemoryHistory``, ``MemoryPresence``), so the realtime
+path does not know which driver runs. Every instance talks to one bounded connection pool; each
+operation has short timeouts, so when Redis is away callers get an error at once (turned into 503 /
+a WebSocket error frame) instead of hanging. A history append is never retried by the client
+library: a retried script would publish twice.
 
 Keys (``<prefix>`` is ``pubsub.redis.prefix``; ``{id}`` keeps a channel's keys in one slot):
-- ``<prefix>:h:{id}:epoch`` and ``:seq``: the history's epoch and last offset (kept 30 days idle).
+- ``<prefix>:h:{id}:epoch`` and ``:seq``: the history's epoch and last offset (kept 30 days idle);
+  ``:inc``: which incarnation of the channel (its registry row) the history belongs to.
 - ``<prefix>:h:{id}:log``: a stream of recent messages, trimmed to ``history_size``; entries older
   than ``history_ttl`` are skipped on read and the stream expires when idle that long.
 - ``<prefix>:p:{id}``: a sorted set of connected clientIds scored by lease expiry. Each instance
   renews its connections' leases every third of the lease; the connections of an instance that
   died without closing them stop counting when the lease runs out
   (``REALTIME_PRESENCE_LEASE_SECONDS``, default 30 s).
-- ``<prefix>:idem:<key>``: remembered push results.
+- ``<prefix>:idem:{id}:<incarnation>:<key>``: the receipt of a push made with an ``Idempotency-Key``,
+  written by the same script that records the message (24 h).
 """
 
 from __future__ import annotations
@@ -23,18 +26,17 @@ import contextvars
 import functools
 import json
 import logging
-import secrets
 import time
-import uuid
 from collections.abc import Sequence
 
 import redis.asyncio as redis
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import NoScriptError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from .errors import ApplicationError, channel_full, client_id_taken
-from .history import Replay, replay_after
-from .idempotency import IDEMPOTENCY_WINDOW_SECONDS, MAX_KEY_LENGTH
+from .errors import ApplicationError, channel_full, client_id_taken, publish_outcome_unknown
+from .history import Draft, Recorded, Replay, Replayed, new_epoch, replay_after
+from .idempotency import IDEMPOTENCY_WINDOW_SECONDS, idempotency_key_reused
 from .messages import Message, Position, utc_timestamp
 from .registry import ChannelInfo
 from .stats import Stats
@@ -45,11 +47,12 @@ SEQUENCE_IDLE_SECONDS = 30 * 24 * 3600
 MAX_POOL_CONNECTIONS = 32
 
 
-def redis_unavailable(exc: Exception) -> ApplicationError:
-    """Redis cannot be reached (503 / 4503)."""
+def redis_unavailable(exc: Exception, *, publishing: bool = False) -> ApplicationError:
+    """Redis cannot be reached (503 / 4503); for a publish, nothing was sent, so nothing was published."""
+    consequence = "nothing was published" if publishing else "this could not be done"
     return ApplicationError(
         "redis_unavailable",
-        "The message broker (Redis) is unreachable right now; nothing was published. Retry shortly.",
+        f"The message broker (Redis) is unreachable right now; {consequence}. Retry shortly.",
         status=503,
         close_code=4503,
     )
@@ -107,34 +110,72 @@ class _Keys:
     def presence(self, channel_id: str) -> str:
         return f"{self.prefix}:p:{{{channel_id}}}"
 
-    def idempotency(self, key: str) -> str:
-        return f"{self.prefix}:idem:{key}"
+    def incarnation(self, channel_id: str) -> str:
+        return f"{self.prefix}:h:{{{channel_id}}}:inc"
+
+    def idempotency(self, channel_id: str, incarnation: int, key: str) -> str:
+        return f"{self.prefix}:idem:{{{channel_id}}}:{incarnation}:{key}"
 
 
-# Stamping and recording are one atomic step, so offsets are gapless and history never lags them.
-# ARGV: epoch if new, count, history_size, published_at, history_ttl, idle expiry, created_at, then
-# id, clientId and payload of each message. Returns the epoch and the first message's offset.
+# Stamping and recording are one atomic step, so offsets are gapless and history never lags them;
+# a draft's Idempotency-Key is recorded in the same step, so a retry finds the message recorded by
+# an attempt whose answer was lost. A channel deleted and created again (a new incarnation) starts
+# over in a new epoch. KEYS: epoch, seq, log, incarnation, then the idempotency keys of the run.
+# ARGV: epoch if new, count, history_size, published_at, history_ttl, idle expiry, created_at,
+# incarnation, idempotency window, then per draft: id, clientId, payload, index of its idempotency
+# key in KEYS (0: none) and its payload's fingerprint. Returns the epoch, then per draft its offset,
+# the receipt JSON recorded under its key earlier, or 'reused' (the key belongs to another payload).
 _APPEND = """
 local epoch = redis.call('GET', KEYS[1])
+local incarnation = redis.call('GET', KEYS[4])
+if incarnation and incarnation ~= ARGV[8] then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  epoch = false
+end
 if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
 end
 local count = tonumber(ARGV[2])
 local size = tonumber(ARGV[3])
-local first = redis.call('INCRBY', KEYS[2], count) - count + 1
-if size > 0 then
-  for i = 0, count - 1 do
-    local at = 8 + 3 * i
-    redis.call('XADD', KEYS[3], (first + i) .. '-1',
-      'i', ARGV[at], 'c', ARGV[at + 1], 'p', ARGV[at + 2], 't', ARGV[7], 'ts', ARGV[4])
+local results = {epoch}
+local appended = 0
+for i = 0, count - 1 do
+  local at = 10 + 5 * i
+  local key_index = tonumber(ARGV[at + 3])
+  local earlier = false
+  if key_index > 0 then
+    earlier = redis.call('GET', KEYS[key_index])
   end
+  if earlier then
+    if cjson.decode(earlier)['f'] == ARGV[at + 4] then
+      results[#results + 1] = earlier
+    else
+      results[#results + 1] = 'reused'
+    end
+  else
+    local offset = redis.call('INCR', KEYS[2])
+    appended = appended + 1
+    if size > 0 then
+      redis.call('XADD', KEYS[3], offset .. '-1',
+        'i', ARGV[at], 'c', ARGV[at + 1], 'p', ARGV[at + 2], 't', ARGV[7], 'ts', ARGV[4])
+    end
+    if key_index > 0 then
+      local receipt = cjson.encode({f = ARGV[at + 4], i = ARGV[at], c = ARGV[at + 1], o = offset,
+        e = epoch, t = ARGV[7], ts = ARGV[4]})
+      redis.call('SET', KEYS[key_index], receipt, 'EX', tonumber(ARGV[9]))
+    end
+    results[#results + 1] = offset
+  end
+end
+if size > 0 and appended > 0 then
   redis.call('XTRIM', KEYS[3], 'MAXLEN', size)
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
 end
+redis.call('SET', KEYS[4], ARGV[8], 'EX', tonumber(ARGV[6]))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
-return {epoch, first}
+return results
 """
 
 _ACQUIRE = """
@@ -174,51 +215,124 @@ class RedisHistory:
 
     async def append(self, channel: ChannelInfo, *, payload: str, client_id: str) -> Message:
         """Stamp a message with the channel's next offset and record it, atomically."""
-        (message,) = await self.append_many(channel, [(payload, client_id)])
+        (message,) = await self.append_many(channel, [Draft(payload, client_id)])
         return message
 
-    @_translating_redis_errors
-    async def append_many(self, channel: ChannelInfo, entries: Sequence[tuple[str, str]]) -> list[Message]:
-        """Stamp a run of messages, given as ``(payload, client_id)`` pairs, with consecutive offsets
-        and record them, atomically and in one round trip."""
+    async def append_many(self, channel: ChannelInfo, drafts: Sequence[Draft]) -> list[Recorded]:
+        """Stamp a run of drafts with consecutive offsets and record them (and their idempotency
+        keys), atomically and in one round trip; a draft whose key is known is not recorded again.
+
+        Raises ``redis_unavailable`` when the call failed before it was sent (nothing was recorded)
+        and ``publish_outcome_unknown`` when it was sent but not answered (it may yet be recorded).
+        """
         created_at = utc_timestamp()
-        now = self._clock()
-        keys = [self._keys.epoch(channel.id), self._keys.seq(channel.id), self._keys.log(channel.id)]
-        drafts = [(str(uuid.uuid4()), payload, client_id) for payload, client_id in entries]
+        now = repr(self._clock())
+        keys = [
+            self._keys.epoch(channel.id),
+            self._keys.seq(channel.id),
+            self._keys.log(channel.id),
+            self._keys.incarnation(channel.id),
+        ]
         args = [
-            secrets.token_hex(4),
+            new_epoch(),
             len(drafts),
             channel.history_size,
-            repr(now),
+            now,
             channel.history_ttl,
             SEQUENCE_IDLE_SECONDS,
             created_at,
+            channel.incarnation,
+            IDEMPOTENCY_WINDOW_SECONDS,
         ]
-        for message_id, payload, client_id in drafts:
-            args += [message_id, client_id, payload]
-        epoch, first = await self._append(keys=keys, args=args)
-        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+        for draft in drafts:
+            key_index = 0
+            if draft.idempotency is not None:
+                keys.append(self._keys.idempotency(channel.id, channel.incarnation, draft.idempotency.key))
+                key_index = len(keys)
+            fingerprint = draft.idempotency.fingerprint if draft.idempotency is not None else ""
+            args += [draft.id, draft.client_id, draft.payload, key_index, fingerprint]
+        epoch, *outcomes = await self._run_once(self._append, keys, args)
+        epoch = epoch.decode()
         return [
-            Message(
-                id=message_id,
-                channel_id=channel.id,
-                client_id=client_id,
-                payload=payload,
-                created_at=created_at,
-                offset=int(first) + index,
-                epoch=epoch,
-                published_at=now,
-            )
-            for index, (message_id, payload, client_id) in enumerate(drafts)
+            self._recorded(channel, draft, outcome, epoch, created_at, now)
+            for draft, outcome in zip(drafts, outcomes, strict=True)
         ]
+
+    @staticmethod
+    def _recorded(channel: ChannelInfo, draft: Draft, outcome, epoch: str, created_at: str, now: str) -> Recorded:
+        if isinstance(outcome, int):
+            return Message(
+                id=draft.id,
+                channel_id=channel.id,
+                client_id=draft.client_id,
+                payload=draft.payload,
+                created_at=created_at,
+                offset=outcome,
+                epoch=epoch,
+                published_at=float(now),
+            )
+        if outcome == b"reused":
+            return idempotency_key_reused()
+        # Recorded earlier under the same key, for the same payload (the fingerprints match).
+        receipt = json.loads(outcome)
+        return Replayed(
+            Message(
+                id=receipt["i"],
+                channel_id=channel.id,
+                client_id=receipt["c"],
+                payload=draft.payload,
+                created_at=receipt["t"],
+                offset=int(receipt["o"]),
+                epoch=receipt["e"],
+                published_at=float(receipt["ts"]),
+            )
+        )
+
+    async def _run_once(self, script, keys: list[str], args: list) -> list:
+        """Run ``script`` once on one pooled connection, never retried, telling apart a failure
+        before the call was sent from one after it (see ``append_many``)."""
+        pool = self._redis.connection_pool
+        try:
+            connection = await pool.get_connection()
+        except (redis.RedisError, OSError) as exc:
+            raise self._not_sent(exc) from exc
+        try:
+            try:
+                await connection.check_health()
+            except (redis.RedisError, OSError) as exc:
+                raise self._not_sent(exc) from exc
+            try:
+                return await _evalsha(connection, script, keys, args)
+            except redis.ResponseError:
+                raise
+            except (redis.RedisError, OSError) as exc:
+                await connection.disconnect()
+                self._stats.incr("publish_outcomes_unknown")
+                logger.warning("Redis did not answer a history append: %s", exc.__class__.__name__)
+                raise publish_outcome_unknown() from exc
+            except BaseException:
+                # Cancelled mid-call: the answer may still arrive, so the connection cannot be reused.
+                await connection.disconnect(nowait=True)
+                raise
+        finally:
+            await pool.release(connection)
+
+    def _not_sent(self, exc: BaseException) -> ApplicationError:
+        self._stats.incr("redis_errors")
+        logger.warning("Redis unreachable before a history append was sent: %s", exc.__class__.__name__)
+        return redis_unavailable(exc, publishing=True)
 
     async def _state(self, channel: ChannelInfo, first: int | None = None) -> tuple[str | None, int, list[Message]]:
         start = f"{first}-1" if first is not None else "-"
         async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(self._keys.incarnation(channel.id))
             pipe.get(self._keys.epoch(channel.id))
             pipe.get(self._keys.seq(channel.id))
             pipe.xrange(self._keys.log(channel.id), min=start, max="+")
-            epoch, seq, entries = await pipe.execute()
+            incarnation, epoch, seq, entries = await pipe.execute()
+        if incarnation is not None and int(incarnation) != channel.incarnation:
+            # An earlier channel with the same id: its history is not this channel's.
+            return None, 0, []
         epoch = epoch.decode() if epoch else None
         oldest_allowed = self._clock() - channel.history_ttl
         messages = []
@@ -253,6 +367,13 @@ class RedisHistory:
         return [message for message in held if message.offset <= last]
 
     @_translating_redis_errors
+    async def find(self, channel: ChannelInfo, message_ids: Sequence[str]) -> list[Message]:
+        """The messages with these ids still held, oldest first."""
+        wanted = set(message_ids)
+        _, _, held = await self._state(channel)
+        return [message for message in held if message.id in wanted]
+
+    @_translating_redis_errors
     async def head(self, channel_id: str) -> int:
         """The offset of the newest message published on the channel (0 when none)."""
         return int(await self._redis.get(self._keys.seq(channel_id)) or 0)
@@ -260,7 +381,23 @@ class RedisHistory:
     @_translating_redis_errors
     async def forget(self, channel_id: str) -> None:
         """Drop a deleted channel's history (a later channel with the same id gets a new epoch)."""
-        await self._redis.delete(self._keys.epoch(channel_id), self._keys.seq(channel_id), self._keys.log(channel_id))
+        await self._redis.delete(
+            self._keys.epoch(channel_id),
+            self._keys.seq(channel_id),
+            self._keys.log(channel_id),
+            self._keys.incarnation(channel_id),
+        )
+
+
+async def _evalsha(connection, script, keys: list[str], args: list):
+    """EVALSHA on ``connection``, loading the script first if this Redis does not know it yet."""
+    try:
+        await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args, check_health=False)
+        return await connection.read_response()
+    except NoScriptError:
+        # Nothing ran: the script is sent whole, and Redis caches it for the next EVALSHA.
+        await connection.send_command("EVAL", script.script, len(keys), *keys, *args, check_health=False)
+        return await connection.read_response()
 
 
 class RedisPresence:
@@ -365,51 +502,3 @@ class RedisPresence:
         for channel_id, client_id in held:
             if (channel_id, client_id) not in self._held:
                 await self._forget_renewed(keys=[self._keys.presence(channel_id)], args=[client_id, expiry])
-
-
-class RedisIdempotency:
-    """Remembered push results shared by every instance."""
-
-    PENDING = b"pending"
-
-    def __init__(
-        self, client: redis.Redis, prefix: str, *, window: int = IDEMPOTENCY_WINDOW_SECONDS, stats: Stats | None = None
-    ):
-        self._redis = client
-        self._stats = stats or Stats()
-        self._keys = _Keys(prefix)
-        self._window = window
-
-    @_translating_redis_errors
-    async def run_once(self, key: str, fingerprint: str, action) -> tuple[object, bool]:
-        """Run ``action`` once per key across the cluster; return ``(result, replayed)``."""
-        if not key or len(key) > MAX_KEY_LENGTH:
-            raise ApplicationError("bad_request", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
-        redis_key = self._keys.idempotency(key)
-        claimed = await self._redis.set(redis_key, json.dumps({"f": fingerprint}), nx=True, ex=self._window)
-        if claimed:
-            try:
-                result = await action()
-            except BaseException:
-                await self._redis.delete(redis_key)
-                raise
-            await self._redis.set(redis_key, json.dumps({"f": fingerprint, "r": result}), ex=self._window)
-            return result, False
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            stored = await self._redis.get(redis_key)
-            if stored is None:
-                return await self.run_once(key, fingerprint, action)
-            record = json.loads(stored)
-            if record["f"] != fingerprint:
-                raise ApplicationError(
-                    "idempotency_key_reused",
-                    "This Idempotency-Key was already used for a different request: use a new key.",
-                    status=422,
-                )
-            if "r" in record:
-                return record["r"], True
-            await asyncio.sleep(0.05)
-        raise ApplicationError(
-            "idempotency_in_progress", "A request with this Idempotency-Key is still running; retry later.", status=409
-        )

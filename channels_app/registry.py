@@ -40,6 +40,9 @@ class ChannelInfo:
     history_ttl: int
     private: bool = False
     source: str = "admin"
+    # The registry row's primary key: a channel deleted and created again under the same id is
+    # another incarnation, whose history starts over in a new epoch.
+    incarnation: int = 0
 
     @classmethod
     def from_model(cls, channel) -> ChannelInfo:
@@ -53,6 +56,7 @@ class ChannelInfo:
             history_ttl=channel.history_ttl,
             private=channel.private,
             source=channel.source,
+            incarnation=channel.pk,
         )
 
 

@@ -12,9 +12,9 @@ import weakref
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from .fanout_repair import FanoutRepair
 from .history import MemoryHistory
 from .hub import Hub, events_per_turn
-from .idempotency import MemoryIdempotency
 from .presence import MemoryPresence
 from .registry import ChannelRegistry
 from .shutdown import InFlight
@@ -31,7 +31,7 @@ class Runtime:
         self.registry = ChannelRegistry()
         self.redis = None
         if config.pubsub.driver == "REDIS":
-            from .redis_state import RedisHistory, RedisIdempotency, RedisPresence, redis_client
+            from .redis_state import RedisHistory, RedisPresence, redis_client
 
             redis_config = config.pubsub.redis
             self.redis = redis_client(redis_config)
@@ -39,11 +39,9 @@ class Runtime:
             self.presence = RedisPresence(
                 self.redis, redis_config.prefix, lease=settings.REALTIME_PRESENCE_LEASE_SECONDS, stats=self.stats
             )
-            self.idempotency = RedisIdempotency(self.redis, redis_config.prefix, stats=self.stats)
         else:
             self.history = MemoryHistory()
             self.presence = MemoryPresence()
-            self.idempotency = MemoryIdempotency()
         self.hub = Hub(
             layer=layer,
             history=self.history,
@@ -52,6 +50,7 @@ class Runtime:
             events_per_turn=events_per_turn(config.server),
         )
         self.registry.before_load = self.hub.start
+        self.fanout_repair = FanoutRepair(history=self.history, layer=layer, stats=self.stats)
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
         self.draining = False
         self.in_flight = InFlight()
@@ -69,6 +68,8 @@ class _RuntimeHolder:
 
     def __init__(self):
         self.runtime: Runtime | None = None
+        # Whether this process built the ASGI application, so its hub has subscribers to serve.
+        self.serving = False
 
     def get(self) -> Runtime:
         if self.runtime is None:
@@ -85,6 +86,16 @@ _holder = _RuntimeHolder()
 def get_runtime() -> Runtime:
     """This process's runtime, built on first use."""
     return _holder.get()
+
+
+def mark_serving() -> None:
+    """Record that this process serves subscribers (called where the ASGI application is built)."""
+    _holder.serving = True
+
+
+def serves_subscribers() -> bool:
+    """Whether this process built the ASGI application (daphne, uvicorn, a test's application)."""
+    return _holder.serving
 
 
 def reset_runtime() -> None:

@@ -11,9 +11,11 @@ import logging
 from dataclasses import dataclass
 
 from .errors import ApplicationError, bad_request, channel_full, client_id_taken, shutting_down, wrong_transport
+from .history import Draft, Replayed
+from .idempotency import idempotency_key_parse
 from .messages import Message, Position, layer_event, position_parse
 from .naming import channel_group, client_id_parse
-from .publish_queue import PendingPublish, PublishQueue
+from .publish_queue import PendingPublish, PublishQueue, Receipt
 from .registry import ChannelInfo
 from .runtime import Runtime, get_runtime
 from .subscription import Subscription
@@ -48,6 +50,20 @@ async def message_publish(
     *, channel: ChannelInfo, payload: str, client_id: str, runtime: Runtime | None = None
 ) -> Message:
     """Validate, stamp, record and fan out one message: the only way messages are published."""
+    receipt = await message_publish_receipt(channel=channel, payload=payload, client_id=client_id, runtime=runtime)
+    return receipt.message
+
+
+async def message_publish_receipt(
+    *,
+    channel: ChannelInfo,
+    payload: str,
+    client_id: str,
+    idempotency_key: str | None = None,
+    runtime: Runtime | None = None,
+) -> Receipt:
+    """``message_publish``, with an optional ``Idempotency-Key`` (a retry gets the original message,
+    never a second one), answering with the whole ``Receipt``."""
     runtime = runtime or get_runtime()
     if not isinstance(payload, str):
         raise bad_request("payload must be a string")
@@ -63,13 +79,14 @@ async def message_publish(
     limit = runtime.server.max_message_size
     if size > limit:
         raise payload_too_large(size, limit)
+    key = idempotency_key_parse(idempotency_key, payload=payload)
     # The hub drops a message that arrives after a higher offset of its channel (Hub._in_sequence)
     # and can only repair that hole while history still holds it. So this process hands a
     # channel's messages to the layer one run at a time, in offset order: RedisChannelLayer (layer:
     # core) orders a queue by a timestamp group_send takes after three Redis round trips, and
     # concurrent publishes (HTTP pushes on several connections) reached the hubs out of order.
     queue = _publish_queue(runtime, channel.id)
-    return await queue.submit(channel, payload=payload, client_id=client_id, size=size)
+    return await queue.submit(channel, Draft(payload, client_id, key), size=size)
 
 
 def _publish_queue(runtime: Runtime, channel_id: str) -> PublishQueue:
@@ -84,40 +101,38 @@ def _publish_queue(runtime: Runtime, channel_id: str) -> PublishQueue:
 
 
 async def _publish_run(run: list[PendingPublish], *, runtime: Runtime) -> None:
-    """Record a run of one channel's publishes in history and hand it to the layer as one event."""
+    """Record a run of one channel's publishes in history and hand its new messages to the layer as one event."""
     channel = run[0].channel
     try:
-        messages = await runtime.history.append_many(channel, [(p.payload, p.client_id) for p in run])
+        recorded = await runtime.history.append_many(channel, [publish.draft for publish in run])
     except ApplicationError as error:
+        if error.code == "publish_outcome_unknown":
+            runtime.fanout_repair.unknown(channel, [publish.draft.id for publish in run])
         for publish in run:
             publish.fail(error.copy())
         return
-    try:
-        await runtime.layer.group_send(channel_group(channel.id), layer_event(messages))
-    except Exception:
-        runtime.stats.incr("publish_errors", len(run))
-        logger.exception(
-            "channel layer refused messages %s to %s on channel %s", messages[0].id, messages[-1].id, channel.id
-        )
-        for publish, message in zip(run, messages, strict=True):
-            publish.fail(layer_unavailable(message))
-        return
-    runtime.stats.incr("messages_published", len(messages))
-    runtime.stats.incr("publish_runs")
-    for publish, message in zip(run, messages, strict=True):
-        publish.succeed(message)
-
-
-def layer_unavailable(message: Message) -> ApplicationError:
-    """A recorded message the channel layer refused to carry (503 / 4503); resuming recovers it."""
-    return ApplicationError(
-        "layer_unavailable",
-        "The message was recorded in history but could not be fanned out now; "
-        "subscribers will receive it when they resume.",
-        status=503,
-        close_code=4503,
-        extra={"id": message.id, "offset": message.offset},
-    )
+    messages = [outcome for outcome in recorded if isinstance(outcome, Message)]
+    refused = False
+    if messages:
+        try:
+            await runtime.layer.group_send(channel_group(channel.id), layer_event(messages))
+        except Exception:
+            refused = True
+            runtime.stats.incr("publish_errors", len(messages))
+            logger.exception(
+                "channel layer refused messages %s to %s on channel %s", messages[0].id, messages[-1].id, channel.id
+            )
+            runtime.fanout_repair.refused(channel, messages)
+        else:
+            runtime.stats.incr("messages_published", len(messages))
+            runtime.stats.incr("publish_runs")
+    for publish, outcome in zip(run, recorded, strict=True):
+        if isinstance(outcome, ApplicationError):
+            publish.fail(outcome)
+        elif isinstance(outcome, Replayed):
+            publish.succeed(Receipt(outcome.message, replayed=True))
+        else:
+            publish.succeed(Receipt(outcome, fanout_pending=refused))
 
 
 async def connection_open(

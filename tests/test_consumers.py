@@ -11,6 +11,7 @@ from channels.testing import WebsocketCommunicator
 
 from channels_app import consumers, services
 from channels_app.errors import ApplicationError
+from channels_app.fanout_repair import FanoutRepair
 from channels_app.models import Channel
 from realtime_project.asgi import application
 
@@ -157,23 +158,28 @@ async def test_a_publish_that_crashes_closes_the_connection_with_1011_and_frees_
     await again.disconnect()
 
 
-async def test_channel_layer_failure_is_a_4503_error_frame_and_the_message_stays_in_history(runtime, monkeypatch):
-    async def unavailable(group, message):
-        raise ConnectionError("layer down")
+async def test_a_frame_the_channel_layer_refuses_is_kept_and_delivered_once_the_layer_is_back(runtime, monkeypatch):
+    """The message is recorded, so it is published: no error frame invites the client to send it again."""
+    runtime.fanout_repair = FanoutRepair(
+        history=runtime.history, layer=runtime.layer, stats=runtime.stats, retry_seconds=0.05
+    )
+    group_send = runtime.layer.group_send
+    refusals = [ConnectionError("layer down")]
 
-    communicator = await connect("clientId=publisher")
-    monkeypatch.setattr(runtime.layer, "group_send", unavailable)
+    async def down_once(group, message):
+        if refusals:
+            raise refusals.pop()
+        await group_send(group, message)
+
+    communicator = await connect("clientId=publisher&echo=1")
+    monkeypatch.setattr(runtime.layer, "group_send", down_once)
     await communicator.send_to(text_data="kept")
-    error = await communicator.receive_json_from(5)
-    monkeypatch.undo()
-    await communicator.send_to(text_data="connection still open")
+    delivered = await communicator.receive_json_from(5)
     await communicator.disconnect()
-    assert error["control"] == "error"
-    assert error["code"] == 4503
-    assert error["error"] == "layer_unavailable"
-    assert error["offset"] == 1
+    assert (delivered["payload"], delivered["offset"]) == ("kept", 1)
     assert runtime.stats.counters()["publish_errors"] == 1
-    assert await runtime.history.head("room-1") == 2
+    assert runtime.stats.counters()["fanout_repaired"] == 1
+    assert await runtime.history.head("room-1") == 1
 
 
 async def test_draining_instance_refuses_new_connections_with_4503(runtime):

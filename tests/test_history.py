@@ -35,7 +35,7 @@ async def fill(history: MemoryHistory, info: ChannelInfo, count: int) -> list:
 
 
 async def test_append_stamps_consecutive_offsets_in_one_epoch():
-    history = MemoryHistory(epoch="e1")
+    history = MemoryHistory(epochs=lambda: "e1")
     messages = await fill(history, channel(), 3)
     assert [m.offset for m in messages] == [1, 2, 3]
     assert {m.epoch for m in messages} == {"e1"}
@@ -45,7 +45,7 @@ async def test_append_stamps_consecutive_offsets_in_one_epoch():
 
 
 async def test_since_a_position_returns_exactly_the_later_messages_in_order():
-    history = MemoryHistory(epoch="e1")
+    history = MemoryHistory(epochs=lambda: "e1")
     info = channel()
     await fill(history, info, 5)
     replay = await history.since(info, Position(epoch="e1", offset=2))
@@ -55,7 +55,7 @@ async def test_since_a_position_returns_exactly_the_later_messages_in_order():
 
 
 async def test_since_a_message_id_in_any_spelling():
-    history = MemoryHistory(epoch="e1")
+    history = MemoryHistory(epochs=lambda: "e1")
     info = channel()
     messages = await fill(history, info, 3)
     for spelling in (messages[0].id, messages[0].id.upper(), messages[0].id.replace("-", "")):
@@ -65,7 +65,7 @@ async def test_since_a_message_id_in_any_spelling():
 
 
 async def test_history_size_bounds_what_is_kept_and_reports_the_gap():
-    history = MemoryHistory(epoch="e1")
+    history = MemoryHistory(epochs=lambda: "e1")
     info = channel(history_size=3)
     await fill(history, info, 6)
     replay = await history.since(info, Position(epoch="e1", offset=1))
@@ -79,7 +79,7 @@ async def test_history_size_bounds_what_is_kept_and_reports_the_gap():
 
 async def test_history_ttl_expires_old_messages():
     clock = Clock()
-    history = MemoryHistory(epoch="e1", clock=clock)
+    history = MemoryHistory(epochs=lambda: "e1", clock=clock)
     info = channel(history_ttl=60)
     await fill(history, info, 2)
     clock.now += 61
@@ -95,7 +95,7 @@ async def test_history_ttl_expires_old_messages():
 
 
 async def test_history_size_zero_keeps_nothing_but_still_numbers_messages():
-    history = MemoryHistory(epoch="e1")
+    history = MemoryHistory(epochs=lambda: "e1")
     info = channel(history_size=0)
     messages = await fill(history, info, 2)
     assert [m.offset for m in messages] == [1, 2]
@@ -105,7 +105,7 @@ async def test_history_size_zero_keeps_nothing_but_still_numbers_messages():
 
 
 async def test_a_position_from_another_epoch_is_a_gap_not_an_offset():
-    history = MemoryHistory(epoch="new")
+    history = MemoryHistory(epochs=lambda: "new")
     info = channel()
     await fill(history, info, 5)
     replay = await history.since(info, Position(epoch="old", offset=3))
@@ -115,7 +115,7 @@ async def test_a_position_from_another_epoch_is_a_gap_not_an_offset():
 
 
 async def test_a_position_beyond_the_head_is_from_another_incarnation():
-    history = MemoryHistory(epoch="e1")
+    history = MemoryHistory(epochs=lambda: "e1")
     info = channel()
     await fill(history, info, 2)
     replay = await history.since(info, Position(offset=9))
@@ -124,7 +124,7 @@ async def test_a_position_beyond_the_head_is_from_another_incarnation():
 
 
 async def test_an_unknown_message_id_is_a_gap():
-    history = MemoryHistory(epoch="e1")
+    history = MemoryHistory(epochs=lambda: "e1")
     info = channel()
     await fill(history, info, 2)
     replay = await history.since(info, position_parse("00000000-0000-4000-8000-000000000000"))
@@ -277,3 +277,41 @@ async def test_restart_of_a_memory_instance_is_a_gap_never_a_wrong_offset(start_
         data = json.loads((await asyncio.wait_for(anext(lines), 5)).removeprefix("data: "))
     assert data["reason"] == "epoch_changed"
     assert data["requested"] == f"{seen[0]['epoch']}-7"
+
+
+INCARNATIONS_CONFIG = """
+server:
+  allow_create_new_channels: true
+  publish_rate: 100000
+  publish_burst: 100000
+pubsub:
+  driver: "MEMORY"
+channels:
+  neighbour: {id: "neighbour-1", type: "WS"}
+"""
+INCARNATIONS_AUTH = {"Authorization": "Bearer incarnations-key"}
+
+
+async def resume_from(server, channel_id: str, since: str, count: int) -> list[dict]:
+    async with websockets.connect(ws_url(server, channel_id, clientId="resumer", since=since)) as ws:
+        return [await recv_json(ws) for _ in range(count)]
+
+
+async def test_a_position_from_a_deleted_channel_or_from_another_channel_gets_a_gap(start_server, asgi_server):
+    """MEMORY mode: each incarnation of a channel's history has its own epoch, as under REDIS."""
+    server = start_server(INCARNATIONS_CONFIG, env={"REALTIME_API_KEYS": "incarnations-key"}, server=asgi_server)
+    async with httpx.AsyncClient(base_url=server.http, headers=INCARNATIONS_AUTH, timeout=10) as client:
+        created = await client.post("/api/v1/channels", json={"id": "reborn", "type": "WS"})
+        assert created.status_code == 201, created.text
+        old = await publish_all(server, "reborn", ["old1", "old2", "old3"])
+        assert (await client.delete("/api/v1/channels/reborn")).status_code == 200
+        assert (await client.post("/api/v1/channels", json={"id": "reborn", "type": "WS"})).status_code == 201
+        new = await publish_all(server, "reborn", [f"new{index}" for index in range(1, 8)])
+        neighbour = await publish_all(server, "neighbour-1", ["n1", "n2"])
+    stale = await resume_from(server, "reborn", f"{old[-1]['epoch']}-{old[-1]['offset']}", 8)
+    assert (stale[0]["control"], stale[0]["reason"]) == ("gap", "epoch_changed")
+    assert [frame["payload"] for frame in stale[1:]] == [f"new{index}" for index in range(1, 8)]
+    assert new[0]["epoch"] != old[0]["epoch"]
+    foreign = await resume_from(server, "reborn", f"{neighbour[0]['epoch']}-{neighbour[0]['offset']}", 8)
+    assert (foreign[0]["control"], foreign[0]["reason"]) == ("gap", "epoch_changed")
+    assert [frame["payload"] for frame in foreign[1:]] == [f"new{index}" for index in range(1, 8)]

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from channels_app.history import MemoryHistory
+from channels_app.history import Draft, MemoryHistory
 from channels_app.hub import Hub
 from channels_app.messages import layer_event
 from channels_app.naming import channel_group
@@ -76,7 +76,7 @@ def encode_payload(message):
 @pytest.fixture
 async def hub():
     layer = InMemoryChannelLayer(capacity=100_000)
-    history = MemoryHistory(epoch="e1")
+    history = MemoryHistory(epochs=lambda: "e1")
     hub = Hub(layer=layer, history=history, registry=Registry(), stats=Stats())
     yield hub
     await hub.stop()
@@ -269,7 +269,7 @@ async def test_a_run_of_messages_is_fanned_out_in_order_and_counts_as_its_messag
     await hub.subscribe(reader.subscription)
     runs = 4
     for run in range(runs):
-        entries = [(f"r{run}m{index}", "writer") for index in range(hub.events_per_turn)]
+        entries = [Draft(f"r{run}m{index}", "writer") for index in range(hub.events_per_turn)]
         messages = await hub.history.append_many(ROOM, entries)
         await hub.layer.send(hub.channel_name, layer_event(messages))
     total = runs * hub.events_per_turn
@@ -284,7 +284,7 @@ async def test_a_run_that_skips_offsets_is_repaired_from_history(hub):
     await hub.subscribe(reader.subscription)
     await publish(hub, "first")
     await publish(hub, "dropped by the layer", send=False)
-    messages = await hub.history.append_many(ROOM, [("third", "writer"), ("fourth", "writer")])
+    messages = await hub.history.append_many(ROOM, [Draft("third", "writer"), Draft("fourth", "writer")])
     await hub.layer.group_send(channel_group(ROOM.id), layer_event(messages))
     frames = await reader.wait_for(4)
     assert [frame[1] for frame in frames] == ["first", "dropped by the layer", "third", "fourth"]
@@ -299,7 +299,7 @@ async def test_a_message_that_fails_does_not_cost_the_rest_of_its_run(hub):
 
     reader = Reader(encode_or_fail)
     await hub.subscribe(reader.subscription)
-    messages = await hub.history.append_many(ROOM, [("before", "w"), ("bad", "w"), ("after", "w")])
+    messages = await hub.history.append_many(ROOM, [Draft("before", "w"), Draft("bad", "w"), Draft("after", "w")])
     await hub.layer.send(hub.channel_name, layer_event(messages))
     frames = await reader.wait_for(2)
     assert [frame[1] for frame in frames] == ["before", "after"]

@@ -17,9 +17,11 @@ from channels.layers import InMemoryChannelLayer
 from django.conf import settings
 
 from channels_app.errors import ApplicationError
+from channels_app.fanout_repair import FanoutRepair
+from channels_app.naming import channel_group
 from channels_app.registry import ChannelInfo
 from channels_app.runtime import Runtime
-from channels_app.services import message_publish
+from channels_app.services import message_publish, message_publish_receipt
 
 CHANNEL = ChannelInfo(id="order-1", name="order", type="WS", max_connections=10, history_size=10, history_ttl=3600)
 
@@ -107,19 +109,42 @@ async def test_a_run_history_refuses_fails_each_of_its_publishers_with_its_own_e
     assert "messages_published" not in runtime.stats.counters()
 
 
-async def test_a_run_the_layer_refuses_tells_each_publisher_its_own_recorded_offset(monkeypatch):
+async def test_a_run_the_layer_refuses_is_acknowledged_as_recorded_and_handed_over_once_the_layer_is_back(
+    monkeypatch,
+):
     runtime = Runtime(config=settings.REALTIME, layer=InMemoryChannelLayer())
+    runtime.fanout_repair = FanoutRepair(
+        history=runtime.history, layer=runtime.layer, stats=runtime.stats, retry_seconds=0.05
+    )
+    await runtime.layer.group_add(channel_group(CHANNEL.id), "observer")
+    group_send = runtime.layer.group_send
+    refusals = [ConnectionError("layer down")] * 2
 
-    async def unavailable(group, message):
-        raise ConnectionError("layer down")
+    async def down_for_a_while(group, message):
+        if refusals:
+            raise refusals.pop()
+        await group_send(group, message)
 
-    monkeypatch.setattr(runtime.layer, "group_send", unavailable)
-    outcomes = await publish_while_held(runtime, HeldHistory(runtime.history), 5)
-    assert [(o.code, o.close_code, o.extra["offset"]) for o in outcomes] == [
-        ("layer_unavailable", 4503, offset) for offset in range(1, 6)
+    monkeypatch.setattr(runtime.layer, "group_send", down_for_a_while)
+    history = HeldHistory(runtime.history)
+    runtime.history = history
+    receipts = [
+        asyncio.ensure_future(message_publish_receipt(channel=CHANNEL, payload=f"m{i}", client_id="c", runtime=runtime))
+        for i in range(5)
     ]
+    await asyncio.sleep(0.01)
+    history.release.set()
+    receipts = await asyncio.gather(*receipts)
+    # Recorded, each publisher with its own offset, and told that the hand-over is pending: a 202, not a
+    # refusal that would invite a second publish.
+    assert [(r.message.offset, r.fanout_pending) for r in receipts] == [(offset, True) for offset in range(1, 6)]
     assert runtime.stats.counters()["publish_errors"] == 5
-    assert await runtime.history.history.head(CHANNEL.id) == 5
+    handed_over = []
+    while len(handed_over) < 5:
+        event = await asyncio.wait_for(runtime.layer.receive("observer"), 2)
+        handed_over += [wire["offset"] for wire in event.get("messages", [event.get("message")])]
+    assert handed_over == [1, 2, 3, 4, 5]
+    assert runtime.stats.counters()["fanout_repaired"] == 5
 
 
 async def test_publishes_that_waited_together_are_counted_as_one_run():

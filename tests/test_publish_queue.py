@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
+from channels_app.history import Draft
 from channels_app.messages import Message
-from channels_app.publish_queue import RUN_MAX_BYTES, PendingPublish, PublishQueue
+from channels_app.publish_queue import RUN_MAX_BYTES, PendingPublish, PublishQueue, Receipt
 from channels_app.registry import ChannelInfo
 
 ROOM = ChannelInfo(id="room-1", name="room", type="WS", max_connections=10, history_size=10, history_ttl=3600)
@@ -25,7 +26,7 @@ class Sender:
         self.after: dict[int, Callable[[], None]] = {}  # run number -> called as the run ends
 
     async def __call__(self, run: list[PendingPublish]) -> None:
-        self.runs.append([publish.payload for publish in run])
+        self.runs.append([publish.draft.payload for publish in run])
         await self.release.wait()
         number = len(self.runs)
         if number in self.after:
@@ -33,13 +34,14 @@ class Sender:
         if number in self.failures:
             raise self.failures[number]
         for offset, publish in enumerate(run, start=sum(map(len, self.runs[:-1])) + 1):
-            publish.succeed(
-                Message(id=f"id-{offset}", channel_id=ROOM.id, client_id="c", payload=publish.payload, created_at="t")
+            message = Message(
+                id=f"id-{offset}", channel_id=ROOM.id, client_id="c", payload=publish.draft.payload, created_at="t"
             )
+            publish.succeed(Receipt(message))
 
 
 def submit(queue: PublishQueue, payload: str, size: int = 10):
-    return asyncio.ensure_future(queue.submit(ROOM, payload=payload, client_id="c", size=size))
+    return asyncio.ensure_future(queue.submit(ROOM, Draft(payload, "c"), size=size))
 
 
 def sender_tasks() -> list[asyncio.Task]:
@@ -59,8 +61,8 @@ async def first_run_held(max_messages: int, sender: Sender | None = None):
 async def test_a_publish_to_a_quiet_channel_leaves_at_once_alone():
     sender = Sender()
     queue = PublishQueue(sender, max_messages=16)
-    message = await queue.submit(ROOM, payload="alone", client_id="c", size=5)
-    assert message.payload == "alone"
+    message = await queue.submit(ROOM, Draft("alone", "c"), size=5)
+    assert message.message.payload == "alone"
     assert sender.runs == [["alone"]]
     await asyncio.sleep(0)
     assert sender_tasks() == []
@@ -73,7 +75,7 @@ async def test_publishes_that_arrive_while_a_run_is_on_its_way_go_together_in_or
     sender.release.set()
     results = await asyncio.gather(first, *waiting)
     assert sender.runs == [["m0"], ["m1", "m2", "m3", "m4", "m5"]]
-    assert [message.payload for message in results] == [f"m{index}" for index in range(6)]
+    assert [receipt.message.payload for receipt in results] == [f"m{index}" for index in range(6)]
 
 
 async def test_runs_are_bounded_by_count_and_by_bytes():
@@ -94,7 +96,7 @@ async def test_a_publisher_that_stops_waiting_before_its_run_leaves_is_not_sent(
     await asyncio.sleep(0)
     gone.cancel()
     sender.release.set()
-    assert (await kept).payload == "kept"
+    assert (await kept).message.payload == "kept"
     await first
     assert sender.runs == [["m0"], ["kept"]]
 
@@ -112,7 +114,7 @@ async def test_a_failed_run_fails_its_publishers_and_the_next_run_still_goes(cap
     for task in doomed:
         with pytest.raises(RuntimeError, match="queued run broken"):
             await task
-    assert (await later).payload == "later"
+    assert (await later).message.payload == "later"
     assert sender.runs == [["m0"], ["d0", "d1"], ["later"]]
     assert "publishing a run of 2 message(s) on channel room-1 failed" in caplog.text
 
@@ -125,7 +127,7 @@ async def test_a_publisher_cancelled_while_its_own_run_is_on_its_way_does_not_st
     sender.release.set()
     with pytest.raises(asyncio.CancelledError):
         await first
-    assert (await asyncio.wait_for(waiting, 5)).payload == "m1"
+    assert (await asyncio.wait_for(waiting, 5)).message.payload == "m1"
     assert sender.runs == [["m0"], ["m1"]]
 
 
@@ -157,4 +159,4 @@ async def test_publishers_are_released_when_the_sender_is_cancelled(when):
     assert sender.runs == ([["m0"], ["m1"]] if when == "during-a-run" else [["m0"]])
     # The queue serves the next publish.
     sender.release.set()
-    assert (await asyncio.wait_for(submit(queue, "next"), 5)).payload == "next"
+    assert (await asyncio.wait_for(submit(queue, "next"), 5)).message.payload == "next"

@@ -4,6 +4,7 @@ bring the released slot back."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from dataclasses import replace
 
@@ -11,6 +12,9 @@ import pytest
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
+from channels_app.errors import ApplicationError
+from channels_app.history import Draft, Replayed
+from channels_app.idempotency import idempotency_key_parse
 from channels_app.messages import Position
 from channels_app.redis_state import RedisHistory, RedisPresence
 from channels_app.registry import ChannelInfo
@@ -37,7 +41,7 @@ async def history(redis_server):
 
 async def test_a_run_is_stamped_with_consecutive_offsets_and_kept_in_order(history):
     first = await history.append(ROOM, payload="one", client_id="a")
-    run = await history.append_many(ROOM, [("two", "b"), ("trois ✓", "c"), ("four", "d")])
+    run = await history.append_many(ROOM, [Draft("two", "b"), Draft("trois ✓", "c"), Draft("four", "d")])
     assert [m.offset for m in (first, *run)] == [1, 2, 3, 4]
     assert {m.epoch for m in run} == {first.epoch}
     assert len({m.id for m in (first, *run)}) == 4
@@ -50,11 +54,11 @@ async def test_a_run_is_stamped_with_consecutive_offsets_and_kept_in_order(histo
 
 async def test_a_run_longer_than_the_history_keeps_only_its_newest_messages(history):
     small = replace(ROOM, history_size=3)
-    await history.append_many(small, [(f"m{index}", "w") for index in range(5)])
+    await history.append_many(small, [Draft(f"m{index}", "w") for index in range(5)])
     held = await history.between(small, 1, 5)
     assert [(m.offset, m.payload) for m in held] == [(3, "m2"), (4, "m3"), (5, "m4")]
     none_kept = replace(ROOM, id="room-2", history_size=0)
-    run = await history.append_many(none_kept, [("x", "w"), ("y", "w")])
+    run = await history.append_many(none_kept, [Draft("x", "w"), Draft("y", "w")])
     assert [m.offset for m in run] == [1, 2]
     assert await history.between(none_kept, 1, 2) == []
 
@@ -117,3 +121,54 @@ async def test_connections_pooled_before_a_redis_restart_do_not_fail_a_command_a
         await client.aclose()
     finally:
         server.stop()
+
+
+def _history_on(url: str, *, connections: int = 4, read_timeout: float = 0.5) -> RedisHistory:
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=connections, timeout=0.3, socket_timeout=read_timeout
+    )
+    return RedisHistory(redis.Redis(connection_pool=pool), "t")
+
+
+async def test_an_append_that_could_not_be_sent_says_nothing_was_published(redis_server):
+    history = _history_on(redis_server.url, connections=1)
+    pool = history._redis.connection_pool
+    busy = await pool.get_connection()  # every pooled connection is taken
+    with pytest.raises(ApplicationError) as refused:
+        await history.append(ROOM, payload="never", client_id="c")
+    await pool.release(busy)
+    assert (refused.value.status, refused.value.code) == (503, "redis_unavailable")
+    assert "nothing was published" in refused.value.message
+    await asyncio.sleep(0.5)
+    assert await history.head(ROOM.id) == 0
+    redis_server.stop()
+    await asyncio.sleep(0.1)  # the event loop notices the pooled connections were closed
+    with pytest.raises(ApplicationError) as down:
+        await history.append(ROOM, payload="never", client_id="c")
+    assert (down.value.status, down.value.code) == (503, "redis_unavailable")
+    await history._redis.aclose()
+
+
+async def test_an_append_sent_to_a_stalled_redis_has_an_unknown_outcome_and_its_key_replays_it(redis_server):
+    """The issue's case: Redis paused with the call written to its socket. The answer cannot say
+    "not published", because the call runs when Redis resumes; a retry with the key finds it."""
+    history = _history_on(redis_server.url)
+    await history.append(ROOM, payload="before", client_id="c")  # a pooled connection, the script known
+    draft = Draft("paid", "server-message", idempotency_key_parse("order-7", payload="paid"))
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(ApplicationError) as unknown:
+            await history.append_many(ROOM, [draft])
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+    assert (unknown.value.status, unknown.value.close_code, unknown.value.code) == (
+        504,
+        4504,
+        "publish_outcome_unknown",
+    )
+    held = await history.find(ROOM, [draft.id])
+    assert [message.payload for message in held] == ["paid"]  # it did run, once Redis resumed
+    (retried,) = await history.append_many(ROOM, [Draft("paid", "server-message", draft.idempotency)])
+    assert isinstance(retried, Replayed) and retried.message.id == draft.id
+    assert await history.head(ROOM.id) == 2
+    await history._redis.aclose()

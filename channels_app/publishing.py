@@ -10,6 +10,13 @@ transaction commits, so subscribers never hear of rows that were rolled back::
     with transaction.atomic():
         order = Order.objects.create(...)
         transaction.on_commit(lambda: channels_app.publish("orders", {"id": order.pk, "status": "new"}))
+
+Where they work: in the serving process (views, signals and consumers served by daphne or
+uvicorn) under either driver, and in any other process (``manage.py shell``, commands, workers)
+under the REDIS driver. Outside a serving process the MEMORY driver's channel layer reaches no
+subscriber, so there they raise ``ImproperlyConfigured`` instead of returning a message nobody
+receives. Outside a serving process every call, sync or async, from any event loop, runs on one
+event loop that a background thread keeps, where the process's Redis connections live.
 """
 
 from __future__ import annotations
@@ -21,11 +28,21 @@ import os
 import threading
 
 from asgiref.sync import SyncToAsync, async_to_sync
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from .messages import Message
 from .naming import SERVER_CLIENT_ID
-from .runtime import get_runtime
+from .runtime import get_runtime, serves_subscribers
 from .services import message_publish
+
+NOT_SERVING_MEMORY = (
+    "channels_app.publish() and apublish() reach no subscriber from this process: it serves none "
+    "(manage.py shell, a command, a worker), and with pubsub.driver MEMORY the channel layer is the "
+    "serving process's own memory. Publish over the HTTP API instead (POST "
+    "/api/v1/channels/<channel>/messages with an API key), or run every process with pubsub.driver "
+    "REDIS so they share one channel layer."
+)
 
 
 def _as_text(payload) -> str:
@@ -36,9 +53,14 @@ def _as_text(payload) -> str:
 
 async def apublish(channel: str, payload, *, client_id: str = SERVER_CLIENT_ID) -> Message:
     """Publish ``payload`` (a string, or any JSON value sent as its JSON text) to a channel by id or name."""
-    runtime = get_runtime()
-    channel_info = await runtime.registry.resolve(channel)
-    return await message_publish(channel=channel_info, payload=_as_text(payload), client_id=client_id)
+    if serves_subscribers():
+        return await _publish_here(channel, payload, client_id)
+    _refuse_where_unreachable()
+    home = _publisher_loop().loop
+    if asyncio.get_running_loop() is home:
+        return await _publish_here(channel, payload, client_id)
+    future = asyncio.run_coroutine_threadsafe(_publish_here(channel, payload, client_id), home)
+    return await asyncio.wrap_future(future)
 
 
 def publish(channel: str, payload, *, client_id: str = SERVER_CLIENT_ID) -> Message:
@@ -53,7 +75,21 @@ def publish(channel: str, payload, *, client_id: str = SERVER_CLIENT_ID) -> Mess
     """
     if _server_loop() is not None:
         return async_to_sync(apublish)(channel, payload, client_id=client_id)
-    return _publisher_loop().run(apublish(channel, payload, client_id=client_id))
+    if not serves_subscribers():
+        _refuse_where_unreachable()
+    return _publisher_loop().run(_publish_here(channel, payload, client_id))
+
+
+def _refuse_where_unreachable() -> None:
+    """Outside a serving process, the MEMORY driver's layer reaches nobody: say so, publish nothing."""
+    if settings.REALTIME.pubsub.driver == "MEMORY":
+        raise ImproperlyConfigured(NOT_SERVING_MEMORY)
+
+
+async def _publish_here(channel: str, payload, client_id: str) -> Message:
+    runtime = get_runtime()
+    channel_info = await runtime.registry.resolve(channel)
+    return await message_publish(channel=channel_info, payload=_as_text(payload), client_id=client_id)
 
 
 def _server_loop() -> asyncio.AbstractEventLoop | None:

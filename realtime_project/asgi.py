@@ -14,10 +14,12 @@ from channels_app.auth import log_security_warnings  # noqa: E402
 from channels_app.gctuning import tune_after_startup  # noqa: E402
 from channels_app.logformat import RequestIdMiddleware  # noqa: E402
 from channels_app.routing import http_router, websocket_router  # noqa: E402
+from channels_app.runtime import mark_serving  # noqa: E402
 from channels_app.shutdown import install as install_graceful_shutdown  # noqa: E402
 
 log_security_warnings()
 install_graceful_shutdown()
+mark_serving()
 
 application = RequestIdMiddleware(
     ProtocolTypeRouter(

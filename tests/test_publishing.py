@@ -69,6 +69,7 @@ async def test_apublish_reaches_an_sse_subscriber():
 async def test_publishing_to_an_unknown_channel_says_so():
     from channels_app.errors import ApplicationError
 
+    await _application()  # this process serves subscribers
     with pytest.raises(ApplicationError) as refused:
         await channels_app.apublish("missing", "x")
     assert refused.value.status == 404
@@ -102,3 +103,127 @@ async def test_publish_from_a_separate_process_reaches_a_redis_backed_server(sta
         received = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(5)]
     assert [message["payload"] for message in received] == [f"from a script {index}" for index in range(5)]
     assert [message["offset"] for message in received] == [int(line) for line in script.stdout.split()]
+
+
+MIXED_CALLS_SCRIPT = """
+import asyncio
+import threading
+
+import django
+
+django.setup()
+from django.db import transaction
+
+import channels_app
+
+sent = []
+
+
+def publish(label):
+    channels_app.publish("chat-1", label)
+    sent.append(label)
+
+
+async def apublish(label):
+    await channels_app.apublish("chat-1", label)
+    sent.append(label)
+
+
+for round in range(10):
+    publish(f"sync-{round}")  # a script's plain call
+    asyncio.run(apublish(f"run-{round}"))  # a new event loop per call, after a sync call
+    publish(f"after-run-{round}")  # a sync call after that loop closed
+
+    async def several(round=round):
+        for index in range(3):
+            await apublish(f"loop-{round}-{index}")  # several calls on one loop
+        await asyncio.to_thread(publish, f"to-thread-{round}")  # sync, called from async code
+
+    asyncio.run(several())
+    with transaction.atomic():
+        transaction.on_commit(lambda round=round: publish(f"on-commit-{round}"))
+    thread = threading.Thread(target=lambda round=round: asyncio.run(apublish(f"thread-{round}")))
+    thread.start()
+    thread.join()
+    publish(f"last-{round}")
+print(len(sent))
+"""
+
+
+async def test_a_hundred_mixed_sync_and_async_calls_from_any_event_loop_are_each_delivered_once(
+    start_server, redis_server
+):
+    """REDIS driver, from a process that serves nothing: a second asyncio.run(apublish(...)), or one after a
+    sync publish(), raised "Event loop is closed" / "attached to a different loop" after recording the message."""
+    server = start_server(redis_config(redis_server.url))
+    async with websockets.connect(f"{server.ws}/api/v1/channels/chat-1?clientId=reader") as ws:
+        script = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", MIXED_CALLS_SCRIPT],
+            cwd=ROOT,
+            env=server.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert script.returncode == 0, script.stderr[-3000:]
+        assert script.stdout.split() == ["100"]
+        received = [json.loads(await asyncio.wait_for(ws.recv(), 5))["payload"] for _ in range(100)]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 1)
+    assert len(set(received)) == 100
+    assert {label.rsplit("-", 1)[0].rstrip("-0123456789") for label in received} == {
+        "sync", "run", "after-run", "loop", "to-thread", "on-commit", "thread", "last"
+    }  # fmt: skip
+
+
+NOT_SERVING_SCRIPT = """
+import asyncio
+
+import django
+
+django.setup()
+from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
+
+import channels_app
+
+attempts = {
+    "publish": lambda: channels_app.publish("chat-1", "lost?"),
+    "apublish": lambda: asyncio.run(channels_app.apublish("chat-1", "lost?")),
+    "on_commit": lambda: transaction.on_commit(lambda: channels_app.publish("chat-1", "lost?")),
+}
+for name, attempt in attempts.items():
+    try:
+        result = attempt()
+    except ImproperlyConfigured as error:
+        print(name, "refused:", error)
+    else:
+        print(name, "returned", result)
+"""
+
+
+async def test_memory_driver_publishing_from_a_process_that_serves_nothing_refuses_and_says_what_works(start_server):
+    """A shell, command or worker has its own in-memory layer, which no subscriber listens to."""
+    server = start_server()
+    async with websockets.connect(f"{server.ws}/api/v1/channels/chat-1?clientId=reader") as ws:
+        script = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", NOT_SERVING_SCRIPT],
+            cwd=ROOT,
+            env=server.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert script.returncode == 0, script.stderr[-3000:]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 1)
+    lines = script.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        ["publish", "refused:"],
+        ["apublish", "refused:"],
+        ["on_commit", "refused:"],
+    ]
+    for line in lines:
+        assert "POST /api/v1/channels/<channel>/messages" in line and "pubsub.driver REDIS" in line

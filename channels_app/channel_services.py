@@ -7,14 +7,14 @@ Called by the HTTP API and the admin. Closing connections goes through the chann
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from channels.db import database_sync_to_async
 from django.db import IntegrityError, transaction
 
-from .config import IDENTIFIER_PATTERN, IDENTIFIER_RULE
 from .errors import ApplicationError, bad_request, channel_not_found
-from .models import Channel
+from .identity import IDENTIFIER_PATTERN, IDENTIFIER_RULE, Collision
+from .models import Channel, lock_identities
 from .naming import channel_group
 from .registry import ChannelInfo
 from .runtime import Runtime, get_runtime
@@ -29,7 +29,7 @@ MAX_HISTORY_TTL = 7 * 24 * 3600
 
 @dataclass(frozen=True)
 class ChannelDraft:
-    """A validated request to create a channel."""
+    """A validated request to create a channel; its fields are the model's (``id`` is ``public_id``)."""
 
     id: str
     type: str
@@ -74,27 +74,34 @@ def _integer(body: dict, field: str, default: int, *, minimum: int, maximum: int
 
 
 def _create_row(draft: ChannelDraft, source: str) -> ChannelInfo:
+    fields = asdict(draft)
+    row = Channel(public_id=fields.pop("id"), source=source, **fields)
     try:
         with transaction.atomic():
-            if Channel.objects.filter(public_id=draft.id).exists():
-                raise ApplicationError("channel_exists", f"A channel with id {draft.id!r} already exists.", status=409)
-            if Channel.objects.filter(name=draft.name).exists():
-                raise ApplicationError(
-                    "channel_exists", f"A channel named {draft.name!r} already exists: choose another name.", status=409
-                )
-            row = Channel.objects.create(
-                public_id=draft.id,
-                name=draft.name,
-                type=draft.type,
-                max_connections=draft.max_connections,
-                history_size=draft.history_size,
-                history_ttl=draft.history_ttl,
-                private=draft.private,
-                source=source,
-            )
+            lock_identities()
+            collisions = row.identity_collisions()
+            if collisions:
+                raise _identity_taken(collisions)
+            row.save()
     except IntegrityError as exc:
-        raise ApplicationError("channel_exists", f"A channel with id {draft.id!r} already exists.", status=409) from exc
+        # Only a writer that skips lock_identities (a shell, a script) can get here.
+        raise ApplicationError(
+            "channel_exists",
+            f"A channel with the id {draft.id!r} or the name {draft.name!r} already exists.",
+            status=409,
+        ) from exc
     return ChannelInfo.from_model(row)
+
+
+def _identity_taken(collisions: list[Collision]) -> ApplicationError:
+    """409 ``channel_exists``: the id or name is already another channel's id or name (``channel`` is its id)."""
+    first = collisions[0]
+    return ApplicationError(
+        "channel_exists",
+        " ".join(collision.message for collision in collisions),
+        status=409,
+        extra={"field": first.field, "channel": first.other.id},
+    )
 
 
 async def channel_create(*, draft: ChannelDraft, source: str = Channel.Source.API) -> ChannelInfo:

@@ -22,15 +22,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .identity import IDENTIFIER_PATTERN, IDENTIFIER_RULE, ChannelIdentity, Collision, identity_collisions
+
 DEFAULT_CONFIG = "configs/memory.config.yaml"
 CONFIG_ENV_VAR = "CONFIG_FOLDER_PATH"
 FOLDER_CONFIG_NAME = "config.yaml"
-
-# Channel names and ids appear in URLs and in channel-layer group names, so they use the
-# characters both accept: letters, digits, '.', '_' and '-'. "\Z", not "$", which would also
-# accept a trailing newline; names made only of dots are path segments ("." and "..") in a URL.
-IDENTIFIER_PATTERN = re.compile(r"^(?!\.+\Z)[A-Za-z0-9._-]{1,100}\Z")
-IDENTIFIER_RULE = "1 to 100 characters from A-Z a-z 0-9 . _ -"
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -327,7 +323,7 @@ def parse_config(text: str, *, path: str = "<string>", environ: Mapping[str, str
 
 def _read_channels(reader: _Reader, raw: Any, server_values: dict[str, Any]) -> list[ChannelSpec]:
     channels: list[ChannelSpec] = []
-    owner_of_id: dict[str, str] = {}
+    identities: list[ChannelIdentity] = []
     for name, body in reader.mapping("channels", raw).items():
         key_path = f"channels.{name}"
         name_problem = _check_channel_name(name)
@@ -343,33 +339,35 @@ def _read_channels(reader: _Reader, raw: Any, server_values: dict[str, Any]) -> 
         channel_id = values.get("id")
         if name_problem is not None or channel_id is None or values.get("type") is None:
             continue
-        if channel_id in owner_of_id:
-            reader.problems.append(
-                (
-                    f"{key_path}.id",
-                    f"{channel_id!r} is already the id of channel {owner_of_id[channel_id]!r}: ids must be unique",
-                )
-            )
+        # Each pair of channels is compared once, when the second of them is read.
+        collisions = identity_collisions(ChannelIdentity(channel_id, name), identities)
+        reader.problems.extend(_identity_problem(key_path, collision) for collision in collisions)
+        if collisions:
             continue
-        owner_of_id[channel_id] = name
+        identities.append(ChannelIdentity(channel_id, name))
         for inherited in ("history_size", "history_ttl"):
             if values.get(inherited) is None:
                 values[inherited] = server_values.get(inherited)
         if any(value is None for value in values.values()):
             continue
         channels.append(ChannelSpec(name=name, **values))
-    # The registry resolves ids before names, so a name equal to another channel's id is unreachable.
-    for spec in channels:
-        other = owner_of_id.get(spec.name)
-        if other is not None and other != spec.name:
-            reader.problems.append(
-                (
-                    f"channels.{spec.name}",
-                    f"the name {spec.name!r} is the id of channel {other!r}, so URLs naming it reach {other!r}: "
-                    "rename this channel or change that id",
-                )
-            )
     return channels
+
+
+def _identity_problem(key_path: str, collision: Collision) -> tuple[str, str]:
+    value, other = collision.value, collision.other.name
+    # A YAML channel's name is its key, so two channels never share a name here.
+    if collision.field == "name":
+        return key_path, (
+            f"the name {value!r} is the id of channel {other!r}, so URLs naming it reach {other!r}: "
+            "rename this channel or change that id"
+        )
+    if collision.other_field == "id":
+        return f"{key_path}.id", f"{value!r} is already the id of channel {other!r}: ids must be unique"
+    return f"{key_path}.id", (
+        f"{value!r} is the name of channel {other!r}, and ids are looked up first, so URLs naming "
+        f"{other!r} would reach this channel: change this id or rename that channel"
+    )
 
 
 def _check_channel_name(name: Any) -> str | None:

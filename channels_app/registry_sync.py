@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from .config import ChannelSpec, RealtimeConfig
-from .models import Channel
+from .identity import ChannelIdentity, Collision, identity_collisions
+from .models import Channel, lock_identities
 
 
 @dataclass
@@ -50,34 +51,45 @@ def _fields(spec: ChannelSpec) -> dict:
 
 
 def _conflicts(specs: tuple[ChannelSpec, ...], existing: dict[str, Channel]) -> list[str]:
-    declared = {spec.id: spec for spec in specs}
-    by_name = {channel.name: channel for channel in existing.values()}
-    conflicts = []
-    for spec in specs:
-        channel = existing.get(spec.id)
-        if channel is not None and channel.source != Channel.Source.YAML:
-            conflicts.append(
-                f"channels.{spec.name}: the id {spec.id!r} belongs to channel {channel.name!r}, created through "
-                f"the {channel.get_source_display()}: change the id in the file, or delete that channel"
-            )
-        holder = by_name.get(spec.name)
-        if holder is None or holder.public_id == spec.id:
-            continue
-        # A YAML channel the file renames in this same sync frees its name, so the name may be reused.
-        if holder.source == Channel.Source.YAML and holder.public_id in declared:
-            continue
-        if holder.source == Channel.Source.YAML:
-            conflicts.append(
-                f"channels.{spec.name}: the name {spec.name!r} still belongs to channel id {holder.public_id!r}, "
-                "which came from the file but is no longer in it: delete that channel in the admin, "
-                "or give this channel another name"
-            )
-        else:
-            conflicts.append(
-                f"channels.{spec.name}: the name {spec.name!r} is used by channel {holder.public_id!r}, created "
-                f"through the {holder.get_source_display()}: rename the channel in the file, or rename that channel"
-            )
-    return conflicts
+    declared = {spec.id for spec in specs}
+    # The file's channels take the file's ids and names (the loader checked those against each other,
+    # so renames and hand-overs within one sync are allowed); every other channel keeps its own.
+    holders = {
+        ChannelIdentity(channel.public_id, channel.name): channel
+        for channel in existing.values()
+        if not (channel.source == Channel.Source.YAML and channel.public_id in declared)
+    }
+    return [
+        f"channels.{spec.name}: {_conflict(collision, holders[collision.other])}"
+        for spec in specs
+        for collision in identity_collisions(ChannelIdentity(spec.id, spec.name), holders)
+    ]
+
+
+# What a file channel's id or name is to the channel holding it, and how to free it there.
+_HELD_AS = {
+    ("id", "id"): ("belongs to channel {name!r}", "delete that channel"),
+    ("id", "name"): ("is the name of channel {id!r}", "rename that channel"),
+    ("name", "id"): ("is the id of channel {name!r}", "delete that channel"),
+    ("name", "name"): ("is used by channel {id!r}", "rename that channel"),
+}
+_CHANGE_IN_FILE = {"id": "change the id in the file", "name": "rename the channel in the file"}
+
+
+def _conflict(collision: Collision, holder: Channel) -> str:
+    what = f"the {collision.field} {collision.value!r}"
+    if holder.source == Channel.Source.YAML:
+        # Declared channels are not holders, so this one came from the file but is no longer in it.
+        as_its = "" if collision.field == collision.other_field else f" as its {collision.other_field}"
+        return (
+            f"{what} still belongs to channel id {holder.public_id!r}{as_its}, which came from the file but is "
+            f"no longer in it: delete that channel in the admin, or {_CHANGE_IN_FILE[collision.field]}"
+        )
+    held_as, free_it = _HELD_AS[collision.field, collision.other_field]
+    return (
+        f"{what} {held_as.format(id=holder.public_id, name=holder.name)}, created through the "
+        f"{holder.get_source_display()}: {_CHANGE_IN_FILE[collision.field]}, or {free_it}"
+    )
 
 
 def channels_sync(*, config: RealtimeConfig, prune: bool = False, dry_run: bool = False) -> SyncReport:
@@ -88,6 +100,7 @@ def channels_sync(*, config: RealtimeConfig, prune: bool = False, dry_run: bool 
     """
     report = SyncReport()
     with transaction.atomic():
+        lock_identities()
         existing = {channel.public_id: channel for channel in Channel.objects.select_for_update()}
         conflicts = _conflicts(config.channels, existing)
         if conflicts:

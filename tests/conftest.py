@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import textwrap
+import uuid
 
 import pytest
 
 from channels_app.runtime import reset_runtime
 from tests.liveserver import SERVERS, LiveServer
+
+POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
 
 TEST_CONFIG = textwrap.dedent(
     """
@@ -120,3 +125,28 @@ def redis_config(url: str, *, prefix: str = "rt") -> str:
     return TEST_CONFIG.replace(
         'driver: "MEMORY"', f'driver: "REDIS"\n  redis:\n    url: "{url}"\n    prefix: "{prefix}"'
     )
+
+
+def psql(*args: str) -> subprocess.CompletedProcess:
+    """Run psql as the postgres user against the local server (``-d`` picks the database)."""
+    return subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-tA", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.fixture
+def postgres_database():
+    """A fresh, empty PostgreSQL database, dropped at teardown; skips if PostgreSQL is not reachable."""
+    if shutil.which("psql") is None:
+        pytest.skip("psql is not installed, so PostgreSQL at 127.0.0.1:5432 cannot be reached")
+    probe = psql("-d", "postgres", "-c", "SELECT 1")
+    if probe.returncode != 0:
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_SERVER}: {probe.stderr.strip()}")
+    name = f"realtime_test_{uuid.uuid4().hex[:12]}"
+    created = psql("-d", "postgres", "-c", f"CREATE DATABASE {name}")
+    assert created.returncode == 0, created.stderr
+    yield name
+    psql("-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from channels_app.admin import YAML_OVERWRITE_WARNING
@@ -113,6 +114,49 @@ def test_admin_refuses_ids_unusable_in_urls(admin_client):
     response = admin_client.post(reverse("admin:channels_app_channel_add"), data | {"history_ttl": 60})
     assert response.status_code == 200
     assert not Channel.objects.exists()
+
+
+ADD_FORM = {"type": "SSE", "max_connections": 5, "history_size": 10, "history_ttl": 60, "active": "on"}
+
+
+@pytest.mark.parametrize(
+    ("identity", "field", "message"),
+    [
+        ({"public_id": "chat", "name": "other"}, "public_id", "The id 'chat' is already the name of channel 'chat-1'"),
+        ({"public_id": "other", "name": "chat-1"}, "name", "The name 'chat-1' is already the id of channel 'chat-1'"),
+    ],
+)
+def test_add_form_refuses_another_channels_id_or_name(admin_client, yaml_channel, identity, field, message):
+    response = admin_client.post(reverse("admin:channels_app_channel_add"), ADD_FORM | identity)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == [field]
+    assert errors[field][0].startswith(message)
+    assert list(Channel.objects.values_list("public_id", flat=True)) == ["chat-1"]
+
+
+@pytest.mark.parametrize(
+    ("identity", "field"), [({"public_id": "chat", "name": "alerts"}, "public_id"), ({"name": "chat-1"}, "name")]
+)
+def test_change_form_refuses_another_channels_id_or_name(admin_client, yaml_channel, api_channel, identity, field):
+    response = admin_client.post(change_url(api_channel), ADD_FORM | {"public_id": "alerts-1"} | identity)
+    assert response.status_code == 200
+    assert list(response.context["adminform"].form.errors) == [field]
+    api_channel.refresh_from_db()
+    assert (api_channel.public_id, api_channel.name) == ("alerts-1", "alerts")
+
+
+def test_change_form_accepts_the_channels_own_id_as_its_name(admin_client, yaml_channel, api_channel):
+    response = admin_client.post(change_url(api_channel), ADD_FORM | {"public_id": "alerts-1", "name": "alerts-1"})
+    assert response.status_code == 302
+    api_channel.refresh_from_db()
+    assert api_channel.name == "alerts-1"
+
+
+def test_full_clean_refuses_another_channels_id_or_name(yaml_channel):
+    with pytest.raises(ValidationError) as caught:
+        Channel(public_id="chat", name="chat-1", type="WS").full_clean()
+    assert sorted(caught.value.message_dict) == ["name", "public_id"]
 
 
 def test_anonymous_user_is_redirected_to_login(client, yaml_channel):

@@ -232,6 +232,12 @@ def test_name_equal_to_another_channels_id():
     assert_problem(error, "channels.feed", "is the id of channel 'chat'", "rename this channel or change that id")
 
 
+def test_id_equal_to_another_channels_name():
+    error = problems_of("channels:\n  feed: {id: feed-1, type: SSE}\n  chat: {id: feed, type: WS}\n")
+    assert_problem(error, "channels.chat.id", "'feed' is the name of channel 'feed'", "change this id or rename that")
+    assert len(error.problems) == 1
+
+
 def test_bad_type():
     error = problems_of("channels:\n  chat: {id: chat-1, type: websocket}\n")
     assert_problem(error, "channels.chat.type", 'must be "WS" or "SSE", not \'websocket\'')

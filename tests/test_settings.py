@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import uuid
-
 import pytest
 
 from realtime_project import settings as project_settings
+from tests.conftest import POSTGRES_SERVER, psql
 from tests.liveserver import ROOT, base_environment, manage
-
-POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
 
 
 def test_sqlite_relative_path_is_under_the_project_folder():
@@ -59,30 +54,6 @@ def test_tests_run_on_the_default_configuration():
     assert project_settings.CHANNEL_LAYERS["default"]["BACKEND"].startswith("channels")
 
 
-def _psql(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-tA", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
-@pytest.fixture
-def postgres_database():
-    """A fresh, empty PostgreSQL database, dropped at teardown; skips if PostgreSQL is not reachable."""
-    if shutil.which("psql") is None:
-        pytest.skip("psql is not installed, so PostgreSQL at 127.0.0.1:5432 cannot be reached")
-    probe = _psql("-d", "postgres", "-c", "SELECT 1")
-    if probe.returncode != 0:
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_SERVER}: {probe.stderr.strip()}")
-    name = f"realtime_test_{uuid.uuid4().hex[:12]}"
-    created = _psql("-d", "postgres", "-c", f"CREATE DATABASE {name}")
-    assert created.returncode == 0, created.stderr
-    yield name
-    _psql("-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def test_migrate_and_sync_channels_on_postgres(postgres_database):
     env = base_environment(
         DATABASE_URL=f"{POSTGRES_SERVER}/{postgres_database}",
@@ -98,7 +69,7 @@ def test_migrate_and_sync_channels_on_postgres(postgres_database):
 
     assert "2 created, 0 updated, 0 unchanged" in first.stdout
     assert "0 created, 0 updated, 2 unchanged" in second.stdout
-    rows = _psql(
+    rows = psql(
         "-d",
         postgres_database,
         "-c",

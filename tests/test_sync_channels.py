@@ -218,6 +218,42 @@ def test_all_conflicts_are_reported_together():
     assert str(caught.value).startswith("2 channels collide")
 
 
+@pytest.mark.parametrize(
+    ("holder", "message"),
+    [
+        (
+            {"name": "chat-1", "public_id": "api-7", "source": Channel.Source.API},
+            "channels.chat: the id 'chat-1' is the name of channel 'api-7', created through the HTTP API: "
+            "change the id in the file, or rename that channel",
+        ),
+        (
+            {"name": "admin-feed", "public_id": "feed", "source": Channel.Source.ADMIN},
+            "channels.feed: the name 'feed' is the id of channel 'admin-feed', created through the Admin: "
+            "rename the channel in the file, or delete that channel",
+        ),
+    ],
+)
+def test_id_or_name_that_is_another_channels_name_or_id_is_a_conflict(write_config, holder, message):
+    Channel.objects.create(type="SSE", **holder)
+    with pytest.raises(CommandError) as caught:
+        sync(write_config(TWO_CHANNELS))
+    assert message in str(caught.value)
+    assert not Channel.objects.filter(source=Channel.Source.YAML).exists()
+
+
+def test_id_that_is_the_name_of_a_yaml_channel_no_longer_in_the_file(write_config):
+    sync(write_config(TWO_CHANNELS))
+    with pytest.raises(CommandError, match="the id 'chat' still belongs to channel id 'chat-1' as its name"):
+        sync(write_config('channels:\n  room: {id: "chat", type: "WS"}\n'))
+
+
+def test_name_freed_by_a_rename_may_become_an_id_in_the_same_sync(write_config):
+    sync(write_config(TWO_CHANNELS))
+    sync(write_config('channels:\n  room: {id: "chat-1", type: "WS"}\n  chat-2: {id: "chat", type: "WS"}\n'))
+    assert Channel.objects.get(public_id="chat-1").name == "room"
+    assert Channel.objects.get(public_id="chat").name == "chat-2"
+
+
 def test_name_held_by_a_yaml_channel_no_longer_in_the_file(write_config):
     sync(write_config(TWO_CHANNELS))
     with pytest.raises(CommandError, match="the name 'chat' still belongs to channel id 'chat-1'"):

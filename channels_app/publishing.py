@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import threading
 
 from asgiref.sync import SyncToAsync, async_to_sync
 
+from .jsoncodec import json_text
 from .messages import Message
 from .naming import SERVER_CLIENT_ID
 from .runtime import get_runtime
@@ -29,9 +29,7 @@ from .services import message_publish
 
 
 def _as_text(payload) -> str:
-    if isinstance(payload, str):
-        return payload
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return payload if isinstance(payload, str) else json_text(payload)
 
 
 async def apublish(channel: str, payload, *, client_id: str = SERVER_CLIENT_ID) -> Message:

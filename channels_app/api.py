@@ -8,7 +8,6 @@ details (it is logged).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 
 from django.conf import settings
@@ -20,6 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from .auth import api_key_check
 from .channel_services import channel_create, channel_delete, channel_draft_parse
 from .errors import ApplicationError, bad_request
+from .jsoncodec import json_parse, json_text
 from .messages import position_parse
 from .naming import SERVER_CLIENT_ID, client_id_parse
 from .openapi import openapi_document
@@ -104,11 +104,8 @@ def api_endpoint(*methods: str, authenticated: bool = True, served_before_django
 
 
 def json_body(request: HttpRequest) -> object:
-    """The request body parsed as JSON; 400 when it is not JSON."""
-    try:
-        return json.loads(request.body or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad_request(f"The body is not valid JSON: {exc}.") from exc
+    """The request body parsed as JSON within jsoncodec's limits; 400 when it is not such JSON."""
+    return json_parse(request.body)
 
 
 def whole_numbers(body: object, *fields: str) -> object:
@@ -131,9 +128,7 @@ def payload_text(body: object) -> str:
     if not isinstance(body, dict) or "payload" not in body:
         raise bad_request('The body must be a JSON object with a payload: {"payload": "..."}.', field="payload")
     payload = body["payload"]
-    if isinstance(payload, str):
-        return payload
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return payload if isinstance(payload, str) else json_text(payload)
 
 
 def message_receipt(receipt: Receipt) -> dict:

@@ -10,9 +10,11 @@ class ChannelsAppConfig(AppConfig):
 
     def ready(self):
         """Wire registry invalidation and log redaction; no I/O happens here."""
+        from django.conf import settings
+
         from . import checks, signals
-        from .logredact import install_daphne_access_log_redaction
+        from .logredact import install_log_redaction
 
         signals.connect()
         checks.register()
-        install_daphne_access_log_redaction()
+        install_log_redaction(secrets=(*settings.REALTIME_API_KEYS, settings.METRICS_TOKEN))

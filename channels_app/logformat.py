@@ -1,9 +1,8 @@
 """Log formatting: one line per event, human-readable by default, JSON with ``LOG_FORMAT=json``.
 
 Every line carries the id of the request or connection it belongs to (``request_id``), set by
-``RequestIdMiddleware`` from a valid ``X-Request-ID`` header or generated. Query strings are
-never logged by this project, and ``logredact.redact`` scrubs tokens from any message that
-quotes a URL.
+``RequestIdMiddleware`` from a valid ``X-Request-ID`` header or generated. Credentials are
+already gone from every record by the time it gets here (logredact.py).
 """
 
 from __future__ import annotations
@@ -15,19 +14,15 @@ import re
 import secrets
 from datetime import UTC, datetime
 
-from .logredact import redact
-
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("realtime_request_id", default="-")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to every record and scrubs credentials from its message."""
+    """Adds ``request_id`` to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
-        if isinstance(record.msg, str) and "=" in record.msg:
-            record.msg = redact(record.msg)
         return True
 
 
@@ -43,7 +38,8 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            # exc_text is the traceback logredact.py already redacted.
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import threading
 
@@ -31,6 +30,7 @@ from asgiref.sync import SyncToAsync, async_to_sync
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from .jsoncodec import json_text
 from .messages import Message
 from .naming import SERVER_CLIENT_ID
 from .runtime import get_runtime, serves_subscribers
@@ -46,9 +46,7 @@ NOT_SERVING_MEMORY = (
 
 
 def _as_text(payload) -> str:
-    if isinstance(payload, str):
-        return payload
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return payload if isinstance(payload, str) else json_text(payload)
 
 
 async def apublish(channel: str, payload, *, client_id: str = SERVER_CLIENT_ID) -> Message:

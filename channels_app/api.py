@@ -19,6 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 from .auth import api_key_check
 from .channel_services import channel_create, channel_delete, channel_draft_parse
 from .errors import ApplicationError, bad_request
+from .idempotency import MAX_KEY_LENGTH
 from .jsoncodec import json_parse, json_text
 from .messages import position_parse
 from .naming import SERVER_CLIENT_ID, client_id_parse
@@ -32,6 +33,8 @@ from .tokens import DEFAULT_TTL_SECONDS, token_mint
 logger = logging.getLogger(__name__)
 
 MAX_BATCH_MESSAGES = 100
+# Room for the "#<index>" each item's key gets.
+BATCH_KEY_MAX_LENGTH = MAX_KEY_LENGTH - len(f"#{MAX_BATCH_MESSAGES - 1}")
 MAX_HISTORY_PAGE = 1000
 
 
@@ -189,8 +192,15 @@ async def _push_one(request: HttpRequest, channel: str) -> JsonResponse:
 
 @api_endpoint("POST")
 async def messages_push_batch(request: HttpRequest):
-    """``POST /api/v1/messages``: publish to many channels; each result is reported."""
+    """``POST /api/v1/messages``: publish to many channels; each result is reported.
+
+    With an ``Idempotency-Key``, item ``i`` is published under the key ``<key>#<i>``: a retried
+    batch publishes each item once, and answers the items published before with their receipts.
+    """
     _require_push_allowed()
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= BATCH_KEY_MAX_LENGTH:
+        raise bad_request(f"Idempotency-Key must be 1 to {BATCH_KEY_MAX_LENGTH} characters on a batch.")
     body = json_body(request)
     items = body.get("messages") if isinstance(body, dict) else None
     if not isinstance(items, list) or not items:
@@ -202,8 +212,12 @@ async def messages_push_batch(request: HttpRequest):
         try:
             if not isinstance(item, dict) or not isinstance(item.get("channel"), str):
                 raise bad_request(f"messages[{index}] must be an object with a channel and a payload.")
-            receipt = await _push(item["channel"], payload_text(item))
-            results.append({"channel": item["channel"], "status": receipt_status(receipt), **message_receipt(receipt)})
+            item_key = None if key is None else f"{key}#{index}"
+            receipt = await _push(item["channel"], payload_text(item), item_key)
+            result = {"channel": item["channel"], "status": receipt_status(receipt), **message_receipt(receipt)}
+            if receipt.replayed:
+                result["replayed"] = True
+            results.append(result)
         except ApplicationError as error:
             channel_reference = item.get("channel") if isinstance(item, dict) else None
             results.append({"channel": channel_reference, "status": error.status, **error.as_dict()})

@@ -243,6 +243,15 @@ def _document() -> dict:
             "post": {
                 "summary": "Publish to many channels in one request (at most 100 messages)",
                 "security": _BEARER,
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "description": "Item i is published under <key>#<i>: a retried batch publishes each item once "
+                        '(items published before are answered with their receipts and "replayed": true).',
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 197},
+                    }
+                ],
                 "requestBody": _json_body(
                     _object(
                         {

@@ -138,6 +138,23 @@ def test_idempotent_retry_publishes_once(api_server):
     assert [message["payload"] for message in history] == ["once"]
 
 
+def test_a_batch_retried_with_its_idempotency_key_publishes_each_item_once(api_server):
+    url = f"{api_server.http}/api/v1/messages"
+    headers = {**AUTH, "Idempotency-Key": "batch-7"}
+    body = {"messages": [{"channel": "chat-1", "payload": "a"}, {"channel": "chat-2", "payload": "b"}]}
+    first = httpx.post(url, json=body, headers=headers).json()
+    retry = httpx.post(url, json=body, headers=headers).json()
+    assert [result["status"] for result in first["results"]] == [201, 201]
+    assert [result.get("replayed") for result in first["results"]] == [None, None]
+    assert [result["id"] for result in retry["results"]] == [result["id"] for result in first["results"]]
+    assert [result.get("replayed") for result in retry["results"]] == [True, True]
+    for channel, payload in (("chat-1", "a"), ("chat-2", "b")):
+        history = httpx.get(f"{api_server.http}/api/v1/channels/{channel}/messages", headers=AUTH).json()
+        assert [message["payload"] for message in history["messages"]] == [payload]
+    too_long = httpx.post(url, json=body, headers={**AUTH, "Idempotency-Key": "k" * 198})
+    assert (too_long.status_code, too_long.json()["error"]) == (400, "bad_request")
+
+
 def test_batch_reports_each_result(api_server):
     body = {"messages": [{"channel": "chat-1", "payload": "a"}, {"channel": "nope", "payload": "b"}, {"payload": "c"}]}
     response = httpx.post(f"{api_server.http}/api/v1/messages", json=body, headers=AUTH)

@@ -16,7 +16,7 @@ from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from .auth import api_key_check
+from .auth import WWW_AUTHENTICATE, api_key_check, api_key_required
 from .channel_services import channel_create, channel_delete, channel_draft_parse
 from .errors import ApplicationError, bad_request
 from .idempotency import MAX_KEY_LENGTH
@@ -52,7 +52,7 @@ def json_error(error: ApplicationError) -> JsonResponse:
     """An ``ApplicationError`` as its JSON response."""
     response = JsonResponse(error.as_dict(), status=error.status)
     if error.status == 401:
-        response["WWW-Authenticate"] = 'Bearer realm="realtime"'
+        response["WWW-Authenticate"] = WWW_AUTHENTICATE
     return response
 
 
@@ -77,7 +77,7 @@ def api_endpoint(*methods: str, authenticated: bool = True, served_before_django
                 return response
             runtime = get_runtime()
             try:
-                if authenticated:
+                if authenticated or api_key_required(request.method, request.path_info):
                     api_key_check(request.headers.get("Authorization"))
                 if runtime.draining and request.method != "GET":
                     raise ApplicationError(

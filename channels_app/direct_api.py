@@ -11,7 +11,8 @@ requests here. The Django URL conf keeps the same views for ``reverse()`` and th
 What the API does need from that stack is kept: the ``Host`` check (routing.HostGuard), the
 security headers (security.SecurityHeadersMiddleware, around all of HTTP), and Django's
 ``SecurityMiddleware`` (HTTPS redirect and HSTS under ``DJANGO_SECURE=1``), which only computes
-headers and so runs inline here. The body is read up to ``DATA_UPLOAD_MAX_MEMORY_SIZE``.
+headers and so runs inline here. Before the body is read, the API key of a write and the
+declared length are checked (request_limits.py); the body is read up to the same limit.
 """
 
 from __future__ import annotations
@@ -19,20 +20,18 @@ from __future__ import annotations
 import io
 import logging
 
-from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse
 from django.middleware.security import SecurityMiddleware
 
-from .api import json_error
-from .errors import ApplicationError
 from .gctuning import request_finished
+from .request_limits import body_limit, body_too_large, scope_refusal, send_refusal
 
 logger = logging.getLogger(__name__)
 
 
 class BodyTooLarge(Exception):
-    """The request body is larger than ``DATA_UPLOAD_MAX_MEMORY_SIZE``."""
+    """The request body is larger than the limit (``REALTIME_MAX_REQUEST_BODY_BYTES``)."""
 
 
 class ClientGone(Exception):
@@ -81,13 +80,16 @@ class DirectApiView:
             request_finished()
 
     async def _serve(self, scope, receive, send):
+        error = scope_refusal(scope)
+        if error is not None:
+            await send_refusal(send, error)
+            return
         try:
-            body = await read_body(receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+            body = await read_body(receive, body_limit())
         except ClientGone:
             return
         except BodyTooLarge:
-            error = ApplicationError("payload_too_large", "The request body is too large.", status=413)
-            await send_response(send, json_error(error))
+            await send_refusal(send, body_too_large())
             return
         request = ASGIRequest(scope, io.BytesIO(body))
         response = self.security.process_request(request)

@@ -17,6 +17,10 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
 - ``METRICS_TOKEN``: when set, ``/metrics`` requires ``Authorization: Bearer <token>``.
 - ``REALTIME_PRESENCE_LEASE_SECONDS``: REDIS driver; a dead instance's connection slots are
   released after this long (default 30).
+- ``REALTIME_REQUEST_HEAD_TIMEOUT_SECONDS`` / ``REALTIME_REQUEST_BODY_TIMEOUT_SECONDS``: a request's
+  line and headers must arrive within the first (default 20) of the connection opening (on a
+  kept-alive connection, of their first byte), its body within the second (default 60) of its
+  headers; otherwise 408 and the connection is closed (channels_app/request_limits.py).
 - ``DJANGO_SECURE=1``: production behind HTTPS (a TLS-terminating proxy that sets
   ``X-Forwarded-Proto``): secure cookies, HSTS, redirects to HTTPS (except the probes), and
   ``DJANGO_SECRET_KEY`` becomes required. ``DJANGO_HSTS_SECONDS`` (default one year),
@@ -46,6 +50,29 @@ def _env_flag(name: str, default: bool = False) -> bool:
 
 def _env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def _env_seconds(name: str, default: str) -> float:
+    raw = os.environ.get(name, default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        sys.stderr.write(
+            f"realtime: {name}={raw} is not a number of seconds above 0: write for example {name}={default}\n"
+        )
+        sys.exit(2)
+    return value
+
+
+def request_body_limit(max_message_size: int) -> int:
+    """The largest request body accepted, in bytes: room for a push of ``max_message_size`` bytes.
+
+    JSON escaping can grow a payload six-fold (a control character becomes ``\\u0001``); 64 KiB
+    covers the rest of the object. Django's default (2.5 MiB) is the floor.
+    """
+    return max(2_621_440, 6 * max_message_size + 65_536)
 
 
 def _database_from_url(url: str) -> dict:
@@ -222,6 +249,18 @@ CHANNEL_LAYERS = _channel_layers(REALTIME)
 
 # On SIGTERM the instance drains for at most this long, then exits (Kubernetes waits 30 s).
 REALTIME_SHUTDOWN_GRACE_SECONDS = float(os.environ.get("REALTIME_SHUTDOWN_GRACE_SECONDS", "20"))
+
+# The largest request body any endpoint accepts, the one value every reader of a body uses
+# (channels_app/request_limits.py, direct_api.py, Django).
+REALTIME_MAX_REQUEST_BODY_BYTES = request_body_limit(REALTIME.server.max_message_size)
+DATA_UPLOAD_MAX_MEMORY_SIZE = REALTIME_MAX_REQUEST_BODY_BYTES
+# Django spools a body above this to a temporary file; no accepted body is larger, so none is.
+FILE_UPLOAD_MAX_MEMORY_SIZE = REALTIME_MAX_REQUEST_BODY_BYTES
+# A request head is at most 16 KiB and is sent at once; 20 s leaves room for a few TCP retransmits
+# and for browsers that open a connection before they need it. 60 s carries the largest body at
+# 44 KB/s.
+REALTIME_REQUEST_HEAD_TIMEOUT_SECONDS = _env_seconds("REALTIME_REQUEST_HEAD_TIMEOUT_SECONDS", "20")
+REALTIME_REQUEST_BODY_TIMEOUT_SECONDS = _env_seconds("REALTIME_REQUEST_BODY_TIMEOUT_SECONDS", "60")
 
 # Optional bearer token protecting /metrics.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")

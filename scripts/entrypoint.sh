@@ -92,9 +92,11 @@ grace = float(os.environ.get("REALTIME_SHUTDOWN_GRACE_SECONDS", "20"))
 print(max(1 << 20, 2 * load_config().server.max_message_size), max(math.ceil(grace), 1))
 ')
     # No permessage-deflate: daphne offers none, and it would cost CPU and zlib memory per connection.
+    # --http: deadlines for a request's head and body (channels_app/uvicorn_limits.py).
     exec uvicorn realtime_project.asgi:application --host "$HOST" --port "$PORT" \
         --ws websockets-sansio --ws-max-size "${limits% *}" --ws-per-message-deflate false \
         --ws-ping-interval 20 --ws-ping-timeout 30 --lifespan off --backlog 2048 \
+        --http channels_app.uvicorn_limits:LimitedH11Protocol \
         --timeout-graceful-shutdown "${limits#* }" "$@"
 fi
 # daphne's own listen backlog is 50: connection storms overflow it. An endpoint string sets it

@@ -35,6 +35,7 @@ UVICORN_BACKLOG = 2048
 UVICORN_OPTIONS = (
     "--ws", "websockets-sansio", "--ws-per-message-deflate", "false", "--ws-ping-interval", "20",
     "--ws-ping-timeout", "30", "--lifespan", "off", "--backlog", str(UVICORN_BACKLOG),
+    "--http", "channels_app.uvicorn_limits:LimitedH11Protocol",
 )  # fmt: skip
 
 

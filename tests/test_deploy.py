@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from channels_app.config import parse_config
+from realtime_project.settings import request_body_limit
 from tests.liveserver import DAPHNE_BACKLOG, SERVERS, UVICORN_BACKLOG, base_environment, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -565,6 +566,22 @@ def test_realtime_deployment(kube):
     # A read-only root file system: /data (SQLite) and /tmp are writable volumes.
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {"/data", "/tmp"} <= {mount["mountPath"] for mount in mounts.values()}
+
+
+def _mebibytes(quantity: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", quantity).groups()
+    return int(number) * {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}[unit]
+
+
+def test_the_pod_leaves_room_for_the_largest_requests_it_accepts(kube):
+    """Memory: an idle instance (~85 MiB) plus 64 of the largest accepted bodies being read at once,
+    each measured at up to 1.8x the body limit (docs/deployment.md). Bodies never go to /tmp
+    (tests/test_request_limits.py)."""
+    (container,) = kube[("Deployment", "realtime")]["spec"]["template"]["spec"]["containers"]
+    text = kube[("ConfigMap", "realtime-config")]["data"]["config.yaml"]
+    server = parse_config(text, path="configmap.yaml", environ={"REDIS_PASSWORD": "x"}).server
+    body_limit = request_body_limit(server.max_message_size) / (1 << 20)
+    assert 128 + 64 * 2 * body_limit <= _mebibytes(container["resources"]["limits"]["memory"])
 
 
 def test_services_and_budget_select_the_pods(kube):

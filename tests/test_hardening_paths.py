@@ -218,8 +218,8 @@ def test_hostile_raw_paths_and_query_strings(server, path):
     ids=lambda headers: repr(headers[0][:30]),
 )
 def test_huge_and_malformed_headers(server, headers):
-    # A Content-Length larger than what is sent keeps daphne waiting for the body (it has no
-    # request-read timeout, see docs/security.md): such requests get no answer, and tie up nothing else.
+    # A Content-Length over the body limit is refused at once (413); one within it that is never sent
+    # would keep the server waiting until the body deadline (60 s, see docs/security.md).
     timeout = 2 if headers[0].startswith(b"Content-Length: 9") else 10
     for path in (b"/api/v1/channels/feed-1?clientId=hdr", b"/api/v1/channels/chat-1/messages", b"/healthz"):
         status, response = raw_request(server, b"GET", path, headers, timeout=timeout)

@@ -103,6 +103,8 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         self.subscription = None
         self.outbox = None
         self._closing = None
+        self._accepted = False
+        self._close_after_accept: tuple[int, dict] | None = None
         self._released: asyncio.Task | None = None
         self._publishing: set[asyncio.Task] = set()
         try:
@@ -149,7 +151,10 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             await self._send_close(error.close_code, {"control": "close", "code": error.close_code, **error.as_dict()})
             return
         await self.accept()
+        self._accepted = True
         self.outbox.start()
+        if self._close_after_accept is not None:
+            self.close_soon(*self._close_after_accept)
 
     def _prepare(self, server) -> None:
         self.bucket = TokenBucket(rate=server.publish_rate, burst=server.publish_burst)
@@ -165,6 +170,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         self.subscription = Subscription(
             channel_id=self.connection.channel.id,
             client_id=self.connection.client_id,
+            holder=self.connection.holder,
             echo=self.connection.echo,
             encode=encode_frame,
             encode_control=encode_control,
@@ -254,6 +260,11 @@ class ChannelConsumer(AsyncWebsocketConsumer):
 
     def close_soon(self, code: int, body: dict) -> None:
         """Tell the client why, then close with ``code`` (used by the hub and on bad frames)."""
+        if not self._accepted:
+            # The hub may close a connection still replaying before it is accepted (a replaced
+            # clientId, a channel deleted): nothing may be sent before the handshake completes.
+            self._close_after_accept = self._close_after_accept or (code, body)
+            return
         if self._closing is None:
             self._closing = asyncio.create_task(self._shutdown(code, body))
 

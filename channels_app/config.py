@@ -127,6 +127,14 @@ SERVER_KEYS = (
     Key("history_ttl", "int", 3600, "Default seconds a message stays in a channel's history.", minimum=1),
     Key("sse_keepalive", "number", 15.0, "Seconds between SSE keep-alive comments.", minimum=0.1),
     Key("sse_retry", "int", 3000, "Reconnect delay in milliseconds suggested to SSE clients (`retry:`).", minimum=0),
+    Key(
+        "duplicate_client_id",
+        "choice",
+        "refuse",
+        "A connection whose `clientId` is already connected: `refuse` it (4409 / 409), or `replace` the "
+        "older one (closed with 4001 `replaced`).",
+        choices=("refuse", "replace"),
+    ),
 )
 
 PUBSUB_KEYS = (
@@ -199,6 +207,7 @@ class ServerConfig:
     history_ttl: int
     sse_keepalive: float
     sse_retry: int
+    duplicate_client_id: str
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
@@ -34,6 +35,7 @@ from .subscription import Subscription
 from .transport import (
     asgi_close_code_allowed,
     connection_aborter,
+    hold_close_reply,
     websocket_close_frame_sender,
     write_buffer_watch,
 )
@@ -101,6 +103,9 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         self.subscription = None
         self.outbox = None
         self._closing = None
+        self._accepted = False
+        self._close_after_accept: tuple[int, dict] | None = None
+        self._released: asyncio.Task | None = None
         self._publishing: set[asyncio.Task] = set()
         try:
             while True:
@@ -132,6 +137,9 @@ class ChannelConsumer(AsyncWebsocketConsumer):
                 token=query.get("token"),
             )
             self._prepare(runtime.server)
+            # The slot is free again before the client's close completes, so a client that
+            # reconnects at once with its clientId to resume is not refused (docs/protocol.md).
+            hold_close_reply(self.base_send, self._release)
             # Subscribe (and queue the replay) before accepting: once the client sees the
             # handshake complete, every message published after that reaches it.
             await subscription_start(connection=self.connection, subscription=self.subscription)
@@ -143,7 +151,10 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             await self._send_close(error.close_code, {"control": "close", "code": error.close_code, **error.as_dict()})
             return
         await self.accept()
+        self._accepted = True
         self.outbox.start()
+        if self._close_after_accept is not None:
+            self.close_soon(*self._close_after_accept)
 
     def _prepare(self, server) -> None:
         self.bucket = TokenBucket(rate=server.publish_rate, burst=server.publish_burst)
@@ -159,6 +170,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         self.subscription = Subscription(
             channel_id=self.connection.channel.id,
             client_id=self.connection.client_id,
+            holder=self.connection.holder,
             echo=self.connection.echo,
             encode=encode_frame,
             encode_control=encode_control,
@@ -248,6 +260,11 @@ class ChannelConsumer(AsyncWebsocketConsumer):
 
     def close_soon(self, code: int, body: dict) -> None:
         """Tell the client why, then close with ``code`` (used by the hub and on bad frames)."""
+        if not self._accepted:
+            # The hub may close a connection still replaying before it is accepted (a replaced
+            # clientId, a channel deleted): nothing may be sent before the handshake completes.
+            self._close_after_accept = self._close_after_accept or (code, body)
+            return
         if self._closing is None:
             self._closing = asyncio.create_task(self._shutdown(code, body))
 
@@ -297,9 +314,18 @@ class ChannelConsumer(AsyncWebsocketConsumer):
     async def _write(self, frame: str) -> None:
         await self.base_send({"type": "websocket.send", "text": frame})
 
-    async def _release(self) -> None:
-        connection, subscription = self.connection, self.subscription
-        self.connection = self.subscription = None
+    def _release(self) -> Awaitable[None]:
+        """Leave the hub and give the slot back, once, for whichever asks first: the client's close
+        frame (``hold_close_reply``), ``websocket.disconnect``, a close by the server, a refusal."""
+        if self._released is None:
+            connection, subscription = self.connection, self.subscription
+            self.connection = self.subscription = None
+            self._released = asyncio.ensure_future(self._give_back(connection, subscription))
+        # Shielded: a caller cancelled while waiting (a server killing a slow application) does
+        # not stop the release the others wait for.
+        return asyncio.shield(self._released)
+
+    async def _give_back(self, connection, subscription) -> None:
         if self.outbox is not None:
             await self.outbox.stop()
         if connection is not None:

@@ -82,6 +82,17 @@ def client_id_taken(channel_id: str, client_id: str) -> ApplicationError:
     )
 
 
+def client_id_replaced(channel_id: str, client_id: str) -> ApplicationError:
+    """A newer connection with this clientId took the slot (``duplicate_client_id: replace``) (409 / 4001)."""
+    return ApplicationError(
+        "replaced",
+        f"A newer connection with clientId {client_id!r} joined channel {channel_id!r} and replaced this one: "
+        "do not reconnect with this clientId, or the two will keep replacing each other.",
+        status=409,
+        close_code=4001,
+    )
+
+
 def shutting_down() -> ApplicationError:
     """This instance is draining before it stops and takes no new connections (503 / 4503)."""
     return ApplicationError(

@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 
-from .errors import ApplicationError
+from .errors import ApplicationError, client_id_replaced
 from .gctuning import connection_closed
 from .history import Gap
 from .messages import Message, utc_timestamp
@@ -134,6 +134,17 @@ class Hub:
         body = {"control": "close", "code": error.close_code, **error.as_dict()}
         return self._close(list(self._local.get(channel_id, ())), error.close_code, body)
 
+    def close_replaced(self, channel_id: str, client_id: str, holder: str) -> int:
+        """Close the local subscription whose slot a newer connection took (4001); return how many."""
+        error = client_id_replaced(channel_id, client_id)
+        body = {"control": "close", "code": error.close_code, **error.as_dict()}
+        replaced = [
+            subscription
+            for subscription in self._local.get(channel_id, ())
+            if subscription.client_id == client_id and subscription.holder == holder
+        ]
+        return self._close(replaced, error.close_code, body)
+
     def close_all(self, code: int, body: dict) -> int:
         """Close every local subscription of every channel (graceful shutdown); return how many."""
         return self._close([s for local in self._local.values() for s in local], code, body)
@@ -192,6 +203,8 @@ class Hub:
                 close_code=int(event.get("code", 4000)),
             )
             self.close_local(event["channel_id"], error)
+        elif kind == "realtime.replaced":
+            self.close_replaced(event["channel_id"], event["client_id"], event["holder"])
         elif kind == "realtime.registry_changed":
             self.registry.invalidate()
         else:

@@ -29,6 +29,10 @@ _PLAIN_COUNTERS = {
         "realtime_slow_consumer_disconnects_total",
         "Connections cut off because they could not keep up (resumable from history).",
     ),
+    "connections_replaced": (
+        "realtime_connections_replaced_total",
+        "Connections closed because a newer one with their clientId took the slot (duplicate_client_id: replace).",
+    ),
     "messages_lost": ("realtime_messages_lost_total", "Messages dropped by the layer and no longer in history."),
     "layer_gaps": ("realtime_layer_gaps_total", "Holes in a channel's offsets noticed by the hub."),
     "layer_recovered": ("realtime_layer_recovered_total", "Messages re-read from history to fill holes."),

@@ -15,6 +15,8 @@ Keys (``<prefix>`` is ``pubsub.redis.prefix``; ``{id}`` keeps a channel's keys i
   renews its connections' leases every third of the lease; the connections of an instance that
   died without closing them stop counting when the lease runs out
   (``REALTIME_PRESENCE_LEASE_SECONDS``, default 30 s).
+- ``<prefix>:ph:{id}``: a hash from each connected clientId to its connection's holder token, so
+  that only that connection releases or renews the slot (``server.duplicate_client_id``).
 - ``<prefix>:idem:{id}:<incarnation>:<key>``: the receipt of a push made with an ``Idempotency-Key``,
   written by the same script that records the message (24 h).
 """
@@ -116,6 +118,9 @@ class _Keys:
     def idempotency(self, channel_id: str, incarnation: int, key: str) -> str:
         return f"{self.prefix}:idem:{{{channel_id}}}:{incarnation}:{key}"
 
+    def presence_holders(self, channel_id: str) -> str:
+        return f"{self.prefix}:ph:{{{channel_id}}}"
+
 
 # Stamping and recording are one atomic step, so offsets are gapless and history never lags them;
 # a draft's Idempotency-Key is recorded in the same step, so a retry finds the message recorded by
@@ -178,29 +183,69 @@ redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
 return results
 """
 
+# KEYS: the channel's slots (clientId -> lease expiry) and holders (clientId -> holder token).
+# ARGV: now, clientId, max connections, lease expiry, key expiry, holder, "replace" or "refuse".
+# Expired slots (an instance that died) go first, a bounded number per call; the rest are not
+# counted (ZCOUNT above now) and go on later calls.
 _ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
-  return 'taken'
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 256)
+if #expired > 0 then
+  redis.call('ZREM', KEYS[1], unpack(expired))
+  redis.call('HDEL', KEYS[2], unpack(expired))
 end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  return 'full'
+local previous = false
+local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if score and tonumber(score) > tonumber(ARGV[1]) then
+  if ARGV[7] ~= 'replace' then
+    return {'taken'}
+  end
+  previous = redis.call('HGET', KEYS[2], ARGV[2]) or ''
+elseif redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf') >= tonumber(ARGV[3]) then
+  return {'full'}
 end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[6])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
-return 'ok'
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+if previous then
+  return {'replaced', previous}
+end
+return {'ok'}
 """
 
-# Removes a slot only if it still carries the lease a renewal just wrote: a slot released while
-# that renewal was in flight. (Had another instance taken the same client id in that instant, the
-# renewal overwrote its lease too and it goes uncounted until that instance's next renewal.)
-_FORGET_RENEWED = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) == tonumber(ARGV[2]) then
+# Removes a slot only while it carries the holder's token: a replaced connection's late release
+# leaves its successor's slot alone. ARGV: clientId, holder.
+_RELEASE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[2], ARGV[1])
   return redis.call('ZREM', KEYS[1], ARGV[1])
 end
 return 0
 """
+
+# Extends the leases of this instance's slots on one channel. A slot still carrying its holder's
+# token is renewed; one that is gone entirely (Redis restarted, or it expired while Redis was
+# away) is put back, so it counts against the limit again; one another connection took over
+# (``replace``) is left to it and returned. ARGV: lease expiry, key expiry, then clientId and
+# holder of each.
+_RENEW = """
+local taken = {}
+for i = 3, #ARGV, 2 do
+  local owner = redis.call('HGET', KEYS[2], ARGV[i])
+  if owner == ARGV[i + 1] or (not owner and not redis.call('ZSCORE', KEYS[1], ARGV[i])) then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  elseif owner then
+    table.insert(taken, ARGV[i])
+  end
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+return taken
+"""
+
+# Slots renewed per script call: a renewal holds Redis for the whole call.
+RENEWALS_PER_CALL = 500
 
 
 class RedisHistory:
@@ -411,36 +456,58 @@ class RedisPresence:
         self._keys = _Keys(prefix)
         self._lease = lease
         self._acquire = client.register_script(_ACQUIRE)
-        self._forget_renewed = client.register_script(_FORGET_RENEWED)
+        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
         self._clock = clock
-        self._held: set[tuple[str, str]] = set()
+        # (channel id, clientId) -> holder, for the connections this instance holds.
+        self._held: dict[tuple[str, str], str] = {}
         self._renewal: asyncio.Task | None = None
 
+    def _slot_keys(self, channel_id: str) -> list[str]:
+        return [self._keys.presence(channel_id), self._keys.presence_holders(channel_id)]
+
     @_translating_redis_errors
-    async def acquire(self, channel: ChannelInfo, client_id: str) -> None:
-        """Take a cluster-wide slot; refuse when the channel is full or the id is connected anywhere."""
+    async def acquire(self, channel: ChannelInfo, client_id: str, holder: str, *, replace: bool = False) -> str | None:
+        """Take a cluster-wide slot; refuse when the channel is full or the id is connected anywhere,
+        unless ``replace``: then take the id's slot and return the holder it had."""
         now = self._clock()
         outcome = await self._acquire(
-            keys=[self._keys.presence(channel.id)],
-            args=[repr(now), client_id, channel.max_connections, repr(now + self._lease), int(self._lease * 4) + 1],
+            keys=self._slot_keys(channel.id),
+            args=[
+                repr(now),
+                client_id,
+                channel.max_connections,
+                repr(now + self._lease),
+                int(self._lease * 4) + 1,
+                holder,
+                "replace" if replace else "refuse",
+            ],
         )
-        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
-        if outcome == "taken":
+        outcome = [part.decode() if isinstance(part, bytes) else part for part in outcome]
+        if outcome[0] == "taken":
             raise client_id_taken(channel.id, client_id)
-        if outcome == "full":
+        if outcome[0] == "full":
             raise channel_full(channel.id, channel.max_connections)
-        self._held.add((channel.id, client_id))
+        self._held[(channel.id, client_id)] = holder
         self._ensure_renewal()
+        return outcome[1] if outcome[0] == "replaced" else None
 
-    async def release(self, channel_id: str, client_id: str) -> None:
-        """Give the slot back; if Redis is away the lease simply runs out."""
-        self._held.discard((channel_id, client_id))
+    async def release(self, channel_id: str, client_id: str, holder: str) -> None:
+        """Give the slot back if ``holder`` still has it; if Redis is away the lease simply runs out."""
+        if self._held.get((channel_id, client_id)) == holder:
+            del self._held[(channel_id, client_id)]
         try:
-            await self._redis.zrem(self._keys.presence(channel_id), client_id)
+            await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder])
         except redis.RedisError:
             logger.warning(
                 "could not release slot of %s on %s; its lease expires in %ss", client_id, channel_id, self._lease
             )
+
+    @_translating_redis_errors
+    async def holds(self, channel_id: str, client_id: str, holder: str) -> bool:
+        """Whether ``holder`` still has the slot of ``client_id`` (it was not replaced)."""
+        owner = await self._redis.hget(self._keys.presence_holders(channel_id), client_id)
+        return owner is not None and owner.decode() == holder
 
     @_translating_redis_errors
     async def contains(self, channel_id: str, client_id: str) -> bool:
@@ -485,20 +552,32 @@ class RedisPresence:
     async def renew(self) -> None:
         """Extend the leases of every connection this instance holds.
 
-        A plain ``ZADD`` (not ``XX``) also puts back the slots of connections that outlived a Redis
-        restart, so they count against the limit again. It would also put back the slot of a
-        connection released while the renewal was in flight, counting it (and refusing its client
-        id) until the lease ran out; such slots are removed again at once.
+        Slots lost in a Redis restart are put back, so they count against the limit again. Slots
+        another connection took over (``replace``) are not, and are forgotten here, so that they
+        are not put back once their new holder leaves. A slot released while the renewal was in
+        flight may have been put back too; such slots are released again at once.
         """
-        held = list(self._held)
+        held = dict(self._held)
         if not held:
             return
+        by_channel: dict[str, list[str]] = {}
+        for (channel_id, client_id), holder in held.items():
+            by_channel.setdefault(channel_id, []).extend((client_id, holder))
+        calls: list[str] = []
         expiry = repr(self._clock() + self._lease)
+        key_expiry = int(self._lease * 4) + 1
         async with self._redis.pipeline(transaction=False) as pipe:
-            for channel_id, client_id in held:
-                pipe.zadd(self._keys.presence(channel_id), {client_id: expiry})
-                pipe.expire(self._keys.presence(channel_id), int(self._lease * 4) + 1)
-            await pipe.execute()
-        for channel_id, client_id in held:
-            if (channel_id, client_id) not in self._held:
-                await self._forget_renewed(keys=[self._keys.presence(channel_id)], args=[client_id, expiry])
+            for channel_id, pairs in by_channel.items():
+                for start in range(0, len(pairs), 2 * RENEWALS_PER_CALL):
+                    chunk = pairs[start : start + 2 * RENEWALS_PER_CALL]
+                    await self._renew(keys=self._slot_keys(channel_id), args=[expiry, key_expiry, *chunk], client=pipe)
+                    calls.append(channel_id)
+            results = await pipe.execute()
+        for channel_id, taken in zip(calls, results, strict=True):
+            for client_id in taken:
+                key = (channel_id, client_id.decode())
+                if self._held.get(key) == held[key]:
+                    del self._held[key]
+        for (channel_id, client_id), holder in held.items():
+            if self._held.get((channel_id, client_id)) != holder:
+                await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder])

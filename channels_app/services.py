@@ -10,11 +10,20 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from .errors import ApplicationError, bad_request, channel_full, client_id_taken, shutting_down, wrong_transport
+from .errors import (
+    ApplicationError,
+    bad_request,
+    channel_full,
+    client_id_replaced,
+    client_id_taken,
+    shutting_down,
+    wrong_transport,
+)
 from .history import Draft, Replayed
 from .idempotency import idempotency_key_parse
 from .messages import Message, Position, layer_event, position_parse
 from .naming import channel_group, client_id_parse
+from .presence import new_holder
 from .publish_queue import PendingPublish, PublishQueue, Receipt
 from .registry import ChannelInfo
 from .runtime import Runtime, get_runtime
@@ -33,6 +42,8 @@ class Connection:
     position: Position | None
     echo: bool
     can_publish: bool = True
+    # This connection's hold on its slot: only it releases the slot, and a replace names it.
+    holder: str = ""
 
 
 def payload_too_large(size: int, limit: int) -> ApplicationError:
@@ -159,12 +170,39 @@ async def connection_open(
         claims = subscriber_authorize(channel_id=channel.id, token=token, client_id=client_id)
         client_id, can_publish = claims.client_id, claims.can_publish
     parsed_client_id = client_id_parse(client_id)
-    await runtime.presence.acquire(channel, parsed_client_id)
+    holder = new_holder()
+    replaced = await runtime.presence.acquire(channel, parsed_client_id, holder, replace=_replaces(runtime))
     runtime.stats.incr(f"connections_opened_{transport.lower()}")
     logger.info("%s subscriber %s joined channel %s", transport, parsed_client_id, channel.id)
+    if replaced is not None:
+        await _close_replaced(runtime, channel.id, parsed_client_id, replaced)
     return Connection(
-        channel=channel, client_id=parsed_client_id, position=position, echo=echo, can_publish=can_publish
+        channel=channel,
+        client_id=parsed_client_id,
+        position=position,
+        echo=echo,
+        can_publish=can_publish,
+        holder=holder,
     )
+
+
+def _replaces(runtime: Runtime) -> bool:
+    """Whether a connection takes the slot of a live one with its clientId (``server.duplicate_client_id``)."""
+    return runtime.server.duplicate_client_id == "replace"
+
+
+async def _close_replaced(runtime: Runtime, channel_id: str, client_id: str, holder: str) -> None:
+    """Tell every instance to close the connection that held the slot (it may be on any of them)."""
+    runtime.stats.incr("connections_replaced")
+    logger.info("subscriber %s on channel %s replaced its previous connection", client_id, channel_id)
+    try:
+        await runtime.layer.group_send(
+            channel_group(channel_id),
+            {"type": "realtime.replaced", "channel_id": channel_id, "client_id": client_id, "holder": holder},
+        )
+    except Exception:
+        # The new connection has the slot either way; the old one lives on until it ends by itself.
+        logger.exception("could not ask the hubs to close the replaced connection of %s on %s", client_id, channel_id)
 
 
 def subscriber_authorize(*, channel_id: str, token: str | None, client_id: str | None) -> TokenClaims:
@@ -193,6 +231,11 @@ async def subscription_start(
     """Join the hub, then replay what the client missed since its position, then go live."""
     runtime = runtime or get_runtime()
     await runtime.hub.subscribe(subscription)
+    if _replaces(runtime) and not await runtime.presence.holds(
+        connection.channel.id, connection.client_id, connection.holder
+    ):
+        # Replaced before the hub joined the channel's group, so the hub missed the close.
+        raise client_id_replaced(connection.channel.id, connection.client_id)
     replay = None
     if connection.position is not None:
         replay = await runtime.history.since(connection.channel, connection.position)
@@ -208,7 +251,7 @@ async def connection_close(
     runtime = runtime or get_runtime()
     if subscription is not None:
         await runtime.hub.unsubscribe(subscription)
-    await runtime.presence.release(connection.channel.id, connection.client_id)
+    await runtime.presence.release(connection.channel.id, connection.client_id, connection.holder)
     logger.info("subscriber %s left channel %s", connection.client_id, connection.channel.id)
 
 
@@ -218,7 +261,8 @@ async def channel_describe(*, reference: str, client_id: str | None = None, runt
     parsed_client_id = client_id_parse(client_id) if client_id is not None else None
     channel = await runtime.registry.resolve(reference)
     connections = await runtime.presence.count(channel.id)
-    if parsed_client_id is not None and await runtime.presence.contains(channel.id, parsed_client_id):
+    connected = parsed_client_id is not None and await runtime.presence.contains(channel.id, parsed_client_id)
+    if connected and not _replaces(runtime):
         raise client_id_taken(channel.id, parsed_client_id)
     description = {
         "id": channel.id,
@@ -229,7 +273,8 @@ async def channel_describe(*, reference: str, client_id: str | None = None, runt
         "maxOfChannelConnections": channel.max_connections,
         "private": channel.private,
     }
-    if connections >= channel.max_connections:
+    # A connection that replaces another takes its slot, so a full channel admits it.
+    if connections >= channel.max_connections and not connected:
         error = channel_full(channel.id, channel.max_connections)
         error.extra.update({"channel": description})
         raise error

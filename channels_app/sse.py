@@ -133,6 +133,7 @@ class _Stream:
         self.subscription = Subscription(
             channel_id=self.connection.channel.id,
             client_id=self.connection.client_id,
+            holder=self.connection.holder,
             echo=self.connection.echo,
             encode=encode_event,
             encode_control=encode_control,

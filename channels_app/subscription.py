@@ -38,6 +38,7 @@ class Subscription:
         "echo",
         "encode",
         "encode_control",
+        "holder",
         "on_close",
         "outbox",
         "transport",
@@ -54,8 +55,11 @@ class Subscription:
         outbox: Outbox,
         on_close: Callable[[int, dict], None],
         transport: str = "WS",
+        holder: str = "",
     ):
         self.channel_id = channel_id
+        # The connection's hold on its slot (presence.py): the hub closes it by this when replaced.
+        self.holder = holder
         self.transport = transport
         self.client_id = client_id
         self.echo = echo

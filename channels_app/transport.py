@@ -3,18 +3,32 @@
 daphne hands each application ``functools.partial(server.handle_reply, protocol)`` as ``send``;
 from the protocol we read its Twisted transport's write buffer and reach WebSocket close codes
 that daphne's ``websocket.close`` refuses. uvicorn hands a bound method of the connection's
-protocol (``--ws websockets-sansio``) or request cycle (HTTP), whose ``transport`` is an asyncio
-transport: we read its write buffer and can abort it. Under other servers these helpers report
-"unknown" and callers fall back to plain ASGI.
+protocol (``--ws channels_app.uvicorn_ws:WebSocketProtocol``) or request cycle (HTTP), whose
+``transport`` is an asyncio transport: we read its write buffer and can abort it. Under other
+servers these helpers report "unknown" and callers fall back to plain ASGI.
+
+ASGI also has no word for "answer the client's close frame only once I am done": both servers
+answer it at once (autobahn's ``onCloseFrame`` under daphne, uvicorn's ``handle_close``), so a
+client that reconnects the moment its close completes could find its clientId still taken.
+``hold_close_reply`` defers that answer until the application has released the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import socket
 import struct
+import sys
 from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger(__name__)
+
+# The longest a client's close frame waits for its connection's release before it is answered
+# anyway: a release is a Redis round trip or less (well under 10 ms), so this only bounds a stuck
+# Redis, whose lease then frees the slot.
+CLOSE_REPLY_HOLD_SECONDS = 1.0
 
 
 def _unwrap(send):
@@ -113,6 +127,103 @@ def connection_aborter(send) -> Callable[[], None] | None:
         asyncio_transport.abort()
 
     return reset
+
+
+def hold_close_reply(send, release: Callable[[], Awaitable[None]]) -> bool:
+    """Have the server below ``send`` answer the client's close frame only once ``release()`` is done.
+
+    ``release`` is called (once) when the client's close frame arrives on the open connection;
+    the reply close frame follows when it returns, or after ``CLOSE_REPLY_HOLD_SECONDS``. Closes
+    the server starts, and connections that drop, are not held. Returns False under a server that
+    cannot hold it (the release then runs on ``websocket.disconnect``, after the reply).
+    """
+    protocol = _protocol(send)
+    if protocol is not None and hasattr(protocol, "onCloseFrame") and hasattr(protocol, "STATE_OPEN"):
+        _DaphneCloseHold(protocol, release)
+        return True
+    owner = getattr(_unwrap(send), "__self__", None)
+    if hasattr(owner, "close_reply_hold"):
+        owner.close_reply_hold = release  # channels_app.uvicorn_ws.WebSocketProtocol
+        return True
+    # Not imported here: under daphne, uvicorn's modules in sys.modules would mean "uvicorn serves".
+    sansio = sys.modules.get("uvicorn.protocols.websockets.websockets_sansio_impl")
+    if sansio is not None and isinstance(owner, sansio.WebSocketsSansIOProtocol):
+        _warn_once_without_hold()
+    return False
+
+
+class _DaphneCloseHold:
+    """Stands in for autobahn's ``onCloseFrame`` on one daphne connection (an instance attribute,
+    so other connections are untouched): a close frame arriving while the connection is open is
+    answered by the original method once the release is done."""
+
+    __slots__ = ("original", "protocol", "release")
+
+    def __init__(self, protocol, release: Callable[[], Awaitable[None]]):
+        self.protocol = protocol
+        self.original = protocol.onCloseFrame
+        self.release = release
+        protocol.onCloseFrame = self.on_close_frame
+
+    def on_close_frame(self, code, reason_raw):
+        """autobahn's close-frame callback: hold the reply of a close the client started."""
+        protocol = self.protocol
+        # One close frame is held at most; the instance attribute goes and the class method is back.
+        del protocol.onCloseFrame
+        if protocol.state != protocol.STATE_OPEN:
+            return self.original(code, reason_raw)
+        # While held the connection stays OPEN for autobahn: frames the client sends after its close
+        # frame (it should send none) still reach the application, as they would have before.
+        reply_after(self.release, functools.partial(self.original, code, reason_raw))
+        return None
+
+
+class HeldReply:
+    """Sends a held close reply once: when the release is done or when the hold times out."""
+
+    __slots__ = ("reply", "timer")
+
+    def __init__(self, reply: Callable[[], object]):
+        self.reply: Callable[[], object] | None = reply
+        self.timer: asyncio.TimerHandle | None = None
+
+    def released(self, done: asyncio.Future) -> None:
+        """The release is done (or failed): reply."""
+        if not done.cancelled():
+            # The application's own wait for the release reports a failure; this one only sends.
+            done.exception()
+        self.send()
+
+    def timed_out(self) -> None:
+        """The release takes too long: reply anyway."""
+        logger.warning("answered a WebSocket close frame after %ss without its release", CLOSE_REPLY_HOLD_SECONDS)
+        self.timer = None
+        self.send()
+
+    def send(self) -> None:
+        """Reply now, unless that was done already."""
+        reply, self.reply = self.reply, None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if reply is not None:
+            reply()
+
+
+def reply_after(release: Callable[[], Awaitable[None]], reply: Callable[[], object]) -> HeldReply:
+    """Start ``release()`` and call ``reply()`` once, when it is done or after ``CLOSE_REPLY_HOLD_SECONDS``."""
+    held = HeldReply(reply)
+    held.timer = asyncio.get_running_loop().call_later(CLOSE_REPLY_HOLD_SECONDS, held.timed_out)
+    asyncio.ensure_future(release()).add_done_callback(held.released)
+    return held
+
+
+@functools.cache
+def _warn_once_without_hold() -> None:
+    logger.warning(
+        "uvicorn runs without --ws channels_app.uvicorn_ws:WebSocketProtocol: a client that reconnects "
+        "the moment its close completes may find its clientId still taken (4409)"
+    )
 
 
 def _unknown() -> int:

@@ -93,8 +93,10 @@ print(max(1 << 20, 2 * load_config().server.max_message_size), max(math.ceil(gra
 ')
     # No permessage-deflate: daphne offers none, and it would cost CPU and zlib memory per connection.
     # --http: deadlines for a request's head and body (channels_app/uvicorn_limits.py).
+    # --ws: uvicorn's websockets-sansio, answering a client's close frame once its slot is free
+    # (channels_app/uvicorn_ws.py).
     exec uvicorn realtime_project.asgi:application --host "$HOST" --port "$PORT" \
-        --ws websockets-sansio --ws-max-size "${limits% *}" --ws-per-message-deflate false \
+        --ws channels_app.uvicorn_ws:WebSocketProtocol --ws-max-size "${limits% *}" --ws-per-message-deflate false \
         --ws-ping-interval 20 --ws-ping-timeout 30 --lifespan off --backlog 2048 \
         --http channels_app.uvicorn_limits:LimitedH11Protocol \
         --timeout-graceful-shutdown "${limits#* }" "$@"

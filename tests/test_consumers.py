@@ -279,3 +279,51 @@ async def test_a_frame_waiting_for_room_is_not_published_once_the_connection_clo
         await runtime.in_flight.wait_idle()
     # The frames in flight were published; the one waiting for room and those not yet read were not.
     assert await history.head("room-1") == consumers.PUBLISHES_IN_FLIGHT
+
+
+async def test_a_connection_replaced_before_its_hub_joined_the_channel_is_closed_with_4001(runtime):
+    """The replacing connection's close event went out before the older one subscribed, so no hub
+    could close it: the older one finds its slot gone once subscribed, and is refused."""
+    configure(runtime, duplicate_client_id="replace")
+    older = await services.connection_open(reference="room-1", transport="WS", client_id="laptop", since=None)
+    newer = await services.connection_open(reference="room-1", transport="WS", client_id="laptop", since=None)
+    assert runtime.stats.counters()["connections_replaced"] == 1
+    subscription = consumers.Subscription(
+        channel_id="room-1",
+        client_id="laptop",
+        echo=False,
+        encode=consumers.encode_frame,
+        encode_control=consumers.encode_control,
+        outbox=consumers.Outbox(
+            write=None, max_messages=10, max_bytes=10_000, on_overflow=None, buffered_bytes=lambda: 0
+        ),
+        on_close=None,
+        holder=older.holder,
+    )
+    with pytest.raises(ApplicationError) as refused:
+        await services.subscription_start(connection=older, subscription=subscription)
+    assert (refused.value.close_code, refused.value.code, refused.value.status) == (4001, "replaced", 409)
+    await services.connection_close(connection=older, subscription=subscription)
+    assert await runtime.presence.holds("room-1", "laptop", newer.holder)
+    await services.connection_close(connection=newer, subscription=None)
+    assert await runtime.presence.count("room-1") == 0
+
+
+async def test_a_close_asked_for_before_the_handshake_completes_follows_it(runtime, monkeypatch):
+    """The hub may close a connection while it is still subscribing (a replaced clientId, a deleted
+    channel): the close frame goes out after the accept, never before it."""
+    subscribe = consumers.subscription_start
+
+    async def subscribe_then_close(*, connection, subscription):
+        await subscribe(connection=connection, subscription=subscription)
+        runtime.hub.close_replaced("room-1", connection.client_id, connection.holder)
+        await asyncio.sleep(0.05)  # as if the replay were still being read from Redis
+
+    monkeypatch.setattr(consumers, "subscription_start", subscribe_then_close)
+    communicator = WebsocketCommunicator(application, "/api/v1/channels/room-1?clientId=laptop")
+    await communicator.send_input({"type": "websocket.connect"})
+    assert (await communicator.receive_output(5))["type"] == "websocket.accept"
+    body, code = await closed(communicator)
+    assert (code, body["code"], body["error"]) == (4001, 4001, "replaced")
+    assert await runtime.presence.count("room-1") == 0
+    assert runtime.hub.local_count("room-1") == 0

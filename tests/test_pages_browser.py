@@ -388,3 +388,19 @@ def test_the_javascript_client_as_documented(keyed_server, pages):
     )
     assert "POST /api/v1/channels/<id>/messages" in error
     assert pages.problems == []
+
+
+def test_a_replaced_page_says_so_and_does_not_take_the_slot_back(start_server, pages):
+    """``duplicate_client_id: replace``: a page whose clientId joined elsewhere stops (4001); were it
+    to reconnect, it would replace the newer connection, and the two would alternate for ever."""
+    server = start_server(pages_config().replace("pubsub:", '  duplicate_client_id: "replace"\npubsub:'))
+    page = pages.open(f"{server.http}/web/chat/")
+    page.evaluate("sessionStorage.setItem('realtime.chat.tag', 'abc123')")
+    join_chat(page, "Ivy")
+    with websockets.sync.client.connect(server.channel_url("chat-1", clientId="Ivy-abc123")) as newer:
+        expect(page.get_by_role("alert")).to_contain_text("replaced this one")
+        expect(page.get_by_role("alert")).to_contain_text("4001")
+        expect(page.get_by_role("status").first).to_contain_text("Disconnected")
+        newer.send("still mine")  # the newer connection keeps its slot: the page did not come back
+        assert httpx.get(server.channel_url("chat-1", scheme="http", upgrade="0"), timeout=5).json()["connections"] == 1
+    assert pages.problems == []

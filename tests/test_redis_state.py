@@ -1,5 +1,6 @@
-"""Redis state: a run of messages is recorded in one step; a renewal racing a release does not
-bring the released slot back."""
+"""Redis state: a run of messages is recorded in one step; a lease renewal brings back slots a
+Redis restart lost, but never a released or replaced one (the rest of the slot contract, shared with
+MEMORY mode, is in test_presence.py)."""
 
 from __future__ import annotations
 
@@ -75,28 +76,52 @@ def _while_renewing(monkeypatch, action):
 
 
 async def test_a_slot_released_during_a_renewal_stays_released(presence, monkeypatch):
-    await presence.acquire(ROOM, "leaving")
-    await presence.acquire(ROOM, "staying")
-    _while_renewing(monkeypatch, lambda: presence.release("room-1", "leaving"))
+    await presence.acquire(ROOM, "leaving", "h-leaving")
+    await presence.acquire(ROOM, "staying", "h-staying")
+    _while_renewing(monkeypatch, lambda: presence.release("room-1", "leaving", "h-leaving"))
     await presence.renew()
     monkeypatch.undo()
     assert await presence.count("room-1") == 1
     assert not await presence.contains("room-1", "leaving")
-    await presence.acquire(ROOM, "leaving")  # the client may come straight back
+    await presence.acquire(ROOM, "leaving", "h-again")  # the client may come straight back
 
 
 async def test_a_slot_taken_again_during_a_renewal_is_kept(presence, monkeypatch):
-    await presence.acquire(ROOM, "back")
+    await presence.acquire(ROOM, "back", "h-first")
 
     async def leave_and_return():
-        await presence.release("room-1", "back")
-        await presence.acquire(ROOM, "back")
+        await presence.release("room-1", "back", "h-first")
+        await presence.acquire(ROOM, "back", "h-second")
 
     _while_renewing(monkeypatch, leave_and_return)
     await presence.renew()
     monkeypatch.undo()
-    assert await presence.contains("room-1", "back")
+    assert await presence.holds("room-1", "back", "h-second")
     assert await presence.count("room-1") == 1
+
+
+async def test_a_renewal_puts_back_slots_lost_in_a_redis_restart(presence, redis_server):
+    await presence.acquire(ROOM, "survivor", "h-survivor")
+    await presence._redis.flushall()  # what a restart without persistence leaves
+    await presence.renew()
+    assert await presence.holds("room-1", "survivor", "h-survivor")
+    assert await presence.count("room-1") == 1
+
+
+async def test_a_renewal_never_brings_back_a_replaced_slot(presence, redis_server):
+    """The old connection's instance renews after a newer connection (another instance) replaced
+    it, and again once that newer one has left: the slot is neither taken back nor resurrected."""
+    other_client = redis.from_url(redis_server.url)
+    other = RedisPresence(other_client, "t", lease=30)
+    await presence.acquire(ROOM, "laptop", "h-asleep")
+    assert await other.acquire(ROOM, "laptop", "h-awake", replace=True) == "h-asleep"
+    await presence.renew()
+    assert await presence.holds("room-1", "laptop", "h-awake")
+    await other.release("room-1", "laptop", "h-awake")
+    await presence.renew()
+    assert not await presence.contains("room-1", "laptop")
+    assert await presence.count("room-1") == 0
+    await other_client.aclose()
 
 
 async def test_connections_pooled_before_a_redis_restart_do_not_fail_a_command_after_it(tmp_path):

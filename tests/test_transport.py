@@ -1,18 +1,28 @@
-"""The server probes see through middleware that wraps ``send``, under daphne and under uvicorn."""
+"""The server probes see through middleware that wraps ``send``, under daphne and under uvicorn; the
+close reply waits for the connection's release under both."""
 
 import asyncio
 import functools
+import inspect
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
+import uvicorn
+import websockets
 
+from channels_app import transport
 from channels_app.security import SecurityHeadersMiddleware
 from channels_app.transport import (
     asgi_close_code_allowed,
     connection_aborter,
+    hold_close_reply,
     websocket_close_frame_sender,
     write_buffer_watch,
 )
+from channels_app.uvicorn_ws import WebSocketProtocol
+from tests.liveserver import ROOT, UVICORN_OPTIONS, free_port
 
 
 def _daphne_like_send():
@@ -134,3 +144,145 @@ def test_only_daphne_needs_a_drain_wait():
     assert write_buffer_watch(_UvicornLikeProtocol(_BufferingTransport(buffered=0)).send)[1] is None
     send, _ = _daphne_like_send()  # a Twisted transport without producer support
     assert write_buffer_watch(send)[1] is None
+
+
+# --------------------------------------------------------------------------------------------
+# hold_close_reply: the client's close frame is answered once the connection is released
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_server_internals_hold_close_reply_relies_on_still_exist():
+    """Fails in seconds when an upgrade of autobahn, daphne or uvicorn moves what the hold replaces."""
+    from autobahn.websocket.protocol import WebSocketProtocol as AutobahnProtocol
+    from daphne.ws_protocol import WebSocketProtocol as DaphneProtocol
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    # autobahn calls the close-frame callback through the instance, so an instance attribute replaces it,
+    # and a None return lets it go on reading.
+    assert "self.onCloseFrame(code, reasonRaw)" in inspect.getsource(AutobahnProtocol.processControlFrame)
+    assert list(inspect.signature(AutobahnProtocol.onCloseFrame).parameters) == ["self", "code", "reasonRaw"]
+    assert issubclass(DaphneProtocol, AutobahnProtocol) and DaphneProtocol.STATE_OPEN == AutobahnProtocol.STATE_OPEN
+    assert "self.sendCloseFrame(" in inspect.getsource(AutobahnProtocol.onCloseFrame)
+    # uvicorn dispatches close frames to handle_close, which writes websockets' queued reply.
+    assert "self.handle_close(event)" in inspect.getsource(WebSocketsSansIOProtocol.handle_events)
+    handle_close = inspect.getsource(WebSocketsSansIOProtocol.handle_close)
+    assert "self.conn.data_to_send()" in handle_close and '"websocket.disconnect"' in handle_close
+    for name in ("shutdown", "stop_keepalive"):
+        assert callable(getattr(WebSocketsSansIOProtocol, name))
+    init = inspect.getsource(WebSocketsSansIOProtocol.__init__)
+    assert all(f"self.{name}" in init for name in ("close_sent", "transport", "conn"))
+
+
+def test_uvicorn_loads_the_protocol_named_on_its_command_line():
+    config = uvicorn.Config(lambda scope, receive, send: None, ws=UVICORN_OPTIONS[UVICORN_OPTIONS.index("--ws") + 1])
+    config.load()
+    assert config.ws_protocol_class is WebSocketProtocol
+
+
+def _daphne_connection():
+    """A daphne WebSocket protocol, open, whose original close-frame handling is recorded."""
+    from daphne.ws_protocol import WebSocketProtocol as DaphneProtocol
+
+    protocol = DaphneProtocol()
+    protocol.state = protocol.STATE_OPEN
+    replies = []
+    protocol.onCloseFrame = lambda code, reason: replies.append((code, reason))
+
+    async def handle_reply(protocol, message):
+        return None
+
+    return functools.partial(handle_reply, protocol), protocol, replies
+
+
+async def test_daphne_answers_a_close_frame_once_the_release_is_done():
+    send, protocol, replies = _daphne_connection()
+    released = asyncio.Event()
+
+    async def release():
+        await asyncio.sleep(0.05)
+        released.set()
+
+    assert hold_close_reply(send, release)
+    assert protocol.onCloseFrame(1000, b"bye") is None  # autobahn goes on reading
+    assert replies == [] and not released.is_set()
+    await released.wait()
+    await asyncio.sleep(0)
+    assert replies == [(1000, b"bye")]
+
+
+async def test_daphne_answers_at_once_when_it_started_the_close_and_after_the_hold_when_the_release_hangs(
+    monkeypatch,
+):
+    send, protocol, replies = _daphne_connection()
+    hold_close_reply(send, asyncio.Event().wait)
+    protocol.state = protocol.STATE_CLOSING  # the server's close frame went first: this is the answer
+    protocol.onCloseFrame(1000, None)
+    assert replies == [(1000, None)]
+
+    monkeypatch.setattr(transport, "CLOSE_REPLY_HOLD_SECONDS", 0.05)
+    send, protocol, replies = _daphne_connection()
+    hold_close_reply(send, asyncio.Event().wait)
+    protocol.onCloseFrame(4000, None)
+    await asyncio.sleep(0.2)
+    assert replies == [(4000, None)]
+
+
+async def test_uvicorn_answers_a_close_frame_once_the_release_is_done_or_when_it_shuts_down():
+    releases: list[asyncio.Event] = []
+
+    async def application(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        release = asyncio.Event()
+        releases.append(release)
+        hold_close_reply(send, release.wait)
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+    port = free_port()
+    config = uvicorn.Config(application, host="127.0.0.1", port=port, ws=WebSocketProtocol, lifespan="off")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, no event
+            await asyncio.sleep(0.02)
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}/")
+        closing = asyncio.create_task(ws.close())
+        await asyncio.sleep(0.2)
+        assert not closing.done(), "answered before the release"
+        releases[0].set()
+        await asyncio.wait_for(closing, 2)
+        assert ws.close_code == 1000
+        # A reply still held when uvicorn shuts down goes out at once.
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}/")
+        closing = asyncio.create_task(ws.close())
+        await asyncio.sleep(0.1)
+        assert not closing.done()
+        server.should_exit = True
+        await asyncio.wait_for(closing, 2)
+        assert ws.close_code == 1000
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+
+
+def test_importing_the_transport_adapter_loads_no_uvicorn_module():
+    """shutdown.py tells the servers apart by whether uvicorn's modules are loaded: under daphne,
+    importing them (as uvicorn_ws.py does) would install the wrong SIGTERM drain."""
+    check = "import sys, channels_app.transport; print(sorted(m for m in sys.modules if m.startswith('uvicorn')))"
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_plain_websockets_sansio_cannot_hold_and_says_so_once(caplog):
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    transport._warn_once_without_hold.cache_clear()
+    plain = object.__new__(WebSocketsSansIOProtocol)  # as uvicorn --ws websockets-sansio builds it
+    assert not hold_close_reply(plain.send, asyncio.Event().wait)
+    assert not hold_close_reply(plain.send, asyncio.Event().wait)
+    warnings = [record for record in caplog.records if "channels_app.uvicorn_ws:WebSocketProtocol" in record.message]
+    assert len(warnings) == 1
+    ours = object.__new__(WebSocketProtocol)
+    assert hold_close_reply(ours.send, asyncio.Event().wait)
+    assert ours.close_reply_hold is not None

@@ -23,7 +23,12 @@ import uvicorn
 import websockets
 
 from channels_app.security import SecurityHeadersMiddleware
-from channels_app.transport import connection_aborter, websocket_close_frame_sender, write_buffer_watch
+from channels_app.transport import (
+    connection_aborter,
+    websocket_close_frame_sender,
+    write_buffer_watch,
+)
+from channels_app.uvicorn_ws import WebSocketProtocol
 from tests.liveserver import ROOT, UVICORN_OPTIONS, base_environment, free_port
 from tests.test_hardening_websocket import handshake
 from tests.test_ws_endpoint import SLOW_CONFIG
@@ -67,7 +72,7 @@ async def test_transport_helpers_find_uvicorns_websocket_and_http_connections():
         SecurityHeadersMiddleware(application),
         host="127.0.0.1",
         port=port,
-        ws="websockets-sansio",
+        ws=WebSocketProtocol,
         lifespan="off",
         log_level="warning",
     )

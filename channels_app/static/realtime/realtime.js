@@ -22,6 +22,7 @@
     1001: "The server is restarting or shutting down.",
     1003: "The server accepts text messages only.",
     1009: "The message was too large for the server.",
+    4001: "Another connection with this name (clientId) joined the channel and replaced this one, probably from another tab or device.",
     4400: "The server refused the request as malformed.",
     4401: "This channel is private: joining it needs a valid token.",
     4403: "This connection is not allowed: the channel is private or this site's origin is not accepted by the server.",
@@ -36,8 +37,9 @@
   };
 
   // Refusals that a retry cannot fix. 4409 is among them only before the first successful
-  // connection: after a server restart the old connection's slot may linger for a moment.
-  const PERMANENT = new Set([1003, 4400, 4401, 4403, 4404, 4410]);
+  // connection: after a server restart the old connection's slot may linger for a moment. 4001
+  // (replaced by a newer connection with this clientId): reconnecting would replace that one.
+  const PERMANENT = new Set([1003, 4001, 4400, 4401, 4403, 4404, 4410]);
   const MAX_SEEN_IDS = 2000;
 
   /** A sentence explaining a close code or refusal, for people. */

@@ -3,11 +3,11 @@
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
 
-from .channel_services import channel_disconnect_all
+from .core.channel_services import channel_disconnect_all
+from .core.runtime import get_runtime
 from .errors import ApplicationError
 from .models import Channel
 from .publishing import apublish
-from .runtime import get_runtime
 
 YAML_OVERWRITE_WARNING = (
     "This channel comes from the YAML configuration: the next sync_channels run overwrites edits "

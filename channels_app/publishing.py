@@ -30,11 +30,11 @@ from asgiref.sync import SyncToAsync, async_to_sync
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from .core.runtime import get_runtime, serves_subscribers
+from .core.services import message_publish
 from .jsoncodec import json_text
 from .messages import Message
 from .naming import SERVER_CLIENT_ID
-from .runtime import get_runtime, serves_subscribers
-from .services import message_publish
 
 NOT_SERVING_MEMORY = (
     "channels_app.publish() and apublish() reach no subscriber from this process: it serves none "

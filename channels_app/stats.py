@@ -1,4 +1,4 @@
-"""Counters and latency observations kept per process, exported by ``metrics.py``."""
+"""Counters and latency observations kept per process, exported by ``http/metrics.py``."""
 
 from __future__ import annotations
 

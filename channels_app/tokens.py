@@ -2,7 +2,7 @@
 
 A token names one channel (``channel``), one client (``sub``), an expiry (``exp``) and whether
 the client may publish (``pub``). It travels as ``?token=`` because an ``EventSource`` cannot
-send headers; daphne's access log is redacted so it never shows there (see logredact.py).
+send headers; daphne's access log is redacted so it never shows there (see ops/logredact.py).
 The signing key is ``REALTIME_TOKEN_SECRET`` (falling back to ``DJANGO_SECRET_KEY``): every
 instance must share it.
 """

@@ -10,14 +10,14 @@ django_application = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-from channels_app.auth import log_security_warnings  # noqa: E402
-from channels_app.gctuning import tune_after_startup  # noqa: E402
-from channels_app.logformat import RequestIdMiddleware  # noqa: E402
-from channels_app.request_limits import RequestLimitMiddleware  # noqa: E402
-from channels_app.request_limits import install as install_request_limits  # noqa: E402
-from channels_app.routing import http_router, websocket_router  # noqa: E402
-from channels_app.runtime import mark_serving  # noqa: E402
-from channels_app.shutdown import install as install_graceful_shutdown  # noqa: E402
+from channels_app.core.runtime import mark_serving  # noqa: E402
+from channels_app.http.auth import log_security_warnings  # noqa: E402
+from channels_app.http.limits import RequestLimitMiddleware  # noqa: E402
+from channels_app.http.limits import install as install_request_limits  # noqa: E402
+from channels_app.ops.gctuning import tune_after_startup  # noqa: E402
+from channels_app.ops.logformat import RequestIdMiddleware  # noqa: E402
+from channels_app.ops.shutdown import install as install_graceful_shutdown  # noqa: E402
+from channels_app.transports.routing import http_router, websocket_router  # noqa: E402
 
 log_security_warnings()
 install_graceful_shutdown()

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from channels_app.runtime import reset_runtime
+from channels_app.core.runtime import reset_runtime
 from tests.liveserver import SERVERS, LiveServer
 
 POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
@@ -102,7 +102,7 @@ async def inprocess_runtime(fresh_runtime):
     The channel layer outlives the test's event loop, so a hub left running (or its channel left in a
     group) would break the next test's ``group_send``.
     """
-    from channels_app.runtime import get_runtime
+    from channels_app.core.runtime import get_runtime
 
     runtime = get_runtime()
     yield runtime

@@ -33,9 +33,9 @@ UVICORN_BACKLOG = 2048
 # What scripts/entrypoint.sh passes to uvicorn besides the address and the two options it derives
 # from the configuration (tests/test_uvicorn.py checks the script says the same).
 UVICORN_OPTIONS = (
-    "--ws", "channels_app.uvicorn_ws:WebSocketProtocol", "--ws-per-message-deflate", "false",
+    "--ws", "channels_app.adapters.uvicorn_ws:WebSocketProtocol", "--ws-per-message-deflate", "false",
     "--ws-ping-interval", "20", "--ws-ping-timeout", "30", "--lifespan", "off", "--backlog", str(UVICORN_BACKLOG),
-    "--http", "channels_app.uvicorn_limits:LimitedH11Protocol",
+    "--http", "channels_app.adapters.uvicorn_http:LimitedH11Protocol",
 )  # fmt: skip
 
 

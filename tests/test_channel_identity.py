@@ -92,7 +92,7 @@ def test_api_refuses_a_name_that_is_another_channels_id(api_server):
 CREATE_SCRIPT = """
 import asyncio, time
 from unittest import mock
-from channels_app.channel_services import ChannelDraft, channel_create
+from channels_app.core.channel_services import ChannelDraft, channel_create
 from channels_app.models import Channel
 
 save = Channel.save

@@ -9,10 +9,11 @@ from dataclasses import replace
 import pytest
 from channels.testing import WebsocketCommunicator
 
-from channels_app import consumers, services
+from channels_app.core import services
+from channels_app.core.fanout_repair import FanoutRepair
 from channels_app.errors import ApplicationError
-from channels_app.fanout_repair import FanoutRepair
 from channels_app.models import Channel
+from channels_app.transports import websocket as consumers
 from realtime_project.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -288,7 +288,7 @@ def test_dockerignore():
                  "bench/results/run.json", ".pytest_cache/v", "channels_app/__pycache__/a.pyc"):  # fmt: skip
         assert dockerignored(path, patterns), f"{path} would be copied into the image"
     for path in ("requirements.txt", "manage.py", "scripts/entrypoint.sh", "configs/memory.config.yaml",
-                 "configs/redis.config.yaml", "channels_app/health.py", "realtime_project/settings.py",
+                 "configs/redis.config.yaml", "channels_app/http/health.py", "realtime_project/settings.py",
                  "templates"):  # fmt: skip
         assert not dockerignored(path, patterns), f"{path} is needed in the image but ignored"
 

@@ -15,9 +15,9 @@ from asgiref.testing import ApplicationCommunicator
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
+from channels_app.core.services import message_publish
 from channels_app.models import Channel
 from channels_app.naming import channel_group
-from channels_app.services import message_publish
 from realtime_project.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -13,7 +13,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from channels_app.openapi import openapi_document
+from channels_app.http.openapi import openapi_document
 
 API_KEY = "schemathesis-key-0123456789"
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "60"))

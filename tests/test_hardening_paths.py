@@ -323,7 +323,7 @@ def test_missing_and_forged_origins_on_websockets(server, origin, admitted):
         pytest.skip("websockets sends ASCII headers only")
     opened, frame = asyncio.run(scenario())
     if origin is not None and origin.startswith("https://127.0.0.1"):
-        # Same host and port as the Host header: origins.py compares host:port only (scheme aside).
+        # Same host and port as the Host header: transports/origins.py compares host:port only (scheme aside).
         admitted = True
     assert opened is admitted, frame
     if not admitted:

@@ -33,12 +33,12 @@ from channels_app.config import (
     RealtimeConfig,
     parse_config,
 )
+from channels_app.core.runtime import Runtime
+from channels_app.core.services import message_publish
 from channels_app.errors import ApplicationError
 from channels_app.messages import Position, position_parse
 from channels_app.naming import CLIENT_ID_PATTERN, SERVER_CLIENT_ID, channel_group, client_id_parse
-from channels_app.registry import ChannelInfo
-from channels_app.runtime import Runtime
-from channels_app.services import message_publish
+from channels_app.registry.cache import ChannelInfo
 from channels_app.tokens import MAX_TTL_SECONDS, TokenClaims, token_mint, token_verify
 
 hypothesis_settings.register_profile(

@@ -11,9 +11,9 @@ import pytest
 import websockets
 
 from channels_app.errors import ApplicationError
-from channels_app.history import MemoryHistory
 from channels_app.messages import Position, position_parse
-from channels_app.registry import ChannelInfo
+from channels_app.registry.cache import ChannelInfo
+from channels_app.state.history import MemoryHistory
 
 
 def channel(*, history_size: int = 100, history_ttl: int = 3600) -> ChannelInfo:

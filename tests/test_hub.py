@@ -8,14 +8,14 @@ from dataclasses import replace
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from channels_app.history import Draft, MemoryHistory
-from channels_app.hub import Hub
+from channels_app.core.hub import Hub
+from channels_app.core.outbox import Outbox
+from channels_app.core.subscription import Subscription
 from channels_app.messages import layer_event
 from channels_app.naming import channel_group
-from channels_app.outbox import Outbox
-from channels_app.registry import ChannelInfo
+from channels_app.registry.cache import ChannelInfo
+from channels_app.state.history import Draft, MemoryHistory
 from channels_app.stats import Stats
-from channels_app.subscription import Subscription
 
 ROOM = ChannelInfo(id="room-1", name="room", type="WS", max_connections=100, history_size=100, history_ttl=3600)
 
@@ -249,7 +249,7 @@ async def test_queued_events_reach_each_writer_a_turn_at_a_time(hub):
 def test_a_turn_of_the_largest_messages_fits_a_quarter_of_every_bound():
     from types import SimpleNamespace
 
-    from channels_app.hub import EVENTS_PER_TURN, events_per_turn
+    from channels_app.core.hub import EVENTS_PER_TURN, events_per_turn
 
     def server(messages=1000, pending_bytes=4 * 2**20, message_size=65536):
         return SimpleNamespace(

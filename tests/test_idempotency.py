@@ -12,11 +12,11 @@ import pytest
 import redis.asyncio as redis
 
 from channels_app.errors import ApplicationError
-from channels_app.history import Draft, MemoryHistory, Replayed
-from channels_app.idempotency import MemoryReceipts, idempotency_key_parse
 from channels_app.messages import Message
-from channels_app.redis_state import RedisHistory
-from channels_app.registry import ChannelInfo
+from channels_app.registry.cache import ChannelInfo
+from channels_app.state.history import Draft, MemoryHistory, Replayed
+from channels_app.state.idempotency import MemoryReceipts, idempotency_key_parse
+from channels_app.state.redis import RedisHistory
 
 ROOM = ChannelInfo(
     id="room-1", name="room", type="WS", max_connections=10, history_size=10, history_ttl=3600, incarnation=7

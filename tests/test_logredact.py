@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from uvicorn.logging import AccessFormatter
 
-from channels_app import logredact
-from channels_app.logformat import JsonFormatter
-from channels_app.logredact import SENSITIVE_PARAMETERS, install_log_redaction, redact
+from channels_app.ops import logredact
+from channels_app.ops.logformat import JsonFormatter
+from channels_app.ops.logredact import SENSITIVE_PARAMETERS, install_log_redaction, redact
 
 JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJjaGFubmVsIjoidmF1bHQtMSIsInN1YiI6ImEiLCJleHAiOjE3MDAwMDAwMDB9"

@@ -4,8 +4,8 @@ import re
 
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from channels_app.openapi import openapi_document
-from channels_app.routing import CHANNEL_PATH
+from channels_app.http.openapi import openapi_document
+from channels_app.transports.routing import CHANNEL_PATH
 
 
 def _django_routes(patterns, prefix: str = "") -> dict[str, set[str]]:
@@ -23,7 +23,7 @@ def _django_routes(patterns, prefix: str = "") -> dict[str, set[str]]:
 
 def test_every_route_and_method_is_documented_and_nothing_else():
     routes = _django_routes(get_resolver().url_patterns)
-    # GET on the channel URL is routed before Django (routing.py): streams, WebSockets, preflight.
+    # GET on the channel URL is routed before Django (transports/routing.py): streams, WebSockets, preflight.
     assert CHANNEL_PATH.startswith("^api/v1/channels/")
     routes.setdefault("/api/v1/channels/{channel}", set()).add("get")
     documented = {

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import websockets
 
-from channels_app.origins import cors_headers, origin_allowed
+from channels_app.transports.origins import cors_headers, origin_allowed
 
 
 def server_config(*allowed: str, allow_all: bool = False) -> SimpleNamespace:

@@ -16,12 +16,12 @@ import time
 from channels.layers import InMemoryChannelLayer
 from django.conf import settings
 
+from channels_app.core.fanout_repair import FanoutRepair
+from channels_app.core.runtime import Runtime
+from channels_app.core.services import message_publish, message_publish_receipt
 from channels_app.errors import ApplicationError
-from channels_app.fanout_repair import FanoutRepair
 from channels_app.naming import channel_group
-from channels_app.registry import ChannelInfo
-from channels_app.runtime import Runtime
-from channels_app.services import message_publish, message_publish_receipt
+from channels_app.registry.cache import ChannelInfo
 
 CHANNEL = ChannelInfo(id="order-1", name="order", type="WS", max_connections=10, history_size=10, history_ttl=3600)
 

@@ -14,11 +14,11 @@ import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
 from channels_app.errors import ApplicationError
-from channels_app.history import Draft, Replayed
-from channels_app.idempotency import idempotency_key_parse
 from channels_app.messages import Position
-from channels_app.redis_state import RedisHistory, RedisPresence
-from channels_app.registry import ChannelInfo
+from channels_app.registry.cache import ChannelInfo
+from channels_app.state.history import Draft, Replayed
+from channels_app.state.idempotency import idempotency_key_parse
+from channels_app.state.redis import RedisHistory, RedisPresence
 
 pytestmark = pytest.mark.asyncio
 
@@ -130,7 +130,7 @@ async def test_connections_pooled_before_a_redis_restart_do_not_fail_a_command_a
     command with a 503 although Redis was back."""
     from types import SimpleNamespace
 
-    from channels_app.redis_state import redis_client
+    from channels_app.state.redis import redis_client
     from tests.redisserver import RedisServer
 
     server = RedisServer.start(tmp_path)

@@ -1,4 +1,4 @@
-"""What one HTTP request may cost (channels_app/request_limits.py), under daphne and uvicorn.
+"""What one HTTP request may cost (channels_app/http/limits.py), under daphne and uvicorn.
 
 Raw-socket clients, so that what the server answers *before* a body is sent can be seen: a
 declared body over the limit, a chunked body passing it, an unauthenticated write, a trickled
@@ -385,8 +385,8 @@ def test_the_limit_follows_max_message_size(start_server, asgi_server, tmp_path)
 
 async def test_the_api_view_checks_the_key_and_the_length_before_reading_the_body(settings):
     """DirectApiView on its own (without the middleware and the server hooks in front of it)."""
-    from channels_app import api
-    from channels_app.direct_api import DirectApiView
+    from channels_app.http import api
+    from channels_app.http.direct_api import DirectApiView
 
     settings.REALTIME_API_KEYS = (API_KEY,)
     view = DirectApiView(api.channel_messages)
@@ -470,6 +470,6 @@ def test_the_server_internals_we_rely_on_are_still_there():
 
 
 def _limited_factory():
-    from channels_app.daphne_limits import LimitedHTTPFactory
+    from channels_app.adapters.daphne_limits import LimitedHTTPFactory
 
     return LimitedHTTPFactory

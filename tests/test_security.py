@@ -22,7 +22,7 @@ import pytest
 import websockets
 from playwright.sync_api import expect, sync_playwright
 
-from channels_app.security import CONTENT_SECURITY_POLICY
+from channels_app.http.security import CONTENT_SECURITY_POLICY
 from tests.conftest import TEST_CONFIG
 from tests.liveserver import ROOT, base_environment, manage
 

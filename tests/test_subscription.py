@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from channels_app.history import Gap, Replay
+from channels_app.core.outbox import Outbox
+from channels_app.core.subscription import Subscription
 from channels_app.messages import Message, Position
-from channels_app.outbox import Outbox
-from channels_app.subscription import Subscription
+from channels_app.state.history import Gap, Replay
 
 
 def message(offset: int | None, *, epoch: str = "e1", client_id: str = "writer", payload: str | None = None) -> Message:

@@ -12,16 +12,16 @@ import pytest
 import uvicorn
 import websockets
 
-from channels_app import transport
-from channels_app.security import SecurityHeadersMiddleware
-from channels_app.transport import (
+from channels_app.adapters import servers as transport
+from channels_app.adapters.servers import (
     asgi_close_code_allowed,
     connection_aborter,
     hold_close_reply,
     websocket_close_frame_sender,
     write_buffer_watch,
 )
-from channels_app.uvicorn_ws import WebSocketProtocol
+from channels_app.adapters.uvicorn_ws import WebSocketProtocol
+from channels_app.http.security import SecurityHeadersMiddleware
 from tests.liveserver import ROOT, UVICORN_OPTIONS, free_port
 
 
@@ -267,9 +267,11 @@ async def test_uvicorn_answers_a_close_frame_once_the_release_is_done_or_when_it
 
 
 def test_importing_the_transport_adapter_loads_no_uvicorn_module():
-    """shutdown.py tells the servers apart by whether uvicorn's modules are loaded: under daphne,
-    importing them (as uvicorn_ws.py does) would install the wrong SIGTERM drain."""
-    check = "import sys, channels_app.transport; print(sorted(m for m in sys.modules if m.startswith('uvicorn')))"
+    """ops/shutdown.py tells the servers apart by whether uvicorn's modules are loaded: under daphne,
+    importing them (as adapters/uvicorn_ws.py does) would install the wrong SIGTERM drain."""
+    check = (
+        "import sys, channels_app.adapters.servers; print(sorted(m for m in sys.modules if m.startswith('uvicorn')))"
+    )
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -281,7 +283,9 @@ def test_plain_websockets_sansio_cannot_hold_and_says_so_once(caplog):
     plain = object.__new__(WebSocketsSansIOProtocol)  # as uvicorn --ws websockets-sansio builds it
     assert not hold_close_reply(plain.send, asyncio.Event().wait)
     assert not hold_close_reply(plain.send, asyncio.Event().wait)
-    warnings = [record for record in caplog.records if "channels_app.uvicorn_ws:WebSocketProtocol" in record.message]
+    warnings = [
+        record for record in caplog.records if "channels_app.adapters.uvicorn_ws:WebSocketProtocol" in record.message
+    ]
     assert len(warnings) == 1
     ours = object.__new__(WebSocketProtocol)
     assert hold_close_reply(ours.send, asyncio.Event().wait)

@@ -2,7 +2,7 @@
 
 The endpoint tests (test_ws_endpoint.py, test_sse_endpoint.py) run under both servers, and
 test_deploy.py starts ``scripts/entrypoint.sh`` under both; this file covers what uvicorn does
-differently: how ``channels_app/transport.py`` finds its connections, backpressure on a client that
+differently: how ``channels_app/adapters/servers.py`` finds its connections, backpressure on a client that
 never reads, its own message limit, SIGTERM beside uvicorn's signal handling, and the setting.
 """
 
@@ -22,13 +22,13 @@ import pytest
 import uvicorn
 import websockets
 
-from channels_app.security import SecurityHeadersMiddleware
-from channels_app.transport import (
+from channels_app.adapters.servers import (
     connection_aborter,
     websocket_close_frame_sender,
     write_buffer_watch,
 )
-from channels_app.uvicorn_ws import WebSocketProtocol
+from channels_app.adapters.uvicorn_ws import WebSocketProtocol
+from channels_app.http.security import SecurityHeadersMiddleware
 from tests.liveserver import ROOT, UVICORN_OPTIONS, base_environment, free_port
 from tests.test_hardening_websocket import handshake
 from tests.test_ws_endpoint import SLOW_CONFIG
@@ -48,7 +48,7 @@ CLOSE_OPCODE = 0x8
 
 
 # --------------------------------------------------------------------------------------------
-# transport.py sees uvicorn's connections
+# adapters/servers.py sees uvicorn's connections
 # --------------------------------------------------------------------------------------------
 
 

@@ -165,6 +165,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # request.realtime: this process's Runtime, for the pages, probes, metrics and the admin.
+    "channels_app.composition.RuntimeMiddleware",
 ]
 
 ROOT_URLCONF = "realtime_project.urls"

@@ -6,10 +6,10 @@ import shutil
 import subprocess
 import textwrap
 import uuid
+from dataclasses import dataclass, replace
 
 import pytest
 
-from channels_app.core.runtime import reset_runtime
 from tests.liveserver import SERVERS, LiveServer
 
 POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
@@ -82,11 +82,13 @@ def any_server(start_server, asgi_server) -> LiveServer:
 
 
 @pytest.fixture(autouse=True)
-def fresh_runtime():
-    """Each test gets its own hub, registry and history (they bind to the test's event loop)."""
-    reset_runtime()
+def fresh_process():
+    """What the composition root built for this process (its runtime binds to the test's event loop)
+    is dropped after each test."""
     yield
-    reset_runtime()
+    from channels_app.composition import forget_process_runtime
+
+    forget_process_runtime()
 
 
 @pytest.fixture(scope="module")
@@ -95,19 +97,59 @@ def start_module_server(tmp_path_factory):
     yield from _servers_started_by(tmp_path_factory)
 
 
+def memory_runtime(*, layer=None, history=None, presence=None, registry=None, **server):
+    """A ``Runtime`` of the test's own: the given stores, registry and layer (memory ones by default),
+    and the settings' configuration with the given ``server`` keys."""
+    from channels.layers import InMemoryChannelLayer
+    from django.conf import settings
+
+    from channels_app.core.runtime import Runtime
+    from channels_app.state.history import MemoryHistory
+    from channels_app.state.presence import MemoryPresence
+
+    return Runtime(
+        config=replace(settings.REALTIME, server=replace(settings.REALTIME.server, **server)),
+        layer=layer if layer is not None else InMemoryChannelLayer(),
+        history=history or MemoryHistory(),
+        presence=presence or MemoryPresence(),
+        registry=registry,
+    )
+
+
+@dataclass
+class InProcess:
+    """The service built in this test's process: its runtime and its ASGI application."""
+
+    runtime: object
+    application: object
+
+
 @pytest.fixture
-async def inprocess_runtime(fresh_runtime):
-    """This process's runtime for in-process ASGI tests; its hub stops and the memory layer is flushed after.
-
-    The channel layer outlives the test's event loop, so a hub left running (or its channel left in a
-    group) would break the next test's ``group_send``.
+async def inprocess():
+    """``await inprocess(history=..., presence=..., **server)``: the service built in this process around
+    a ``Runtime`` of the test's own: the given stores (memory ones by default), the settings' channel
+    layer, and the settings' configuration with the given ``server`` keys. Its hub is stopped and the
+    layer flushed afterwards: the layer outlives the test's event loop, so a hub left running (or its
+    channel left in a group) would break the next test's ``group_send``.
     """
-    from channels_app.core.runtime import get_runtime
+    from channels.layers import get_channel_layer
+    from django.core.handlers.asgi import ASGIHandler
 
-    runtime = get_runtime()
-    yield runtime
-    await runtime.hub.stop()
-    await runtime.layer.flush()
+    from channels_app.composition import build_application
+
+    built = []
+
+    async def build(*, history=None, presence=None, **server) -> InProcess:
+        runtime = memory_runtime(layer=get_channel_layer(), history=history, presence=presence, **server)
+        built.append(runtime)
+        # ASGIHandler, not get_asgi_application(): that sets Django up again, which re-configures logging
+        # and drops the handlers pytest's caplog installed.
+        return InProcess(runtime, build_application(ASGIHandler(), runtime))
+
+    yield build
+    for runtime in built:
+        await runtime.hub.stop()
+        await runtime.layer.flush()
 
 
 @pytest.fixture

@@ -17,12 +17,13 @@ import time
 import jwt
 import pytest
 import yaml
-from channels.layers import BaseChannelLayer, InMemoryChannelLayer
+from channels.layers import BaseChannelLayer
 from django.conf import settings
 from hypothesis import HealthCheck, assume, given, note
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from channels_app.channel import ChannelInfo
 from channels_app.config import (
     CHANNEL_KEYS,
     IDENTIFIER_PATTERN,
@@ -33,13 +34,12 @@ from channels_app.config import (
     RealtimeConfig,
     parse_config,
 )
-from channels_app.core.runtime import Runtime
 from channels_app.core.services import message_publish
 from channels_app.errors import ApplicationError
 from channels_app.messages import Position, position_parse
 from channels_app.naming import CLIENT_ID_PATTERN, SERVER_CLIENT_ID, channel_group, client_id_parse
-from channels_app.registry.cache import ChannelInfo
 from channels_app.tokens import MAX_TTL_SECONDS, TokenClaims, token_mint, token_verify
+from tests.conftest import memory_runtime
 
 hypothesis_settings.register_profile(
     "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -334,7 +334,7 @@ def encodable(text: str) -> bool:
 @given(st.lists(st.text(alphabet=any_character, max_size=60), min_size=1, max_size=25))
 def test_message_publish_works_or_refuses_and_keeps_history_in_order(payloads):
     async def scenario():
-        runtime = Runtime(config=settings.REALTIME, layer=InMemoryChannelLayer())
+        runtime = memory_runtime()
         outcomes = []
         for payload in payloads:
             try:
@@ -364,7 +364,7 @@ def test_message_publish_works_or_refuses_and_keeps_history_in_order(payloads):
 @given(st.one_of(st.integers(), st.binary(), st.none(), st.lists(st.text())))
 def test_message_publish_refuses_a_payload_that_is_not_text(payload):
     async def scenario():
-        runtime = Runtime(config=settings.REALTIME, layer=InMemoryChannelLayer())
+        runtime = memory_runtime()
         with pytest.raises(ApplicationError):
             await message_publish(channel=PUBLISH_CHANNEL, payload=payload, client_id="prop", runtime=runtime)
         return await runtime.history.head(PUBLISH_CHANNEL.id)

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import websockets
 
+from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
 from channels_app.messages import Position, position_parse
-from channels_app.registry.cache import ChannelInfo
 from channels_app.state.history import MemoryHistory
 
 

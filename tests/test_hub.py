@@ -8,14 +8,14 @@ from dataclasses import replace
 import pytest
 from channels.layers import InMemoryChannelLayer
 
+from channels_app.channel import ChannelInfo
 from channels_app.core.hub import Hub
 from channels_app.core.outbox import Outbox
 from channels_app.core.subscription import Subscription
 from channels_app.messages import layer_event
 from channels_app.naming import channel_group
-from channels_app.registry.cache import ChannelInfo
 from channels_app.state.history import Draft, MemoryHistory
-from channels_app.stats import Stats
+from tests.conftest import memory_runtime
 
 ROOM = ChannelInfo(id="room-1", name="room", type="WS", max_connections=100, history_size=100, history_ttl=3600)
 
@@ -75,15 +75,16 @@ def encode_payload(message):
 
 @pytest.fixture
 async def hub():
-    layer = InMemoryChannelLayer(capacity=100_000)
-    history = MemoryHistory(epochs=lambda: "e1")
-    hub = Hub(layer=layer, history=history, registry=Registry(), stats=Stats())
+    runtime = memory_runtime(
+        layer=InMemoryChannelLayer(capacity=100_000), history=MemoryHistory(epochs=lambda: "e1"), registry=Registry()
+    )
+    hub = runtime.hub
     yield hub
     await hub.stop()
 
 
 async def publish(hub: Hub, payload: str, *, client_id: str = "writer", send: bool = True):
-    message = await hub.history.append(ROOM, payload=payload, client_id=client_id)
+    message = await hub.runtime.history.append(ROOM, payload=payload, client_id=client_id)
     if send:
         await hub.layer.group_send(channel_group(ROOM.id), message.to_event())
     return message
@@ -151,7 +152,7 @@ async def test_a_dropped_message_no_longer_in_history_is_announced_as_a_gap(hub)
     await publish(hub, "first")
     await publish(hub, "lost", send=False)
     # Appending with a history of one pushes "lost" out before the hub notices the hole.
-    third = await hub.history.append(replace(ROOM, history_size=1), payload="third", client_id="writer")
+    third = await hub.runtime.history.append(replace(ROOM, history_size=1), payload="third", client_id="writer")
     await hub.layer.group_send(channel_group(ROOM.id), third.to_event())
     frames = await reader.wait_for(3)
     assert frames[0] == ("message", "first", 1)
@@ -213,7 +214,7 @@ async def test_a_burst_of_queued_events_does_not_overflow_connections_that_keep_
     reader = Reader(encode_payload, max_messages=hub.events_per_turn)
     await hub.subscribe(reader.subscription)
     for index in range(50):
-        message = await hub.history.append(ROOM, payload=f"m{index}", client_id="writer")
+        message = await hub.runtime.history.append(ROOM, payload=f"m{index}", client_id="writer")
         await hub.layer.send(hub.channel_name, message.to_event())
     frames = await reader.wait_for(50)
     assert not reader.overflowed
@@ -239,7 +240,7 @@ async def test_queued_events_reach_each_writer_a_turn_at_a_time(hub):
     queued_at_each_write = count_queued_at_each_write(hub, reader)
     await hub.subscribe(reader.subscription)
     for index in range(3 * hub.events_per_turn):
-        message = await hub.history.append(ROOM, payload=f"m{index}", client_id="writer")
+        message = await hub.runtime.history.append(ROOM, payload=f"m{index}", client_id="writer")
         await hub.layer.send(hub.channel_name, message.to_event())
     await reader.wait_for(3 * hub.events_per_turn)
     assert hub.events_per_turn > 1
@@ -249,7 +250,7 @@ async def test_queued_events_reach_each_writer_a_turn_at_a_time(hub):
 def test_a_turn_of_the_largest_messages_fits_a_quarter_of_every_bound():
     from types import SimpleNamespace
 
-    from channels_app.core.hub import EVENTS_PER_TURN, events_per_turn
+    from channels_app.config import EVENTS_PER_TURN, events_per_turn
 
     def server(messages=1000, pending_bytes=4 * 2**20, message_size=65536):
         return SimpleNamespace(
@@ -270,7 +271,7 @@ async def test_a_run_of_messages_is_fanned_out_in_order_and_counts_as_its_messag
     runs = 4
     for run in range(runs):
         entries = [Draft(f"r{run}m{index}", "writer") for index in range(hub.events_per_turn)]
-        messages = await hub.history.append_many(ROOM, entries)
+        messages = await hub.runtime.history.append_many(ROOM, entries)
         await hub.layer.send(hub.channel_name, layer_event(messages))
     total = runs * hub.events_per_turn
     frames = await reader.wait_for(total)
@@ -284,7 +285,7 @@ async def test_a_run_that_skips_offsets_is_repaired_from_history(hub):
     await hub.subscribe(reader.subscription)
     await publish(hub, "first")
     await publish(hub, "dropped by the layer", send=False)
-    messages = await hub.history.append_many(ROOM, [Draft("third", "writer"), Draft("fourth", "writer")])
+    messages = await hub.runtime.history.append_many(ROOM, [Draft("third", "writer"), Draft("fourth", "writer")])
     await hub.layer.group_send(channel_group(ROOM.id), layer_event(messages))
     frames = await reader.wait_for(4)
     assert [frame[1] for frame in frames] == ["first", "dropped by the layer", "third", "fourth"]
@@ -299,7 +300,9 @@ async def test_a_message_that_fails_does_not_cost_the_rest_of_its_run(hub):
 
     reader = Reader(encode_or_fail)
     await hub.subscribe(reader.subscription)
-    messages = await hub.history.append_many(ROOM, [Draft("before", "w"), Draft("bad", "w"), Draft("after", "w")])
+    messages = await hub.runtime.history.append_many(
+        ROOM, [Draft("before", "w"), Draft("bad", "w"), Draft("after", "w")]
+    )
     await hub.layer.send(hub.channel_name, layer_event(messages))
     frames = await reader.wait_for(2)
     assert [frame[1] for frame in frames] == ["before", "after"]

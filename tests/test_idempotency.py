@@ -11,9 +11,9 @@ from dataclasses import replace
 import pytest
 import redis.asyncio as redis
 
+from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
 from channels_app.messages import Message
-from channels_app.registry.cache import ChannelInfo
 from channels_app.state.history import Draft, MemoryHistory, Replayed
 from channels_app.state.idempotency import MemoryReceipts, idempotency_key_parse
 from channels_app.state.redis import RedisHistory

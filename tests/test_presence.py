@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as redis
 
+from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
-from channels_app.registry.cache import ChannelInfo
 from channels_app.state.presence import MemoryPresence, new_holder
 from channels_app.state.redis import RedisPresence
 

@@ -14,14 +14,13 @@ import random
 import time
 
 from channels.layers import InMemoryChannelLayer
-from django.conf import settings
 
-from channels_app.core.fanout_repair import FanoutRepair
-from channels_app.core.runtime import Runtime
+from channels_app.channel import ChannelInfo
 from channels_app.core.services import message_publish, message_publish_receipt
 from channels_app.errors import ApplicationError
 from channels_app.naming import channel_group
-from channels_app.registry.cache import ChannelInfo
+from channels_app.state.history import MemoryHistory
+from tests.conftest import memory_runtime
 
 CHANNEL = ChannelInfo(id="order-1", name="order", type="WS", max_connections=10, history_size=10, history_ttl=3600)
 
@@ -59,8 +58,7 @@ def test_overlapping_publishes_reach_the_layer_in_offset_order():
     async def scenario():
         rng = random.Random(7)
         layer = TimestampingLayer(rng)
-        runtime = Runtime(config=settings.REALTIME, layer=layer)
-        runtime.history = YieldingHistory(runtime.history, rng)
+        runtime = memory_runtime(layer=layer, history=YieldingHistory(MemoryHistory(), rng))
         published = await asyncio.gather(
             *(message_publish(channel=CHANNEL, payload=f"m{i}", client_id="c", runtime=runtime) for i in range(64))
         )
@@ -89,8 +87,8 @@ class HeldHistory:
         return await self.history.append_many(*args, **kwargs)
 
 
-async def publish_while_held(runtime, history: HeldHistory, count: int):
-    runtime.history = history
+async def publish_while_held(runtime, count: int):
+    history = runtime.history
     tasks = [
         asyncio.ensure_future(message_publish(channel=CHANNEL, payload=f"m{i}", client_id="c", runtime=runtime))
         for i in range(count)
@@ -101,9 +99,9 @@ async def publish_while_held(runtime, history: HeldHistory, count: int):
 
 
 async def test_a_run_history_refuses_fails_each_of_its_publishers_with_its_own_error():
-    runtime = Runtime(config=settings.REALTIME, layer=InMemoryChannelLayer())
     refusal = ApplicationError("redis_unavailable", "Redis is away.", status=503, close_code=4503)
-    outcomes = await publish_while_held(runtime, HeldHistory(runtime.history, error=refusal), 5)
+    runtime = memory_runtime(history=HeldHistory(MemoryHistory(), error=refusal))
+    outcomes = await publish_while_held(runtime, 5)
     assert [(o.code, o.status) for o in outcomes] == [("redis_unavailable", 503)] * 5
     assert len({id(o) for o in outcomes}) == 5
     assert "messages_published" not in runtime.stats.counters()
@@ -112,10 +110,9 @@ async def test_a_run_history_refuses_fails_each_of_its_publishers_with_its_own_e
 async def test_a_run_the_layer_refuses_is_acknowledged_as_recorded_and_handed_over_once_the_layer_is_back(
     monkeypatch,
 ):
-    runtime = Runtime(config=settings.REALTIME, layer=InMemoryChannelLayer())
-    runtime.fanout_repair = FanoutRepair(
-        history=runtime.history, layer=runtime.layer, stats=runtime.stats, retry_seconds=0.05
-    )
+    history = HeldHistory(MemoryHistory())
+    runtime = memory_runtime(history=history)
+    runtime.fanout_repair.retry_seconds = 0.05
     await runtime.layer.group_add(channel_group(CHANNEL.id), "observer")
     group_send = runtime.layer.group_send
     refusals = [ConnectionError("layer down")] * 2
@@ -126,8 +123,6 @@ async def test_a_run_the_layer_refuses_is_acknowledged_as_recorded_and_handed_ov
         await group_send(group, message)
 
     monkeypatch.setattr(runtime.layer, "group_send", down_for_a_while)
-    history = HeldHistory(runtime.history)
-    runtime.history = history
     receipts = [
         asyncio.ensure_future(message_publish_receipt(channel=CHANNEL, payload=f"m{i}", client_id="c", runtime=runtime))
         for i in range(5)
@@ -148,8 +143,8 @@ async def test_a_run_the_layer_refuses_is_acknowledged_as_recorded_and_handed_ov
 
 
 async def test_publishes_that_waited_together_are_counted_as_one_run():
-    runtime = Runtime(config=settings.REALTIME, layer=InMemoryChannelLayer())
-    messages = await publish_while_held(runtime, HeldHistory(runtime.history), 5)
+    runtime = memory_runtime(history=HeldHistory(MemoryHistory()))
+    messages = await publish_while_held(runtime, 5)
     assert [m.offset for m in messages] == [1, 2, 3, 4, 5]
     assert runtime.stats.counters()["messages_published"] == 5
     # The first went alone, at once; the four that arrived while it was on its way went together.

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
+from channels_app.channel import ChannelInfo
 from channels_app.core.publish_queue import RUN_MAX_BYTES, PendingPublish, PublishQueue, Receipt
 from channels_app.messages import Message
-from channels_app.registry.cache import ChannelInfo
 from channels_app.state.history import Draft
 
 ROOM = ChannelInfo(id="room-1", name="room", type="WS", max_connections=10, history_size=10, history_ttl=3600)

@@ -13,9 +13,9 @@ import pytest
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
+from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
 from channels_app.messages import Position
-from channels_app.registry.cache import ChannelInfo
 from channels_app.state.history import Draft, Replayed
 from channels_app.state.idempotency import idempotency_key_parse
 from channels_app.state.redis import RedisHistory, RedisPresence

@@ -23,7 +23,7 @@ import pytest
 import websockets
 
 from realtime_project.settings import request_body_limit
-from tests.conftest import TEST_CONFIG
+from tests.conftest import TEST_CONFIG, memory_runtime
 from tests.liveserver import base_environment, manage
 from tests.test_sse_endpoint import open_stream, opened
 
@@ -389,7 +389,7 @@ async def test_the_api_view_checks_the_key_and_the_length_before_reading_the_bod
     from channels_app.http.direct_api import DirectApiView
 
     settings.REALTIME_API_KEYS = (API_KEY,)
-    view = DirectApiView(api.channel_messages)
+    view = DirectApiView(api.channel_messages, memory_runtime())
 
     async def receive():
         raise AssertionError("the body was read")

@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass
 from channels.db import database_sync_to_async
 from django.db import IntegrityError, transaction
 
+from ..channel import ChannelInfo
 from ..errors import ApplicationError, bad_request, channel_not_found
 from ..identity import IDENTIFIER_PATTERN, IDENTIFIER_RULE, Collision
 from ..models import Channel, lock_identities
 from ..naming import channel_group
-from ..registry.cache import ChannelInfo
-from .runtime import Runtime, get_runtime
+from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +131,8 @@ def _delete_row(reference: str) -> ChannelInfo:
     return info
 
 
-async def channel_delete(*, reference: str, runtime: Runtime | None = None) -> ChannelInfo:
+async def channel_delete(*, reference: str, runtime: Runtime) -> ChannelInfo:
     """Remove an API- or admin-created channel and close its connections on every instance (4410)."""
-    runtime = runtime or get_runtime()
     channel = await database_sync_to_async(_delete_row)(reference)
     await channel_disconnect_all(
         channel_id=channel.id,
@@ -153,10 +152,9 @@ async def channel_disconnect_all(
     code: int = CLOSE_DISCONNECTED,
     error: str = "disconnected",
     message: str = "The server closed this connection; reconnect to resume.",
-    runtime: Runtime | None = None,
+    runtime: Runtime,
 ) -> None:
     """Close every connection to a channel, on every instance, with ``code``."""
-    runtime = runtime or get_runtime()
     await runtime.layer.group_send(
         channel_group(channel_id),
         {"type": "realtime.close", "channel_id": channel_id, "code": code, "error": error, "message": message},

@@ -18,10 +18,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..channel import ChannelInfo
 from ..errors import ApplicationError
 from ..messages import Message, layer_event
 from ..naming import channel_group
-from ..registry.cache import ChannelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +45,10 @@ class _Pending:
 class FanoutRepair:
     """Retries the hand-over of recorded messages, and finds out what became of unanswered appends."""
 
-    def __init__(self, *, history, layer, stats, retry_seconds: float = RETRY_SECONDS, clock=time.monotonic):
-        self._history = history
-        self._layer = layer
-        self._stats = stats
-        self._retry_seconds = retry_seconds
+    def __init__(self, runtime, *, retry_seconds: float = RETRY_SECONDS, clock=time.monotonic):
+        self._runtime = runtime
+        self._stats = runtime.stats
+        self.retry_seconds = retry_seconds
         self._clock = clock
         self._pending: list[_Pending] = []
         self._task: asyncio.Task | None = None
@@ -74,7 +73,7 @@ class FanoutRepair:
 
     async def _run(self) -> None:
         while self._pending:
-            await asyncio.sleep(self._retry_seconds)
+            await asyncio.sleep(self.retry_seconds)
             for pending in list(self._pending):
                 try:
                     done = await self._attempt(pending)
@@ -99,7 +98,7 @@ class FanoutRepair:
         if not pending.messages:
             return True
         try:
-            await self._layer.group_send(channel_group(pending.channel.id), layer_event(pending.messages))
+            await self._runtime.layer.group_send(channel_group(pending.channel.id), layer_event(pending.messages))
         except Exception as exc:
             logger.info("channel layer still refuses messages of channel %s: %s", pending.channel.id, exc)
             return False
@@ -111,7 +110,7 @@ class FanoutRepair:
     async def _look(self, pending: _Pending) -> bool:
         """Move the unanswered drafts that history holds to ``messages``; True once settled."""
         try:
-            found = await self._history.find(pending.channel, pending.unknown_ids)
+            found = await self._runtime.history.find(pending.channel, pending.unknown_ids)
         except ApplicationError:
             return False  # the store is still away
         now = self._clock()

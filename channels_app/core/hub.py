@@ -20,11 +20,12 @@ import contextvars
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
+from ..config import events_per_turn
 from ..errors import ApplicationError, client_id_replaced
 from ..messages import Message, utc_timestamp
 from ..naming import HUB_CHANNEL_PREFIX, REGISTRY_GROUP, SERVER_CLIENT_ID, channel_group
-from ..ops.gctuning import connection_closed
 from ..state.history import Gap
 from .subscription import Subscription
 
@@ -34,33 +35,18 @@ logger = logging.getLogger(__name__)
 # hour keeps long-lived subscriptions alive.
 GROUP_REFRESH_SECONDS = 3600
 
-# Queued messages the hub fans out before it lets the connections' writers run. A writer then
-# sends a turn's frames in one run: under daphne one socket write and one arm and disarm of the
-# write watch for all of them; under uvicorn back-to-back sends that find the client already
-# awake. Measured at 1,000 subscribers, this doubled deliveries per CPU-second under uvicorn and
-# tripled them under daphne (docs/performance.md); 64 was no better than 16.
-EVENTS_PER_TURN = 16
-
-
-def events_per_turn(server) -> int:
-    """How many queued messages the hub fans out per turn, and the longest run of publishes
-    (``publish_queue``). A run that arrives when the turn has room for one more message is still
-    taken whole, so a turn holds at most twice this many: every connection that keeps up must have
-    room for that many of the largest messages with half of its bound to spare."""
-    by_count = server.max_pending_messages // 4
-    by_bytes = server.max_pending_bytes // (4 * server.max_message_size)
-    return max(1, min(EVENTS_PER_TURN, by_count, by_bytes))
-
 
 class Hub:
     """Joins channel groups for this instance and fans messages out to local subscriptions."""
 
-    def __init__(self, *, layer, history, registry, stats, events_per_turn: int = EVENTS_PER_TURN):
-        self.layer = layer
-        self.events_per_turn = events_per_turn
-        self.history = history
-        self.registry = registry
-        self.stats = stats
+    def __init__(self, runtime, *, on_unsubscribe: Callable[[], None] | None = None):
+        """``runtime`` supplies the layer, history, registry and counters, read when used (so the hub
+        always works with the runtime's own); ``on_unsubscribe`` runs for every subscription that ends."""
+        self.runtime = runtime
+        self.layer = runtime.layer
+        self.stats = runtime.stats
+        self.events_per_turn = events_per_turn(runtime.server)
+        self._on_unsubscribe = on_unsubscribe
         self.channel_name: str | None = None
         self._local: dict[str, set[Subscription]] = {}
         self._next_offset: dict[str, tuple[str, int]] = {}
@@ -110,7 +96,8 @@ class Hub:
         if local is None or subscription not in local:
             return
         local.discard(subscription)
-        connection_closed()
+        if self._on_unsubscribe is not None:
+            self._on_unsubscribe()
         if not local:
             del self._local[channel_id]
             self._next_offset.pop(channel_id, None)
@@ -206,7 +193,7 @@ class Hub:
         elif kind == "realtime.replaced":
             self.close_replaced(event["channel_id"], event["client_id"], event["holder"])
         elif kind == "realtime.registry_changed":
-            self.registry.invalidate()
+            self.runtime.registry.invalidate()
         else:
             logger.warning("hub ignored a channel-layer event of unknown type %r", kind)
             self.stats.incr("hub_unknown_events")
@@ -242,8 +229,8 @@ class Hub:
         last_missing = message.offset - 1
         self.stats.incr("layer_gaps")
         try:
-            channel = await self.registry.resolve(message.channel_id)
-            recovered = await self.history.between(channel, first_missing, last_missing)
+            channel = await self.runtime.registry.resolve(message.channel_id)
+            recovered = await self.runtime.history.between(channel, first_missing, last_missing)
         except Exception:
             logger.exception("could not repair a hole in channel %s", message.channel_id)
             recovered = []

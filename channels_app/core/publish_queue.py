@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from ..channel import ChannelInfo
 from ..messages import Message
-from ..registry.cache import ChannelInfo
 from ..state.history import Draft
 
 logger = logging.getLogger(__name__)

@@ -1,56 +1,54 @@
-"""The per-process parts of the service, built once per process from the settings.
+"""What one process serves with: its state stores, channel layer, hub, registry cache and counters.
 
-What only this process can hold lives here: the hub and its local subscriptions, the registry
-cache and the counters. History and connection slots are the service's shared state; the MEMORY
-driver keeps them in this (single) process, the REDIS driver in Redis, behind the same interface.
+A ``Runtime`` is built once per process by the composition root (``channels_app/composition.py``)
+and handed to the routers, endpoints, views and services; tests build their own, with fakes where
+they need them. History and connection slots are the service's shared state: the MEMORY driver
+keeps them in this (single) process, the REDIS driver in Redis, behind the same interfaces
+(``state/base.py``).
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
-from channels.layers import get_channel_layer
-from django.conf import settings
-
-from ..ops.shutdown import InFlight
+from ..config import RealtimeConfig
 from ..registry.cache import ChannelRegistry
+from ..state.base import History, Presence
 from ..state.history import MemoryHistory
 from ..state.presence import MemoryPresence
 from ..stats import Stats
 from .fanout_repair import FanoutRepair
-from .hub import Hub, events_per_turn
+from .hub import Hub
+from .inflight import InFlight
 
 
 class Runtime:
-    """The hub, registry, history, presence and counters of this process."""
+    """The stores, layer, hub, registry and counters of one process."""
 
-    def __init__(self, *, config, layer):
+    def __init__(
+        self,
+        *,
+        config: RealtimeConfig,
+        layer,
+        history: History,
+        presence: Presence,
+        stats: Stats | None = None,
+        registry: ChannelRegistry | None = None,
+        redis=None,
+        on_unsubscribe: Callable[[], None] | None = None,
+    ):
         self.config = config
         self.layer = layer
-        self.stats = Stats()
-        self.registry = ChannelRegistry()
-        self.redis = None
-        if config.pubsub.driver == "REDIS":
-            from ..state.redis import RedisHistory, RedisPresence, redis_client
-
-            redis_config = config.pubsub.redis
-            self.redis = redis_client(redis_config)
-            self.history = RedisHistory(self.redis, redis_config.prefix, stats=self.stats)
-            self.presence = RedisPresence(
-                self.redis, redis_config.prefix, lease=settings.REALTIME_PRESENCE_LEASE_SECONDS, stats=self.stats
-            )
-        else:
-            self.history = MemoryHistory()
-            self.presence = MemoryPresence()
-        self.hub = Hub(
-            layer=layer,
-            history=self.history,
-            registry=self.registry,
-            stats=self.stats,
-            events_per_turn=events_per_turn(config.server),
-        )
+        self.history = history
+        self.presence = presence
+        self.stats = stats or Stats()
+        self.registry = registry or ChannelRegistry()
+        # The Redis client the stores share (REDIS driver), probed by /readyz; None under MEMORY.
+        self.redis = redis
+        self.hub = Hub(self, on_unsubscribe=on_unsubscribe)
         self.registry.before_load = self.hub.start
-        self.fanout_repair = FanoutRepair(history=self.history, layer=layer, stats=self.stats)
+        self.fanout_repair = FanoutRepair(self)
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
         self.draining = False
         self.in_flight = InFlight()
@@ -63,41 +61,30 @@ class Runtime:
         return self.config.server
 
 
-class _RuntimeHolder:
-    """Builds the runtime lazily, so importing this module does no I/O."""
+def build_runtime(
+    *, config: RealtimeConfig, layer, presence_lease: float, on_unsubscribe: Callable[[], None] | None = None
+) -> Runtime:
+    """A ``Runtime`` with the stores of ``config``'s driver: in this process (MEMORY), or in Redis."""
+    stats = Stats()
+    if config.pubsub.driver != "REDIS":
+        return Runtime(
+            config=config,
+            layer=layer,
+            history=MemoryHistory(),
+            presence=MemoryPresence(),
+            stats=stats,
+            on_unsubscribe=on_unsubscribe,
+        )
+    from ..state.redis import RedisHistory, RedisPresence, redis_client
 
-    def __init__(self):
-        self.runtime: Runtime | None = None
-        # Whether this process built the ASGI application, so its hub has subscribers to serve.
-        self.serving = False
-
-    def get(self) -> Runtime:
-        if self.runtime is None:
-            self.runtime = Runtime(config=settings.REALTIME, layer=get_channel_layer())
-        return self.runtime
-
-    def reset(self) -> None:
-        self.runtime = None
-
-
-_holder = _RuntimeHolder()
-
-
-def get_runtime() -> Runtime:
-    """This process's runtime, built on first use."""
-    return _holder.get()
-
-
-def mark_serving() -> None:
-    """Record that this process serves subscribers (called where the ASGI application is built)."""
-    _holder.serving = True
-
-
-def serves_subscribers() -> bool:
-    """Whether this process built the ASGI application (daphne, uvicorn, a test's application)."""
-    return _holder.serving
-
-
-def reset_runtime() -> None:
-    """Forget the runtime so the next use builds a new one (tests that change settings)."""
-    _holder.reset()
+    redis_config = config.pubsub.redis
+    client = redis_client(redis_config)
+    return Runtime(
+        config=config,
+        layer=layer,
+        history=RedisHistory(client, redis_config.prefix, stats=stats),
+        presence=RedisPresence(client, redis_config.prefix, lease=presence_lease, stats=stats),
+        stats=stats,
+        redis=client,
+        on_unsubscribe=on_unsubscribe,
+    )

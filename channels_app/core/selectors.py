@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..registry.cache import ChannelInfo
-from .runtime import Runtime, get_runtime
+from ..channel import ChannelInfo
+from .runtime import Runtime
 
 
 def channel_as_dict(channel: ChannelInfo, connections: int) -> dict:
@@ -22,16 +22,14 @@ def channel_as_dict(channel: ChannelInfo, connections: int) -> dict:
     }
 
 
-async def channel_list(*, runtime: Runtime | None = None) -> list[dict]:
+async def channel_list(*, runtime: Runtime) -> list[dict]:
     """Every active channel with its live connection count."""
-    runtime = runtime or get_runtime()
     channels = await runtime.registry.all()
     counts = await runtime.presence.counts([channel.id for channel in channels])
     return [channel_as_dict(channel, counts.get(channel.id, 0)) for channel in channels]
 
 
-async def channel_get(*, reference: str, runtime: Runtime | None = None) -> dict:
+async def channel_get(*, reference: str, runtime: Runtime) -> dict:
     """One active channel (by id or name) with its live connection count."""
-    runtime = runtime or get_runtime()
     channel = await runtime.registry.resolve(reference)
     return channel_as_dict(channel, await runtime.presence.count(channel.id))

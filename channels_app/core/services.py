@@ -10,6 +10,7 @@ import functools
 import logging
 from dataclasses import dataclass
 
+from ..channel import ChannelInfo
 from ..errors import (
     ApplicationError,
     bad_request,
@@ -21,13 +22,12 @@ from ..errors import (
 )
 from ..messages import Message, Position, layer_event, position_parse
 from ..naming import channel_group, client_id_parse
-from ..registry.cache import ChannelInfo
 from ..state.history import Draft, Replayed
 from ..state.idempotency import idempotency_key_parse
 from ..state.presence import new_holder
 from ..tokens import TokenClaims, token_forbidden, token_required, token_verify
 from .publish_queue import PendingPublish, PublishQueue, Receipt
-from .runtime import Runtime, get_runtime
+from .runtime import Runtime
 from .subscription import Subscription
 
 logger = logging.getLogger(__name__)
@@ -57,9 +57,7 @@ def payload_too_large(size: int, limit: int) -> ApplicationError:
     )
 
 
-async def message_publish(
-    *, channel: ChannelInfo, payload: str, client_id: str, runtime: Runtime | None = None
-) -> Message:
+async def message_publish(*, channel: ChannelInfo, payload: str, client_id: str, runtime: Runtime) -> Message:
     """Validate, stamp, record and fan out one message: the only way messages are published."""
     receipt = await message_publish_receipt(channel=channel, payload=payload, client_id=client_id, runtime=runtime)
     return receipt.message
@@ -71,11 +69,10 @@ async def message_publish_receipt(
     payload: str,
     client_id: str,
     idempotency_key: str | None = None,
-    runtime: Runtime | None = None,
+    runtime: Runtime,
 ) -> Receipt:
     """``message_publish``, with an optional ``Idempotency-Key`` (a retry gets the original message,
     never a second one), answering with the whole ``Receipt``."""
-    runtime = runtime or get_runtime()
     if not isinstance(payload, str):
         raise bad_request("payload must be a string")
     try:
@@ -154,11 +151,10 @@ async def connection_open(
     since: str | None,
     echo: bool = False,
     token: str | None = None,
-    runtime: Runtime | None = None,
+    runtime: Runtime,
 ) -> Connection:
     """Admit a subscriber: validate the query, find the channel, check its token if the channel
     is private, take a connection slot."""
-    runtime = runtime or get_runtime()
     if runtime.draining:
         raise shutting_down()
     position = position_parse(since)
@@ -225,11 +221,8 @@ def publish_forbidden(channel_id: str) -> ApplicationError:
     )
 
 
-async def subscription_start(
-    *, connection: Connection, subscription: Subscription, runtime: Runtime | None = None
-) -> None:
+async def subscription_start(*, connection: Connection, subscription: Subscription, runtime: Runtime) -> None:
     """Join the hub, then replay what the client missed since its position, then go live."""
-    runtime = runtime or get_runtime()
     await runtime.hub.subscribe(subscription)
     if _replaces(runtime) and not await runtime.presence.holds(
         connection.channel.id, connection.client_id, connection.holder
@@ -244,20 +237,16 @@ async def subscription_start(
     subscription.replay(replay, connection.position)
 
 
-async def connection_close(
-    *, connection: Connection, subscription: Subscription | None, runtime: Runtime | None = None
-) -> None:
+async def connection_close(*, connection: Connection, subscription: Subscription | None, runtime: Runtime) -> None:
     """Leave the hub and give the connection slot back; safe to call more than once."""
-    runtime = runtime or get_runtime()
     if subscription is not None:
         await runtime.hub.unsubscribe(subscription)
     await runtime.presence.release(connection.channel.id, connection.client_id, connection.holder)
     logger.info("subscriber %s left channel %s", connection.client_id, connection.channel.id)
 
 
-async def channel_describe(*, reference: str, client_id: str | None = None, runtime: Runtime | None = None) -> dict:
+async def channel_describe(*, reference: str, client_id: str | None = None, runtime: Runtime) -> dict:
     """The preflight answer: the channel and its live connections; refuses when a subscribe would be."""
-    runtime = runtime or get_runtime()
     parsed_client_id = client_id_parse(client_id) if client_id is not None else None
     channel = await runtime.registry.resolve(reference)
     connections = await runtime.presence.count(channel.id)

@@ -18,7 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from ..core.channel_services import channel_create, channel_delete, channel_draft_parse
 from ..core.publish_queue import Receipt
-from ..core.runtime import get_runtime
+from ..core.runtime import Runtime
 from ..core.selectors import channel_as_dict, channel_list
 from ..core.services import message_publish_receipt
 from ..errors import ApplicationError, bad_request
@@ -75,7 +75,7 @@ def api_endpoint(*methods: str, authenticated: bool = True, served_before_django
                 )
                 response["Allow"] = allowed
                 return response
-            runtime = get_runtime()
+            runtime = request.realtime
             try:
                 if authenticated or api_key_required(request.method, request.path_info):
                     api_key_check(request.headers.get("Authorization"))
@@ -156,8 +156,8 @@ def receipt_status(receipt: Receipt) -> int:
     return 202 if receipt.fanout_pending else 201
 
 
-def _require_push_allowed() -> None:
-    if not get_runtime().server.allow_push_server_messages:
+def _require_push_allowed(runtime: Runtime) -> None:
+    if not runtime.server.allow_push_server_messages:
         raise ApplicationError(
             "push_disabled",
             "Pushing messages is disabled: set server.allow_push_server_messages: true.",
@@ -165,10 +165,10 @@ def _require_push_allowed() -> None:
         )
 
 
-async def _push(reference: str, payload: str, idempotency_key: str | None = None) -> Receipt:
-    channel = await get_runtime().registry.resolve(reference)
+async def _push(runtime: Runtime, reference: str, payload: str, idempotency_key: str | None = None) -> Receipt:
+    channel = await runtime.registry.resolve(reference)
     return await message_publish_receipt(
-        channel=channel, payload=payload, client_id=SERVER_CLIENT_ID, idempotency_key=idempotency_key
+        channel=channel, payload=payload, client_id=SERVER_CLIENT_ID, idempotency_key=idempotency_key, runtime=runtime
     )
 
 
@@ -181,9 +181,9 @@ async def channel_messages(request: HttpRequest, channel: str):
 
 
 async def _push_one(request: HttpRequest, channel: str) -> JsonResponse:
-    _require_push_allowed()
+    _require_push_allowed(request.realtime)
     payload = payload_text(json_body(request))
-    receipt = await _push(channel, payload, request.headers.get("Idempotency-Key"))
+    receipt = await _push(request.realtime, channel, payload, request.headers.get("Idempotency-Key"))
     response = JsonResponse(message_receipt(receipt), status=receipt_status(receipt))
     if receipt.replayed:
         response["Idempotent-Replayed"] = "true"
@@ -197,7 +197,7 @@ async def messages_push_batch(request: HttpRequest):
     With an ``Idempotency-Key``, item ``i`` is published under the key ``<key>#<i>``: a retried
     batch publishes each item once, and answers the items published before with their receipts.
     """
-    _require_push_allowed()
+    _require_push_allowed(request.realtime)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= BATCH_KEY_MAX_LENGTH:
         raise bad_request(f"Idempotency-Key must be 1 to {BATCH_KEY_MAX_LENGTH} characters on a batch.")
@@ -213,7 +213,7 @@ async def messages_push_batch(request: HttpRequest):
             if not isinstance(item, dict) or not isinstance(item.get("channel"), str):
                 raise bad_request(f"messages[{index}] must be an object with a channel and a payload.")
             item_key = None if key is None else f"{key}#{index}"
-            receipt = await _push(item["channel"], payload_text(item), item_key)
+            receipt = await _push(request.realtime, item["channel"], payload_text(item), item_key)
             result = {"channel": item["channel"], "status": receipt_status(receipt), **message_receipt(receipt)}
             if receipt.replayed:
                 result["replayed"] = True
@@ -229,8 +229,8 @@ async def messages_push_batch(request: HttpRequest):
 async def channels_collection(request: HttpRequest):
     """``GET /api/v1/channels`` lists channels; ``POST`` creates one (the Go service's body)."""
     if request.method == "GET":
-        return JsonResponse({"channels": await channel_list()})
-    server = get_runtime().server
+        return JsonResponse({"channels": await channel_list(runtime=request.realtime)})
+    server = request.realtime.server
     if not server.allow_create_new_channels:
         raise ApplicationError(
             "create_disabled",
@@ -246,12 +246,12 @@ async def channels_collection(request: HttpRequest):
 @api_endpoint("DELETE", served_before_django=("GET",))
 async def channel_item(request: HttpRequest, channel: str):
     """``DELETE /api/v1/channels/<channel>``: remove an API- or admin-created channel (closes with 4410)."""
-    deleted = await channel_delete(reference=channel)
+    deleted = await channel_delete(reference=channel, runtime=request.realtime)
     return JsonResponse({"id": deleted.id, "name": deleted.name, "deleted": True})
 
 
 async def _history(request: HttpRequest, channel: str) -> JsonResponse:
-    runtime = get_runtime()
+    runtime = request.realtime
     channel_info = await runtime.registry.resolve(channel)
     since = position_parse(request.GET.get("since"))
     replay = await runtime.history.since(channel_info, since or position_parse("0"))
@@ -277,7 +277,7 @@ async def tokens_create(request: HttpRequest):
     body = whole_numbers(json_body(request), "ttl")
     if not isinstance(body, dict) or not isinstance(body.get("channel"), str):
         raise bad_request('The body must be {"channel": "...", "clientId": "...", "ttl": 3600, "publish": false}.')
-    channel = await get_runtime().registry.resolve(body["channel"])
+    channel = await request.realtime.registry.resolve(body["channel"])
     client_id = client_id_parse(body.get("clientId"))
     ttl = body.get("ttl", DEFAULT_TTL_SECONDS)
     if isinstance(ttl, bool) or not isinstance(ttl, int):

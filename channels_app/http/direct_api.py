@@ -67,8 +67,9 @@ async def send_response(send, response: HttpResponse) -> None:
 class DirectApiView:
     """ASGI app running one async API view (an ``api.api_endpoint``) without Django's middleware."""
 
-    def __init__(self, view):
+    def __init__(self, view, runtime):
         self.view = view
+        self.runtime = runtime
         # Only computes redirects and headers from settings: safe to call on the event loop.
         self.security = SecurityMiddleware(get_response=self._unused)
 
@@ -92,6 +93,7 @@ class DirectApiView:
             await send_refusal(send, body_too_large())
             return
         request = ASGIRequest(scope, io.BytesIO(body))
+        request.realtime = self.runtime
         response = self.security.process_request(request)
         if response is None:
             response = await self.view(request, **scope["url_route"]["kwargs"])

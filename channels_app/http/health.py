@@ -14,8 +14,6 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from ..core.runtime import get_runtime
-
 logger = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_SECONDS = 1.0
@@ -42,7 +40,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 async def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: dependencies reachable and not draining."""
-    runtime = get_runtime()
+    runtime = request.realtime
     probes = [("database", sync_to_async(_database_answers, thread_sensitive=False))]
     if runtime.redis is not None:
         probes.append(("redis", runtime.redis.ping))

@@ -15,14 +15,14 @@ whose body takes longer than ``REALTIME_REQUEST_BODY_TIMEOUT_SECONDS`` after the
 Where it runs: daphne reads a whole body before the application sees the request, so under
 daphne the rule runs in Twisted's parser (adapters/daphne_limits.py); under uvicorn in
 ``RequestLimitMiddleware`` below (around the whole HTTP side, Django's routes included), with the
-deadlines in uvicorn's protocol (adapters/uvicorn_http.py, ``--http``). ``install()`` picks the server.
+deadlines in uvicorn's protocol (adapters/uvicorn_http.py, ``--http``).
+``composition.install_request_limits()`` picks the server.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from http import HTTPStatus
 from urllib.parse import unquote
 
@@ -191,20 +191,3 @@ class RequestLimitMiddleware:
         # Lets transport.write_buffer_watch reach the server's buffer through this wrapper.
         guarded_send.__wrapped__ = send
         return await self.application(scope, limited_receive, guarded_send)
-
-
-def install() -> None:
-    """Put the rule and the deadlines into the server that imports the application (daphne or uvicorn)."""
-    if "uvicorn.server" in sys.modules:
-        # uvicorn imports its --http protocol class before the application.
-        if "channels_app.adapters.uvicorn_http" not in sys.modules:
-            logger.warning(
-                "uvicorn runs without request deadlines: start it with "
-                "--http channels_app.adapters.uvicorn_http:LimitedH11Protocol (scripts/entrypoint.sh does)"
-            )
-        return
-    daphne_server = sys.modules.get("daphne.server")
-    if daphne_server is not None:
-        from ..adapters.daphne_limits import install_into
-
-        install_into(daphne_server)

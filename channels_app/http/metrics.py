@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from ..core.runtime import Runtime, get_runtime
+from ..core.runtime import Runtime
 from .auth import bearer_token
 
 # Counter name in stats.py -> (metric, help, label name, label value taken from the counter name suffix)
@@ -107,5 +107,5 @@ def metrics(request: HttpRequest) -> HttpResponse:
                 status=401,
             )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RuntimeCollector(get_runtime()))
+    registry.register(RuntimeCollector(request.realtime))
     return HttpResponse(generate_latest(registry), content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -13,8 +13,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_safe
 
-from ..core.runtime import get_runtime
-from ..registry.cache import ChannelInfo
+from ..channel import ChannelInfo
 from .auth import api_open_for_debug
 
 
@@ -38,10 +37,9 @@ def channel_choices(channels: list[ChannelInfo], *, transport: str, requested: s
     return choices, choices[0]["id"] if choices else ""
 
 
-def page_config(*, transport: str, channels: list[dict], selected: str) -> dict:
+def page_config(*, server, transport: str, channels: list[dict], selected: str) -> dict:
     """What every page's script needs: where channels live and which ones to offer."""
     messages_url = reverse("channel-messages", kwargs={"channel": "__channel__"})
-    server = get_runtime().server
     return {
         "transport": transport,
         "channelsUrl": messages_url.removesuffix("__channel__/messages"),
@@ -76,11 +74,13 @@ async def render_page(
     """
     if not switched_on:
         raise Http404(f"The {page} page is off: set server.render_{page}_html: true.")
-    runtime = get_runtime()
+    runtime = request.realtime
     channels, selected = channel_choices(
         await runtime.registry.all(), transport=transport.upper(), requested=request.GET.get("channel")
     )
-    config = page_config(transport=transport, channels=channels, selected=selected) | (extra_config or {})
+    config = page_config(server=runtime.server, transport=transport, channels=channels, selected=selected) | (
+        extra_config or {}
+    )
     context = {
         "config": config,
         "channels": channels,
@@ -95,14 +95,14 @@ async def render_page(
 @require_safe
 async def chat(request: HttpRequest) -> HttpResponse:
     """``GET /web/chat/``: talk on a WebSocket channel (``?channel=`` preselects one)."""
-    server = get_runtime().server
+    server = request.realtime.server
     return await render_page(request, page="chat", title="Chat", switched_on=server.render_chat_html, transport="ws")
 
 
 @require_safe
 async def notifications(request: HttpRequest) -> HttpResponse:
     """``GET /web/notifications/``: follow an SSE channel, and push test notifications when allowed."""
-    server = get_runtime().server
+    server = request.realtime.server
     push_settings = {"allowPush": server.allow_push_server_messages, "apiKeyRequired": not api_open_for_debug()}
     return await render_page(
         request,

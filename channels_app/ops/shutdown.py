@@ -27,39 +27,15 @@ import time
 
 from django.conf import settings
 
+from ..core.runtime import Runtime
+
 logger = logging.getLogger(__name__)
 
 CLOSE_GOING_AWAY = 1001
 
 
-class InFlight:
-    """Counts requests that must finish before the process exits."""
-
-    def __init__(self):
-        self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def __enter__(self):
-        self.count += 1
-        self._idle.clear()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.count -= 1
-        if self.count == 0:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        """Return once no request is in flight."""
-        await self._idle.wait()
-
-
-async def drain(*, grace: float) -> None:
+async def drain(runtime: Runtime, *, grace: float) -> None:
     """Refuse new work, send clients away, let accepted requests finish (bounded by ``grace``)."""
-    from ..core.runtime import get_runtime
-
-    runtime = get_runtime()
     started = time.monotonic()
     runtime.draining = True
     closed = runtime.hub.close_all(
@@ -81,13 +57,13 @@ async def drain(*, grace: float) -> None:
     logger.info("drained in %.1fs", time.monotonic() - started)
 
 
-def install() -> None:
-    """Put a graceful drain in front of the server's SIGTERM handling (daphne or uvicorn)."""
-    if not _install_under_uvicorn():
-        _install_under_daphne()
+def install(runtime: Runtime) -> None:
+    """Put a graceful drain of ``runtime`` in front of the server's SIGTERM handling (daphne or uvicorn)."""
+    if not _install_under_uvicorn(runtime):
+        _install_under_daphne(runtime)
 
 
-def _install_under_daphne() -> None:
+def _install_under_daphne(runtime: Runtime) -> None:
     # daphne installs Twisted's asyncio reactor before it loads the application; importing the
     # reactor here under another server would install a second, unused event loop.
     reactor = sys.modules.get("twisted.internet.reactor")
@@ -107,7 +83,7 @@ def _install_under_daphne() -> None:
 
             async def drain_then_stop():
                 try:
-                    await asyncio.wait_for(drain(grace=grace), grace)
+                    await asyncio.wait_for(drain(runtime, grace=grace), grace)
                 except Exception:
                     logger.exception("draining failed; stopping now")
                 finally:
@@ -120,7 +96,7 @@ def _install_under_daphne() -> None:
     reactor.callWhenRunning(on_running)
 
 
-def _install_under_uvicorn() -> bool:
+def _install_under_uvicorn(runtime: Runtime) -> bool:
     """Drain on SIGTERM before uvicorn's own shutdown; False when uvicorn is not serving us.
 
     uvicorn imports the application before it creates its ``Server`` (no event loop runs yet) and
@@ -140,7 +116,7 @@ def _install_under_uvicorn() -> bool:
     async def drain_then_exit(server) -> None:
         started = time.monotonic()
         try:
-            await asyncio.wait_for(drain(grace=grace), grace)
+            await asyncio.wait_for(drain(runtime, grace=grace), grace)
         except Exception:
             logger.exception("draining failed; stopping now")
         server.config.timeout_graceful_shutdown = max(grace - (time.monotonic() - started), 1.0)

@@ -13,10 +13,10 @@ import asyncio
 import contextvars
 import logging
 import time
-from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 
+from ..channel import ChannelInfo
 from ..errors import channel_not_found
 
 logger = logging.getLogger(__name__)
@@ -26,38 +26,6 @@ REVALIDATE_SECONDS = 2.0
 # usable here at once, even before its broadcast arrives), but at most once in this many seconds,
 # so a flood of lookups for unknown channels costs at most one query a second.
 MISS_RELOAD_SECONDS = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelInfo:
-    """What the realtime path needs to know about a channel, detached from the ORM."""
-
-    id: str
-    name: str
-    type: str
-    max_connections: int
-    history_size: int
-    history_ttl: int
-    private: bool = False
-    source: str = "admin"
-    # The registry row's primary key: a channel deleted and created again under the same id is
-    # another incarnation, whose history starts over in a new epoch.
-    incarnation: int = 0
-
-    @classmethod
-    def from_model(cls, channel) -> ChannelInfo:
-        """Copy the fields of a ``Channel`` row."""
-        return cls(
-            id=channel.public_id,
-            name=channel.name,
-            type=channel.type,
-            max_connections=channel.max_connections,
-            history_size=channel.history_size,
-            history_ttl=channel.history_ttl,
-            private=channel.private,
-            source=channel.source,
-            incarnation=channel.pk,
-        )
 
 
 def _load_active_channels() -> tuple[list[ChannelInfo], tuple]:

@@ -16,9 +16,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..channel import ChannelInfo
 from ..errors import ApplicationError
 from ..messages import Message, Position, utc_timestamp
-from ..registry.cache import ChannelInfo
 from .idempotency import IdempotencyKey, MemoryReceipts
 
 

@@ -15,9 +15,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from ..channel import ChannelInfo
 from ..errors import ApplicationError
 from ..messages import Message
-from ..registry.cache import ChannelInfo
 
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
 MAX_REMEMBERED_KEYS = 100_000

@@ -23,7 +23,7 @@ import time
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
 
-from ..core.hub import EVENTS_PER_TURN
+from ..config import EVENTS_PER_TURN
 
 SWEEP_INTERVAL_SECONDS = 1.0
 # Events waiting for a member beyond which a publisher yields (a run of publishes is one event).

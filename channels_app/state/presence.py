@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import secrets
 
+from ..channel import ChannelInfo
 from ..errors import channel_full, client_id_taken
-from ..registry.cache import ChannelInfo
 
 
 def new_holder() -> str:

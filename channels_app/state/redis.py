@@ -36,9 +36,9 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError
 from redis.maint_notifications import MaintNotificationsConfig
 
+from ..channel import ChannelInfo
 from ..errors import ApplicationError, channel_full, client_id_taken, publish_outcome_unknown
 from ..messages import Message, Position, utc_timestamp
-from ..registry.cache import ChannelInfo
 from ..stats import Stats
 from .history import Draft, Recorded, Replay, Replayed, new_epoch, replay_after
 from .idempotency import IDEMPOTENCY_WINDOW_SECONDS, idempotency_key_reused

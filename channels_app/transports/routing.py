@@ -8,7 +8,7 @@ import re
 from channels.routing import URLRouter
 from django.urls import path, re_path
 
-from ..core.runtime import get_runtime
+from ..core.runtime import Runtime
 from ..http.direct_api import DirectApiView
 from ..http.security import SecurityHeadersMiddleware, host_allowed
 from ..http.urls import api_urlpatterns
@@ -68,14 +68,15 @@ class HostGuard:
     ``Host`` it sends) and could read a service that is meant to be reachable only inside a network.
     """
 
-    def __init__(self, application):
+    def __init__(self, application, runtime: Runtime):
         self.application = application
+        self.runtime = runtime
 
     async def __call__(self, scope, receive, send):
         host = header(scope, b"host")
         if host_allowed(host):
             return await self.application(scope, receive, send)
-        get_runtime().stats.incr("refusals_host_not_allowed")
+        self.runtime.stats.incr("refusals_host_not_allowed")
         payload = json.dumps(host_not_allowed_body(host)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": 400, "headers": headers})
@@ -95,27 +96,28 @@ class MethodRouter:
         return await app(scope, receive, send)
 
 
-def direct_api_routes() -> list:
+def direct_api_routes(runtime: Runtime) -> list:
     """The server API's routes, served from ASGI around Django's middleware (see http/direct_api.py).
 
     The channel URL itself is left out: its GET is the stream, and its other methods stay with
     Django through the route above it.
     """
     return [
-        path(str(route.pattern), HostGuard(DirectApiView(route.callback)), name=route.name)
+        path(str(route.pattern), HostGuard(DirectApiView(route.callback, runtime), runtime), name=route.name)
         for route in api_urlpatterns
         if route.name != "channel"
     ]
 
 
-def http_router(django_app):
+def http_router(django_app, runtime: Runtime):
     """The HTTP side: streams and preflights on the channel URL, the server API from ASGI, Django
     for everything else; security headers on every response."""
+    stream = HostGuard(ChannelStreamEndpoint(runtime), runtime)
     return SecurityHeadersMiddleware(
         URLRouter(
             [
-                re_path(CHANNEL_PATH, MethodRouter(get=HostGuard(ChannelStreamEndpoint()), other=django_app)),
-                *direct_api_routes(),
+                re_path(CHANNEL_PATH, MethodRouter(get=stream, other=django_app)),
+                *direct_api_routes(runtime),
                 re_path(r"", django_app),
             ]
         )
@@ -134,24 +136,25 @@ class WebSocketRouter:
     ``/api/v1/channels/../admin``.
     """
 
-    def __init__(self):
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
         self.channel_path = re.compile(CHANNEL_PATH)
 
     async def __call__(self, scope, receive, send):
         host = header(scope, b"host")
         if not host_allowed(host):
-            get_runtime().stats.incr("refusals_host_not_allowed")
+            self.runtime.stats.incr("refusals_host_not_allowed")
             return await refuse_websocket(receive, send, CLOSE_HOST_NOT_ALLOWED, host_not_allowed_body(host))
         origin = header(scope, b"origin")
-        if not origin_allowed(origin, host, get_runtime().server):
-            get_runtime().stats.incr("refusals_origin_not_allowed")
+        if not origin_allowed(origin, host, self.runtime.server):
+            self.runtime.stats.incr("refusals_origin_not_allowed")
             return await refuse_websocket(receive, send, CLOSE_ORIGIN_NOT_ALLOWED, origin_not_allowed_body(origin))
         match = self.channel_path.match(_path_below_root(scope))
         if match is None:
             return await refuse_websocket(receive, send, CLOSE_NOT_FOUND, NOT_FOUND_BODY)
         # The channel goes to the consumer itself: a copy of the scope with ``url_route`` in it
         # would be kept for the life of the connection.
-        return await ChannelConsumer(channel=match["channel"])(scope, receive, send)
+        return await ChannelConsumer(runtime=self.runtime, channel=match["channel"])(scope, receive, send)
 
 
 def _path_below_root(scope) -> str:
@@ -162,6 +165,6 @@ def _path_below_root(scope) -> str:
     return request_path.lstrip("/")
 
 
-def websocket_router():
+def websocket_router(runtime: Runtime):
     """The WebSocket side: one consumer per channel URL, behind the host and origin checks."""
-    return WebSocketRouter()
+    return WebSocketRouter(runtime)

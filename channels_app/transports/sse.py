@@ -21,7 +21,7 @@ from django_eventstream.utils import sse_encode_event
 
 from ..adapters.servers import connection_aborter, write_buffer_watch
 from ..core.outbox import Outbox
-from ..core.runtime import get_runtime
+from ..core.runtime import Runtime
 from ..core.services import channel_describe, connection_close, connection_open, subscription_start
 from ..core.subscription import Subscription
 from ..errors import ApplicationError
@@ -63,9 +63,12 @@ async def send_json(send, status: int, body: dict, extra_headers=()) -> None:
 class ChannelStreamEndpoint:
     """ASGI app for ``GET /api/v1/channels/<channel>`` over plain HTTP."""
 
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
     async def __call__(self, scope, receive, send):
         """Answer a preflight, refuse with JSON, or stream the channel's events until the client leaves."""
-        runtime = get_runtime()
+        runtime = self.runtime
         query = query_params(scope)
         reference = scope["url_route"]["kwargs"]["channel"]
         cors = cors_headers(header(scope, b"origin"), header(scope, b"host"), runtime.server)
@@ -83,21 +86,24 @@ class ChannelStreamEndpoint:
                 since=since,
                 echo=flag(query.get("echo")),
                 token=query.get("token"),
+                runtime=runtime,
             )
         except ApplicationError as error:
             runtime.stats.incr(f"refusals_{error.code}")
             logger.info("refused an SSE subscriber: %s (HTTP %s)", error.code, error.status)
             await send_json(send, error.status, error.as_dict(), cors)
             return
-        stream = _Stream(scope, receive, send, connection, cors)
+        stream = _Stream(scope, receive, send, connection, cors, runtime)
         try:
             await stream.run()
         finally:
-            await connection_close(connection=connection, subscription=stream.subscription)
+            await connection_close(connection=connection, subscription=stream.subscription, runtime=runtime)
 
     async def _preflight(self, send, reference, query, cors) -> None:
         try:
-            description = await channel_describe(reference=reference, client_id=query.get("clientId"))
+            description = await channel_describe(
+                reference=reference, client_id=query.get("clientId"), runtime=self.runtime
+            )
         except ApplicationError as error:
             await send_json(send, error.status, error.as_dict(), cors)
             return
@@ -107,7 +113,8 @@ class ChannelStreamEndpoint:
 class _Stream:
     """One open event stream: its outbox, keep-alives and end."""
 
-    def __init__(self, scope, receive, send, connection, cors):
+    def __init__(self, scope, receive, send, connection, cors, runtime: Runtime):
+        self.runtime = runtime
         self.receive = receive
         self.send = send
         self.connection = connection
@@ -119,7 +126,7 @@ class _Stream:
 
     async def run(self) -> None:
         """Subscribe, open the response, then write events until the client leaves or is cut off."""
-        runtime = get_runtime()
+        runtime = self.runtime
         server = runtime.server
         buffered_bytes, wait_drained = write_buffer_watch(self.send)
         outbox = Outbox(
@@ -144,7 +151,7 @@ class _Stream:
         try:
             # Subscribe (and queue the replay) before the stream opens: once the client sees
             # ``stream-open``, every message published after that reaches it.
-            await subscription_start(connection=self.connection, subscription=self.subscription)
+            await subscription_start(connection=self.connection, subscription=self.subscription, runtime=runtime)
         except ApplicationError as error:
             runtime.stats.incr(f"refusals_{error.code}")
             logger.info("refused an SSE subscriber: %s (HTTP %s)", error.code, error.status)
@@ -212,7 +219,7 @@ class _Stream:
                 return
 
     def _on_overflow(self) -> None:
-        get_runtime().stats.incr("slow_consumer_disconnects")
+        self.runtime.stats.incr("slow_consumer_disconnects")
         logger.info(
             "ending the stream of slow SSE client %s on channel %s",
             self.connection.client_id,

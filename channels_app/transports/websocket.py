@@ -26,7 +26,7 @@ from ..adapters.servers import (
     write_buffer_watch,
 )
 from ..core.outbox import Outbox
-from ..core.runtime import get_runtime
+from ..core.runtime import Runtime
 from ..core.services import (
     connection_close,
     connection_open,
@@ -81,9 +81,10 @@ class ChannelConsumer(AsyncWebsocketConsumer):
     # The hub receives from the channel layer for every local connection.
     channel_layer_alias = None
 
-    def __init__(self, *, channel: str):
+    def __init__(self, *, runtime: Runtime, channel: str):
         """``channel``: the channel id or name from the URL (routing.WebSocketRouter matches it)."""
         super().__init__()
+        self.runtime = runtime
         self.channel_reference = channel
 
     async def __call__(self, scope, receive, send):
@@ -125,7 +126,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
 
     async def connect(self):
         """Admit the connection or refuse it with a documented close code."""
-        runtime = get_runtime()
+        runtime = self.runtime
         query = query_params(self.scope)
         try:
             self.connection = await connection_open(
@@ -135,6 +136,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
                 since=query.get("since"),
                 echo=flag(query.get("echo")),
                 token=query.get("token"),
+                runtime=runtime,
             )
             self._prepare(runtime.server)
             # The slot is free again before the client's close completes, so a client that
@@ -142,7 +144,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             hold_close_reply(self.base_send, self._release)
             # Subscribe (and queue the replay) before accepting: once the client sees the
             # handshake complete, every message published after that reaches it.
-            await subscription_start(connection=self.connection, subscription=self.subscription)
+            await subscription_start(connection=self.connection, subscription=self.subscription, runtime=runtime)
         except ApplicationError as error:
             await self._release()
             runtime.stats.incr(f"refusals_{error.code}")
@@ -183,7 +185,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         connection, subscription = self.connection, self.subscription
         if connection is None or self._closing is not None:
             return
-        runtime = get_runtime()
+        runtime = self.runtime
         if text_data is None:
             runtime.stats.incr("frames_refused_binary")
             self.close_soon(
@@ -230,8 +232,10 @@ class ChannelConsumer(AsyncWebsocketConsumer):
     async def _publish(self, connection, subscription: Subscription, text_data: str) -> None:
         try:
             # Counted like an accepted push: a draining instance waits for it (shutdown.drain).
-            with get_runtime().in_flight:
-                await message_publish(channel=connection.channel, payload=text_data, client_id=connection.client_id)
+            with self.runtime.in_flight:
+                await message_publish(
+                    channel=connection.channel, payload=text_data, client_id=connection.client_id, runtime=self.runtime
+                )
         except ApplicationError as error:
             # The connection may have been closed meanwhile; its subscription then drops this.
             subscription.send_control({"control": "error", "code": error.close_code, **error.as_dict()})
@@ -269,7 +273,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             self._closing = asyncio.create_task(self._shutdown(code, body))
 
     def _on_overflow(self) -> None:
-        get_runtime().stats.incr("slow_consumer_disconnects")
+        self.runtime.stats.incr("slow_consumer_disconnects")
         logger.info(
             "disconnecting slow WebSocket client %s on channel %s",
             self.connection.client_id,
@@ -329,4 +333,4 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         if self.outbox is not None:
             await self.outbox.stop()
         if connection is not None:
-            await connection_close(connection=connection, subscription=subscription)
+            await connection_close(connection=connection, subscription=subscription, runtime=self.runtime)

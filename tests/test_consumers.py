@@ -9,9 +9,12 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from channels_app.core import services
+from channels_app.core.outbox import Outbox
+from channels_app.core.subscription import Subscription
 from channels_app.errors import ApplicationError
 from channels_app.models import Channel
 from channels_app.state.history import MemoryHistory
+from channels_app.transports import subscribing
 from channels_app.transports import websocket as consumers
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -113,7 +116,7 @@ async def test_slow_consumer_is_closed_with_4408_and_frees_its_slot(open_room, m
     room = await open_room()
     runtime = room.runtime
     # The server reports a full write buffer for new connections: the next message overflows.
-    monkeypatch.setattr(consumers, "write_buffer_watch", lambda send: (lambda: 10**9, None))
+    monkeypatch.setattr(subscribing, "write_buffer_watch", lambda send: (lambda: 10**9, None))
     slow = await connect(room, "clientId=slow")
     monkeypatch.undo()
     sender = await connect(room, "clientId=sender")
@@ -310,15 +313,13 @@ async def test_a_connection_replaced_before_its_hub_joined_the_channel_is_closed
         reference="room-1", transport="WS", client_id="laptop", since=None, runtime=runtime
     )
     assert runtime.stats.counters()["connections_replaced"] == 1
-    subscription = consumers.Subscription(
+    subscription = Subscription(
         channel_id="room-1",
         client_id="laptop",
         echo=False,
         encode=consumers.encode_frame,
         encode_control=consumers.encode_control,
-        outbox=consumers.Outbox(
-            write=None, max_messages=10, max_bytes=10_000, on_overflow=None, buffered_bytes=lambda: 0
-        ),
+        outbox=Outbox(write=None, max_messages=10, max_bytes=10_000, on_overflow=None, buffered_bytes=lambda: 0),
         on_close=None,
         holder=older.holder,
     )

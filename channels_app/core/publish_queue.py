@@ -15,12 +15,17 @@ import asyncio
 import contextvars
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..channel import ChannelInfo
-from ..messages import Message
-from ..state.history import Draft
+from ..errors import ApplicationError
+from ..messages import Message, layer_event
+from ..naming import channel_group
+from ..state.history import Draft, Replayed
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +68,14 @@ class PendingPublish:
 class PublishQueue:
     """One channel's publishes waiting for their run, and the task that sends queued runs in order.
 
-    ``send_run`` records and fans out a run and settles each publish's outcome; the queue only
-    forms runs (at most ``max_messages`` publishes and ``RUN_MAX_BYTES`` of payload) and keeps one
-    run on its way at a time.
+    A run holds at most ``max_messages`` publishes (a hub turn: the hub takes a run whole, so no
+    turn holds more than two turns' worth of messages) and ``RUN_MAX_BYTES`` of payload; one run is
+    on its way at a time.
     """
 
-    def __init__(self, send_run: Callable[[list[PendingPublish]], Awaitable[None]], *, max_messages: int):
-        self._send_run = send_run
-        self._max_messages = max(1, max_messages)
+    def __init__(self, runtime: Runtime, *, max_messages: int | None = None):
+        self._runtime = runtime
+        self._max_messages = max(1, max_messages or runtime.hub.events_per_turn)
         self._pending: deque[PendingPublish] = deque()
         # A run is on its way: sent by its own publisher, or by the sender task draining the queue.
         self._sending = False
@@ -87,10 +92,46 @@ class PublishQueue:
         # (Were it handed to the sender task, every publish would wait two more turns of the loop.)
         self._sending = True
         try:
-            await self._send_run([publish])
+            await self.send_run([publish])
         finally:
             self._after_own_run()
         return publish.outcome.result()
+
+    async def send_run(self, run: list[PendingPublish]) -> None:
+        """Record a run in history, hand its new messages to the layer as one event, and settle each
+        publish's outcome."""
+        runtime = self._runtime
+        channel = run[0].channel
+        try:
+            recorded = await runtime.history.append_many(channel, [publish.draft for publish in run])
+        except ApplicationError as error:
+            if error.code == "publish_outcome_unknown":
+                runtime.fanout_repair.unknown(channel, [publish.draft.id for publish in run])
+            for publish in run:
+                publish.fail(error.copy())
+            return
+        messages = [outcome for outcome in recorded if isinstance(outcome, Message)]
+        refused = False
+        if messages:
+            try:
+                await runtime.layer.group_send(channel_group(channel.id), layer_event(messages))
+            except Exception:
+                refused = True
+                runtime.stats.incr("publish_errors", len(messages))
+                logger.exception(
+                    "channel layer refused messages %s to %s on channel %s", messages[0].id, messages[-1].id, channel.id
+                )
+                runtime.fanout_repair.refused(channel, messages)
+            else:
+                runtime.stats.incr("messages_published", len(messages))
+                runtime.stats.incr("publish_runs")
+        for publish, outcome in zip(run, recorded, strict=True):
+            if isinstance(outcome, ApplicationError):
+                publish.fail(outcome)
+            elif isinstance(outcome, Replayed):
+                publish.succeed(Receipt(outcome.message, replayed=True))
+            else:
+                publish.succeed(Receipt(outcome, fanout_pending=refused))
 
     def _after_own_run(self) -> None:
         if not self._pending:
@@ -110,7 +151,7 @@ class PublishQueue:
                 if not run:
                     continue
                 try:
-                    await self._send_run(run)
+                    await self.send_run(run)
                 except Exception as exc:
                     logger.exception(
                         "publishing a run of %d message(s) on channel %s failed", len(run), run[0].channel.id

@@ -6,7 +6,6 @@ anything refused and never touch the ORM synchronously.
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 
@@ -20,13 +19,13 @@ from ..errors import (
     shutting_down,
     wrong_transport,
 )
-from ..messages import Message, Position, layer_event, position_parse
+from ..messages import Message, Position, position_parse
 from ..naming import channel_group, client_id_parse
-from ..state.history import Draft, Replayed
+from ..state.history import Draft
 from ..state.idempotency import idempotency_key_parse
 from ..state.presence import new_holder
 from ..tokens import TokenClaims, token_forbidden, token_required, token_verify
-from .publish_queue import PendingPublish, PublishQueue, Receipt
+from .publish_queue import PublishQueue, Receipt
 from .runtime import Runtime
 from .subscription import Subscription
 
@@ -101,46 +100,8 @@ def _publish_queue(runtime: Runtime, channel_id: str) -> PublishQueue:
     """The queue of a channel's publishes; it is forgotten once no publish waits in it."""
     queue = runtime.publish_queues.get(channel_id)
     if queue is None:
-        # A run is at most a hub turn long (hub.events_per_turn): the hub takes a run whole, so
-        # no turn of it holds more than two turns' worth of messages.
-        send_run = functools.partial(_publish_run, runtime=runtime)
-        queue = runtime.publish_queues[channel_id] = PublishQueue(send_run, max_messages=runtime.hub.events_per_turn)
+        queue = runtime.publish_queues[channel_id] = PublishQueue(runtime)
     return queue
-
-
-async def _publish_run(run: list[PendingPublish], *, runtime: Runtime) -> None:
-    """Record a run of one channel's publishes in history and hand its new messages to the layer as one event."""
-    channel = run[0].channel
-    try:
-        recorded = await runtime.history.append_many(channel, [publish.draft for publish in run])
-    except ApplicationError as error:
-        if error.code == "publish_outcome_unknown":
-            runtime.fanout_repair.unknown(channel, [publish.draft.id for publish in run])
-        for publish in run:
-            publish.fail(error.copy())
-        return
-    messages = [outcome for outcome in recorded if isinstance(outcome, Message)]
-    refused = False
-    if messages:
-        try:
-            await runtime.layer.group_send(channel_group(channel.id), layer_event(messages))
-        except Exception:
-            refused = True
-            runtime.stats.incr("publish_errors", len(messages))
-            logger.exception(
-                "channel layer refused messages %s to %s on channel %s", messages[0].id, messages[-1].id, channel.id
-            )
-            runtime.fanout_repair.refused(channel, messages)
-        else:
-            runtime.stats.incr("messages_published", len(messages))
-            runtime.stats.incr("publish_runs")
-    for publish, outcome in zip(run, recorded, strict=True):
-        if isinstance(outcome, ApplicationError):
-            publish.fail(outcome)
-        elif isinstance(outcome, Replayed):
-            publish.succeed(Receipt(outcome.message, replayed=True))
-        else:
-            publish.succeed(Receipt(outcome, fanout_pending=refused))
 
 
 async def connection_open(

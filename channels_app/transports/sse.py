@@ -19,7 +19,7 @@ import logging
 
 from django_eventstream.utils import sse_encode_event
 
-from ..adapters.servers import connection_aborter, write_buffer_watch
+from ..adapters.servers import connection_aborter
 from ..core.outbox import Outbox
 from ..core.runtime import Runtime
 from ..core.services import channel_describe, connection_close, connection_open, subscription_start
@@ -27,7 +27,7 @@ from ..core.subscription import Subscription
 from ..errors import ApplicationError
 from ..messages import Message
 from .origins import cors_headers, header
-from .websocket import flag, query_params
+from .subscribing import flag, new_subscription, query_params
 
 logger = logging.getLogger(__name__)
 
@@ -128,26 +128,18 @@ class _Stream:
         """Subscribe, open the response, then write events until the client leaves or is cut off."""
         runtime = self.runtime
         server = runtime.server
-        buffered_bytes, wait_drained = write_buffer_watch(self.send)
-        outbox = Outbox(
+        self.subscription = new_subscription(
+            runtime=runtime,
+            connection=self.connection,
+            send=self.send,
             write=self._write,
-            max_messages=server.max_pending_messages,
-            max_bytes=server.max_pending_bytes,
-            on_overflow=self._on_overflow,
-            buffered_bytes=buffered_bytes,
-            wait_drained=wait_drained,
-        )
-        self.subscription = Subscription(
-            channel_id=self.connection.channel.id,
-            client_id=self.connection.client_id,
-            holder=self.connection.holder,
-            echo=self.connection.echo,
             encode=encode_event,
             encode_control=encode_control,
-            outbox=outbox,
+            on_overflow=self._on_overflow,
             on_close=self._close,
             transport="SSE",
         )
+        outbox = self.subscription.outbox
         try:
             # Subscribe (and queue the replay) before the stream opens: once the client sees
             # ``stream-open``, every message published after that reaches it.

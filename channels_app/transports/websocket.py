@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable
-from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
@@ -23,9 +22,7 @@ from ..adapters.servers import (
     connection_aborter,
     hold_close_reply,
     websocket_close_frame_sender,
-    write_buffer_watch,
 )
-from ..core.outbox import Outbox
 from ..core.runtime import Runtime
 from ..core.services import (
     connection_close,
@@ -39,6 +36,7 @@ from ..core.subscription import Subscription
 from ..errors import ApplicationError
 from ..messages import Message
 from .ratelimit import TokenBucket
+from .subscribing import flag, new_subscription, query_params
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +48,6 @@ CLOSE_SLOW_CONSUMER = 4408
 # awaited one by one, a connection could publish no faster than a run's Redis round trips. Beyond
 # this many the consumer stops reading frames until one is done.
 PUBLISHES_IN_FLIGHT = 16
-
-
-def query_params(scope: dict) -> dict[str, str]:
-    """The last value of each query-string parameter."""
-    parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-    return {key: values[-1] for key, values in parsed.items()}
-
-
-def flag(value: str | None) -> bool:
-    """Whether a query flag such as ``echo=1`` is on."""
-    return value is not None and value.lower() in ("1", "true", "yes", "on")
 
 
 def encode_frame(message: Message) -> tuple[str, int]:
@@ -160,25 +147,18 @@ class ChannelConsumer(AsyncWebsocketConsumer):
 
     def _prepare(self, server) -> None:
         self.bucket = TokenBucket(rate=server.publish_rate, burst=server.publish_burst)
-        buffered_bytes, wait_drained = write_buffer_watch(self.base_send)
-        self.outbox = Outbox(
+        self.subscription = new_subscription(
+            runtime=self.runtime,
+            connection=self.connection,
+            send=self.base_send,
             write=self._write,
-            max_messages=server.max_pending_messages,
-            max_bytes=server.max_pending_bytes,
-            on_overflow=self._on_overflow,
-            buffered_bytes=buffered_bytes,
-            wait_drained=wait_drained,
-        )
-        self.subscription = Subscription(
-            channel_id=self.connection.channel.id,
-            client_id=self.connection.client_id,
-            holder=self.connection.holder,
-            echo=self.connection.echo,
             encode=encode_frame,
             encode_control=encode_control,
-            outbox=self.outbox,
+            on_overflow=self._on_overflow,
             on_close=self.close_soon,
+            transport="WS",
         )
+        self.outbox = self.subscription.outbox
 
     async def receive(self, text_data=None, bytes_data=None):
         """Publish a text frame to the channel; refuse binary, oversized and too-frequent frames."""

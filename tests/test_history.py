@@ -1,4 +1,5 @@
-"""History and resume: the in-memory store, then ``?since=`` / ``Last-Event-ID`` on a real daphne, across a restart."""
+"""Positions, then resume with ``?since=`` / ``Last-Event-ID`` on a real server, across a restart and a re-created
+channel. The stores themselves: tests/test_history_contract.py."""
 
 from __future__ import annotations
 
@@ -10,126 +11,8 @@ import httpx
 import pytest
 import websockets
 
-from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
 from channels_app.messages import Position, position_parse
-from channels_app.state.history import MemoryHistory
-
-
-def channel(*, history_size: int = 100, history_ttl: int = 3600) -> ChannelInfo:
-    return ChannelInfo(
-        id="room-1", name="room", type="WS", max_connections=10, history_size=history_size, history_ttl=history_ttl
-    )
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def fill(history: MemoryHistory, info: ChannelInfo, count: int) -> list:
-    return [await history.append(info, payload=f"m{index}", client_id="writer") for index in range(count)]
-
-
-async def test_append_stamps_consecutive_offsets_in_one_epoch():
-    history = MemoryHistory(epochs=lambda: "e1")
-    messages = await fill(history, channel(), 3)
-    assert [m.offset for m in messages] == [1, 2, 3]
-    assert {m.epoch for m in messages} == {"e1"}
-    assert [m.position for m in messages] == ["e1-1", "e1-2", "e1-3"]
-    assert len({m.id for m in messages}) == 3
-    assert await history.head("room-1") == 3
-
-
-async def test_since_a_position_returns_exactly_the_later_messages_in_order():
-    history = MemoryHistory(epochs=lambda: "e1")
-    info = channel()
-    await fill(history, info, 5)
-    replay = await history.since(info, Position(epoch="e1", offset=2))
-    assert replay.gap is None
-    assert [m.payload for m in replay.messages] == ["m2", "m3", "m4"]
-    assert (await history.since(info, Position(epoch="e1", offset=5))).messages == []
-
-
-async def test_since_a_message_id_in_any_spelling():
-    history = MemoryHistory(epochs=lambda: "e1")
-    info = channel()
-    messages = await fill(history, info, 3)
-    for spelling in (messages[0].id, messages[0].id.upper(), messages[0].id.replace("-", "")):
-        replay = await history.since(info, position_parse(spelling))
-        assert replay.gap is None
-        assert [m.payload for m in replay.messages] == ["m1", "m2"]
-
-
-async def test_history_size_bounds_what_is_kept_and_reports_the_gap():
-    history = MemoryHistory(epochs=lambda: "e1")
-    info = channel(history_size=3)
-    await fill(history, info, 6)
-    replay = await history.since(info, Position(epoch="e1", offset=1))
-    assert [m.offset for m in replay.messages] == [4, 5, 6]
-    assert replay.gap.reason == "expired"
-    assert replay.gap.requested == "e1-1"
-    assert replay.gap.earliest == "e1-4"
-    # Exactly at the edge nothing is missing.
-    assert (await history.since(info, Position(epoch="e1", offset=3))).gap is None
-
-
-async def test_history_ttl_expires_old_messages():
-    clock = Clock()
-    history = MemoryHistory(epochs=lambda: "e1", clock=clock)
-    info = channel(history_ttl=60)
-    await fill(history, info, 2)
-    clock.now += 61
-    await fill(history, info, 1)
-    replay = await history.since(info, Position(epoch="e1", offset=0))
-    assert [m.payload for m in replay.messages] == ["m0"]
-    assert replay.gap.reason == "expired"
-    clock.now += 61
-    replay = await history.since(info, Position(epoch="e1", offset=2))
-    assert replay.messages == []
-    assert replay.gap.reason == "expired"
-    assert replay.gap.earliest is None
-
-
-async def test_history_size_zero_keeps_nothing_but_still_numbers_messages():
-    history = MemoryHistory(epochs=lambda: "e1")
-    info = channel(history_size=0)
-    messages = await fill(history, info, 2)
-    assert [m.offset for m in messages] == [1, 2]
-    replay = await history.since(info, Position(epoch="e1", offset=1))
-    assert replay.messages == []
-    assert replay.gap.reason == "expired"
-
-
-async def test_a_position_from_another_epoch_is_a_gap_not_an_offset():
-    history = MemoryHistory(epochs=lambda: "new")
-    info = channel()
-    await fill(history, info, 5)
-    replay = await history.since(info, Position(epoch="old", offset=3))
-    assert replay.gap.reason == "epoch_changed"
-    # Everything the new history holds is newer than the old position: nothing is skipped by offset.
-    assert [m.offset for m in replay.messages] == [1, 2, 3, 4, 5]
-
-
-async def test_a_position_beyond_the_head_is_from_another_incarnation():
-    history = MemoryHistory(epochs=lambda: "e1")
-    info = channel()
-    await fill(history, info, 2)
-    replay = await history.since(info, Position(offset=9))
-    assert replay.gap.reason == "epoch_changed"
-    assert [m.offset for m in replay.messages] == [1, 2]
-
-
-async def test_an_unknown_message_id_is_a_gap():
-    history = MemoryHistory(epochs=lambda: "e1")
-    info = channel()
-    await fill(history, info, 2)
-    replay = await history.since(info, position_parse("00000000-0000-4000-8000-000000000000"))
-    assert replay.gap.reason == "unknown_position"
-    assert [m.offset for m in replay.messages] == [1, 2]
 
 
 @pytest.mark.parametrize(

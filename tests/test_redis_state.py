@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from dataclasses import replace
 
 import pytest
 import redis.asyncio as redis
@@ -15,7 +14,6 @@ from redis.asyncio.client import Pipeline
 
 from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
-from channels_app.messages import Position
 from channels_app.state.history import Draft, Replayed
 from channels_app.state.idempotency import idempotency_key_parse
 from channels_app.state.redis import RedisHistory, RedisPresence
@@ -38,30 +36,6 @@ async def history(redis_server):
     yield RedisHistory(client, "t")
     await client.flushdb()
     await client.aclose()
-
-
-async def test_a_run_is_stamped_with_consecutive_offsets_and_kept_in_order(history):
-    first = await history.append(ROOM, payload="one", client_id="a")
-    run = await history.append_many(ROOM, [Draft("two", "b"), Draft("trois ✓", "c"), Draft("four", "d")])
-    assert [m.offset for m in (first, *run)] == [1, 2, 3, 4]
-    assert {m.epoch for m in run} == {first.epoch}
-    assert len({m.id for m in (first, *run)}) == 4
-    replay = await history.since(ROOM, Position(epoch=first.epoch, offset=1))
-    assert [(m.offset, m.payload, m.client_id, m.id) for m in replay.messages] == [
-        (m.offset, m.payload, m.client_id, m.id) for m in run
-    ]
-    assert await history.head(ROOM.id) == 4
-
-
-async def test_a_run_longer_than_the_history_keeps_only_its_newest_messages(history):
-    small = replace(ROOM, history_size=3)
-    await history.append_many(small, [Draft(f"m{index}", "w") for index in range(5)])
-    held = await history.between(small, 1, 5)
-    assert [(m.offset, m.payload) for m in held] == [(3, "m2"), (4, "m3"), (5, "m4")]
-    none_kept = replace(ROOM, id="room-2", history_size=0)
-    run = await history.append_many(none_kept, [Draft("x", "w"), Draft("y", "w")])
-    assert [m.offset for m in run] == [1, 2]
-    assert await history.between(none_kept, 1, 2) == []
 
 
 def _while_renewing(monkeypatch, action):

@@ -1,19 +1,10 @@
 """A bounded per-connection queue of outgoing frames, written by a task that runs while it holds any.
 
-The hub never waits on a client: it puts an already encoded frame here and moves on. A client
-that cannot keep up overflows its bound and is disconnected (code 4408); it can resume from
-history. So a slow client neither slows the others nor grows the server's memory without bound.
-
-A resume's replay may be larger than the bound. It is not queued at once but in pages (see
-``Subscription.replay``): while a ``refill`` is set, the writer asks for the next page each time
-the queue is empty, after ``wait_drained`` (returns once the server has drained its write buffer;
-None where ``send`` itself waits for the socket). Nothing is polled: the server wakes the writer.
-
-Memory and GC: one exists per connection and ``put`` runs once per delivery, so frames and their
-sizes sit in two plain lists read from a head index (no tuple, no ``deque`` block and no
-``asyncio.Event`` per connection), and the class has ``__slots__``. The writer task starts when a
-frame is queued and ends once all are written: an idle connection holds no task (about 1 KB
-each, most connections of a fan-out service being idle at any moment).
+The hub never waits on a client: it puts an already encoded frame here and moves on. A client that
+cannot keep up overflows its bound and is disconnected (4408) and can resume from history, so a slow
+client neither slows the others nor grows the server's memory. A replay larger than the bound is
+queued in pages (``refill``), each once the server has drained its write buffer (``wait_drained``).
+The layout keeps the memory per connection small (docs/architecture.md, "Why the code is shaped this way").
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""Group commit of one channel's publishes.
-
-A channel's publishes leave a process one run at a time, in offset order (see
-``services.message_publish``). Under the REDIS driver a run costs two round trips, one to record
-it in history and one to hand it to the layer, whether it holds one message or sixteen. Sent one
-by one, a channel's publishes could go no faster than those round trips allowed, and every message
-reached every hub alone, so hubs fanned out one message per turn. Here the publishes that arrive
-while a run is on its way wait, and go together as the next run. Nothing waits for company: a
-publish to a quiet channel leaves at once, alone.
+"""Group commit of one channel's publishes: those that arrive while a run is on its way go together as
+the next run, one history call and one layer event, because under REDIS a run costs two round trips
+whatever its length; a publish to a quiet channel leaves at once, alone. Runs leave one at a time,
+in offset order (docs/architecture.md, "Why the code is shaped this way").
 """
 
 from __future__ import annotations

@@ -87,11 +87,8 @@ async def message_publish_receipt(
     if size > limit:
         raise payload_too_large(size, limit)
     key = idempotency_key_parse(idempotency_key, payload=payload)
-    # The hub drops a message that arrives after a higher offset of its channel (Hub._in_sequence)
-    # and can only repair that hole while history still holds it. So this process hands a
-    # channel's messages to the layer one run at a time, in offset order: RedisChannelLayer (layer:
-    # core) orders a queue by a timestamp group_send takes after three Redis round trips, and
-    # concurrent publishes (HTTP pushes on several connections) reached the hubs out of order.
+    # One run at a time per channel, in offset order: the hub drops a message that arrives after a
+    # higher offset (docs/architecture.md, "Runs of publishes").
     queue = _publish_queue(runtime, channel.id)
     return await queue.submit(channel, Draft(payload, client_id, key), size=size)
 

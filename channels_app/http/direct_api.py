@@ -1,18 +1,8 @@
-"""The server API's views served straight from ASGI, around Django's middleware stack.
-
-Every middleware in ``settings.MIDDLEWARE`` is a synchronous ``MiddlewareMixin``: under ASGI,
-Django runs each one's ``process_request`` and ``process_response`` in a worker thread and gives
-every request its own thread-sensitive executor. For an API view that is about fifteen thread
-hand-offs and two new threads per request, which made an HTTP push cost ~3 ms of CPU, far more
-than fanning the message out. The API needs none of what that stack adds (sessions, CSRF,
-messages, the login user: it authenticates with API keys), so transports/routing.py sends ``/api/v1/``
-requests here. The Django URL conf keeps the same views for ``reverse()`` and the test client.
-
-What the API does need from that stack is kept: the ``Host`` check (routing.HostGuard), the
-security headers (security.SecurityHeadersMiddleware, around all of HTTP), and Django's
-``SecurityMiddleware`` (HTTPS redirect and HSTS under ``DJANGO_SECURE=1``), which only computes
-headers and so runs inline here. Before the body is read, the API key of a write and the
-declared length are checked (http/limits.py); the body is read up to the same limit.
+"""The server API's views served straight from ASGI, beside Django's middleware stack, whose
+synchronous middleware made a push cost ~3 ms of CPU in thread hand-offs (docs/architecture.md,
+"Why the code is shaped this way"). What the API needs from that stack is kept: the ``Host`` check
+(routing.HostGuard), the security headers, and Django's ``SecurityMiddleware``. The API key and the
+declared length are checked before the body is read (http/limits.py).
 """
 
 from __future__ import annotations

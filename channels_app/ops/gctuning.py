@@ -1,27 +1,9 @@
-"""Garbage-collector tuning for the service process, applied once from ``realtime_project/asgi.py``.
+"""Garbage-collector tuning, applied once start-up is done: higher thresholds and a frozen start-up
+heap, because fan-out's short-lived objects made the collector scan the whole heap constantly; a full
+collection every ``COLLECT_EVERY_CLOSED`` closed connections or served requests keeps memory level
+under churn (docs/architecture.md, "Why the code is shaped this way").
 
-Fan-out allocates a few short-lived container objects per delivery, so with CPython's default
-thresholds (700, 10, 10) the cyclic collector runs constantly, and every full collection scans the
-whole heap, which grows with the number of connections. At 5,000 subscribers GC took 12 of 30 s of
-CPU (docs/performance.md). Two changes:
-
-- higher thresholds, so young collections run far less often and full ones rarely;
-- ``gc.freeze()`` once start-up is done: Django, the URL conf, the registry and every imported
-  module move to the permanent generation, which collections no longer scan.
-
-There is deliberately no periodic ``freeze()`` of per-connection objects: a frozen object is never
-collected, so the reference cycles of connections that close later would leak for good.
-
-With such thresholds full collections almost never run by themselves, yet every closed connection
-leaves reference cycles (daphne/Twisted protocol, consumer, tasks: about 6-15 KiB) that by then
-sit in the oldest generation, and so does every server-API request. So ``connection_closed()``
-(called by the hub for every subscription that ends) and ``request_finished()`` (called for every
-request http/direct_api.py serves) run a full collection every ``COLLECT_EVERY_CLOSED`` of them: memory
-levels off under connection churn and steady pushes, and a steady set of subscribers receiving
-messages pays nothing for it.
-
-``REALTIME_GC_THRESHOLD`` overrides the thresholds (``"50000,50,1000"``) or turns the tuning off
-(``"off"``; CPython's defaults stay and nothing is frozen), e.g. to measure what it buys.
+``REALTIME_GC_THRESHOLD`` overrides the thresholds (``"50000,50,1000"``) or turns the tuning off (``"off"``).
 """
 
 from __future__ import annotations

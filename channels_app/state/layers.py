@@ -1,18 +1,7 @@
-"""The in-memory channel layer of the ``MEMORY`` driver.
-
-channels' ``InMemoryChannelLayer`` sweeps every queue and every group membership for expiry on
-each ``send``, ``receive`` and ``group_send``. Here every channel with local subscribers is a
-group (with the hub as its one member), so that sweep costs O(channels) per publish: with 1,000
-channels it was most of a publish's CPU. Expiry is housekeeping measured in seconds (messages
-expire after 60 s, memberships after a day), so sweeping at most once a second changes nothing a
-client can see and makes a publish cost the same with 1 channel or 10,000.
-
-``group_send`` also puts the message on every member's queue at once, instead of through a task
-per member: channels' way suspends the publisher once per message, so a burst of publishes
-reached the hub one per event-loop turn and could never be fanned out together. The publisher
-still yields once a member has ``BACKLOG`` events waiting: a publisher faster than the hub is
-held to one event (a message, or a run of them) per turn, rather than piling them up in the hub's
-queue.
+"""The in-memory channel layer of the ``MEMORY`` driver: channels' own, with its expiry sweep run at most
+once a second and ``group_send`` queuing for every member at once, because both made a publish's cost
+grow with the number of channels and kept a burst from reaching the hub together
+(docs/architecture.md, "Why the code is shaped this way").
 """
 
 from __future__ import annotations

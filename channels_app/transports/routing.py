@@ -126,14 +126,8 @@ def http_router(django_app, runtime: Runtime):
 
 class WebSocketRouter:
     """The WebSocket side in one layer: the ``Host`` check (close 4400), the origin check (4403),
-    then the channel consumer on the channel URL and 4404 anywhere else.
-
-    One layer rather than four nested ASGI apps (host guard, origin guard, channels' URLRouter and
-    ``as_asgi``): each nested app keeps a suspended coroutine frame, and URLRouter a copy of the
-    scope, for as long as the connection lives, about 2 KB per idle connection in all. channels'
-    ``OriginValidator`` is not used because it answers HTTP 403, which a browser reports as 1006;
-    and channels' URLRouter raises (a 500) for a path no route matches, such as
-    ``/api/v1/channels/../admin``.
+    then the channel consumer on the channel URL and 4404 anywhere else. One layer rather than
+    channels' nested routers keeps about 2 KB less per idle connection (docs/architecture.md).
     """
 
     def __init__(self, runtime: Runtime):

@@ -75,15 +75,9 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         self.channel_reference = channel
 
     async def __call__(self, scope, receive, send):
-        """Run the consumer, and give the connection slot back however it ends.
-
-        It reads the client's events itself instead of through channels' ``AsyncConsumer``: that
-        loop (``await_many_dispatch``) keeps a task and an ``asyncio.wait`` per received frame, to
-        also listen on a layer channel this consumer does not have, and its ``dispatch`` hands
-        every frame to a thread to close stale database connections, though no handler here uses
-        the ORM outside ``database_sync_to_async`` (which closes them itself). Per connection that
-        was about 2 KB of the idle memory, and per published frame a thread hand-off.
-        """
+        """Run the consumer, and give the connection slot back however it ends. It reads the
+        client's events itself, not through channels' ``AsyncConsumer`` loop, which cost about 2 KB
+        per connection and a thread hand-off per frame (docs/architecture.md)."""
         self.scope = scope
         self.channel_layer = None
         self.base_send = send

@@ -73,6 +73,9 @@ def test_the_server_internals_hold_close_reply_relies_on_still_exist():
     assert list(inspect.signature(AutobahnProtocol.onCloseFrame).parameters) == ["self", "code", "reasonRaw"]
     assert issubclass(DaphneProtocol, AutobahnProtocol) and DaphneProtocol.STATE_OPEN == AutobahnProtocol.STATE_OPEN
     assert "self.sendCloseFrame(" in inspect.getsource(AutobahnProtocol.onCloseFrame)
+    # While a reply is held, frames after the close are dropped by replacing processData, which
+    # consumeData calls (through the instance) until it answers False.
+    assert "self.processData()" in inspect.getsource(AutobahnProtocol.consumeData)
     # uvicorn dispatches close frames to handle_close, which writes websockets' queued reply.
     assert "self.handle_close(event)" in inspect.getsource(WebSocketsSansIOProtocol.handle_events)
     handle_close = inspect.getsource(WebSocketsSansIOProtocol.handle_close)

@@ -247,7 +247,7 @@ def test_a_body_just_under_the_limit_is_held_in_memory_not_in_a_temporary_file(s
         ("POST", "/api/v1/messages", ("Authorization: Bearer wrong",), "api_key_invalid"),
         ("POST", "/api/v1/channels", ("Authorization: Basic eDp5",), "api_key_required"),
         ("DELETE", "/api/v1/channels/chat-1", (), "api_key_required"),
-        ("PUT", "/api/v1/tokens", (), "api_key_required"),
+        ("POST", "/api/v1/tokens", (), "api_key_required"),
     ],
 )
 def test_an_unauthenticated_write_is_refused_before_its_body_is_sent(server, method, path, credentials, code):
@@ -259,6 +259,15 @@ def test_an_unauthenticated_write_is_refused_before_its_body_is_sent(server, met
         assert refusal(status, headers, body)["error"] == code
         assert headers["www-authenticate"] == 'Bearer realm="realtime"'
         assert closed_by_server(sock, 5)
+
+
+@pytest.mark.parametrize(("method", "path"), [("PUT", "/api/v1/channels/chat-1"), ("POST", "/api/v1/channels/chat-1")])
+def test_a_method_the_api_does_not_serve_is_answered_405_not_401(server, method, path):
+    """Only the writes the API serves need a key before the body: any other method reaches the view."""
+    response = httpx.request(method, f"{server.http}{path}", content=b"{}")
+    assert response.status_code == 405, response.text
+    assert response.json()["error"] == "method_not_allowed"
+    assert "DELETE" in response.headers["allow"]
 
 
 def test_reads_and_authenticated_writes_still_work(server):

@@ -172,10 +172,21 @@ class _DaphneCloseHold:
         del protocol.onCloseFrame
         if protocol.state != protocol.STATE_OPEN:
             return self.original(code, reason_raw)
-        # While held the connection stays OPEN for autobahn: frames the client sends after its close
-        # frame (it should send none) still reach the application, as they would have before.
-        reply_after(self.release, functools.partial(self.original, code, reason_raw))
+        # While held the connection stays OPEN for autobahn, so frames the client sends after its close
+        # frame (RFC 6455 allows none) are dropped here: a ping would otherwise be answered with a pong.
+        protocol.processData = functools.partial(_drop_frames_after_close, protocol)
+        reply_after(self.release, functools.partial(self._reply, code, reason_raw))
         return None
+
+    def _reply(self, code, reason_raw) -> None:
+        del self.protocol.processData
+        self.original(code, reason_raw)
+
+
+def _drop_frames_after_close(protocol) -> bool:
+    """autobahn's ``processData`` while a client's close frame waits for its reply: drop what follows."""
+    protocol.data = b""
+    return False
 
 
 class HeldReply:

@@ -27,7 +27,7 @@ from ..messages import position_parse
 from ..naming import SERVER_CLIENT_ID, client_id_parse
 from ..state.idempotency import MAX_KEY_LENGTH
 from ..tokens import DEFAULT_TTL_SECONDS, token_mint
-from .auth import WWW_AUTHENTICATE, api_key_check, api_key_required
+from .auth import WWW_AUTHENTICATE, api_key_check
 from .openapi import openapi_document
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def api_endpoint(*methods: str, authenticated: bool = True, served_before_django
                 return response
             runtime = request.realtime
             try:
-                if authenticated or api_key_required(request.method, request.path_info):
+                if authenticated:
                     api_key_check(request.headers.get("Authorization"))
                 if runtime.draining and request.method != "GET":
                     raise ApplicationError(
@@ -101,6 +101,7 @@ def api_endpoint(*methods: str, authenticated: bool = True, served_before_django
                 )
 
         handler.allowed_methods = methods
+        handler.authenticated = authenticated
         return handler
 
     return decorate

@@ -11,9 +11,6 @@ from ..errors import ApplicationError
 
 logger = logging.getLogger(__name__)
 
-# Methods that write; under the server API every one of them needs an API key.
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-API_PREFIX = "api/v1/"
 WWW_AUTHENTICATE = 'Bearer realm="realtime"'
 
 
@@ -35,15 +32,6 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not credential.strip():
         return None
     return credential.strip()
-
-
-def api_key_required(method: str, path: str) -> bool:
-    """Whether a request needs an API key whatever it asks for: a write to the server API.
-
-    ``path`` is below the root path. The servers' request hooks (http/limits.py) refuse such a
-    request without a valid key from its headers, before its body is read; the views check it again.
-    """
-    return method in WRITE_METHODS and path.lstrip("/").startswith(API_PREFIX)
 
 
 def api_key_check(authorization: str | None) -> None:

@@ -2,7 +2,7 @@
 
 One rule, applied from a request's headers, before any byte of its body is read:
 
-- a write to the server API (``auth.api_key_required``) without a valid API key: **401**;
+- a write the server API serves (``api_key_required``) without a valid API key: **401**;
 - a ``Content-Length`` above ``REALTIME_MAX_REQUEST_BODY_BYTES`` (the largest body any endpoint
   accepts, settings.py): **413** ``payload_too_large``.
 
@@ -29,8 +29,9 @@ from urllib.parse import unquote
 from django.conf import settings
 
 from ..errors import ApplicationError
-from .auth import WWW_AUTHENTICATE, api_key_check, api_key_required
+from .auth import WWW_AUTHENTICATE, api_key_check
 from .security import with_security_headers
+from .urls import api_urlpatterns
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,19 @@ def request_timeout(part: str) -> ApplicationError:
         f"The {what} did not arrive within {seconds:g} s; send the whole request at once.",
         status=408,
     )
+
+
+def api_key_required(method: str, path: str) -> bool:
+    """Whether a request is a write the server API serves: a method other than GET or HEAD that one of
+    its authenticated views allows on its route (``path`` is below the root path). Any other method
+    reaches the view, which answers 405."""
+    if method in ("GET", "HEAD"):
+        return False
+    for route in api_urlpatterns:
+        if route.pattern.match(path.lstrip("/")) is not None:
+            view = route.callback
+            return method in getattr(view, "allowed_methods", ()) and getattr(view, "authenticated", True)
+    return False
 
 
 def request_refusal(method: str, path: str, authorization: str | None, length: int | None) -> ApplicationError | None:

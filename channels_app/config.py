@@ -2,8 +2,9 @@
 
 The file is validated whole before anything is served: every mistake is collected and reported
 in one ``ConfigError`` naming the file, the key path and what to write instead. Each key is one
-``Key`` declaration (type, default, documentation); ``docs/configuration.md`` is checked against
-these declarations by a test, so a new key is added here and documented there.
+``Key`` declaration (type, default, documentation); a channel's keys come from the declaration of
+a channel's fields (channel.py). ``docs/configuration.md`` is checked against these declarations
+by a test, so a new key is added here and documented there.
 
 This module is imported by the settings module, so it must not import Django.
 """
@@ -15,13 +16,14 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
+from .channel import CHANNEL_FIELDS, ChannelField
 from .identity import IDENTIFIER_PATTERN, IDENTIFIER_RULE, ChannelIdentity, Collision, identity_collisions
 
 DEFAULT_CONFIG = "configs/memory.config.yaml"
@@ -55,6 +57,10 @@ class Key:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     check: Callable[[Any], str | None] | None = None
+
+
+# The Python type of each kind of key.
+_KIND_TYPES = {"bool": bool, "int": int, "number": float, "str": str, "str_list": tuple[str, ...], "choice": str}
 
 
 def _check_identifier(value: str) -> str | None:
@@ -167,20 +173,33 @@ REDIS_KEYS = (
     ),
 )
 
-CHANNEL_KEYS = (
-    Key("id", "str", None, "Public identifier clients use in URLs.", required=True, check=_check_identifier),
-    Key(
-        "type",
-        "choice",
-        None,
-        "`WS` (WebSocket, two-way) or `SSE` (Server-Sent Events).",
-        required=True,
-        choices=("WS", "SSE"),
-    ),
-    Key("max_of_channel_connections", "int", 100, "Live connections the channel accepts.", minimum=1),
-    Key("history_size", "int", None, "Recent messages kept for resume (default: `server.history_size`).", minimum=0),
-    Key("history_ttl", "int", None, "Seconds messages stay in history (default: `server.history_ttl`).", minimum=1),
-    Key("private", "bool", False, "Subscribers need a signed token (`?token=`)."),
+
+def _channel_key(channel_field: ChannelField) -> Key:
+    """A channel field's key under ``channels.<name>``; an inherited default is filled in from ``server``."""
+    kind, check = ("str", _check_identifier) if channel_field.kind == "identifier" else (channel_field.kind, None)
+    default = None if channel_field.inherited else channel_field.default
+    return Key(
+        channel_field.yaml,
+        kind,
+        default,
+        channel_field.doc,
+        required=channel_field.required,
+        choices=channel_field.choices,
+        minimum=channel_field.minimum,
+        check=check,
+    )
+
+
+CHANNEL_KEYS = tuple(_channel_key(channel_field) for channel_field in CHANNEL_FIELDS.values() if channel_field.yaml)
+# Channel keys whose default is the server key of the same name.
+_INHERITED_KEYS = tuple(channel_field.yaml for channel_field in CHANNEL_FIELDS.values() if channel_field.inherited)
+
+# One channel declared under ``channels``: its name (its key there), then its keys.
+ChannelSpec = make_dataclass(
+    "ChannelSpec",
+    [("name", str), *((channel_key.name, _KIND_TYPES[channel_key.kind]) for channel_key in CHANNEL_KEYS)],
+    frozen=True,
+    namespace={"__doc__": "One channel declared under ``channels``.", "__module__": __name__},
 )
 
 SECTIONS = {"server": SERVER_KEYS, "pubsub": PUBSUB_KEYS, "pubsub.redis": REDIS_KEYS, "channels.<name>": CHANNEL_KEYS}
@@ -245,19 +264,6 @@ class PubSubConfig:
 
     driver: str
     redis: RedisConfig
-
-
-@dataclass(frozen=True)
-class ChannelSpec:
-    """One channel declared under ``channels``."""
-
-    name: str
-    id: str
-    type: str
-    max_of_channel_connections: int
-    history_size: int
-    history_ttl: int
-    private: bool
 
 
 @dataclass(frozen=True)
@@ -372,7 +378,7 @@ def _read_channels(reader: _Reader, raw: Any, server_values: dict[str, Any]) -> 
         if collisions:
             continue
         identities.append(ChannelIdentity(channel_id, name))
-        for inherited in ("history_size", "history_ttl"):
+        for inherited in _INHERITED_KEYS:
             if values.get(inherited) is None:
                 values[inherited] = server_values.get(inherited)
         if any(value is None for value in values.values()):

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from ..channel import ChannelInfo
+from ..channel import DESCRIPTION, PREFLIGHT_DESCRIPTION, ChannelInfo
 from .runtime import Runtime
 
 
-def channel_as_dict(channel: ChannelInfo, connections: int) -> dict:
-    """The API's description of a channel."""
-    return {
-        "id": channel.id,
-        "name": channel.name,
-        "type": channel.type,
-        "connections": connections,
-        "max": channel.max_connections,
-        "maxOfChannelConnections": channel.max_connections,
-        "historySize": channel.history_size,
-        "historyTtl": channel.history_ttl,
-        "private": channel.private,
-        "source": channel.source,
-    }
+def channel_as_dict(channel: ChannelInfo, connections: int, *, preflight: bool = False) -> dict:
+    """The API's description of a channel; the ``preflight`` answer (``?upgrade=0``) shows fewer fields."""
+    keys = PREFLIGHT_DESCRIPTION if preflight else DESCRIPTION
+    return {key: connections if field is None else getattr(channel, field.attr) for key, field in keys}
 
 
 async def channel_list(*, runtime: Runtime) -> list[dict]:

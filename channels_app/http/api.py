@@ -16,6 +16,7 @@ from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from ..channel import CREATE_FIELDS
 from ..core.channel_services import channel_create, channel_delete, channel_draft_parse
 from ..core.publish_queue import Receipt
 from ..core.runtime import Runtime
@@ -36,6 +37,8 @@ MAX_BATCH_MESSAGES = 100
 # Room for the "#<index>" each item's key gets.
 BATCH_KEY_MAX_LENGTH = MAX_KEY_LENGTH - len(f"#{MAX_BATCH_MESSAGES - 1}")
 MAX_HISTORY_PAGE = 1000
+# The create body's whole-number fields (see whole_numbers).
+_CHANNEL_WHOLE_NUMBERS = tuple(field.api for field in CREATE_FIELDS if field.kind == "int")
 
 
 def database_unavailable() -> ApplicationError:
@@ -237,8 +240,7 @@ async def channels_collection(request: HttpRequest):
             "Creating channels is disabled: set server.allow_create_new_channels: true.",
             status=403,
         )
-    body = whole_numbers(json_body(request), "maxOfChannelConnections", "historySize", "historyTtl")
-    draft = channel_draft_parse(body, default_history_size=server.history_size, default_history_ttl=server.history_ttl)
+    draft = channel_draft_parse(whole_numbers(json_body(request), *_CHANNEL_WHOLE_NUMBERS), server=server)
     channel = await channel_create(draft=draft)
     return JsonResponse(channel_as_dict(channel, 0), status=201)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from functools import cache
 
+from ..channel import CREATE_FIELDS, DESCRIPTION, ChannelField
+
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -48,6 +50,21 @@ def _errors(*statuses: int) -> dict:
 
 
 _IDENTIFIER_PATTERN = "^[A-Za-z0-9._-]{1,100}$"
+
+
+def _channel_property(field: ChannelField | None, *, bounded: bool = False) -> dict:
+    """The JSON schema of a channel field (None: the live connection count); ``bounded`` adds its limits."""
+    if field is None:
+        return {"type": "integer"}
+    if field.kind == "identifier":
+        return {"type": "string", **({"pattern": _IDENTIFIER_PATTERN} if bounded else {})}
+    if field.kind == "choice":
+        return {"type": "string", "enum": list(field.choices)}
+    if field.kind == "int":
+        return {"type": "integer", **({"minimum": field.minimum, "maximum": field.maximum} if bounded else {})}
+    return {"type": "boolean"}
+
+
 _CHANNEL_PARAMETER = {
     "name": "channel",
     "in": "path",
@@ -109,31 +126,12 @@ def _document() -> dict:
             required=["payload"],
         ),
         "Channel": _object(
-            {
-                "id": {"type": "string"},
-                "name": {"type": "string"},
-                "type": {"type": "string", "enum": ["WS", "SSE"]},
-                "connections": {"type": "integer"},
-                "max": {"type": "integer"},
-                "maxOfChannelConnections": {"type": "integer"},
-                "historySize": {"type": "integer"},
-                "historyTtl": {"type": "integer"},
-                "private": {"type": "boolean"},
-                "source": {"type": "string", "enum": ["yaml", "api", "admin"]},
-            },
+            {key: _channel_property(field) for key, field in DESCRIPTION},
             required=["id", "name", "type", "connections", "max"],
         ),
         "ChannelCreate": _object(
-            {
-                "id": {"type": "string", "pattern": _IDENTIFIER_PATTERN},
-                "name": {"type": "string", "pattern": _IDENTIFIER_PATTERN},
-                "type": {"type": "string", "enum": ["WS", "SSE"]},
-                "maxOfChannelConnections": {"type": "integer", "minimum": 1, "maximum": 10000000},
-                "historySize": {"type": "integer", "minimum": 0, "maximum": 10000},
-                "historyTtl": {"type": "integer", "minimum": 1, "maximum": 604800},
-                "private": {"type": "boolean"},
-            },
-            required=["id", "type"],
+            {field.api: _channel_property(field, bounded=True) for field in CREATE_FIELDS},
+            required=[field.api for field in CREATE_FIELDS if field.required],
             closed=True,
         ),
         "Gap": _object(

@@ -19,6 +19,9 @@ IDENTIFIER_MAX_LENGTH = 100
 _IDENTIFIER_CHARACTERS = "[A-Za-z0-9._-]"
 IDENTIFIER_PATTERN = re.compile(rf"^(?!\.+\Z){_IDENTIFIER_CHARACTERS}{{1,{IDENTIFIER_MAX_LENGTH}}}\Z")
 IDENTIFIER_RULE = f"1 to {IDENTIFIER_MAX_LENGTH} characters from A-Z a-z 0-9 . _ -"
+# The OpenAPI document's form (JSON Schema, where "$" ends the text). It does not refuse names
+# made only of dots, which the API answers with 400.
+IDENTIFIER_JSON_PATTERN = f"^{_IDENTIFIER_CHARACTERS}{{1,{IDENTIFIER_MAX_LENGTH}}}$"
 
 
 @dataclass(frozen=True)

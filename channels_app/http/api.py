@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 
-from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
@@ -29,7 +28,6 @@ from ..naming import SERVER_CLIENT_ID, client_id_parse
 from ..state.idempotency import MAX_KEY_LENGTH
 from ..tokens import DEFAULT_TTL_SECONDS, token_mint
 from .auth import WWW_AUTHENTICATE, api_key_check, api_key_required
-from .openapi import openapi_document
 
 logger = logging.getLogger(__name__)
 
@@ -291,9 +289,3 @@ async def tokens_create(request: HttpRequest):
     return JsonResponse(
         {"token": token, "channelId": channel.id, "clientId": client_id, "ttl": ttl, "publish": publish}, status=201
     )
-
-
-@api_endpoint("GET", authenticated=False)
-async def openapi(request: HttpRequest):
-    """``GET /api/v1/openapi.json``: the OpenAPI document of this API."""
-    return JsonResponse(openapi_document(server_url=settings.FORCE_SCRIPT_NAME or "/"))

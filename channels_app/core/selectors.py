@@ -1,4 +1,4 @@
-"""Reads of the channel registry with live connection counts."""
+"""Reads of the channel registry with live connection counts: every read-only query of channels."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ def channel_as_dict(channel: ChannelInfo, connections: int, *, preflight: bool =
     return {key: connections if field is None else getattr(channel, field.attr) for key, field in keys}
 
 
-async def channel_list(*, runtime: Runtime) -> list[dict]:
-    """Every active channel with its live connection count."""
+async def channels_with_counts(*, runtime: Runtime) -> list[tuple[ChannelInfo, int]]:
+    """Every active channel, ordered by name, with its live connection count."""
     channels = await runtime.registry.all()
     counts = await runtime.presence.counts([channel.id for channel in channels])
-    return [channel_as_dict(channel, counts.get(channel.id, 0)) for channel in channels]
+    return [(channel, counts.get(channel.id, 0)) for channel in channels]
 
 
-async def channel_get(*, reference: str, runtime: Runtime) -> dict:
-    """One active channel (by id or name) with its live connection count."""
-    channel = await runtime.registry.resolve(reference)
-    return channel_as_dict(channel, await runtime.presence.count(channel.id))
+async def channel_list(*, runtime: Runtime) -> list[dict]:
+    """Every active channel's description, with its live connection count."""
+    return [channel_as_dict(channel, count) for channel, count in await channels_with_counts(runtime=runtime)]

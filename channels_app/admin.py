@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 
 from .core.channel_services import channel_disconnect_all
 from .core.runtime import Runtime
+from .core.selectors import channels_with_counts
 from .core.services import message_publish
 from .errors import ApplicationError
 from .models import Channel
@@ -95,8 +96,7 @@ class ChannelAdmin(admin.ModelAdmin):
 
 
 async def _live_counts(runtime: Runtime) -> dict[str, int]:
-    channels = await runtime.registry.all()
-    return await runtime.presence.counts([channel.id for channel in channels])
+    return {channel.id: count for channel, count in await channels_with_counts(runtime=runtime)}
 
 
 async def _publish(runtime: Runtime, reference: str, payload: str):

@@ -7,12 +7,13 @@ Called by the HTTP API and the admin. Closing connections goes through the chann
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, make_dataclass
 
 from channels.db import database_sync_to_async
 from django.db import IntegrityError, transaction
 
-from ..channel import ChannelInfo
+from ..channel import CREATE_FIELDS, KIND_TYPES, ChannelField, ChannelInfo, model_values
+from ..config import ServerConfig
 from ..errors import ApplicationError, bad_request, channel_not_found
 from ..identity import IDENTIFIER_PATTERN, IDENTIFIER_RULE, Collision
 from ..models import Channel, lock_identities
@@ -23,59 +24,53 @@ logger = logging.getLogger(__name__)
 
 CLOSE_CHANNEL_DELETED = 4410
 CLOSE_DISCONNECTED = 4000
-MAX_HISTORY_SIZE = 10_000
-MAX_HISTORY_TTL = 7 * 24 * 3600
+# A validated request to create a channel: the fields a create body sets, by ChannelInfo
+# attribute (``id`` is the model's ``public_id``), the Go service's body fields first.
+ChannelDraft = make_dataclass(
+    "ChannelDraft",
+    [(field.attr, KIND_TYPES[field.kind]) for field in sorted(CREATE_FIELDS, key=lambda field: not field.go_body)],
+    frozen=True,
+    namespace={"__doc__": "A validated request to create a channel.", "__module__": __name__},
+)
 
 
-@dataclass(frozen=True)
-class ChannelDraft:
-    """A validated request to create a channel; its fields are the model's (``id`` is ``public_id``)."""
-
-    id: str
-    type: str
-    max_connections: int
-    name: str
-    history_size: int
-    history_ttl: int
-    private: bool
-
-
-def channel_draft_parse(body: object, *, default_history_size: int, default_history_ttl: int) -> ChannelDraft:
-    """Validate the Go service's create body ``{"id", "type", "maxOfChannelConnections"}`` (+ options)."""
+def channel_draft_parse(body: object, *, server: ServerConfig) -> ChannelDraft:
+    """Validate the Go service's create body ``{"id", "type", "maxOfChannelConnections"}`` (+ options);
+    a history setting left out is the server's."""
     if not isinstance(body, dict):
         raise bad_request('The body must be a JSON object such as {"id": "news", "type": "SSE"}.')
-    known = {"id", "type", "maxOfChannelConnections", "name", "historySize", "historyTtl", "private"}
+    known = {field.api for field in CREATE_FIELDS}
     unknown = sorted(set(body) - known)
     if unknown:
         raise bad_request(f"Unknown field(s) {', '.join(unknown)}; known fields are {', '.join(sorted(known))}.")
-    channel_id = body.get("id")
-    if not isinstance(channel_id, str) or not IDENTIFIER_PATTERN.match(channel_id):
-        raise bad_request(f"id must be {IDENTIFIER_RULE}.", field="id")
-    name = body.get("name", channel_id)
-    if not isinstance(name, str) or not IDENTIFIER_PATTERN.match(name):
-        raise bad_request(f"name must be {IDENTIFIER_RULE}.", field="name")
-    channel_type = body.get("type")
-    if channel_type not in ("WS", "SSE"):
-        raise bad_request('type must be "WS" or "SSE".', field="type")
-    max_connections = _integer(body, "maxOfChannelConnections", 100, minimum=1, maximum=10_000_000)
-    history_size = _integer(body, "historySize", default_history_size, minimum=0, maximum=MAX_HISTORY_SIZE)
-    history_ttl = _integer(body, "historyTtl", default_history_ttl, minimum=1, maximum=MAX_HISTORY_TTL)
-    private = body.get("private", False)
-    if not isinstance(private, bool):
-        raise bad_request("private must be true or false.", field="private")
-    return ChannelDraft(channel_id, channel_type, max_connections, name, history_size, history_ttl, private)
+    values: dict = {}
+    for field in CREATE_FIELDS:
+        if field.defaults_to:
+            default = values[field.defaults_to]
+        else:
+            default = getattr(server, field.yaml) if field.inherited else field.default
+        values[field.attr] = _field_value(field, body.get(field.api, default))
+    return ChannelDraft(**values)
 
 
-def _integer(body: dict, field: str, default: int, *, minimum: int, maximum: int) -> int:
-    value = body.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise bad_request(f"{field} must be a whole number from {minimum} to {maximum}.", field=field)
+def _field_value(field: ChannelField, value: object) -> object:
+    """``value`` if it is valid for ``field``; else a 400 naming the field and what it must be."""
+    if field.kind == "identifier":
+        valid, rule = isinstance(value, str) and IDENTIFIER_PATTERN.match(value), IDENTIFIER_RULE
+    elif field.kind == "choice":
+        valid, rule = value in field.choices, " or ".join(f'"{choice}"' for choice in field.choices)
+    elif field.kind == "int":
+        in_range = isinstance(value, int) and not isinstance(value, bool) and field.minimum <= value <= field.maximum
+        valid, rule = in_range, f"a whole number from {field.minimum} to {field.maximum}"
+    else:
+        valid, rule = isinstance(value, bool), "true or false"
+    if not valid:
+        raise bad_request(f"{field.api} must be {rule}.", field=field.api)
     return value
 
 
 def _create_row(draft: ChannelDraft, source: str) -> ChannelInfo:
-    fields = asdict(draft)
-    row = Channel(public_id=fields.pop("id"), source=source, **fields)
+    row = Channel(source=source, **model_values(asdict(draft)))
     try:
         with transaction.atomic():
             lock_identities()

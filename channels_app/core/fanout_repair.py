@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .. import counters
 from ..channel import ChannelInfo
 from ..errors import ApplicationError
 from ..messages import Message, layer_event
@@ -82,7 +83,7 @@ class FanoutRepair:
                     done = False
                 if not done and self._clock() >= pending.deadline:
                     done = True
-                    self._stats.incr("fanout_repairs_abandoned")
+                    self._stats.incr(counters.FANOUT_REPAIRS_ABANDONED)
                     logger.warning(
                         "gave up handing %d message(s) of channel %s to the layer; they stay in history",
                         len(pending.messages) + len(pending.unknown_ids),
@@ -102,7 +103,7 @@ class FanoutRepair:
         except Exception as exc:
             logger.info("channel layer still refuses messages of channel %s: %s", pending.channel.id, exc)
             return False
-        self._stats.incr("fanout_repaired", len(pending.messages))
+        self._stats.incr(counters.FANOUT_REPAIRED, len(pending.messages))
         logger.info("handed %d message(s) of channel %s to the layer late", len(pending.messages), pending.channel.id)
         pending.messages = []
         return True
@@ -118,13 +119,13 @@ class FanoutRepair:
             ids = {message.id for message in found}
             pending.unknown_ids = [message_id for message_id in pending.unknown_ids if message_id not in ids]
             pending.messages = sorted([*pending.messages, *found], key=lambda message: message.offset or 0)
-            self._stats.incr("publish_outcomes_recorded", len(found))
+            self._stats.incr(counters.PUBLISH_OUTCOMES_RECORDED, len(found))
         if pending.looked_at is None:
             pending.looked_at = now
         if pending.unknown_ids and now - pending.looked_at < SETTLE_SECONDS:
             return False
         if pending.unknown_ids:
-            self._stats.incr("publish_outcomes_not_recorded", len(pending.unknown_ids))
+            self._stats.incr(counters.PUBLISH_OUTCOMES_NOT_RECORDED, len(pending.unknown_ids))
             logger.info(
                 "%d unanswered publish(es) to channel %s were not recorded",
                 len(pending.unknown_ids),

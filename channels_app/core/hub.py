@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from .. import counters
 from ..config import events_per_turn
 from ..errors import ApplicationError, client_id_replaced
 from ..messages import Message, utc_timestamp
@@ -150,7 +151,7 @@ class Hub:
             except Exception:
                 # One bad event must not stop delivery for the whole instance.
                 logger.exception("hub could not handle a channel-layer event")
-                self.stats.incr("hub_errors")
+                self.stats.incr(counters.HUB_ERRORS)
                 await asyncio.sleep(0.01)
 
     async def _refresh_loop(self) -> None:
@@ -174,7 +175,7 @@ class Hub:
                 except Exception:
                     # As if each message were its own event: the rest of the run is still delivered.
                     logger.exception("hub could not deliver message %s of a run", message.id)
-                    self.stats.incr("hub_errors")
+                    self.stats.incr(counters.HUB_ERRORS)
         elif kind == "realtime.close":
             error = ApplicationError(
                 event.get("error", "closed"),
@@ -188,7 +189,7 @@ class Hub:
             self.runtime.registry.invalidate()
         else:
             logger.warning("hub ignored a channel-layer event of unknown type %r", kind)
-            self.stats.incr("hub_unknown_events")
+            self.stats.incr(counters.HUB_UNKNOWN_EVENTS)
 
     async def _on_message(self, message: Message) -> None:
         local = self._local.get(message.channel_id)
@@ -204,7 +205,7 @@ class Hub:
         channel_id = message.channel_id
         expected = self._next_offset.get(channel_id)
         if expected is not None and expected[0] == message.epoch and message.offset < expected[1]:
-            self.stats.incr("hub_duplicates")
+            self.stats.incr(counters.HUB_DUPLICATES)
             return False
         self._next_offset[channel_id] = (message.epoch, message.offset + 1)
         if expected is None:
@@ -219,7 +220,7 @@ class Hub:
 
     async def _repair(self, message: Message, first_missing: int) -> None:
         last_missing = message.offset - 1
-        self.stats.incr("layer_gaps")
+        self.stats.incr(counters.LAYER_GAPS)
         try:
             channel = await self.runtime.registry.resolve(message.channel_id)
             recovered = await self.runtime.history.between(channel, first_missing, last_missing)
@@ -229,10 +230,10 @@ class Hub:
         local = self._local.get(message.channel_id, set())
         for missing in recovered:
             self.deliver(missing, local)
-        self.stats.incr("layer_recovered", len(recovered))
+        self.stats.incr(counters.LAYER_RECOVERED, len(recovered))
         lost = (last_missing - first_missing + 1) - len(recovered)
         if lost > 0:
-            self.stats.incr("messages_lost", lost)
+            self.stats.incr(counters.MESSAGES_LOST, lost)
             logger.warning(
                 "channel %s: %d message(s) between offsets %d and %d were dropped by the channel "
                 "layer and are no longer in history",
@@ -258,7 +259,7 @@ class Hub:
                 frame = encoded[encoder] = encoder(message)
             if subscription.offer(message, frame[0], frame[1]):
                 delivered += 1
-        self.stats.incr("deliveries", delivered)
+        self.stats.incr(counters.DELIVERIES, delivered)
 
 
 async def broadcast_registry_change(layer) -> None:

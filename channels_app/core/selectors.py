@@ -1,35 +1,24 @@
-"""Reads of the channel registry with live connection counts."""
+"""Reads of the channel registry with live connection counts: every read-only query of channels."""
 
 from __future__ import annotations
 
-from ..channel import ChannelInfo
+from ..channel import DESCRIPTION, PREFLIGHT_DESCRIPTION, ChannelInfo
 from .runtime import Runtime
 
 
-def channel_as_dict(channel: ChannelInfo, connections: int) -> dict:
-    """The API's description of a channel."""
-    return {
-        "id": channel.id,
-        "name": channel.name,
-        "type": channel.type,
-        "connections": connections,
-        "max": channel.max_connections,
-        "maxOfChannelConnections": channel.max_connections,
-        "historySize": channel.history_size,
-        "historyTtl": channel.history_ttl,
-        "private": channel.private,
-        "source": channel.source,
-    }
+def channel_as_dict(channel: ChannelInfo, connections: int, *, preflight: bool = False) -> dict:
+    """The API's description of a channel; the ``preflight`` answer (``?upgrade=0``) shows fewer fields."""
+    keys = PREFLIGHT_DESCRIPTION if preflight else DESCRIPTION
+    return {key: connections if field is None else getattr(channel, field.attr) for key, field in keys}
+
+
+async def channels_with_counts(*, runtime: Runtime) -> list[tuple[ChannelInfo, int]]:
+    """Every active channel, ordered by name, with its live connection count."""
+    channels = await runtime.registry.all()
+    counts = await runtime.presence.counts([channel.id for channel in channels])
+    return [(channel, counts.get(channel.id, 0)) for channel in channels]
 
 
 async def channel_list(*, runtime: Runtime) -> list[dict]:
-    """Every active channel with its live connection count."""
-    channels = await runtime.registry.all()
-    counts = await runtime.presence.counts([channel.id for channel in channels])
-    return [channel_as_dict(channel, counts.get(channel.id, 0)) for channel in channels]
-
-
-async def channel_get(*, reference: str, runtime: Runtime) -> dict:
-    """One active channel (by id or name) with its live connection count."""
-    channel = await runtime.registry.resolve(reference)
-    return channel_as_dict(channel, await runtime.presence.count(channel.id))
+    """Every active channel's description, with its live connection count."""
+    return [channel_as_dict(channel, count) for channel, count in await channels_with_counts(runtime=runtime)]

@@ -27,6 +27,7 @@ from ..state.presence import new_holder
 from ..tokens import TokenClaims, token_forbidden, token_required, token_verify
 from .publish_queue import PublishQueue, Receipt
 from .runtime import Runtime
+from .selectors import channel_as_dict
 from .subscription import Subscription
 
 logger = logging.getLogger(__name__)
@@ -211,15 +212,7 @@ async def channel_describe(*, reference: str, client_id: str | None = None, runt
     connected = parsed_client_id is not None and await runtime.presence.contains(channel.id, parsed_client_id)
     if connected and not _replaces(runtime):
         raise client_id_taken(channel.id, parsed_client_id)
-    description = {
-        "id": channel.id,
-        "name": channel.name,
-        "type": channel.type,
-        "connections": connections,
-        "max": channel.max_connections,
-        "maxOfChannelConnections": channel.max_connections,
-        "private": channel.private,
-    }
+    description = channel_as_dict(channel, connections, preflight=True)
     # A connection that replaces another takes its slot, so a full channel admits it.
     if connections >= channel.max_connections and not connected:
         error = channel_full(channel.id, channel.max_connections)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import functools
 import logging
 
-from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from ..channel import CREATE_FIELDS
 from ..core.channel_services import channel_create, channel_delete, channel_draft_parse
 from ..core.publish_queue import Receipt
 from ..core.runtime import Runtime
@@ -28,7 +28,6 @@ from ..naming import SERVER_CLIENT_ID, client_id_parse
 from ..state.idempotency import MAX_KEY_LENGTH
 from ..tokens import DEFAULT_TTL_SECONDS, token_mint
 from .auth import WWW_AUTHENTICATE, api_key_check
-from .openapi import openapi_document
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +35,8 @@ MAX_BATCH_MESSAGES = 100
 # Room for the "#<index>" each item's key gets.
 BATCH_KEY_MAX_LENGTH = MAX_KEY_LENGTH - len(f"#{MAX_BATCH_MESSAGES - 1}")
 MAX_HISTORY_PAGE = 1000
+# The create body's whole-number fields (see whole_numbers).
+_CHANNEL_WHOLE_NUMBERS = tuple(field.api for field in CREATE_FIELDS if field.kind == "int")
 
 
 def database_unavailable() -> ApplicationError:
@@ -238,8 +239,7 @@ async def channels_collection(request: HttpRequest):
             "Creating channels is disabled: set server.allow_create_new_channels: true.",
             status=403,
         )
-    body = whole_numbers(json_body(request), "maxOfChannelConnections", "historySize", "historyTtl")
-    draft = channel_draft_parse(body, default_history_size=server.history_size, default_history_ttl=server.history_ttl)
+    draft = channel_draft_parse(whole_numbers(json_body(request), *_CHANNEL_WHOLE_NUMBERS), server=server)
     channel = await channel_create(draft=draft)
     return JsonResponse(channel_as_dict(channel, 0), status=201)
 
@@ -290,9 +290,3 @@ async def tokens_create(request: HttpRequest):
     return JsonResponse(
         {"token": token, "channelId": channel.id, "clientId": client_id, "ttl": ttl, "publish": publish}, status=201
     )
-
-
-@api_endpoint("GET", authenticated=False)
-async def openapi(request: HttpRequest):
-    """``GET /api/v1/openapi.json``: the OpenAPI document of this API."""
-    return JsonResponse(openapi_document(server_url=settings.FORCE_SCRIPT_NAME or "/"))

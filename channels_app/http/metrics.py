@@ -14,55 +14,65 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from .. import counters
 from ..core.runtime import Runtime
 from .auth import bearer_token
 
-# Counter name in stats.py -> (metric, help, label name, label value taken from the counter name suffix)
+# Counter name (counters.py) -> (metric, help); a labelled counter's prefix -> (metric, help, label
+# name), the label's value being the rest of the counter's name.
 _PLAIN_COUNTERS = {
-    "messages_published": ("realtime_messages_published_total", "Messages accepted by the publish path."),
-    "publish_runs": (
+    counters.MESSAGES_PUBLISHED: ("realtime_messages_published_total", "Messages accepted by the publish path."),
+    counters.PUBLISH_RUNS: (
         "realtime_publish_runs_total",
         "Runs of publishes recorded and sent to the layer together (messages published / runs = mean run).",
     ),
-    "deliveries": ("realtime_deliveries_total", "Messages handed to a subscriber's outbox."),
-    "slow_consumer_disconnects": (
+    counters.DELIVERIES: ("realtime_deliveries_total", "Messages handed to a subscriber's outbox."),
+    counters.SLOW_CONSUMER_DISCONNECTS: (
         "realtime_slow_consumer_disconnects_total",
         "Connections cut off because they could not keep up (resumable from history).",
     ),
-    "connections_replaced": (
+    counters.CONNECTIONS_REPLACED: (
         "realtime_connections_replaced_total",
         "Connections closed because a newer one with their clientId took the slot (duplicate_client_id: replace).",
     ),
-    "messages_lost": ("realtime_messages_lost_total", "Messages dropped by the layer and no longer in history."),
-    "layer_gaps": ("realtime_layer_gaps_total", "Holes in a channel's offsets noticed by the hub."),
-    "layer_recovered": ("realtime_layer_recovered_total", "Messages re-read from history to fill holes."),
-    "hub_duplicates": ("realtime_hub_duplicates_total", "Repeated messages the hub discarded."),
-    "hub_errors": ("realtime_hub_errors_total", "Channel-layer events the hub failed to handle."),
-    "publish_errors": ("realtime_publish_errors_total", "Publishes the channel layer refused."),
-    "publish_outcomes_unknown": (
+    counters.MESSAGES_LOST: ("realtime_messages_lost_total", "Messages dropped by the layer and no longer in history."),
+    counters.LAYER_GAPS: ("realtime_layer_gaps_total", "Holes in a channel's offsets noticed by the hub."),
+    counters.LAYER_RECOVERED: ("realtime_layer_recovered_total", "Messages re-read from history to fill holes."),
+    counters.HUB_DUPLICATES: ("realtime_hub_duplicates_total", "Repeated messages the hub discarded."),
+    counters.HUB_ERRORS: ("realtime_hub_errors_total", "Channel-layer events the hub failed to handle."),
+    counters.HUB_UNKNOWN_EVENTS: (
+        "realtime_hub_unknown_events_total",
+        "Channel-layer events of a type the hub does not know, ignored (logged as a warning).",
+    ),
+    counters.PUBLISH_ERRORS: ("realtime_publish_errors_total", "Publishes the channel layer refused."),
+    counters.PUBLISH_OUTCOMES_UNKNOWN: (
         "realtime_publish_outcomes_unknown_total",
         "History appends sent to Redis and not answered in time (answered 504 publish_outcome_unknown).",
     ),
-    "publish_outcomes_recorded": (
+    counters.PUBLISH_OUTCOMES_RECORDED: (
         "realtime_publish_outcomes_recorded_total",
         "Messages of unanswered appends found in history afterwards, and handed to the layer then.",
     ),
-    "publish_outcomes_not_recorded": (
+    counters.PUBLISH_OUTCOMES_NOT_RECORDED: (
         "realtime_publish_outcomes_not_recorded_total",
         "Messages of unanswered appends that history turned out not to hold: never published.",
     ),
-    "fanout_repaired": ("realtime_fanout_repaired_total", "Recorded messages handed to the layer late."),
-    "fanout_repairs_abandoned": (
+    counters.FANOUT_REPAIRED: ("realtime_fanout_repaired_total", "Recorded messages handed to the layer late."),
+    counters.FANOUT_REPAIRS_ABANDONED: (
         "realtime_fanout_repairs_abandoned_total",
         "Runs of recorded messages the layer still refused after two minutes (they stay in history).",
     ),
-    "redis_errors": ("realtime_redis_errors_total", "Redis operations that failed."),
-    "resume_gaps": ("realtime_resume_gaps_total", "Resumes that history could not fully cover."),
+    counters.REDIS_ERRORS: ("realtime_redis_errors_total", "Redis operations that failed."),
+    counters.RESUME_GAPS: ("realtime_resume_gaps_total", "Resumes that history could not fully cover."),
 }
 _LABELLED_COUNTERS = {
-    "refusals_": ("realtime_refusals_total", "Connections refused, by reason.", "reason"),
-    "frames_refused_": ("realtime_frames_refused_total", "WebSocket frames refused, by reason.", "reason"),
-    "connections_opened_": ("realtime_connections_opened_total", "Connections admitted, by transport.", "transport"),
+    counters.REFUSALS: ("realtime_refusals_total", "Connections refused, by reason.", "reason"),
+    counters.FRAMES_REFUSED: ("realtime_frames_refused_total", "WebSocket frames refused, by reason.", "reason"),
+    counters.CONNECTIONS_OPENED: (
+        "realtime_connections_opened_total",
+        "Connections admitted, by transport.",
+        "transport",
+    ),
 }
 
 

@@ -1,11 +1,24 @@
 """The OpenAPI 3.1 document of the HTTP API, served at ``/api/v1/openapi.json``.
 
-tests/test_openapi.py checks that every API route and method is described here and nothing else.
+Limits, patterns and a channel's fields are taken from the code that enforces them.
+tests/test_openapi.py checks that every API route and method is described here and nothing else,
+and that the document's limits are the code's.
 """
 
 from __future__ import annotations
 
 from functools import cache
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+
+from ..channel import CREATE_FIELDS, DESCRIPTION, ChannelField
+from ..identity import IDENTIFIER_JSON_PATTERN
+from ..messages import POSITION_JSON_PATTERN
+from ..naming import CLIENT_ID_JSON_PATTERN, SERVER_CLIENT_ID
+from ..state.idempotency import IDEMPOTENCY_WINDOW_SECONDS, MAX_KEY_LENGTH
+from ..tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from .api import BATCH_KEY_MAX_LENGTH, MAX_BATCH_MESSAGES, MAX_HISTORY_PAGE, api_endpoint
 
 
 def _ref(name: str) -> dict:
@@ -47,27 +60,38 @@ def _errors(*statuses: int) -> dict:
     return {str(status): _json(_ref("Error"), descriptions[status]) for status in statuses}
 
 
-_IDENTIFIER_PATTERN = "^[A-Za-z0-9._-]{1,100}$"
+def _channel_property(field: ChannelField | None, *, bounded: bool = False) -> dict:
+    """The JSON schema of a channel field (None: the live connection count); ``bounded`` adds its limits."""
+    if field is None:
+        return {"type": "integer"}
+    if field.kind == "identifier":
+        return {"type": "string", **({"pattern": IDENTIFIER_JSON_PATTERN} if bounded else {})}
+    if field.kind == "choice":
+        return {"type": "string", "enum": list(field.choices)}
+    if field.kind == "int":
+        return {"type": "integer", **({"minimum": field.minimum, "maximum": field.maximum} if bounded else {})}
+    return {"type": "boolean"}
+
+
 _CHANNEL_PARAMETER = {
     "name": "channel",
     "in": "path",
     "required": True,
     "description": "The channel's id or name.",
-    "schema": {"type": "string", "pattern": _IDENTIFIER_PATTERN},
+    "schema": {"type": "string", "pattern": IDENTIFIER_JSON_PATTERN},
 }
 _BEARER = [{"apiKey": []}]
-_UUID = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 _SINCE = {
     "name": "since",
     "in": "query",
     "description": "Resume after this position: <epoch>-<offset>, a bare offset, or a message id.",
-    "schema": {"type": "string", "pattern": f"^([A-Za-z0-9]{{1,32}}-[0-9]{{1,18}}|[0-9]{{1,18}}|{_UUID})?$"},
+    "schema": {"type": "string", "pattern": POSITION_JSON_PATTERN},
 }
 _CLIENT_ID = {
     "name": "clientId",
     "in": "query",
-    "description": "Who the client is; server-message is reserved.",
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$", "not": {"const": "server-message"}},
+    "description": f"Who the client is; {SERVER_CLIENT_ID} is reserved.",
+    "schema": {"type": "string", "pattern": CLIENT_ID_JSON_PATTERN, "not": {"const": SERVER_CLIENT_ID}},
 }
 
 
@@ -109,31 +133,12 @@ def _document() -> dict:
             required=["payload"],
         ),
         "Channel": _object(
-            {
-                "id": {"type": "string"},
-                "name": {"type": "string"},
-                "type": {"type": "string", "enum": ["WS", "SSE"]},
-                "connections": {"type": "integer"},
-                "max": {"type": "integer"},
-                "maxOfChannelConnections": {"type": "integer"},
-                "historySize": {"type": "integer"},
-                "historyTtl": {"type": "integer"},
-                "private": {"type": "boolean"},
-                "source": {"type": "string", "enum": ["yaml", "api", "admin"]},
-            },
+            {key: _channel_property(field) for key, field in DESCRIPTION},
             required=["id", "name", "type", "connections", "max"],
         ),
         "ChannelCreate": _object(
-            {
-                "id": {"type": "string", "pattern": _IDENTIFIER_PATTERN},
-                "name": {"type": "string", "pattern": _IDENTIFIER_PATTERN},
-                "type": {"type": "string", "enum": ["WS", "SSE"]},
-                "maxOfChannelConnections": {"type": "integer", "minimum": 1, "maximum": 10000000},
-                "historySize": {"type": "integer", "minimum": 0, "maximum": 10000},
-                "historyTtl": {"type": "integer", "minimum": 1, "maximum": 604800},
-                "private": {"type": "boolean"},
-            },
-            required=["id", "type"],
+            {field.api: _channel_property(field, bounded=True) for field in CREATE_FIELDS},
+            required=[field.api for field in CREATE_FIELDS if field.required],
             closed=True,
         ),
         "Gap": _object(
@@ -205,8 +210,9 @@ def _document() -> dict:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "description": "Retries with the same key publish once, whatever became of the first "
-                        "attempt's answer (remembered for 24 hours, per channel). Reused for another payload: 422.",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                        f"attempt's answer (remembered for {IDEMPOTENCY_WINDOW_SECONDS // 3600} hours, per channel). "
+                        "Reused for another payload: 422.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
                     }
                 ],
                 "requestBody": _json_body(_ref("Push")),
@@ -221,7 +227,11 @@ def _document() -> dict:
                 "security": _BEARER,
                 "parameters": [
                     _SINCE,
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY_PAGE},
+                    },
                 ],
                 "responses": {
                     "200": _json(
@@ -241,7 +251,7 @@ def _document() -> dict:
         },
         "/api/v1/messages": {
             "post": {
-                "summary": "Publish to many channels in one request (at most 100 messages)",
+                "summary": f"Publish to many channels in one request (at most {MAX_BATCH_MESSAGES} messages)",
                 "security": _BEARER,
                 "parameters": [
                     {
@@ -249,7 +259,7 @@ def _document() -> dict:
                         "in": "header",
                         "description": "Item i is published under <key>#<i>: a retried batch publishes each item once "
                         '(items published before are answered with their receipts and "replayed": true).',
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 197},
+                        "schema": {"type": "string", "minLength": 1, "maxLength": BATCH_KEY_MAX_LENGTH},
                     }
                 ],
                 "requestBody": _json_body(
@@ -258,7 +268,7 @@ def _document() -> dict:
                             "messages": {
                                 "type": "array",
                                 "minItems": 1,
-                                "maxItems": 100,
+                                "maxItems": MAX_BATCH_MESSAGES,
                                 # Each item is checked on its own: a malformed one is
                                 # reported in results (status 400), the others are published.
                                 "items": {
@@ -295,7 +305,7 @@ def _document() -> dict:
                         {
                             "channel": {"type": "string"},
                             "clientId": {"type": "string"},
-                            "ttl": {"type": "integer", "minimum": 1, "maximum": 604800},
+                            "ttl": {"type": "integer", "minimum": MIN_TTL_SECONDS, "maximum": MAX_TTL_SECONDS},
                             "publish": {"type": "boolean"},
                         },
                         required=["channel"],
@@ -336,3 +346,9 @@ def _document() -> dict:
 def openapi_document(*, server_url: str = "/") -> dict:
     """The document, with ``servers`` set to where the API is served."""
     return {**_document(), "servers": [{"url": server_url}]}
+
+
+@api_endpoint("GET", authenticated=False)
+async def openapi_json(request: HttpRequest):
+    """``GET /api/v1/openapi.json``: the OpenAPI document of this API."""
+    return JsonResponse(openapi_document(server_url=settings.FORCE_SCRIPT_NAME or "/"))

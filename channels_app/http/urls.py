@@ -8,10 +8,10 @@ in ``transports/routing.py``, and so are the server API's routes below (``api_ur
 
 from django.urls import include, path
 
-from . import api, health, metrics
+from . import api, health, metrics, openapi
 
 api_urlpatterns = [
-    path("api/v1/openapi.json", api.openapi, name="openapi"),
+    path("api/v1/openapi.json", openapi.openapi_json, name="openapi"),
     path("api/v1/channels", api.channels_collection, name="channels"),
     path("api/v1/channels/<str:channel>", api.channel_item, name="channel"),
     path("api/v1/channels/<str:channel>/messages", api.channel_messages, name="channel-messages"),

@@ -6,9 +6,13 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
+from ..channel import CHANNEL_FIELDS, model_values
 from ..config import ChannelSpec, RealtimeConfig
 from ..identity import ChannelIdentity, Collision, identity_collisions
 from ..models import Channel, lock_identities
+
+# The fields a channel's keys in the file set; its name is its key under ``channels``.
+_YAML_FIELDS = tuple(field for field in CHANNEL_FIELDS.values() if field.yaml)
 
 
 @dataclass
@@ -38,16 +42,9 @@ class SyncConflict(Exception):
 
 
 def _fields(spec: ChannelSpec) -> dict:
-    return {
-        "name": spec.name,
-        "type": spec.type,
-        "max_connections": spec.max_of_channel_connections,
-        "history_size": spec.history_size,
-        "history_ttl": spec.history_ttl,
-        "private": spec.private,
-        "source": Channel.Source.YAML,
-        "active": True,
-    }
+    """The model's fields for a channel declared in the file."""
+    declared = {"name": spec.name} | {field.attr: getattr(spec, field.yaml) for field in _YAML_FIELDS}
+    return {**model_values(declared), "source": Channel.Source.YAML, "active": True}
 
 
 def _conflicts(specs: tuple[ChannelSpec, ...], existing: dict[str, Channel]) -> list[str]:
@@ -149,7 +146,7 @@ def _apply(to_create: list[ChannelSpec], to_update: list[tuple[Channel, dict]], 
             setattr(channel, key, value)
         channel.save()
     for spec in to_create:
-        Channel.objects.create(public_id=spec.id, **_fields(spec))
+        Channel.objects.create(**_fields(spec))
     for channel in to_deactivate:
         channel.active = False
         channel.save(update_fields=["active", "updated_at"])

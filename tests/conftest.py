@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from tests.liveserver import SERVERS, LiveServer
+from tests.support.liveserver import SERVERS, LiveServer
 
 POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
 
@@ -155,7 +155,7 @@ async def inprocess():
 @pytest.fixture
 def redis_server(tmp_path_factory):
     """A private redis-server on a free port; killed by PID at teardown."""
-    from tests.redisserver import RedisServer
+    from tests.support.redisserver import RedisServer
 
     server = RedisServer.start(tmp_path_factory.mktemp("redis"))
     yield server

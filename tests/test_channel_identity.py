@@ -15,7 +15,7 @@ import pytest
 
 from channels_app.identity import ChannelIdentity, Collision, identity_collisions
 from tests.conftest import POSTGRES_SERVER
-from tests.liveserver import ROOT, base_environment, manage
+from tests.support.processes import ROOT, base_environment, manage
 
 API_KEY = "identity-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -32,7 +32,8 @@ import yaml
 
 from channels_app.config import parse_config
 from realtime_project.settings import request_body_limit
-from tests.liveserver import DAPHNE_BACKLOG, SERVERS, UVICORN_BACKLOG, base_environment, free_port
+from tests.support.liveserver import DAPHNE_BACKLOG, SERVERS, UVICORN_BACKLOG
+from tests.support.processes import base_environment, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

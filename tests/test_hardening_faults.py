@@ -1,6 +1,6 @@
 """Faults injected under traffic: Redis killed and restarted, an instance SIGKILLed, the database gone.
 
-Traffic is real (tests/traffic.py): subscribers on every instance that resume with ``?since=`` when
+Traffic is real (tests/support/traffic.py): subscribers on every instance that resume with ``?since=`` when
 cut off, and a publisher pushing numbered messages over the HTTP API at a steady rate. After each
 fault, every message whose push was acknowledged (201) must reach every subscriber, once and in
 order; pushes refused during the fault (5xx) were not published and the publisher knows it.
@@ -19,8 +19,9 @@ import uuid
 import httpx
 import pytest
 
-from tests.liveserver import LiveServer, base_environment, free_port, manage
-from tests.traffic import Publisher, Subscriber, delivery_report, settle, stop_all
+from tests.support.liveserver import LiveServer
+from tests.support.processes import base_environment, free_port, manage
+from tests.support.traffic import Publisher, Subscriber, delivery_report, settle, stop_all
 
 API_KEY = "faults-key-0123456789"
 LEASE_SECONDS = 3
@@ -78,7 +79,7 @@ async def start_traffic(servers, subscribers_per_server: int, rate: float = 40.0
 @pytest.fixture(scope="module")
 def redis_kill_run(start_module_server, tmp_path_factory):
     """Two instances under traffic; Redis is SIGKILLed, stays down about two seconds, and restarts empty."""
-    from tests.redisserver import RedisServer
+    from tests.support.redisserver import RedisServer
 
     redis_server = RedisServer.start(tmp_path_factory.mktemp("redis"))
     env = {"REALTIME_API_KEYS": API_KEY, "REALTIME_PRESENCE_LEASE_SECONDS": str(LEASE_SECONDS)}

@@ -32,7 +32,7 @@ async def history(request, tmp_path_factory):
     if request.param == "memory":
         yield MemoryHistory()
         return
-    from tests.redisserver import RedisServer
+    from tests.support.redisserver import RedisServer
 
     server = RedisServer.start(tmp_path_factory.mktemp("redis"))
     client = redis.from_url(server.url)

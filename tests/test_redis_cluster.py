@@ -13,7 +13,7 @@ import pytest
 import websockets
 
 from tests.conftest import redis_config
-from tests.liveserver import manage
+from tests.support.processes import manage
 
 API_KEY = "cluster-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -13,8 +13,8 @@ import redis
 import websockets
 
 from tests.conftest import TEST_CONFIG
-from tests.liveserver import free_port
-from tests.redisserver import RedisServer
+from tests.support.processes import free_port
+from tests.support.redisserver import RedisServer
 
 API_KEY = "sentinel-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

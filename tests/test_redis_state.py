@@ -131,7 +131,7 @@ async def test_connections_pooled_before_a_redis_restart_do_not_fail_a_command_a
     from types import SimpleNamespace
 
     from channels_app.state.redis import redis_client
-    from tests.redisserver import RedisServer
+    from tests.support.redisserver import RedisServer
 
     server = RedisServer.start(tmp_path)
     try:

@@ -24,7 +24,7 @@ import websockets
 
 from realtime_project.settings import request_body_limit
 from tests.conftest import TEST_CONFIG, memory_runtime
-from tests.liveserver import base_environment, manage
+from tests.support.processes import base_environment, manage
 from tests.test_sse_endpoint import open_stream, opened
 
 API_KEY = "limits-test-key"

@@ -24,7 +24,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from channels_app.http.security import CONTENT_SECURITY_POLICY
 from tests.conftest import TEST_CONFIG
-from tests.liveserver import ROOT, base_environment, manage
+from tests.support.processes import ROOT, base_environment, manage
 
 API_KEY = "security-key-" + "k" * 24
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

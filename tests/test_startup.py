@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.liveserver import ROOT, base_environment, free_port, manage
+from tests.support.processes import ROOT, base_environment, free_port, manage
 
 BAD_CONFIG = """
 server:

@@ -22,7 +22,8 @@ from channels_app.adapters.servers import (
 )
 from channels_app.adapters.uvicorn_ws import WebSocketProtocol
 from channels_app.http.security import SecurityHeadersMiddleware
-from tests.liveserver import ROOT, UVICORN_OPTIONS, free_port
+from tests.support.liveserver import UVICORN_OPTIONS
+from tests.support.processes import ROOT, free_port
 
 
 def _daphne_like_send():

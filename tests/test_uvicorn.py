@@ -29,7 +29,8 @@ from channels_app.adapters.servers import (
 )
 from channels_app.adapters.uvicorn_ws import WebSocketProtocol
 from channels_app.http.security import SecurityHeadersMiddleware
-from tests.liveserver import ROOT, UVICORN_OPTIONS, base_environment, free_port
+from tests.support.liveserver import UVICORN_OPTIONS
+from tests.support.processes import ROOT, base_environment, free_port
 from tests.test_hardening_websocket import handshake
 from tests.test_ws_endpoint import SLOW_CONFIG
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.test_sse_endpoint import open_stream, opened
+from tests.support.clients import open_stream, opened
 
 API_KEY = "duplicate-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -16,6 +16,9 @@ import httpx
 import pytest
 import websockets
 
+from tests.support.clients import connections
+from tests.support.processes import open_fds, resident_kib
+
 CYCLES = int(os.environ.get("CHURN_CYCLES", "10000"))
 CONCURRENCY = 40
 CONFIG = """
@@ -29,23 +32,6 @@ channels:
   churn-feed: {id: "churn-feed-1", type: "SSE", max_of_channel_connections: 1000}
   tiny: {id: "tiny-1", type: "WS", max_of_channel_connections: 1}
 """
-
-
-def resident_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status").read().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def connections(server, channel: str) -> int:
-    response = httpx.get(f"{server.http}/api/v1/channels/{channel}?upgrade=0", timeout=5)
-    body = response.json()
-    return body["channel"]["connections"] if response.status_code == 422 else body["connections"]
 
 
 async def one_cycle(server, index: int, client: httpx.AsyncClient) -> str:

@@ -9,16 +9,18 @@ with the documented code, publishes nothing, gives its slot back, and that the o
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import socket
-import struct
 import time
 
 import httpx
 import pytest
 import websockets
+
+from tests.support.clients import connections, recv_json
+from tests.support.processes import resident_kib
+from tests.support.waiting import wait_until
+from tests.support.wire import frame, handshake, read_until_close
 
 CONFIG = """
 server:
@@ -48,94 +50,6 @@ def server(start_module_server):
     server.extra_args = ["--ping-interval", str(PING_INTERVAL), "--ping-timeout", str(PING_TIMEOUT)]
     server.run()
     return server
-
-
-def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-    """One masked client frame."""
-    mask = os.urandom(4)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    length = len(payload)
-    if length < 126:
-        head += bytes([0x80 | length])
-    elif length < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", length)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", length)
-    return head + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-
-
-def handshake(server, path: str, *, rcvbuf: int | None = None) -> socket.socket:
-    sock = socket.socket()
-    if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.connect(("127.0.0.1", server.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(1)
-        assert chunk, "closed during the handshake"
-        response += chunk
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
-
-
-def read_until_close(sock: socket.socket, within: float = 10) -> int | None:
-    """Read server frames until its close frame; return the close code (None if the TCP connection was
-    dropped without one, -1 if it stayed open)."""
-    sock.settimeout(within)
-    buffer = b""
-    try:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return None
-            buffer += chunk
-            while len(buffer) >= 2:
-                length = buffer[1] & 0x7F
-                offset = 2
-                if length == 126:
-                    length, offset = struct.unpack("!H", buffer[2:4])[0], 4
-                elif length == 127:
-                    length, offset = struct.unpack("!Q", buffer[2:10])[0], 10
-                if len(buffer) < offset + length:
-                    break
-                opcode, payload = buffer[0] & 0x0F, buffer[offset : offset + length]
-                buffer = buffer[offset + length :]
-                if opcode == 0x8:
-                    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-    except TimeoutError:
-        return -1
-    except ConnectionResetError:
-        return None
-
-
-def connections(server, channel: str) -> int:
-    response = httpx.get(f"{server.http}/api/v1/channels/{channel}?upgrade=0", timeout=5)
-    body = response.json()
-    return body["channel"]["connections"] if response.status_code == 422 else body["connections"]
-
-
-async def wait_until(condition, within: float = 15) -> float:
-    started = time.monotonic()
-    while not await asyncio.to_thread(condition):
-        assert time.monotonic() - started < within, "condition not met in time"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
-
-
-def resident_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status").read().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-async def recv_json(ws, within: float = 5) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), within))
 
 
 async def test_invalid_utf8_closes_with_1007_and_publishes_nothing(server):

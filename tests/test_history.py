@@ -14,6 +14,7 @@ from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
 from channels_app.messages import Position, position_parse
 from channels_app.state.history import MemoryHistory
+from tests.support.clients import recv_json
 
 
 def channel(*, history_size: int = 100, history_ttl: int = 3600) -> ChannelInfo:
@@ -173,10 +174,6 @@ channels:
 
 def ws_url(server, channel_id: str, **query: str) -> str:
     return f"{server.ws}/api/v1/channels/{channel_id}?{urlencode(query)}"
-
-
-async def recv_json(ws) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), 5))
 
 
 @pytest.fixture(scope="module")

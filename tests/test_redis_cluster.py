@@ -13,7 +13,8 @@ import pytest
 import websockets
 
 from tests.conftest import redis_config
-from tests.support.processes import manage
+from tests.support.clients import recv_json
+from tests.support.processes import manage, resident_kib
 
 API_KEY = "cluster-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -27,10 +28,6 @@ def cluster(start_server, redis_server, tmp_path):
     first = start_server(config, env=env)
     second = start_server(config, env=env, database_path=first.database_path, sync=False)
     return first, second
-
-
-async def receive_json(ws, seconds: float = 5) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), seconds))
 
 
 async def next_sse_message(lines, seconds: float = 5) -> dict:
@@ -57,11 +54,11 @@ def test_all_three_publish_entrances_reach_both_transports_on_both_instances(clu
             while (await anext(lines)) != "event: stream-open":
                 pass
             await on_first.send("from a websocket")
-            ws_published = await receive_json(on_second)
+            ws_published = await recv_json(on_second)
             pushed = await client.post(
                 f"{second.http}/api/v1/channels/chat-1/messages", json={"payload": "from http"}, headers=AUTH
             )
-            via_push = [await receive_json(on_first), await receive_json(on_second)]
+            via_push = [await recv_json(on_first), await recv_json(on_second)]
             await client.post(f"{second.http}/api/v1/channels/feed-1/messages", json={"payload": "sse"}, headers=AUTH)
             sse_pushed = await next_sse_message(lines)
             django = await asyncio.to_thread(
@@ -71,7 +68,7 @@ def test_all_three_publish_entrances_reach_both_transports_on_both_instances(clu
                 "import channels_app; channels_app.publish('chat-1', 'from django')",
                 env=first.env,
             )
-            via_django = [await receive_json(on_first), await receive_json(on_second)]
+            via_django = [await recv_json(on_first), await recv_json(on_second)]
             return ws_published, pushed, via_push, sse_pushed, django, via_django
 
     ws_published, pushed, via_push, sse_pushed, django, via_django = asyncio.run(scenario())
@@ -94,9 +91,9 @@ def test_limit_and_duplicate_client_id_hold_across_instances(cluster):
             server = first if index % 2 else second
             opened.append(await websockets.connect(server.channel_url("chat-1", clientId=f"c{index}")))
         async with websockets.connect(first.channel_url("chat-1", clientId="c-extra")) as extra:
-            full = await receive_json(extra)
+            full = await recv_json(extra)
         async with websockets.connect(second.channel_url("chat-1", clientId="c1")) as duplicate:
-            taken = await receive_json(duplicate)
+            taken = await recv_json(duplicate)
         async with httpx.AsyncClient(headers=AUTH) as client:
             listing = (await client.get(f"{second.http}/api/v1/channels")).json()["channels"]
         await opened[0].close()
@@ -124,7 +121,7 @@ def test_killed_instance_releases_its_slots_after_the_lease(cluster):
         await connect_five_on_first()
         first.stop(signal.SIGKILL)
         async with websockets.connect(second.channel_url("chat-1", clientId="late")) as late:
-            refused = await receive_json(late)
+            refused = await recv_json(late)
         started = time.monotonic()
         while time.monotonic() - started < 15:
             async with websockets.connect(second.channel_url("chat-1", clientId="late")) as late:
@@ -152,10 +149,10 @@ def test_resume_on_another_instance(cluster):
         ):
             for index in range(3):
                 await client.post(f"{first.http}/api/v1/channels/chat-1/messages", json={"payload": f"m{index}"})
-            first_message = await receive_json(reader)
+            first_message = await recv_json(reader)
         position = f"{first_message['epoch']}-{first_message['offset']}"
         async with websockets.connect(second.channel_url("chat-1", clientId="reader", since=position)) as resumed:
-            return [await receive_json(resumed), await receive_json(resumed)]
+            return [await recv_json(resumed), await recv_json(resumed)]
 
     missed = asyncio.run(scenario())
     assert [message["payload"] for message in missed] == ["m1", "m2"]
@@ -178,7 +175,7 @@ def test_redis_outage_keeps_connections_and_recovers(cluster, redis_server):
             )
             push_seconds = time.monotonic() - started
             await sender.send("during outage")
-            error_frame = await receive_json(sender)
+            error_frame = await recv_json(sender)
             metrics = (await client.get(f"{first.http}/metrics")).text
             redis_server.run()
             deadline = time.monotonic() + 20
@@ -191,7 +188,7 @@ def test_redis_outage_keeps_connections_and_recovers(cluster, redis_server):
                     await asyncio.sleep(0.5)
                     continue
                 try:
-                    delivered = await receive_json(receiver, seconds=2)
+                    delivered = await recv_json(receiver, within=2)
                 except TimeoutError:
                     continue
             ready_again = await client.get(f"{first.http}/readyz")
@@ -209,14 +206,6 @@ def test_redis_outage_keeps_connections_and_recovers(cluster, redis_server):
     assert error_frame["code"] == 4503
     assert delivered is not None and delivered["payload"] == "after"
     assert ready_again.status_code == 200
-
-
-def resident_kib(pid: int) -> int:
-    """A process's resident memory in KiB, from /proc."""
-    for line in open(f"/proc/{pid}/status").read().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS line")
 
 
 def test_connection_churn_does_not_grow_redis_connections_or_memory(start_server, redis_server):
@@ -274,7 +263,7 @@ def test_channel_created_or_deleted_on_one_instance_is_seen_by_the_other_within_
             usable_after = time.monotonic() - started
             async with ws:
                 deleted = await client.delete(f"{first.http}/api/v1/channels/made-live")
-                control = await receive_json(ws)
+                control = await recv_json(ws)
                 with pytest.raises(websockets.ConnectionClosed) as closed:
                     await asyncio.wait_for(ws.recv(), 5)
             started = time.monotonic()
@@ -307,7 +296,7 @@ def test_deployments_with_different_prefixes_share_one_redis_without_mixing(star
             httpx.AsyncClient(headers=AUTH) as client,
         ):
             pushed = await client.post(f"{blue.http}/api/v1/channels/chat-1/messages", json={"payload": "blue only"})
-            received = await receive_json(on_blue)
+            received = await recv_json(on_blue)
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(on_green.recv(), 1)
             return pushed, received
@@ -333,7 +322,7 @@ def test_the_core_redis_layer_also_fans_out_across_instances(start_server, redis
             websockets.connect(second.channel_url("chat-1", clientId="b")) as on_second,
         ):
             await on_first.send("over RedisChannelLayer")
-            return await receive_json(on_second)
+            return await recv_json(on_second)
 
     assert asyncio.run(scenario())["payload"] == "over RedisChannelLayer"
 
@@ -365,7 +354,7 @@ def test_concurrent_pushes_over_the_core_layer_arrive_complete_and_in_order(star
             frames = []
             with contextlib.suppress(TimeoutError):
                 while len(frames) < pushes:
-                    frames.append(await receive_json(far, 5))
+                    frames.append(await recv_json(far, 5))
             return frames
 
     # history_size 0: a message that arrives late cannot be repaired from history.

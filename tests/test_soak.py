@@ -23,8 +23,9 @@ import time
 import httpx
 import pytest
 
+from tests.support.processes import resident_kib
 from tests.support.traffic import Publisher, Subscriber, delivery_report, settle, stop_all
-from tests.test_hardening_websocket import handshake, resident_kib
+from tests.support.wire import handshake
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
 API_KEY = "soak-key-0123456789"

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import re
-import socket
-import time
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 import websockets
+
+from tests.support.clients import connected, connections, recv_json
+from tests.support.waiting import wait_until
+from tests.support.wire import handshake
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
@@ -75,10 +74,6 @@ def ws_url(server, channel: str, **query: str) -> str:
     return f"{url}?{urlencode(query)}" if query else url
 
 
-async def recv_json(ws, within: float = 5) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), within))
-
-
 async def refusal(url: str, **connect_kwargs) -> tuple[dict, int]:
     """Open a WebSocket the server refuses: its final JSON frame and the close code."""
     async with websockets.connect(url, **connect_kwargs) as ws:
@@ -95,25 +90,6 @@ async def closed_with(ws) -> tuple[dict, int]:
         while True:
             body = json.loads(await asyncio.wait_for(ws.recv(), 5))
     return body, closed.value.rcvd.code
-
-
-def connections(server, channel: str) -> int:
-    response = httpx.get(f"{server.http}/api/v1/channels/{channel}?upgrade=0", timeout=5)
-    if response.status_code == 422:
-        return response.json()["channel"]["connections"]
-    return response.json()["connections"]
-
-
-async def connected(server, channel: str) -> int:
-    """Live connections on a channel, as the preflight reports them."""
-    return await asyncio.to_thread(connections, server, channel)
-
-
-async def wait_until(condition, within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while not await asyncio.to_thread(condition):
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_message_envelope_reaches_others_but_not_sender(server):
@@ -393,30 +369,10 @@ async def test_publishing_too_fast_is_refused_with_4429_and_not_published(start_
         assert error["error"] == "rate_limited"
 
 
-def _raw_websocket(server, path: str) -> socket.socket:
-    """A WebSocket client that completes the handshake and then never reads."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", server.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    sock.sendall(request.encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(1)
-        assert chunk, "server closed during the handshake"
-        response += chunk
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
-
-
 async def test_slow_consumer_is_cut_off_without_slowing_others(start_module_server, asgi_server):
     server = start_module_server(SLOW_CONFIG, server=asgi_server)
     count, size = 400, 16 * 1024  # well past what the kernel buffers on loopback (~4 MiB)
-    stalled = await asyncio.to_thread(_raw_websocket, server, "/api/v1/channels/slow-1?clientId=stalled")
+    stalled = await asyncio.to_thread(handshake, server, "/api/v1/channels/slow-1?clientId=stalled", rcvbuf=4096)
     try:
         async with (
             websockets.connect(ws_url(server, "slow-1", clientId="publisher")) as publisher,

@@ -15,10 +15,9 @@ import pytest
 
 from channels_app.identity import ChannelIdentity, Collision, identity_collisions
 from tests.conftest import POSTGRES_SERVER
+from tests.support.auth import API_KEY, AUTH
 from tests.support.processes import ROOT, base_environment, manage
 
-API_KEY = "identity-key-0123456789"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = ChannelIdentity("chat-1", "chat")
 
 

@@ -19,11 +19,11 @@ import uuid
 import httpx
 import pytest
 
+from tests.support.auth import API_KEY
 from tests.support.liveserver import LiveServer
 from tests.support.processes import base_environment, free_port, manage
 from tests.support.traffic import Publisher, Subscriber, delivery_report, settle, stop_all
 
-API_KEY = "faults-key-0123456789"
 LEASE_SECONDS = 3
 CONFIG = """
 server:

@@ -14,8 +14,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from channels_app.http.openapi import openapi_document
+from tests.support.auth import API_KEY
 
-API_KEY = "schemathesis-key-0123456789"
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "60"))
 CONFIG = """
 server:

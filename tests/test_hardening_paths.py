@@ -17,8 +17,8 @@ import httpx
 import pytest
 import websockets
 
-API_KEY = "paths-key-0123456789abcdef"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
+from tests.support.auth import API_KEY, AUTH
+
 CONFIG = """
 server:
   allow_create_new_channels: true

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import websockets
 
+from tests.support.auth import API_KEY, AUTH
 from tests.support.clients import connections, recv_json
 from tests.support.processes import resident_kib
 from tests.support.waiting import wait_until
@@ -44,7 +45,7 @@ PING_INTERVAL, PING_TIMEOUT = 1, 2
 
 @pytest.fixture(scope="module")
 def server(start_module_server):
-    server = start_module_server(CONFIG, env={"REALTIME_API_KEYS": "ws-key"})
+    server = start_module_server(CONFIG, env={"REALTIME_API_KEYS": API_KEY})
     # Short keep-alive pings so that a silent peer is noticed within seconds.
     server.stop()
     server.extra_args = ["--ping-interval", str(PING_INTERVAL), "--ping-timeout", str(PING_TIMEOUT)]
@@ -214,7 +215,7 @@ async def test_many_clients_that_never_read_are_cut_off_and_resume_everything(se
     async with (
         websockets.connect(f"{server.ws}/api/v1/channels/stalled-1?clientId=reader") as reader,
         websockets.connect(f"{server.ws}/api/v1/channels/stalled-1?clientId=writer") as writer,
-        httpx.AsyncClient(base_url=server.http, headers={"Authorization": "Bearer ws-key"}) as api,
+        httpx.AsyncClient(base_url=server.http, headers=AUTH) as api,
     ):
 
         async def publish():
@@ -305,7 +306,7 @@ async def resume_stream(
 
 
 async def test_a_client_far_behind_catches_up_by_resuming(server):
-    async with httpx.AsyncClient(base_url=server.http, headers={"Authorization": "Bearer ws-key"}) as api:
+    async with httpx.AsyncClient(base_url=server.http, headers=AUTH) as api:
         for _ in range(100):
             response = await api.post("/api/v1/channels/stalled-1/messages", json={"payload": "z" * 16 * 1024})
             assert response.status_code == 201
@@ -316,7 +317,7 @@ async def test_a_client_far_behind_catches_up_by_resuming(server):
 
 
 async def test_an_event_stream_far_behind_catches_up_by_resuming(server):
-    async with httpx.AsyncClient(base_url=server.http, headers={"Authorization": "Bearer ws-key"}, timeout=30) as api:
+    async with httpx.AsyncClient(base_url=server.http, headers=AUTH, timeout=30) as api:
         for index in range(100):
             payload = f"{index:05d}" + "z" * 16 * 1024
             response = await api.post("/api/v1/channels/stalled-feed-1/messages", json={"payload": payload})
@@ -329,7 +330,7 @@ async def test_an_event_stream_far_behind_catches_up_by_resuming(server):
 
 async def test_a_resuming_client_that_never_reads_is_still_cut_off(server):
     """Its paced replay waits for it, but live messages held meanwhile have their own bound."""
-    async with httpx.AsyncClient(base_url=server.http, headers={"Authorization": "Bearer ws-key"}) as api:
+    async with httpx.AsyncClient(base_url=server.http, headers=AUTH) as api:
         # 4.8 MiB of history: more than the kernel's socket buffers absorb.
         for _ in range(300):
             response = await api.post("/api/v1/channels/stalled-1/messages", json={"payload": "h" * 16 * 1024})

@@ -14,6 +14,7 @@ from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
 from channels_app.messages import Position, position_parse
 from channels_app.state.history import MemoryHistory
+from tests.support.auth import API_KEY, AUTH
 from tests.support.clients import recv_json
 
 
@@ -286,7 +287,6 @@ pubsub:
 channels:
   neighbour: {id: "neighbour-1", type: "WS"}
 """
-INCARNATIONS_AUTH = {"Authorization": "Bearer incarnations-key"}
 
 
 async def resume_from(server, channel_id: str, since: str, count: int) -> list[dict]:
@@ -296,8 +296,8 @@ async def resume_from(server, channel_id: str, since: str, count: int) -> list[d
 
 async def test_a_position_from_a_deleted_channel_or_from_another_channel_gets_a_gap(start_server, asgi_server):
     """MEMORY mode: each incarnation of a channel's history has its own epoch, as under REDIS."""
-    server = start_server(INCARNATIONS_CONFIG, env={"REALTIME_API_KEYS": "incarnations-key"}, server=asgi_server)
-    async with httpx.AsyncClient(base_url=server.http, headers=INCARNATIONS_AUTH, timeout=10) as client:
+    server = start_server(INCARNATIONS_CONFIG, env={"REALTIME_API_KEYS": API_KEY}, server=asgi_server)
+    async with httpx.AsyncClient(base_url=server.http, headers=AUTH, timeout=10) as client:
         created = await client.post("/api/v1/channels", json={"id": "reborn", "type": "WS"})
         assert created.status_code == 201, created.text
         old = await publish_all(server, "reborn", ["old1", "old2", "old3"])

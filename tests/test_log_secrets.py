@@ -14,10 +14,8 @@ import httpx
 import pytest
 import websockets
 
+from tests.support.auth import API_KEY, AUTH
 from tests.test_private_channels import PRIVATE_CONFIG, SECRET
-
-API_KEY = "log-test-api-key-7f3a9c"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture

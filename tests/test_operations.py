@@ -11,8 +11,7 @@ import httpx
 import pytest
 import websockets
 
-API_KEY = "ops-key"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
+from tests.support.auth import API_KEY, AUTH
 
 
 def metric(text: str, name: str, labels: str = "") -> float:

@@ -13,11 +13,9 @@ import pytest
 import websockets
 
 from tests.conftest import redis_config
+from tests.support.auth import API_KEY, AUTH
 from tests.support.clients import recv_json
 from tests.support.processes import manage, resident_kib
-
-API_KEY = "cluster-key"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture

@@ -23,10 +23,10 @@ import websockets
 
 from realtime_project.settings import request_body_limit
 from tests.conftest import TEST_CONFIG, memory_runtime
+from tests.support.auth import API_KEY
 from tests.support.clients import open_stream, opened
 from tests.support.processes import base_environment, manage, resident_kib
 
-API_KEY = "limits-test-key"
 AUTH = f"Authorization: Bearer {API_KEY}"
 DEADLINE = 1.5
 LIMIT = 2_621_440  # REALTIME_MAX_REQUEST_BODY_BYTES with the default max_message_size (64 KiB)

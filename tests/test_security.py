@@ -24,10 +24,9 @@ from playwright.sync_api import expect, sync_playwright
 
 from channels_app.http.security import CONTENT_SECURITY_POLICY
 from tests.conftest import TEST_CONFIG
+from tests.support.auth import API_KEY, AUTH
 from tests.support.processes import ROOT, base_environment, manage
 
-API_KEY = "security-key-" + "k" * 24
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 TOKEN_SECRET = "security-token-secret-0123456789abcdef"
 ADMIN_PASSWORD = "admin-pass-Zq8!" + "p" * 8
 CONFIG = (

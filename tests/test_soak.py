@@ -23,12 +23,12 @@ import time
 import httpx
 import pytest
 
+from tests.support.auth import API_KEY
 from tests.support.processes import resident_kib
 from tests.support.traffic import Publisher, Subscriber, delivery_report, settle, stop_all
 from tests.support.wire import handshake
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
-API_KEY = "soak-key-0123456789"
 RATE = 40.0
 CONFIG = """
 server:

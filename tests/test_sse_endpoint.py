@@ -14,10 +14,9 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from tests.support.auth import API_KEY
 from tests.support.clients import connected, connections, open_stream, opened
 from tests.support.waiting import wait_until
-
-API_KEY = "sse-test-key"
 
 CONFIG = """
 server:

@@ -33,8 +33,6 @@ from tests.support.waiting import wait_until
 from tests.support.wire import handshake
 from tests.test_ws_endpoint import SLOW_CONFIG
 
-API_KEY = "uvicorn-test-key"
-
 LARGE_CONFIG = """
 server:
   max_message_size: 1572864

@@ -21,6 +21,7 @@ from channels_app.errors import ApplicationError
 from channels_app.naming import channel_group
 from channels_app.state.history import MemoryHistory
 from tests.conftest import memory_runtime
+from tests.support.fakes import HeldHistory
 
 CHANNEL = ChannelInfo(id="order-1", name="order", type="WS", max_connections=10, history_size=10, history_ttl=3600)
 
@@ -71,20 +72,6 @@ def test_overlapping_publishes_reach_the_layer_in_offset_order():
     # Publishes that waited for a run on its way went together: one layer send per run, each run
     # no longer than a turn of the hub's.
     assert 64 / 16 <= sends < 64
-
-
-class HeldHistory:
-    """The runtime's history, holding the first run until released so the next ones queue up."""
-
-    def __init__(self, history, *, error: Exception | None = None):
-        self.history, self.error = history, error
-        self.release = asyncio.Event()
-
-    async def append_many(self, *args, **kwargs):
-        await self.release.wait()
-        if self.error is not None:
-            raise self.error
-        return await self.history.append_many(*args, **kwargs)
 
 
 async def publish_while_held(runtime, count: int):

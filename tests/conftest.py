@@ -13,6 +13,8 @@ import pytest
 from tests.support.liveserver import SERVERS, LiveServer
 
 POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
+# Fixtures that start the service; a test using one of them, or a fixture built on one, is ``e2e``.
+SERVER_FIXTURES = frozenset({"start_server", "start_module_server", "daphne_server", "any_server"})
 
 TEST_CONFIG = textwrap.dedent(
     """
@@ -36,6 +38,19 @@ TEST_CONFIG = textwrap.dedent(
         max_of_channel_connections: 5
     """
 )
+
+
+def pytest_collection_modifyitems(items):
+    """Mark each test with its tiers from what it uses: ``e2e`` when a fixture it depends on (directly or
+    through others) starts the service, ``redis`` when it uses ``redis_server`` or a fixture parametrized
+    ``"redis"``. Modules that start processes otherwise, drive a browser or soak mark themselves."""
+    for item in items:
+        fixtures = set(item.fixturenames)
+        if fixtures & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        callspec = getattr(item, "callspec", None)
+        if "redis_server" in fixtures or (callspec is not None and "redis" in callspec.params.values()):
+            item.add_marker(pytest.mark.redis)
 
 
 def _servers_started_by(tmp_path_factory):

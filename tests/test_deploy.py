@@ -341,6 +341,7 @@ def listen_backlog(port: int) -> int:
     return int(line.split()[2])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("server", SERVERS)
 def test_entrypoint_serves_and_stops_on_sigterm(tmp_path, server):
     config = tmp_path / "realtime.yaml"

@@ -49,6 +49,7 @@ def example_server(start_module_server, tmp_path_factory):
     redis.stop()
 
 
+@pytest.mark.redis  # example_server starts its own redis-server
 @pytest.mark.parametrize(("name", "code"), examples(), ids=[name for name, _ in examples()])
 def test_an_example_runs_as_written_and_its_message_arrives(example_server, name, code):
     async def scenario():

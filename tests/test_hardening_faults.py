@@ -108,6 +108,7 @@ def redis_kill_run(start_module_server, tmp_path_factory):
         redis_server.stop()
 
 
+@pytest.mark.redis  # redis_kill_run starts its own redis-server
 @pytest.mark.timeout(120)
 def test_redis_killed_and_restarted_under_traffic(redis_kill_run):
     subscribers, publisher, ready_during, killed_at = redis_kill_run
@@ -133,6 +134,7 @@ def test_redis_killed_and_restarted_under_traffic(redis_kill_run):
         assert set(numbers[numbers.index(after[0]) :]) <= got
 
 
+@pytest.mark.redis
 def test_no_acknowledged_message_is_lost_silently_across_a_redis_restart(redis_kill_run):
     subscribers, publisher, _, _ = redis_kill_run
     report = delivery_report(subscribers, publisher)
@@ -239,6 +241,7 @@ def postgres_server(tmp_path):
     psql("-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.mark.e2e  # postgres_server starts daphne itself
 @pytest.mark.timeout(90)
 def test_database_unavailable_keeps_existing_channels_serving_and_fails_writes_clearly(postgres_server):
     server, name = postgres_server
@@ -296,6 +299,7 @@ def test_database_unavailable_keeps_existing_channels_serving_and_fails_writes_c
     assert "Traceback" not in server.log().split("database_unavailable")[0][-200:]
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_an_unknown_channel_during_a_database_outage_does_not_take_the_others_down(postgres_server):
     server, name = postgres_server

@@ -22,6 +22,8 @@ from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 from tests.conftest import TEST_CONFIG, redis_config
 from tests.support.auth import API_KEY, AUTH
 
+pytestmark = pytest.mark.browser
+
 ROOT = Path(__file__).resolve().parent.parent
 STRICT_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "

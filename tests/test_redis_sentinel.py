@@ -17,6 +17,8 @@ from tests.support.auth import API_KEY, AUTH
 from tests.support.processes import free_port
 from tests.support.redisserver import RedisServer
 
+pytestmark = pytest.mark.redis  # a master, a replica and a sentinel of its own
+
 
 class Sentinel:
     """A redis-server running in sentinel mode, watching one master."""

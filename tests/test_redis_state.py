@@ -124,6 +124,7 @@ async def test_a_renewal_never_brings_back_a_replaced_slot(presence, redis_serve
     await other_client.aclose()
 
 
+@pytest.mark.redis
 async def test_connections_pooled_before_a_redis_restart_do_not_fail_a_command_after_it(tmp_path):
     """redis-py 8 skips its pool's check for closed connections while "maintenance notifications"
     are on (the default with RESP3), so each connection pooled before a restart failed its next

@@ -135,6 +135,7 @@ def test_content_security_policy_is_strict(server):
     assert "unsafe" not in policy
 
 
+@pytest.mark.browser
 def test_pages_and_admin_satisfy_the_policy_in_a_browser(server):
     """Chromium loads the pages with the policy the server sends: no violation, and they still work."""
     violations: list[str] = []

@@ -28,6 +28,7 @@ from tests.support.processes import resident_kib
 from tests.support.traffic import Publisher, Subscriber, delivery_report, settle, stop_all
 from tests.support.wire import handshake
 
+pytestmark = pytest.mark.soak
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
 RATE = 40.0
 CONFIG = """

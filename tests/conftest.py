@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import textwrap
@@ -9,10 +10,22 @@ import uuid
 from dataclasses import dataclass, replace
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from tests.support.liveserver import SERVERS, LiveServer
 
 POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
+
+# Examples per property for every hypothesis test (``HYPOTHESIS_PROFILE=thorough`` runs ten times more);
+# docs/reliability.md reports how many inputs a CI run tries.
+hypothesis_settings.register_profile(
+    "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+hypothesis_settings.register_profile(
+    "thorough", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # Fixtures that start the service; a test using one of them, or a fixture built on one, is ``e2e``.
 SERVER_FIXTURES = frozenset({"start_server", "start_module_server", "daphne_server", "any_server"})
 

@@ -9,6 +9,8 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import websockets
+from hypothesis import given
+from hypothesis import strategies as st
 
 from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
@@ -16,6 +18,7 @@ from channels_app.messages import Position, position_parse
 from channels_app.state.history import MemoryHistory
 from tests.support.auth import API_KEY, AUTH
 from tests.support.clients import recv_json
+from tests.support.strategies import any_text, query_text
 
 
 def channel(*, history_size: int = 100, history_ttl: int = 3600) -> ChannelInfo:
@@ -312,3 +315,37 @@ async def test_a_position_from_a_deleted_channel_or_from_another_channel_gets_a_
     foreign = await resume_from(server, "reborn", f"{neighbour[0]['epoch']}-{neighbour[0]['offset']}", 8)
     assert (foreign[0]["control"], foreign[0]["reason"]) == ("gap", "epoch_changed")
     assert [frame["payload"] for frame in foreign[1:]] == [f"new{index}" for index in range(1, 8)]
+
+
+# --- Any position parses or is refused with 400 (hypothesis) (moved from test_hardening_properties.py) ---
+
+
+@given(st.one_of(query_text, any_text, st.from_regex(r"\A[A-Za-z0-9]{1,32}-[0-9]{1,18}\Z")))
+def test_position_parse_returns_a_position_or_a_400(raw):
+    try:
+        position = position_parse(raw)
+    except ApplicationError as error:
+        assert error.status == 400 and error.extra["field"] == "since"
+        return
+    if raw == "":
+        assert position is None
+        return
+    assert isinstance(position, Position)
+    if position.message_id is None:
+        assert isinstance(position.offset, int) and 0 <= position.offset < 10**18
+        assert position.epoch is None or (position.epoch.isascii() and position.epoch.isalnum())
+        epoch, _, offset = raw.strip().rpartition("-")
+        assert (position.epoch or "", position.offset) == (epoch, int(offset)) and offset.isascii()
+
+
+@pytest.mark.parametrize("raw", ["²", "12³", "١٢", "ep-١٢", "ep-²", "\u0660", "1\n2", "ep-1\nx"])
+def test_non_ascii_digits_are_not_offsets(raw):
+    with pytest.raises(ApplicationError):
+        position_parse(raw)
+
+
+@given(st.uuids())
+def test_message_ids_are_accepted_in_any_spelling(message_id):
+    canonical = str(message_id)
+    for spelling in (canonical, canonical.upper(), canonical.replace("-", "")):
+        assert position_parse(spelling) == Position(message_id=canonical)

@@ -6,6 +6,7 @@
 - ``auth``: the API key the test servers are given;
 - ``clients``: small real clients (preflight counts, JSON frames, an event-stream reader);
 - ``wire``: raw WebSocket frames and handshakes, for what the ``websockets`` client will not send;
+- ``hostile``: HTTP requests written byte for byte, and the checks that the server survived them;
 - ``fakes``: a connection whose frames are collected, a history that holds its writes until released;
 - ``traffic``: steady subscribers and publishers for fault and soak tests;
 - ``strategies``: hypothesis strategies for hostile text.

@@ -105,8 +105,10 @@ class LiveServer:
         sync: bool = True,
         database_path: Path | None = None,
         server: str = "daphne",
+        extra_args: list[str] | None = None,
     ) -> LiveServer:
-        """Write the config, prepare the database, sync channels and start ``server``; wait until it answers."""
+        """Write the config, prepare the database, sync channels and start ``server`` (with ``extra_args`` on its
+        command line); wait until it answers."""
         work_dir.mkdir(parents=True, exist_ok=True)
         config_path = work_dir / "realtime.config.yaml"
         config_path.write_text(config_text)
@@ -119,7 +121,12 @@ class LiveServer:
         if sync:
             manage("sync_channels", env=server_env)
         live = cls(
-            port=free_port(), config_path=config_path, database_path=database_path, env=server_env, server=server
+            port=free_port(),
+            config_path=config_path,
+            database_path=database_path,
+            env=server_env,
+            server=server,
+            extra_args=list(extra_args or ()),
         )
         live.run()
         return live

@@ -14,6 +14,7 @@ from channels_app.models import Channel
 from channels_app.state.history import MemoryHistory
 from channels_app.transports import websocket as consumers
 from tests.support.fakes import HeldHistory
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -231,7 +232,7 @@ async def test_a_connections_frames_are_published_in_order_without_waiting_for_e
     reader = await connect(room, "clientId=reader")
     for index in range(40):
         await publisher.send_to(text_data=f"m{index}")
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: room.runtime.in_flight.count == consumers.PUBLISHES_IN_FLIGHT)
     # The first frame's run is on its way; no more than PUBLISHES_IN_FLIGHT frames were taken up
     # meanwhile (the consumer stopped reading), and those wait together for the next run.
     assert history.runs == [1]
@@ -252,7 +253,7 @@ async def test_frames_read_before_the_client_left_are_still_published_and_draine
     publisher = await connect(room, "clientId=publisher")
     for index in range(5):
         await publisher.send_to(text_data=f"m{index}")
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: runtime.in_flight.count == 5)
     await publisher.disconnect()
     # A draining instance waits for them like for accepted pushes.
     assert runtime.in_flight.count == 5

@@ -85,7 +85,8 @@ async def publish_while_held(runtime, count: int):
         asyncio.ensure_future(message_publish(channel=CHANNEL, payload=f"m{i}", client_id="c", runtime=runtime))
         for i in range(count)
     ]
-    await asyncio.sleep(0.01)
+    # The first run waits in history; the publishes started with it are queued behind it by then.
+    await asyncio.wait_for(history.holding.wait(), 5)
     history.release.set()
     return await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -119,7 +120,7 @@ async def test_a_run_the_layer_refuses_is_acknowledged_as_recorded_and_handed_ov
         asyncio.ensure_future(message_publish_receipt(channel=CHANNEL, payload=f"m{i}", client_id="c", runtime=runtime))
         for i in range(5)
     ]
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(history.holding.wait(), 5)
     history.release.set()
     receipts = await asyncio.gather(*receipts)
     # Recorded, each publisher with its own offset, and told that the hand-over is pending: a 202, not a

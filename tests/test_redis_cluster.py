@@ -14,9 +14,10 @@ import websockets
 
 from tests.conftest import redis_config
 from tests.support.auth import API_KEY, AUTH
-from tests.support.clients import recv_json
+from tests.support.clients import connections, recv_json
 from tests.support.processes import manage, resident_kib
 from tests.support.traffic import Publisher, Subscriber, delivery_report, settle, stop_all
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_limit_and_duplicate_client_id_hold_across_instances(cluster):
         async with httpx.AsyncClient(headers=AUTH) as client:
             listing = (await client.get(f"{second.http}/api/v1/channels")).json()["channels"]
         await opened[0].close()
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: connections(first, "chat-1") == 4)
         async with websockets.connect(first.channel_url("chat-1", clientId="c-after")) as after:
             accepted = await after.send("still open") is None
         for ws in opened[1:]:
@@ -498,7 +499,8 @@ def test_connections_that_survive_a_redis_restart_still_hold_their_slots(loaded_
         subscribers, publisher, tasks = await start_traffic([first], subscribers_per_server=3, rate=5)
         redis_server.stop(signal.SIGKILL)
         redis_server.run()
-        await asyncio.sleep(LEASE_SECONDS + 1)
+        # Within a lease renewal, the surviving connections hold their slots again.
+        await wait_until(lambda: connections(first, "load-1") == 3, within=LEASE_SECONDS + 1)
         counted = (await asyncio.to_thread(preflight, first))["connections"]
         publisher.stop()
         await stop_all(subscribers, tasks)

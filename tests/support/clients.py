@@ -8,11 +8,11 @@ import json
 import httpx
 
 
-def connections(server, channel: str) -> int:
-    """Live connections on ``channel``, as its preflight reports them (a full channel answers 422 with them)."""
-    response = httpx.get(f"{server.http}/api/v1/channels/{channel}?upgrade=0", timeout=5)
-    body = response.json()
-    return body["channel"]["connections"] if response.status_code == 422 else body["connections"]
+def connections(server, channel: str) -> int | None:
+    """Live connections on ``channel``, as its preflight reports them (a full channel answers 422 with them);
+    None when it answers an error instead (Redis away, say)."""
+    body = httpx.get(f"{server.http}/api/v1/channels/{channel}?upgrade=0", timeout=5).json()
+    return (body.get("channel") or body).get("connections")
 
 
 async def connected(server, channel: str) -> int:

@@ -96,15 +96,18 @@ class FakeConnection:
 
 class HeldHistory:
     """A history whose writes (``append_many``) wait until ``release`` is set, as a busy Redis would; each
-    run's size is recorded in ``runs``, and ``error`` (if given) is raised once released."""
+    run's size is recorded in ``runs``, ``holding`` is set once a run waits, and ``error`` (if given) is
+    raised once released."""
 
     def __init__(self, history, *, error: Exception | None = None):
         self.history, self.error = history, error
         self.release = asyncio.Event()
+        self.holding = asyncio.Event()
         self.runs: list[int] = []
 
     async def append_many(self, channel, drafts):
         self.runs.append(len(drafts))
+        self.holding.set()
         await self.release.wait()
         if self.error is not None:
             raise self.error

@@ -22,3 +22,12 @@ async def wait_until(
             return time.monotonic() - started
         assert time.monotonic() - started < within, message or f"condition not met within {within} s"
         await asyncio.sleep(interval)
+
+
+def wait_until_sync(condition: Callable[[], object], within: float = 15, *, interval: float = 0.05, message: str = ""):
+    """``wait_until`` for a test without an event loop: poll ``condition`` until it is true."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < within, message or f"condition not met within {within} s"
+        time.sleep(interval)
+    return time.monotonic() - started

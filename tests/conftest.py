@@ -26,6 +26,7 @@ hypothesis_settings.register_profile(
     "thorough", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 # Fixtures that start the service; a test using one of them, or a fixture built on one, is ``e2e``.
 SERVER_FIXTURES = frozenset({"start_server", "start_module_server", "daphne_server", "any_server"})
 

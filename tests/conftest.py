@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import textwrap
@@ -9,10 +10,25 @@ import uuid
 from dataclasses import dataclass, replace
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
-from tests.liveserver import SERVERS, LiveServer
+from tests.support.liveserver import SERVERS, LiveServer
 
 POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
+
+# Examples per property for every hypothesis test (``HYPOTHESIS_PROFILE=thorough`` runs ten times more);
+# docs/reliability.md reports how many inputs a CI run tries.
+hypothesis_settings.register_profile(
+    "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+hypothesis_settings.register_profile(
+    "thorough", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Fixtures that start the service; a test using one of them, or a fixture built on one, is ``e2e``.
+SERVER_FIXTURES = frozenset({"start_server", "start_module_server", "daphne_server", "any_server"})
 
 TEST_CONFIG = textwrap.dedent(
     """
@@ -36,6 +52,19 @@ TEST_CONFIG = textwrap.dedent(
         max_of_channel_connections: 5
     """
 )
+
+
+def pytest_collection_modifyitems(items):
+    """Mark each test with its tiers from what it uses: ``e2e`` when a fixture it depends on (directly or
+    through others) starts the service, ``redis`` when it uses ``redis_server`` or a fixture parametrized
+    ``"redis"``. Modules that start processes otherwise, drive a browser or soak mark themselves."""
+    for item in items:
+        fixtures = set(item.fixturenames)
+        if fixtures & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        callspec = getattr(item, "callspec", None)
+        if "redis_server" in fixtures or (callspec is not None and "redis" in callspec.params.values()):
+            item.add_marker(pytest.mark.redis)
 
 
 def _servers_started_by(tmp_path_factory):
@@ -155,7 +184,7 @@ async def inprocess():
 @pytest.fixture
 def redis_server(tmp_path_factory):
     """A private redis-server on a free port; killed by PID at teardown."""
-    from tests.redisserver import RedisServer
+    from tests.support.redisserver import RedisServer
 
     server = RedisServer.start(tmp_path_factory.mktemp("redis"))
     yield server

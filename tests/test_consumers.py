@@ -16,6 +16,8 @@ from channels_app.models import Channel
 from channels_app.state.history import MemoryHistory
 from channels_app.transports import subscribing
 from channels_app.transports import websocket as consumers
+from tests.support.fakes import HeldHistory
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -226,31 +228,14 @@ async def test_channel_full_and_taken_client_id_leave_the_holders_alone(open_roo
     assert await runtime.presence.count("room-1") == 0
 
 
-class SlowHistory:
-    """The runtime's history, answering each run only when ``release`` is set (as a busy Redis)."""
-
-    def __init__(self, history):
-        self.history = history
-        self.release = asyncio.Event()
-        self.runs: list[int] = []
-
-    async def append_many(self, channel, entries):
-        self.runs.append(len(entries))
-        await self.release.wait()
-        return await self.history.append_many(channel, entries)
-
-    def __getattr__(self, name):
-        return getattr(self.history, name)
-
-
 async def test_a_connections_frames_are_published_in_order_without_waiting_for_each_other(open_room):
-    history = SlowHistory(MemoryHistory())
+    history = HeldHistory(MemoryHistory())
     room = await open_room(history=history, publish_rate=1000, publish_burst=1000)
     publisher = await connect(room, "clientId=publisher")
     reader = await connect(room, "clientId=reader")
     for index in range(40):
         await publisher.send_to(text_data=f"m{index}")
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: room.runtime.in_flight.count == consumers.PUBLISHES_IN_FLIGHT)
     # The first frame's run is on its way; no more than PUBLISHES_IN_FLIGHT frames were taken up
     # meanwhile (the consumer stopped reading), and those wait together for the next run.
     assert history.runs == [1]
@@ -265,13 +250,13 @@ async def test_a_connections_frames_are_published_in_order_without_waiting_for_e
 
 
 async def test_frames_read_before_the_client_left_are_still_published_and_drained_for(open_room):
-    history = SlowHistory(MemoryHistory())
+    history = HeldHistory(MemoryHistory())
     room = await open_room(history=history, publish_rate=1000, publish_burst=1000)
     runtime = room.runtime
     publisher = await connect(room, "clientId=publisher")
     for index in range(5):
         await publisher.send_to(text_data=f"m{index}")
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: runtime.in_flight.count == 5)
     await publisher.disconnect()
     # A draining instance waits for them like for accepted pushes.
     assert runtime.in_flight.count == 5
@@ -283,7 +268,7 @@ async def test_frames_read_before_the_client_left_are_still_published_and_draine
 
 
 async def test_a_frame_waiting_for_room_is_not_published_once_the_connection_closed(open_room):
-    history = SlowHistory(MemoryHistory())
+    history = HeldHistory(MemoryHistory())
     room = await open_room(history=history, publish_rate=1000, publish_burst=1000)
     runtime = room.runtime
     publisher = await connect(room, "clientId=publisher")

@@ -32,7 +32,8 @@ import yaml
 
 from channels_app.config import parse_config
 from realtime_project.settings import request_body_limit
-from tests.liveserver import DAPHNE_BACKLOG, SERVERS, UVICORN_BACKLOG, base_environment, free_port
+from tests.support.liveserver import DAPHNE_BACKLOG, SERVERS, UVICORN_BACKLOG
+from tests.support.processes import base_environment, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -340,6 +341,7 @@ def listen_backlog(port: int) -> int:
     return int(line.split()[2])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("server", SERVERS)
 def test_entrypoint_serves_and_stops_on_sigterm(tmp_path, server):
     config = tmp_path / "realtime.yaml"

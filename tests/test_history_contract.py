@@ -39,7 +39,7 @@ async def stores(request, tmp_path_factory):
     clients = []
     server = None
     if request.param == "redis":
-        from tests.redisserver import RedisServer
+        from tests.support.redisserver import RedisServer
 
         server = RedisServer.start(tmp_path_factory.mktemp("redis"))
 

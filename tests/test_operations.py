@@ -15,10 +15,9 @@ import websockets
 
 from channels_app import counters
 from tests.conftest import redis_config
+from tests.support.auth import API_KEY, AUTH
 
-API_KEY = "ops-key"
 SOURCE = Path(__file__).resolve().parent.parent / "channels_app"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def metric(text: str, name: str, labels: str = "") -> float:

@@ -13,7 +13,7 @@ from channels.testing import ApplicationCommunicator, WebsocketCommunicator
 import channels_app
 from channels_app.models import Channel
 from tests.conftest import redis_config
-from tests.liveserver import ROOT
+from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -98,6 +98,7 @@ async def test_a_renewal_never_brings_back_a_replaced_slot(presence, redis_serve
     await other_client.aclose()
 
 
+@pytest.mark.redis
 async def test_connections_pooled_before_a_redis_restart_do_not_fail_a_command_after_it(tmp_path):
     """redis-py 8 skips its pool's check for closed connections while "maintenance notifications"
     are on (the default with RESP3), so each connection pooled before a restart failed its next
@@ -105,7 +106,7 @@ async def test_connections_pooled_before_a_redis_restart_do_not_fail_a_command_a
     from types import SimpleNamespace
 
     from channels_app.state.redis import redis_client
-    from tests.redisserver import RedisServer
+    from tests.support.redisserver import RedisServer
 
     server = RedisServer.start(tmp_path)
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import select
 import socket
 import threading
@@ -24,10 +23,10 @@ import websockets
 
 from realtime_project.settings import request_body_limit
 from tests.conftest import TEST_CONFIG, memory_runtime
-from tests.liveserver import base_environment, manage
-from tests.test_sse_endpoint import open_stream, opened
+from tests.support.auth import API_KEY
+from tests.support.clients import open_stream, opened
+from tests.support.processes import base_environment, manage, resident_kib
 
-API_KEY = "limits-test-key"
 AUTH = f"Authorization: Bearer {API_KEY}"
 DEADLINE = 1.5
 LIMIT = 2_621_440  # REALTIME_MAX_REQUEST_BODY_BYTES with the default max_message_size (64 KiB)
@@ -56,10 +55,6 @@ def server(start_module_server, asgi_server, temp_dir):
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    return int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1))
 
 
 def temp_bytes(pid: int, temp_dir: Path) -> int:
@@ -162,7 +157,7 @@ def _huge_declared_post(server, path: str, outcome: list) -> None:
 @pytest.mark.parametrize("path", [PUSH_PATH, "/healthz"])
 def test_a_declared_body_over_the_limit_is_refused_from_its_headers(server, temp_dir, path):
     pid = server.process.pid
-    before = rss_kib(pid)
+    before = resident_kib(pid)
     outcomes: list = []
     clients = [threading.Thread(target=_huge_declared_post, args=(server, path, outcomes)) for _ in range(3)]
     sampled_temp = 0
@@ -171,7 +166,7 @@ def test_a_declared_body_over_the_limit_is_refused_from_its_headers(server, temp
     while any(client.is_alive() for client in clients):
         sampled_temp = max(sampled_temp, temp_bytes(pid, temp_dir))
         time.sleep(0.02)
-    grown = rss_kib(pid) - before
+    grown = resident_kib(pid) - before
     print(f"\n{server.server} {path}: 3 x {HUGE >> 20} MiB declared: RSS +{grown} KiB, temp files {sampled_temp} B")
     assert len(outcomes) == 3
     for status, body in outcomes:
@@ -192,13 +187,13 @@ def test_a_declared_body_over_the_limit_is_answered_before_any_of_it_is_sent(ser
 @pytest.mark.parametrize("path", [PUSH_PATH, "/healthz"])
 def test_a_chunked_body_is_cut_off_once_it_passes_the_limit(server, temp_dir, path):
     pid = server.process.pid
-    before = rss_kib(pid)
+    before = resident_kib(pid)
     chunk = b"x" * (1 << 20)
     with connect(server) as sock:
         sock.sendall(head("POST", path, AUTH, "Content-Type: application/json", "Transfer-Encoding: chunked"))
         sent = send_until_answered(sock, iter([b"100000\r\n" + chunk + b"\r\n"] * 700), HUGE)
         status, headers, body = read_response(sock)
-    grown = rss_kib(pid) - before
+    grown = resident_kib(pid) - before
     print(f"\n{server.server} {path}: chunked body cut off after {sent / (1 << 20):.1f} MiB sent; RSS +{grown} KiB")
     assert status == 413 and refusal(status, headers, body)["error"] == "payload_too_large"
     # What the client wrote before it saw the answer: the limit, plus what the kernels' socket buffers held.

@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from channels_app.config import parse_config
 from channels_app.models import Channel
 from channels_app.registry.sync import SyncConflict, channels_sync
-from tests.liveserver import base_environment, manage
+from tests.support.processes import base_environment, manage
 
 pytestmark = pytest.mark.django_db
 

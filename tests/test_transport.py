@@ -21,7 +21,9 @@ from channels_app.adapters.servers import (
 )
 from channels_app.adapters.uvicorn_ws import WebSocketProtocol
 from channels_app.http.security import SecurityHeadersMiddleware
-from tests.liveserver import ROOT, UVICORN_OPTIONS, free_port
+from tests.support.liveserver import UVICORN_OPTIONS
+from tests.support.processes import ROOT, free_port
+from tests.support.waiting import wait_until
 
 
 def _daphne_like_send():
@@ -200,8 +202,7 @@ async def test_daphne_answers_at_once_when_it_started_the_close_and_after_the_ho
     send, protocol, replies = _daphne_connection()
     hold_close_reply(send, asyncio.Event().wait)
     protocol.onCloseFrame(4000, None)
-    await asyncio.sleep(0.2)
-    assert replies == [(4000, None)]
+    await wait_until(lambda: replies == [(4000, None)], within=2)
 
 
 async def test_uvicorn_answers_a_close_frame_once_the_release_is_done_or_when_it_shuts_down():

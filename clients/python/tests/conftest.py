@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from client_helpers import CONFIG, ENV
 
-from tests.liveserver import SERVERS, LiveServer
-from tests.redisserver import RedisServer
+from tests.support.liveserver import SERVERS, LiveServer
+from tests.support.redisserver import RedisServer
 
 
 def _servers(tmp_path_factory):

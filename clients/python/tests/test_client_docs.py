@@ -20,7 +20,7 @@ import pytest
 from client_helpers import TOKEN_SECRET
 from realtime_client import Publisher
 
-from tests.liveserver import ROOT, base_environment
+from tests.support.liveserver import ROOT, base_environment
 
 DOCUMENTS = [ROOT / "README.md", ROOT / "docs" / "python-client.md", ROOT / "clients" / "python" / "README.md"]
 _BLOCK = re.compile(r"^```py\n(.*?)^```", re.DOTALL | re.MULTILINE)

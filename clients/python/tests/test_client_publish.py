@@ -21,7 +21,7 @@ from realtime_client import (
     subscribe,
 )
 
-from tests.liveserver import free_port
+from tests.support.liveserver import free_port
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from tests.liveserver import free_port
+from tests.support.processes import free_port
 
 
 @dataclass

@@ -9,10 +9,8 @@ database (copied from a migrated template, so each server starts in about a seco
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +20,8 @@ from pathlib import Path
 import httpx
 
 from channels_app.config import load_config
+from tests.support.processes import ROOT, base_environment, free_port, manage, stop_process
 
-ROOT = Path(__file__).resolve().parent.parent
 _TEMPLATE_DB: Path | None = None
 
 SERVERS = ("daphne", "uvicorn")
@@ -37,29 +35,6 @@ UVICORN_OPTIONS = (
     "--ws-ping-interval", "20", "--ws-ping-timeout", "30", "--lifespan", "off", "--backlog", str(UVICORN_BACKLOG),
     "--http", "channels_app.adapters.uvicorn_http:LimitedH11Protocol",
 )  # fmt: skip
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def base_environment(**overrides: str) -> dict[str, str]:
-    """The environment for a child process of the project, without test-runner settings leaking in."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTEST_", "DJANGO_SETTINGS"))}
-    env["DJANGO_SETTINGS_MODULE"] = "realtime_project.settings"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(overrides)
-    return env
-
-
-def manage(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python manage.py ...`` in a child process."""
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=check
-    )
 
 
 def _template_database(work_dir: Path) -> Path:
@@ -130,8 +105,10 @@ class LiveServer:
         sync: bool = True,
         database_path: Path | None = None,
         server: str = "daphne",
+        extra_args: list[str] | None = None,
     ) -> LiveServer:
-        """Write the config, prepare the database, sync channels and start ``server``; wait until it answers."""
+        """Write the config, prepare the database, sync channels and start ``server`` (with ``extra_args`` on its
+        command line); wait until it answers."""
         work_dir.mkdir(parents=True, exist_ok=True)
         config_path = work_dir / "realtime.config.yaml"
         config_path.write_text(config_text)
@@ -144,7 +121,12 @@ class LiveServer:
         if sync:
             manage("sync_channels", env=server_env)
         live = cls(
-            port=free_port(), config_path=config_path, database_path=database_path, env=server_env, server=server
+            port=free_port(),
+            config_path=config_path,
+            database_path=database_path,
+            env=server_env,
+            server=server,
+            extra_args=list(extra_args or ()),
         )
         live.run()
         return live
@@ -176,14 +158,7 @@ class LiveServer:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the server and wait for it."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        stop_process(self.process, sig)
 
     def log(self) -> str:
         """Everything the server printed so far."""

@@ -461,7 +461,11 @@ def test_redis_killed_and_restarted_under_traffic(redis_kill_run):
     report = delivery_report(subscribers, publisher)
     print(f"redis kill: {report | {'missing': {k: (v[0], v[-1], len(v)) for k, v in report['missing'].items()}}}")
     assert ready_during.status_code == 503
-    assert report["refused"] > 0, "the outage refused no push: Redis was not down under traffic"
+    assert report["refused"] + len(publisher.unknown) > 0, (
+        "the outage refused no push: Redis was not down under traffic"
+    )
+    # Refused (nothing published: 503), or sent to the Redis that was killed (504, outcome unknown);
+    # a push recorded while the layer was away is acknowledged with 202 and delivered later.
     assert all(status == 503 for _, status in publisher.refused), publisher.refused[:5]
     assert report["published"] > 200
     assert report["duplicated"] == {} and report["disordered"] == {}

@@ -89,7 +89,9 @@ class Subscriber:
 
 @dataclass
 class Publisher:
-    """Pushes ``{"n": <number>, "t": <time>}`` payloads at ``rate`` per second, round-robin over servers."""
+    """Pushes ``{"n": <number>, "t": <time>}`` payloads at ``rate`` per second, round-robin over servers, and
+    sorts the answers as docs/protocol.md ("What a publish answer means") says: acknowledged (201, 202),
+    refused (nothing published), outcome unknown (504)."""
 
     servers: list
     channel: str
@@ -97,6 +99,8 @@ class Publisher:
     rate: float = 50.0
     acknowledged: list[tuple[int, str, dict]] = field(default_factory=list)
     refused: list[tuple[int, int]] = field(default_factory=list)
+    # Answered 504 publish_outcome_unknown: sent to a Redis that did not answer; published or not.
+    unknown: list[int] = field(default_factory=list)
     _stop: bool = False
 
     async def run(self) -> None:
@@ -112,8 +116,10 @@ class Publisher:
                     response = await client.post(
                         f"{server.http}/api/v1/channels/{self.channel}/messages", json={"payload": payload}
                     )
-                    if response.status_code == 201:
+                    if response.status_code in (201, 202):  # 202: published, its hand-over pending
                         self.acknowledged.append((number, payload, response.json()))
+                    elif response.status_code == 504:
+                        self.unknown.append(number)
                     else:
                         self.refused.append((number, response.status_code))
                 except httpx.HTTPError:

@@ -1,6 +1,6 @@
 """Servers under test, each a child process on a free loopback port.
 
-``ServiceServer`` runs the project under daphne (or uvicorn) the way tests/liveserver.py does
+``ServiceServer`` runs the project under daphne (or uvicorn) the way tests/support/liveserver.py does
 (temp YAML config, SQLite copied from a migrated database, ``sync_channels``, then
 ``python -m daphne -e tcp:port=PORT:interface=127.0.0.1:backlog=1024 realtime_project.asgi:application``).
 ``BaselineServer`` runs ``python -m bench.baseline``; ``AsgiWsBaselineServer`` and
@@ -20,7 +20,6 @@ import contextlib
 import ctypes
 import hashlib
 import io
-import os
 import re
 import secrets
 import shutil
@@ -35,7 +34,8 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.processes import ROOT, base_environment, free_port, stop_process
+
 CHANNEL_ID = "bench-fanout"
 SSE_CHANNEL_ID = "bench-sse"
 ASGI_SERVERS = ("daphne", "uvicorn")
@@ -43,13 +43,6 @@ API_KEY = "bench-" + secrets.token_hex(16)  # the server API key of every servic
 START_TIMEOUT = 30.0
 
 CHILDREN: list[subprocess.Popen] = []
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def die_with_parent() -> None:
@@ -74,18 +67,9 @@ def spawn(args: list[str], *, log_path: Path, env: dict[str, str] | None = None,
     return process
 
 
-def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    """SIGTERM, wait, then SIGKILL; safe on processes that already ended."""
-    if process is None:
-        return
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+def stop_child(process: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM, wait, then SIGKILL, and forget the child; safe on processes that already ended."""
+    stop_process(process, timeout=timeout)
     if process in CHILDREN:
         CHILDREN.remove(process)
 
@@ -93,19 +77,10 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> Non
 def stop_all() -> None:
     """Stop every child still running (registered with atexit)."""
     for process in list(CHILDREN):
-        stop_process(process, timeout=5)
+        stop_child(process, timeout=5)
 
 
 atexit.register(stop_all)
-
-
-def child_environment(**overrides: str) -> dict[str, str]:
-    """The environment of a project process, without test-runner settings leaking in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "DJANGO_SETTINGS"))}
-    env["DJANGO_SETTINGS_MODULE"] = "realtime_project.settings"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(overrides)
-    return env
 
 
 def asgi_server_args(server_cmd: str, app: str) -> list[str]:
@@ -155,7 +130,7 @@ class _Server:
         return self.process.pid
 
     def stop(self) -> None:
-        stop_process(self.process)
+        stop_child(self.process)
         self.process = None
 
     def alive(self) -> bool:
@@ -276,7 +251,7 @@ pubsub:
         if self._prepared:
             return
         self.config_path.write_text(self.config_text())
-        self.env = child_environment(
+        self.env = base_environment(
             CONFIG_FOLDER_PATH=str(self.config_path),
             DATABASE_URL=f"sqlite:///{self.database_path}",
             LOG_LEVEL="INFO",
@@ -366,7 +341,7 @@ class _AsgiApp(_Server):
         self.server_cmd = server_cmd
 
     def start(self) -> None:
-        self._launch(asgi_server_args(self.server_cmd, self.app), env=child_environment())
+        self._launch(asgi_server_args(self.server_cmd, self.app), env=base_environment())
 
 
 class BaselineServer(_Rooms, _Server):
@@ -379,7 +354,7 @@ class BaselineServer(_Rooms, _Server):
 
     def start(self) -> None:
         args = [sys.executable, "-m", "bench.baseline", "--port", "{port}", "--max-seconds", "7200"]
-        self._launch(args, env=child_environment())
+        self._launch(args, env=base_environment())
 
 
 class AsgiWsBaselineServer(_Rooms, _AsgiApp):

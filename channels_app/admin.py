@@ -3,11 +3,13 @@
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
 
-from .channel_services import channel_disconnect_all
+from .core.channel_services import channel_disconnect_all
+from .core.runtime import Runtime
+from .core.selectors import channels_with_counts
+from .core.services import message_publish
 from .errors import ApplicationError
 from .models import Channel
-from .publishing import apublish
-from .runtime import get_runtime
+from .naming import SERVER_CLIENT_ID
 
 YAML_OVERWRITE_WARNING = (
     "This channel comes from the YAML configuration: the next sync_channels run overwrites edits "
@@ -43,7 +45,7 @@ class ChannelAdmin(admin.ModelAdmin):
 
     def get_list_display(self, request):
         """Show live connections, counted once per page (cluster-wide with the REDIS driver)."""
-        counts = async_to_sync(_live_counts)()
+        counts = async_to_sync(_live_counts)(request.realtime)
 
         @admin.display(description="live connections")
         def live_connections(obj):
@@ -57,7 +59,7 @@ class ChannelAdmin(admin.ModelAdmin):
         for channel in queryset.filter(active=True):
             payload = f"Test message from the admin ({request.user.get_username()})"
             try:
-                message = async_to_sync(apublish)(channel.public_id, payload)
+                message = async_to_sync(_publish)(request.realtime, channel.public_id, payload)
             except ApplicationError as error:
                 self.message_user(request, f"{channel.name}: {error.message}", messages.ERROR)
                 continue
@@ -69,7 +71,7 @@ class ChannelAdmin(admin.ModelAdmin):
     def disconnect_everyone(self, request, queryset):
         """Close every connection to the selected channels on every instance (code 4000); clients may resume."""
         for channel in queryset:
-            async_to_sync(channel_disconnect_all)(channel_id=channel.public_id)
+            async_to_sync(channel_disconnect_all)(channel_id=channel.public_id, runtime=request.realtime)
             self.message_user(request, f"{channel.name}: every connection was asked to close.")
 
     def get_readonly_fields(self, request, obj=None):
@@ -93,7 +95,10 @@ class ChannelAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
 
-async def _live_counts() -> dict[str, int]:
-    runtime = get_runtime()
-    channels = await runtime.registry.all()
-    return await runtime.presence.counts([channel.id for channel in channels])
+async def _live_counts(runtime: Runtime) -> dict[str, int]:
+    return {channel.id: count for channel, count in await channels_with_counts(runtime=runtime)}
+
+
+async def _publish(runtime: Runtime, reference: str, payload: str):
+    channel = await runtime.registry.resolve(reference)
+    return await message_publish(channel=channel, payload=payload, client_id=SERVER_CLIENT_ID, runtime=runtime)

@@ -13,7 +13,7 @@ class ChannelsAppConfig(AppConfig):
         from django.conf import settings
 
         from . import checks, signals
-        from .logredact import install_log_redaction
+        from .ops.logredact import install_log_redaction
 
         signals.connect()
         checks.register()

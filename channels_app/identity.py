@@ -15,8 +15,13 @@ from dataclasses import dataclass
 # Channel names and ids appear in URLs and in channel-layer group names, so they use the
 # characters both accept: letters, digits, '.', '_' and '-'. "\Z", not "$", which would also
 # accept a trailing newline; names made only of dots are path segments ("." and "..") in a URL.
-IDENTIFIER_PATTERN = re.compile(r"^(?!\.+\Z)[A-Za-z0-9._-]{1,100}\Z")
-IDENTIFIER_RULE = "1 to 100 characters from A-Z a-z 0-9 . _ -"
+IDENTIFIER_MAX_LENGTH = 100
+_IDENTIFIER_CHARACTERS = "[A-Za-z0-9._-]"
+IDENTIFIER_PATTERN = re.compile(rf"^(?!\.+\Z){_IDENTIFIER_CHARACTERS}{{1,{IDENTIFIER_MAX_LENGTH}}}\Z")
+IDENTIFIER_RULE = f"1 to {IDENTIFIER_MAX_LENGTH} characters from A-Z a-z 0-9 . _ -"
+# The OpenAPI document's form (JSON Schema, where "$" ends the text). It does not refuse names
+# made only of dots, which the API answers with 400.
+IDENTIFIER_JSON_PATTERN = f"^{_IDENTIFIER_CHARACTERS}{{1,{IDENTIFIER_MAX_LENGTH}}}$"
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,15 @@ from datetime import UTC, datetime
 from .errors import bad_request
 
 # ASCII digits only: "\d" and str.isdigit() also accept other scripts' digits (and "²", which int() refuses).
-_OFFSET = re.compile(r"^[0-9]{1,18}\Z")
-_POSITION = re.compile(r"^(?P<epoch>[A-Za-z0-9]{1,32})-(?P<offset>[0-9]{1,18})\Z")
-_MESSAGE_ID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\Z")
+_OFFSET_DIGITS = "[0-9]{1,18}"
+_EPOCH = "[A-Za-z0-9]{1,32}"
+_UUID = "[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+_OFFSET = re.compile(rf"^{_OFFSET_DIGITS}\Z")
+_POSITION = re.compile(rf"^(?P<epoch>{_EPOCH})-(?P<offset>{_OFFSET_DIGITS})\Z")
+_MESSAGE_ID = re.compile(rf"^{_UUID}\Z")
+# What ``position_parse`` accepts, in the OpenAPI document's form (JSON Schema, where "$" ends the
+# text); empty is no position.
+POSITION_JSON_PATTERN = f"^({_EPOCH}-{_OFFSET_DIGITS}|{_OFFSET_DIGITS}|{_UUID})?$"
 
 
 def utc_timestamp(moment: datetime | None = None) -> str:

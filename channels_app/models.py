@@ -5,7 +5,15 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import connection, models
 from django.db.models import Q
 
-from .identity import IDENTIFIER_PATTERN, IDENTIFIER_RULE, ChannelIdentity, Collision, identity_collisions
+from .channel import CHANNEL_FIELDS
+from .identity import (
+    IDENTIFIER_MAX_LENGTH,
+    IDENTIFIER_PATTERN,
+    IDENTIFIER_RULE,
+    ChannelIdentity,
+    Collision,
+    identity_collisions,
+)
 
 identifier_validator = RegexValidator(IDENTIFIER_PATTERN, f"Use {IDENTIFIER_RULE}.")
 
@@ -44,19 +52,31 @@ class Channel(models.Model):
         API = "api", "HTTP API"
         ADMIN = "admin", "Admin"
 
-    name = models.CharField(max_length=100, unique=True, validators=[identifier_validator])
+    # Defaults and bounds come from the fields' declaration (channel.py); tests/test_channel.py
+    # checks that the model and the declaration agree.
+    name = models.CharField(max_length=IDENTIFIER_MAX_LENGTH, unique=True, validators=[identifier_validator])
     public_id = models.CharField(
         "id",
-        max_length=100,
+        max_length=IDENTIFIER_MAX_LENGTH,
         unique=True,
         validators=[identifier_validator],
         help_text="The public identifier clients use in URLs.",
     )
     type = models.CharField(max_length=3, choices=Type.choices)
-    max_connections = models.PositiveIntegerField("max connections", default=100, validators=[MinValueValidator(1)])
-    history_size = models.PositiveIntegerField(default=100)
-    history_ttl = models.PositiveIntegerField("history TTL (seconds)", default=3600, validators=[MinValueValidator(1)])
-    private = models.BooleanField(default=False, help_text="Subscribers need a signed token.")
+    max_connections = models.PositiveIntegerField(
+        "max connections",
+        default=CHANNEL_FIELDS["max_connections"].default,
+        validators=[MinValueValidator(CHANNEL_FIELDS["max_connections"].minimum)],
+    )
+    history_size = models.PositiveIntegerField(default=CHANNEL_FIELDS["history_size"].default)
+    history_ttl = models.PositiveIntegerField(
+        "history TTL (seconds)",
+        default=CHANNEL_FIELDS["history_ttl"].default,
+        validators=[MinValueValidator(CHANNEL_FIELDS["history_ttl"].minimum)],
+    )
+    private = models.BooleanField(
+        default=CHANNEL_FIELDS["private"].default, help_text="Subscribers need a signed token."
+    )
     source = models.CharField(max_length=5, choices=Source.choices, default=Source.ADMIN)
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -9,8 +9,8 @@ import hashlib
 import re
 import uuid
 
-from .config import IDENTIFIER_PATTERN
 from .errors import bad_request
+from .identity import IDENTIFIER_PATTERN, IDENTIFIER_RULE
 
 GROUP_PREFIX = "realtime.ch."
 HUB_CHANNEL_PREFIX = "realtime-hub"
@@ -20,6 +20,8 @@ REGISTRY_GROUP = "realtime.registry"
 MAX_GROUP_NAME_LENGTH = 99
 # "\Z", not "$", which would also accept a trailing newline.
 CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}\Z")
+# The OpenAPI document's form (JSON Schema, where "$" ends the text).
+CLIENT_ID_JSON_PATTERN = CLIENT_ID_PATTERN.pattern.removesuffix("\\Z") + "$"
 SERVER_CLIENT_ID = "server-message"
 
 
@@ -30,7 +32,7 @@ def channel_group(channel_id: str) -> str:
     for a group name are hashed, so the result is always a valid name below 100 characters.
     """
     if not isinstance(channel_id, str) or not IDENTIFIER_PATTERN.match(channel_id):
-        raise ValueError(f"{channel_id!r} is not a channel id: ids use 1 to 100 characters from A-Z a-z 0-9 . _ -")
+        raise ValueError(f"{channel_id!r} is not a channel id: ids use {IDENTIFIER_RULE}")
     name = GROUP_PREFIX + channel_id
     if len(name) <= MAX_GROUP_NAME_LENGTH:
         return name

@@ -30,11 +30,11 @@ from asgiref.sync import SyncToAsync, async_to_sync
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from .composition import process_runtime, serves_subscribers
+from .core.services import message_publish
 from .jsoncodec import json_text
 from .messages import Message
 from .naming import SERVER_CLIENT_ID
-from .runtime import get_runtime, serves_subscribers
-from .services import message_publish
 
 NOT_SERVING_MEMORY = (
     "channels_app.publish() and apublish() reach no subscriber from this process: it serves none "
@@ -85,9 +85,9 @@ def _refuse_where_unreachable() -> None:
 
 
 async def _publish_here(channel: str, payload, client_id: str) -> Message:
-    runtime = get_runtime()
+    runtime = process_runtime()
     channel_info = await runtime.registry.resolve(channel)
-    return await message_publish(channel=channel_info, payload=_as_text(payload), client_id=client_id)
+    return await message_publish(channel=channel_info, payload=_as_text(payload), client_id=client_id, runtime=runtime)
 
 
 def _server_loop() -> asyncio.AbstractEventLoop | None:

@@ -10,21 +10,21 @@ logger = logging.getLogger(__name__)
 
 
 def _invalidate_registry(sender, **kwargs):
-    from .runtime import get_runtime
+    from .composition import process_runtime
 
-    get_runtime().registry.invalidate()
+    process_runtime().registry.invalidate()
     # Other instances hear of it through the channel layer once the change is committed.
     transaction.on_commit(_broadcast_registry_change)
 
 
 def _broadcast_registry_change() -> None:
-    from .hub import broadcast_registry_change
-    from .runtime import get_runtime
+    from .composition import process_runtime
+    from .core.hub import broadcast_registry_change
 
     try:
-        async_to_sync(broadcast_registry_change)(get_runtime().layer)
+        async_to_sync(broadcast_registry_change)(process_runtime().layer)
     except Exception:
-        # The periodic fingerprint check (registry.py) still catches the change within seconds.
+        # The periodic fingerprint check (registry/cache.py) still catches the change within seconds.
         logger.exception("could not tell other instances that the channel registry changed")
 
 

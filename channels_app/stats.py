@@ -1,4 +1,5 @@
-"""Counters and latency observations kept per process, exported by ``metrics.py``."""
+"""Counters (named in ``counters.py``) and latency observations kept per process, exported by
+``http/metrics.py``."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A token names one channel (``channel``), one client (``sub``), an expiry (``exp``) and whether
 the client may publish (``pub``). It travels as ``?token=`` because an ``EventSource`` cannot
-send headers; daphne's access log is redacted so it never shows there (see logredact.py).
+send headers; daphne's access log is redacted so it never shows there (see ops/logredact.py).
 The signing key is ``REALTIME_TOKEN_SECRET`` (falling back to ``DJANGO_SECRET_KEY``): every
 instance must share it.
 """
@@ -19,6 +19,7 @@ from .errors import ApplicationError
 
 ALGORITHM = "HS256"
 DEFAULT_TTL_SECONDS = 3600
+MIN_TTL_SECONDS = 1
 MAX_TTL_SECONDS = 7 * 24 * 3600
 
 
@@ -59,9 +60,12 @@ def _secret() -> str:
 
 def token_mint(*, channel_id: str, client_id: str, ttl: int = DEFAULT_TTL_SECONDS, can_publish: bool = False) -> str:
     """Sign a token letting ``client_id`` subscribe to ``channel_id`` for ``ttl`` seconds."""
-    if not 1 <= ttl <= MAX_TTL_SECONDS:
+    if not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
         raise ApplicationError(
-            "bad_request", f"ttl must be between 1 and {MAX_TTL_SECONDS} seconds", status=400, close_code=4400
+            "bad_request",
+            f"ttl must be between {MIN_TTL_SECONDS} and {MAX_TTL_SECONDS} seconds",
+            status=400,
+            close_code=4400,
         )
     now = int(time.time())
     claims = {"channel": channel_id, "sub": client_id, "iat": now, "exp": now + ttl, "pub": bool(can_publish)}

@@ -20,7 +20,7 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
 - ``REALTIME_REQUEST_HEAD_TIMEOUT_SECONDS`` / ``REALTIME_REQUEST_BODY_TIMEOUT_SECONDS``: a request's
   line and headers must arrive within the first (default 20) of the connection opening (on a
   kept-alive connection, of their first byte), its body within the second (default 60) of its
-  headers; otherwise 408 and the connection is closed (channels_app/request_limits.py).
+  headers; otherwise 408 and the connection is closed (channels_app/http/limits.py).
 - ``DJANGO_SECURE=1``: production behind HTTPS (a TLS-terminating proxy that sets
   ``X-Forwarded-Proto``): secure cookies, HSTS, redirects to HTTPS (except the probes), and
   ``DJANGO_SECRET_KEY`` becomes required. ``DJANGO_HSTS_SECONDS`` (default one year),
@@ -165,6 +165,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # request.realtime: this process's Runtime, for the pages, probes, metrics and the admin.
+    "channels_app.composition.RuntimeMiddleware",
 ]
 
 ROOT_URLCONF = "realtime_project.urls"
@@ -214,13 +216,13 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 def _channel_layers(config) -> dict:
     # The hub channel of each instance receives every message for its local subscribers, so it
-    # gets a far larger queue than per-connection channels; see channels_app/hub.py.
+    # gets a far larger queue than per-connection channels; see channels_app/core/hub.py.
     hub_capacity = 100_000
     if config.pubsub.driver == "MEMORY":
         # InMemoryChannelLayer (channels 4.3) does not compile channel_capacity globs, so it is
         # given the (regex, capacity) pairs it iterates over.
         memory_config = {"capacity": 1000, "channel_capacity": [(re.compile(r"^realtime-hub"), hub_capacity)]}
-        return {"default": {"BACKEND": "channels_app.layers.InMemoryChannelLayer", "CONFIG": memory_config}}
+        return {"default": {"BACKEND": "channels_app.state.layers.InMemoryChannelLayer", "CONFIG": memory_config}}
     redis = config.pubsub.redis
     if redis.sentinels:
         host = {
@@ -251,7 +253,7 @@ CHANNEL_LAYERS = _channel_layers(REALTIME)
 REALTIME_SHUTDOWN_GRACE_SECONDS = float(os.environ.get("REALTIME_SHUTDOWN_GRACE_SECONDS", "20"))
 
 # The largest request body any endpoint accepts, the one value every reader of a body uses
-# (channels_app/request_limits.py, direct_api.py, Django).
+# (channels_app/http/limits.py, http/direct_api.py, Django).
 REALTIME_MAX_REQUEST_BODY_BYTES = request_body_limit(REALTIME.server.max_message_size)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REALTIME_MAX_REQUEST_BODY_BYTES
 # Django spools a body above this to a temporary file; no accepted body is larger, so none is.
@@ -275,12 +277,12 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {
-        "request_id": {"()": "channels_app.logformat.RequestIdFilter"},
-        "one_line_security": {"()": "channels_app.security.OneLineSecurityRecords"},
+        "request_id": {"()": "channels_app.ops.logformat.RequestIdFilter"},
+        "one_line_security": {"()": "channels_app.http.security.OneLineSecurityRecords"},
     },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
-        "json": {"()": "channels_app.logformat.JsonFormatter"},
+        "json": {"()": "channels_app.ops.logformat.JsonFormatter"},
     },
     "handlers": {
         "console": {

@@ -25,6 +25,8 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 if [ "$mode" = "dev" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+  # The Python client (clients/python), editable: its tests run with the rest and use this checkout.
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e clients/python
   missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   # Browser tests drive Debian's Chromium; Playwright's own browser download is not used.

@@ -92,13 +92,13 @@ grace = float(os.environ.get("REALTIME_SHUTDOWN_GRACE_SECONDS", "20"))
 print(max(1 << 20, 2 * load_config().server.max_message_size), max(math.ceil(grace), 1))
 ')
     # No permessage-deflate: daphne offers none, and it would cost CPU and zlib memory per connection.
-    # --http: deadlines for a request's head and body (channels_app/uvicorn_limits.py).
+    # --http: deadlines for a request's head and body (channels_app/adapters/uvicorn_http.py).
     # --ws: uvicorn's websockets-sansio, answering a client's close frame once its slot is free
-    # (channels_app/uvicorn_ws.py).
+    # (channels_app/adapters/uvicorn_ws.py).
     exec uvicorn realtime_project.asgi:application --host "$HOST" --port "$PORT" \
-        --ws channels_app.uvicorn_ws:WebSocketProtocol --ws-max-size "${limits% *}" --ws-per-message-deflate false \
+        --ws channels_app.adapters.uvicorn_ws:WebSocketProtocol --ws-max-size "${limits% *}" --ws-per-message-deflate false \
         --ws-ping-interval 20 --ws-ping-timeout 30 --lifespan off --backlog 2048 \
-        --http channels_app.uvicorn_limits:LimitedH11Protocol \
+        --http channels_app.adapters.uvicorn_http:LimitedH11Protocol \
         --timeout-graceful-shutdown "${limits#* }" "$@"
 fi
 # daphne's own listen backlog is 50: connection storms overflow it. An endpoint string sets it

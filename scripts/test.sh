@@ -6,5 +6,7 @@ bash scripts/bootstrap.sh dev
 . .venv/bin/activate
 ruff check .
 ruff format --check .
+# Dependencies run one way and no import cycle remains (the contracts in pyproject.toml).
+lint-imports
 python manage.py check
 python -m pytest "$@"

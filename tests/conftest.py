@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import textwrap
 import uuid
+from dataclasses import dataclass, replace
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
-from channels_app.runtime import reset_runtime
-from tests.liveserver import SERVERS, LiveServer
+from tests.support.liveserver import SERVERS, LiveServer
 
 POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
+
+# Examples per property for every hypothesis test (``HYPOTHESIS_PROFILE=thorough`` runs ten times more);
+# docs/reliability.md reports how many inputs a CI run tries.
+hypothesis_settings.register_profile(
+    "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+hypothesis_settings.register_profile(
+    "thorough", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Fixtures that start the service; a test using one of them, or a fixture built on one, is ``e2e``.
+SERVER_FIXTURES = frozenset({"start_server", "start_module_server", "daphne_server", "any_server"})
 
 TEST_CONFIG = textwrap.dedent(
     """
@@ -36,6 +52,19 @@ TEST_CONFIG = textwrap.dedent(
         max_of_channel_connections: 5
     """
 )
+
+
+def pytest_collection_modifyitems(items):
+    """Mark each test with its tiers from what it uses: ``e2e`` when a fixture it depends on (directly or
+    through others) starts the service, ``redis`` when it uses ``redis_server`` or a fixture parametrized
+    ``"redis"``. Modules that start processes otherwise, drive a browser or soak mark themselves."""
+    for item in items:
+        fixtures = set(item.fixturenames)
+        if fixtures & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        callspec = getattr(item, "callspec", None)
+        if "redis_server" in fixtures or (callspec is not None and "redis" in callspec.params.values()):
+            item.add_marker(pytest.mark.redis)
 
 
 def _servers_started_by(tmp_path_factory):
@@ -82,11 +111,13 @@ def any_server(start_server, asgi_server) -> LiveServer:
 
 
 @pytest.fixture(autouse=True)
-def fresh_runtime():
-    """Each test gets its own hub, registry and history (they bind to the test's event loop)."""
-    reset_runtime()
+def fresh_process():
+    """What the composition root built for this process (its runtime binds to the test's event loop)
+    is dropped after each test."""
     yield
-    reset_runtime()
+    from channels_app.composition import forget_process_runtime
+
+    forget_process_runtime()
 
 
 @pytest.fixture(scope="module")
@@ -95,25 +126,65 @@ def start_module_server(tmp_path_factory):
     yield from _servers_started_by(tmp_path_factory)
 
 
+def memory_runtime(*, layer=None, history=None, presence=None, registry=None, **server):
+    """A ``Runtime`` of the test's own: the given stores, registry and layer (memory ones by default),
+    and the settings' configuration with the given ``server`` keys."""
+    from channels.layers import InMemoryChannelLayer
+    from django.conf import settings
+
+    from channels_app.core.runtime import Runtime
+    from channels_app.state.history import MemoryHistory
+    from channels_app.state.presence import MemoryPresence
+
+    return Runtime(
+        config=replace(settings.REALTIME, server=replace(settings.REALTIME.server, **server)),
+        layer=layer if layer is not None else InMemoryChannelLayer(),
+        history=history or MemoryHistory(),
+        presence=presence or MemoryPresence(),
+        registry=registry,
+    )
+
+
+@dataclass
+class InProcess:
+    """The service built in this test's process: its runtime and its ASGI application."""
+
+    runtime: object
+    application: object
+
+
 @pytest.fixture
-async def inprocess_runtime(fresh_runtime):
-    """This process's runtime for in-process ASGI tests; its hub stops and the memory layer is flushed after.
-
-    The channel layer outlives the test's event loop, so a hub left running (or its channel left in a
-    group) would break the next test's ``group_send``.
+async def inprocess():
+    """``await inprocess(history=..., presence=..., **server)``: the service built in this process around
+    a ``Runtime`` of the test's own: the given stores (memory ones by default), the settings' channel
+    layer, and the settings' configuration with the given ``server`` keys. Its hub is stopped and the
+    layer flushed afterwards: the layer outlives the test's event loop, so a hub left running (or its
+    channel left in a group) would break the next test's ``group_send``.
     """
-    from channels_app.runtime import get_runtime
+    from channels.layers import get_channel_layer
+    from django.core.handlers.asgi import ASGIHandler
 
-    runtime = get_runtime()
-    yield runtime
-    await runtime.hub.stop()
-    await runtime.layer.flush()
+    from channels_app.composition import build_application
+
+    built = []
+
+    async def build(*, history=None, presence=None, **server) -> InProcess:
+        runtime = memory_runtime(layer=get_channel_layer(), history=history, presence=presence, **server)
+        built.append(runtime)
+        # ASGIHandler, not get_asgi_application(): that sets Django up again, which re-configures logging
+        # and drops the handlers pytest's caplog installed.
+        return InProcess(runtime, build_application(ASGIHandler(), runtime))
+
+    yield build
+    for runtime in built:
+        await runtime.hub.stop()
+        await runtime.layer.flush()
 
 
 @pytest.fixture
 def redis_server(tmp_path_factory):
     """A private redis-server on a free port; killed by PID at teardown."""
-    from tests.redisserver import RedisServer
+    from tests.support.redisserver import RedisServer
 
     server = RedisServer.start(tmp_path_factory.mktemp("redis"))
     yield server

@@ -9,8 +9,8 @@ import asyncio
 import functools
 import os
 
-from channels_app.presence import MemoryPresence
-from channels_app.redis_state import RedisPresence
+from channels_app.state.presence import MemoryPresence
+from channels_app.state.redis import RedisPresence
 from realtime_project.settings import *  # noqa: F403
 
 SLOW_RELEASE_SECONDS = float(os.environ.get("SLOW_RELEASE_SECONDS", "0.2"))

@@ -176,7 +176,7 @@ def test_admin_shows_live_connections_and_its_actions_reach_real_clients(start_s
     import httpx
     import websockets
 
-    from tests.liveserver import manage
+    from tests.support.processes import manage
 
     server = start_server()
     manage(

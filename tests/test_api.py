@@ -10,9 +10,7 @@ import pytest
 import websockets
 
 from tests.conftest import TEST_CONFIG
-
-API_KEY = "test-key-0123456789"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
+from tests.support.auth import API_KEY, AUTH
 
 
 @pytest.fixture

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e  # the benchmark starts the service (bench/servers.py)
 ROOT = Path(__file__).resolve().parent.parent
 
 

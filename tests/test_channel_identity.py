@@ -12,13 +12,15 @@ import sys
 
 import httpx
 import pytest
+from hypothesis import given
 
+from channels_app.config import IDENTIFIER_PATTERN
 from channels_app.identity import ChannelIdentity, Collision, identity_collisions
 from tests.conftest import POSTGRES_SERVER
-from tests.liveserver import ROOT, base_environment, manage
+from tests.support.auth import API_KEY, AUTH
+from tests.support.processes import ROOT, base_environment, manage
+from tests.support.strategies import IDENTIFIER_ALPHABET, any_text
 
-API_KEY = "identity-key-0123456789"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = ChannelIdentity("chat-1", "chat")
 
 
@@ -92,7 +94,7 @@ def test_api_refuses_a_name_that_is_another_channels_id(api_server):
 CREATE_SCRIPT = """
 import asyncio, time
 from unittest import mock
-from channels_app.channel_services import ChannelDraft, channel_create
+from channels_app.core.channel_services import ChannelDraft, channel_create
 from channels_app.models import Channel
 
 save = Channel.save
@@ -149,3 +151,12 @@ def test_two_processes_creating_clashing_channels_at_once_create_one(database_ur
     assert first_output.strip() == "created"
     assert second.stdout.strip().startswith("ApplicationError channel_exists The id 'room-b' is already the name of")
     assert listing.stdout.split() == ["room-a"]
+
+
+# --- The identifier rule, for any text (hypothesis) (moved from test_hardening_properties.py) -----
+
+
+@given(any_text)
+def test_identifier_pattern_is_the_documented_rule(raw):
+    documented = 1 <= len(raw) <= 100 and set(raw) <= set(IDENTIFIER_ALPHABET) and set(raw) != {"."}
+    assert bool(IDENTIFIER_PATTERN.match(raw)) is documented

@@ -8,18 +8,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, note
+from hypothesis import strategies as st
 
 from channels_app.config import (
     CHANNEL_KEYS,
+    IDENTIFIER_PATTERN,
     PUBSUB_KEYS,
     REDIS_KEYS,
     SECTIONS,
     SERVER_KEYS,
     ConfigError,
+    RealtimeConfig,
     load_config,
     parse_config,
     resolve_config_path,
 )
+from tests.support.strategies import IDENTIFIER_ALPHABET, any_text
 
 ROOT = Path(__file__).resolve().parent.parent
 FILE = "realtime.yaml"
@@ -528,3 +533,89 @@ def test_every_key_is_documented_with_its_default(section, key):
 def test_no_undeclared_key_is_documented():
     for section, keys in documented_keys().items():
         assert set(keys) <= {key.name for key in SECTIONS[section]}, f"{section} documents unknown keys"
+
+
+# --- Any document loads or raises ConfigError (hypothesis) (moved from test_hardening_properties.py) ---
+
+
+def scalar_values():
+    return st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**30), max_value=10**30),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=40),
+        st.sampled_from(["WS", "SSE", "ws", "MEMORY", "REDIS", "redis://[::1", "redis://h:99999999/0", "${X}", "1"]),
+        st.sampled_from(["${HOME}", "${UNSET_VAR_FOR_TESTS}", "${UNSET_VAR_FOR_TESTS:-7}", "h:²", "a:b:c"]),
+    )
+
+
+values = st.recursive(scalar_values(), lambda inner: st.lists(inner, max_size=4), max_leaves=8)
+
+
+def section_of(keys, extra=()):
+    names = [key.name for key in keys] + list(extra) + ["typo_key"]
+    return st.dictionaries(st.sampled_from(names), values, max_size=len(names))
+
+
+channel_names = st.one_of(st.text(alphabet=IDENTIFIER_ALPHABET, min_size=1, max_size=12), st.integers(), any_text)
+documents = st.fixed_dictionaries(
+    {},
+    optional={
+        "server": st.one_of(section_of(SERVER_KEYS), values),
+        "pubsub": st.one_of(
+            st.fixed_dictionaries(
+                {"driver": st.sampled_from(["MEMORY", "REDIS", "redis", 3])},
+                optional={"redis": st.one_of(section_of(REDIS_KEYS), values)},
+            ),
+            section_of(PUBSUB_KEYS, ("redis",)),
+        ),
+        "channels": st.one_of(st.dictionaries(channel_names, st.one_of(section_of(CHANNEL_KEYS), values), max_size=4)),
+        "unknown": values,
+    },
+)
+
+
+def assert_config_outcome(text: str) -> None:
+    try:
+        config = parse_config(text, environ={"HOME": "/root", "X": "1"})
+    except ConfigError as error:
+        assert error.problems, "a ConfigError must list its problems"
+        for key_path, message in error.problems:
+            assert isinstance(key_path, str) and isinstance(message, str) and message
+        return
+    assert isinstance(config, RealtimeConfig)
+    for channel in config.channels:
+        assert IDENTIFIER_PATTERN.match(channel.id) and IDENTIFIER_PATTERN.match(channel.name)
+
+
+@given(st.text(max_size=400))
+def test_any_text_loads_or_raises_config_error(text):
+    assert_config_outcome(text)
+
+
+@given(documents)
+def test_any_structured_document_loads_or_raises_config_error(document):
+    text = yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
+    note(text)
+    assert_config_outcome(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 5000 + "]" * 5000,  # deep nesting overflows PyYAML's recursive composer
+        "a: &x [*x]",
+        "server: {max_message_size: 1e400}",
+        'pubsub: {driver: "REDIS", redis: {url: "redis://[::1"}}',
+        'pubsub: {driver: "REDIS", redis: {sentinels: ["host:²"], master_name: m}}',
+        "\x00",
+        "\ud800: 1",
+        "? [a, b]\n: c",
+        "server: !!binary aGVsbG8=",
+        "channels: {c: {id: !!timestamp 2001-12-14, type: WS}}",
+        'channels: {c: {id: "c", type: WS, max_of_channel_connections: "${UNSET_VAR_FOR_TESTS:-9e999}"}}',
+    ],
+)
+def test_known_hostile_documents(text):
+    assert_config_outcome(text)

@@ -4,33 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import replace
 
 import pytest
 from channels.testing import WebsocketCommunicator
 
-from channels_app import consumers, services
+from channels_app.core import services
+from channels_app.core.outbox import Outbox
+from channels_app.core.subscription import Subscription
 from channels_app.errors import ApplicationError
-from channels_app.fanout_repair import FanoutRepair
 from channels_app.models import Channel
-from realtime_project.asgi import application
+from channels_app.state.history import MemoryHistory
+from channels_app.transports import subscribing
+from channels_app.transports import websocket as consumers
+from tests.support.fakes import HeldHistory
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-async def runtime(inprocess_runtime):
+async def open_room(inprocess):
+    """``await open_room(**server)``: the service in this process, with the WS channel ``room-1`` (3 slots)."""
     await Channel.objects.acreate(name="room", public_id="room-1", type=Channel.Type.WS, max_connections=3)
-    return inprocess_runtime
+    return inprocess
 
 
-def configure(runtime, **server) -> None:
-    """Change ``server`` settings of this test's runtime."""
-    runtime.config = replace(runtime.config, server=replace(runtime.config.server, **server))
-
-
-async def connect(query: str) -> WebsocketCommunicator:
-    communicator = WebsocketCommunicator(application, f"/api/v1/channels/room-1?{query}")
+async def connect(room, query: str) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(room.application, f"/api/v1/channels/room-1?{query}")
     connected, _ = await communicator.connect(5)
     assert connected
     return communicator
@@ -44,8 +44,10 @@ async def closed(communicator: WebsocketCommunicator) -> tuple[dict, int]:
     return body, close["code"]
 
 
-async def test_refusal_is_a_close_frame_then_the_code_and_is_counted(runtime):
-    communicator = WebsocketCommunicator(application, "/api/v1/channels/nowhere?clientId=x")
+async def test_refusal_is_a_close_frame_then_the_code_and_is_counted(open_room):
+    room = await open_room()
+    runtime = room.runtime
+    communicator = WebsocketCommunicator(room.application, "/api/v1/channels/nowhere?clientId=x")
     await communicator.connect(5)
     body, code = await closed(communicator)
     assert code == 4404
@@ -54,8 +56,10 @@ async def test_refusal_is_a_close_frame_then_the_code_and_is_counted(runtime):
     assert await runtime.presence.count("room-1") == 0
 
 
-async def test_publish_and_fan_out_are_counted(runtime):
-    sender, receiver = await connect("clientId=sender"), await connect("clientId=receiver")
+async def test_publish_and_fan_out_are_counted(open_room):
+    room = await open_room()
+    runtime = room.runtime
+    sender, receiver = await connect(room, "clientId=sender"), await connect(room, "clientId=receiver")
     assert runtime.stats.counters()["connections_opened_ws"] == 2
     await sender.send_to(text_data="counted")
     assert (await receiver.receive_json_from(5))["payload"] == "counted"
@@ -67,8 +71,10 @@ async def test_publish_and_fan_out_are_counted(runtime):
     assert await runtime.presence.count("room-1") == 0
 
 
-async def test_binary_frame_closes_with_1003(runtime):
-    communicator = await connect("clientId=binary")
+async def test_binary_frame_closes_with_1003(open_room):
+    room = await open_room()
+    runtime = room.runtime
+    communicator = await connect(room, "clientId=binary")
     await communicator.send_to(bytes_data=b"\x00")
     body, code = await closed(communicator)
     assert code == 1003
@@ -77,9 +83,10 @@ async def test_binary_frame_closes_with_1003(runtime):
     assert await runtime.presence.count("room-1") == 0
 
 
-async def test_frame_over_the_configured_size_closes_with_1009_and_is_not_published(runtime):
-    configure(runtime, max_message_size=10)
-    communicator = await connect("clientId=big")
+async def test_frame_over_the_configured_size_closes_with_1009_and_is_not_published(open_room):
+    room = await open_room(max_message_size=10)
+    runtime = room.runtime
+    communicator = await connect(room, "clientId=big")
     await communicator.send_to(text_data="é" * 5)  # 10 bytes: at the limit
     await communicator.send_to(text_data="é" * 5 + "!")
     body, code = await closed(communicator)
@@ -89,9 +96,10 @@ async def test_frame_over_the_configured_size_closes_with_1009_and_is_not_publis
     assert runtime.stats.counters()["messages_published"] == 1
 
 
-async def test_publishing_over_the_rate_is_an_error_frame_and_nothing_is_published(runtime):
-    configure(runtime, publish_rate=0.001, publish_burst=1)
-    communicator = await connect("clientId=hasty&echo=1")
+async def test_publishing_over_the_rate_is_an_error_frame_and_nothing_is_published(open_room):
+    room = await open_room(publish_rate=0.001, publish_burst=1)
+    runtime = room.runtime
+    communicator = await connect(room, "clientId=hasty&echo=1")
     await communicator.send_to(text_data="allowed")
     await communicator.send_to(text_data="too soon")
     # The error answers at once; the echo goes through the channel layer and the hub first.
@@ -106,12 +114,14 @@ async def test_publishing_over_the_rate_is_an_error_frame_and_nothing_is_publish
     assert await runtime.history.head("room-1") == 1
 
 
-async def test_slow_consumer_is_closed_with_4408_and_frees_its_slot(runtime, monkeypatch):
+async def test_slow_consumer_is_closed_with_4408_and_frees_its_slot(open_room, monkeypatch):
+    room = await open_room()
+    runtime = room.runtime
     # The server reports a full write buffer for new connections: the next message overflows.
-    monkeypatch.setattr(consumers, "write_buffer_watch", lambda send: (lambda: 10**9, None))
-    slow = await connect("clientId=slow")
+    monkeypatch.setattr(subscribing, "write_buffer_watch", lambda send: (lambda: 10**9, None))
+    slow = await connect(room, "clientId=slow")
     monkeypatch.undo()
-    sender = await connect("clientId=sender")
+    sender = await connect(room, "clientId=sender")
     await sender.send_to(text_data="too much")
     body, code = await closed(slow)
     await sender.disconnect()
@@ -122,15 +132,16 @@ async def test_slow_consumer_is_closed_with_4408_and_frees_its_slot(runtime, mon
     assert runtime.hub.local_count("room-1") == 0
 
 
-async def test_a_replay_larger_than_the_outgoing_buffer_is_paced_not_cut_off(runtime):
-    configure(runtime, max_pending_messages=3)
-    room = await runtime.registry.resolve("room-1")
+async def test_a_replay_larger_than_the_outgoing_buffer_is_paced_not_cut_off(open_room):
+    room = await open_room(max_pending_messages=3)
+    runtime = room.runtime
+    channel = await runtime.registry.resolve("room-1")
     for index in range(5):
-        await services.message_publish(channel=room, payload=f"m{index}", client_id="backend")
-    communicator = WebsocketCommunicator(application, "/api/v1/channels/room-1?clientId=behind&since=0")
+        await services.message_publish(channel=channel, payload=f"m{index}", client_id="backend", runtime=runtime)
+    communicator = WebsocketCommunicator(room.application, "/api/v1/channels/room-1?clientId=behind&since=0")
     await communicator.connect(5)
     # Published while the replay is queued page by page: held, then sent after it, once.
-    await services.message_publish(channel=room, payload="live", client_id="backend")
+    await services.message_publish(channel=channel, payload="live", client_id="backend", runtime=runtime)
     received = [json.loads(await communicator.receive_from(5))["payload"] for _ in range(6)]
     assert received == ["m0", "m1", "m2", "m3", "m4", "live"]
     assert await communicator.receive_nothing(0.2)
@@ -139,12 +150,17 @@ async def test_a_replay_larger_than_the_outgoing_buffer_is_paced_not_cut_off(run
     await communicator.disconnect()
 
 
-async def test_a_publish_that_crashes_closes_the_connection_with_1011_and_frees_its_slot(runtime, monkeypatch, caplog):
+async def test_a_publish_that_crashes_closes_the_connection_with_1011_and_frees_its_slot(
+    open_room, monkeypatch, caplog
+):
+    room = await open_room()
+    runtime = room.runtime
+
     async def crash(**kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(consumers, "message_publish", crash)
-    communicator = await connect("clientId=doomed")
+    communicator = await connect(room, "clientId=doomed")
     assert await runtime.presence.contains("room-1", "doomed")
     await communicator.send_to(text_data="anything")
     body, code = await closed(communicator)
@@ -154,15 +170,15 @@ async def test_a_publish_that_crashes_closes_the_connection_with_1011_and_frees_
     assert "publishing a WebSocket frame failed" in caplog.text and "RuntimeError: boom" in caplog.text
     assert not await runtime.presence.contains("room-1", "doomed")
     assert runtime.hub.local_count("room-1") == 0
-    again = await connect("clientId=doomed")
+    again = await connect(room, "clientId=doomed")
     await again.disconnect()
 
 
-async def test_a_frame_the_channel_layer_refuses_is_kept_and_delivered_once_the_layer_is_back(runtime, monkeypatch):
+async def test_a_frame_the_channel_layer_refuses_is_kept_and_delivered_once_the_layer_is_back(open_room, monkeypatch):
     """The message is recorded, so it is published: no error frame invites the client to send it again."""
-    runtime.fanout_repair = FanoutRepair(
-        history=runtime.history, layer=runtime.layer, stats=runtime.stats, retry_seconds=0.05
-    )
+    room = await open_room()
+    runtime = room.runtime
+    runtime.fanout_repair.retry_seconds = 0.05
     group_send = runtime.layer.group_send
     refusals = [ConnectionError("layer down")]
 
@@ -171,7 +187,7 @@ async def test_a_frame_the_channel_layer_refuses_is_kept_and_delivered_once_the_
             raise refusals.pop()
         await group_send(group, message)
 
-    communicator = await connect("clientId=publisher&echo=1")
+    communicator = await connect(room, "clientId=publisher&echo=1")
     monkeypatch.setattr(runtime.layer, "group_send", down_once)
     await communicator.send_to(text_data="kept")
     delivered = await communicator.receive_json_from(5)
@@ -182,9 +198,11 @@ async def test_a_frame_the_channel_layer_refuses_is_kept_and_delivered_once_the_
     assert await runtime.history.head("room-1") == 1
 
 
-async def test_draining_instance_refuses_new_connections_with_4503(runtime):
+async def test_draining_instance_refuses_new_connections_with_4503(open_room):
+    room = await open_room()
+    runtime = room.runtime
     runtime.draining = True
-    communicator = WebsocketCommunicator(application, "/api/v1/channels/room-1?clientId=late")
+    communicator = WebsocketCommunicator(room.application, "/api/v1/channels/room-1?clientId=late")
     await communicator.connect(5)
     body, code = await closed(communicator)
     assert code == 4503
@@ -192,47 +210,32 @@ async def test_draining_instance_refuses_new_connections_with_4503(runtime):
     assert await runtime.presence.count("room-1") == 0
 
 
-async def test_channel_full_and_taken_client_id_leave_the_holders_alone(runtime):
-    holders = [await connect(f"clientId=holder-{index}") for index in range(3)]
+async def test_channel_full_and_taken_client_id_leave_the_holders_alone(open_room):
+    room = await open_room()
+    runtime = room.runtime
+    holders = [await connect(room, f"clientId=holder-{index}") for index in range(3)]
     for query, expected in (("clientId=holder-0", 4409), ("clientId=newcomer", 4422)):
-        refused = WebsocketCommunicator(application, f"/api/v1/channels/room-1?{query}")
+        refused = WebsocketCommunicator(room.application, f"/api/v1/channels/room-1?{query}")
         await refused.connect(5)
         _, code = await closed(refused)
         assert code == expected
     assert await runtime.presence.count("room-1") == 3
     await holders[0].disconnect()
     assert await runtime.presence.count("room-1") == 2
-    newcomer = await connect("clientId=newcomer")
+    newcomer = await connect(room, "clientId=newcomer")
     for communicator in (*holders[1:], newcomer):
         await communicator.disconnect()
     assert await runtime.presence.count("room-1") == 0
 
 
-class SlowHistory:
-    """The runtime's history, answering each run only when ``release`` is set (as a busy Redis)."""
-
-    def __init__(self, history):
-        self.history = history
-        self.release = asyncio.Event()
-        self.runs: list[int] = []
-
-    async def append_many(self, channel, entries):
-        self.runs.append(len(entries))
-        await self.release.wait()
-        return await self.history.append_many(channel, entries)
-
-    def __getattr__(self, name):
-        return getattr(self.history, name)
-
-
-async def test_a_connections_frames_are_published_in_order_without_waiting_for_each_other(runtime):
-    configure(runtime, publish_rate=1000, publish_burst=1000)
-    history = runtime.history = SlowHistory(runtime.history)
-    publisher = await connect("clientId=publisher")
-    reader = await connect("clientId=reader")
+async def test_a_connections_frames_are_published_in_order_without_waiting_for_each_other(open_room):
+    history = HeldHistory(MemoryHistory())
+    room = await open_room(history=history, publish_rate=1000, publish_burst=1000)
+    publisher = await connect(room, "clientId=publisher")
+    reader = await connect(room, "clientId=reader")
     for index in range(40):
         await publisher.send_to(text_data=f"m{index}")
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: room.runtime.in_flight.count == consumers.PUBLISHES_IN_FLIGHT)
     # The first frame's run is on its way; no more than PUBLISHES_IN_FLIGHT frames were taken up
     # meanwhile (the consumer stopped reading), and those wait together for the next run.
     assert history.runs == [1]
@@ -246,13 +249,14 @@ async def test_a_connections_frames_are_published_in_order_without_waiting_for_e
     await reader.disconnect()
 
 
-async def test_frames_read_before_the_client_left_are_still_published_and_drained_for(runtime):
-    configure(runtime, publish_rate=1000, publish_burst=1000)
-    history = runtime.history = SlowHistory(runtime.history)
-    publisher = await connect("clientId=publisher")
+async def test_frames_read_before_the_client_left_are_still_published_and_drained_for(open_room):
+    history = HeldHistory(MemoryHistory())
+    room = await open_room(history=history, publish_rate=1000, publish_burst=1000)
+    runtime = room.runtime
+    publisher = await connect(room, "clientId=publisher")
     for index in range(5):
         await publisher.send_to(text_data=f"m{index}")
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: runtime.in_flight.count == 5)
     await publisher.disconnect()
     # A draining instance waits for them like for accepted pushes.
     assert runtime.in_flight.count == 5
@@ -263,10 +267,11 @@ async def test_frames_read_before_the_client_left_are_still_published_and_draine
     assert not await runtime.presence.contains("room-1", "publisher")
 
 
-async def test_a_frame_waiting_for_room_is_not_published_once_the_connection_closed(runtime):
-    configure(runtime, publish_rate=1000, publish_burst=1000)
-    history = runtime.history = SlowHistory(runtime.history)
-    publisher = await connect("clientId=publisher")
+async def test_a_frame_waiting_for_room_is_not_published_once_the_connection_closed(open_room):
+    history = HeldHistory(MemoryHistory())
+    room = await open_room(history=history, publish_rate=1000, publish_burst=1000)
+    runtime = room.runtime
+    publisher = await connect(room, "clientId=publisher")
     for index in range(consumers.PUBLISHES_IN_FLIGHT + 4):
         await publisher.send_to(text_data=f"m{index}")
     await asyncio.sleep(0.1)
@@ -281,46 +286,51 @@ async def test_a_frame_waiting_for_room_is_not_published_once_the_connection_clo
     assert await history.head("room-1") == consumers.PUBLISHES_IN_FLIGHT
 
 
-async def test_a_connection_replaced_before_its_hub_joined_the_channel_is_closed_with_4001(runtime):
+async def test_a_connection_replaced_before_its_hub_joined_the_channel_is_closed_with_4001(open_room):
     """The replacing connection's close event went out before the older one subscribed, so no hub
     could close it: the older one finds its slot gone once subscribed, and is refused."""
-    configure(runtime, duplicate_client_id="replace")
-    older = await services.connection_open(reference="room-1", transport="WS", client_id="laptop", since=None)
-    newer = await services.connection_open(reference="room-1", transport="WS", client_id="laptop", since=None)
+    room = await open_room(duplicate_client_id="replace")
+    runtime = room.runtime
+    older = await services.connection_open(
+        reference="room-1", transport="WS", client_id="laptop", since=None, runtime=runtime
+    )
+    newer = await services.connection_open(
+        reference="room-1", transport="WS", client_id="laptop", since=None, runtime=runtime
+    )
     assert runtime.stats.counters()["connections_replaced"] == 1
-    subscription = consumers.Subscription(
+    subscription = Subscription(
         channel_id="room-1",
         client_id="laptop",
         echo=False,
         encode=consumers.encode_frame,
         encode_control=consumers.encode_control,
-        outbox=consumers.Outbox(
-            write=None, max_messages=10, max_bytes=10_000, on_overflow=None, buffered_bytes=lambda: 0
-        ),
+        outbox=Outbox(write=None, max_messages=10, max_bytes=10_000, on_overflow=None, buffered_bytes=lambda: 0),
         on_close=None,
         holder=older.holder,
     )
     with pytest.raises(ApplicationError) as refused:
-        await services.subscription_start(connection=older, subscription=subscription)
+        await services.subscription_start(connection=older, subscription=subscription, runtime=runtime)
     assert (refused.value.close_code, refused.value.code, refused.value.status) == (4001, "replaced", 409)
-    await services.connection_close(connection=older, subscription=subscription)
+    await services.connection_close(connection=older, subscription=subscription, runtime=runtime)
     assert await runtime.presence.holds("room-1", "laptop", newer.holder)
-    await services.connection_close(connection=newer, subscription=None)
+    await services.connection_close(connection=newer, subscription=None, runtime=runtime)
     assert await runtime.presence.count("room-1") == 0
 
 
-async def test_a_close_asked_for_before_the_handshake_completes_follows_it(runtime, monkeypatch):
+async def test_a_close_asked_for_before_the_handshake_completes_follows_it(open_room, monkeypatch):
     """The hub may close a connection while it is still subscribing (a replaced clientId, a deleted
     channel): the close frame goes out after the accept, never before it."""
+    room = await open_room()
+    runtime = room.runtime
     subscribe = consumers.subscription_start
 
-    async def subscribe_then_close(*, connection, subscription):
-        await subscribe(connection=connection, subscription=subscription)
+    async def subscribe_then_close(*, connection, subscription, runtime):
+        await subscribe(connection=connection, subscription=subscription, runtime=runtime)
         runtime.hub.close_replaced("room-1", connection.client_id, connection.holder)
         await asyncio.sleep(0.05)  # as if the replay were still being read from Redis
 
     monkeypatch.setattr(consumers, "subscription_start", subscribe_then_close)
-    communicator = WebsocketCommunicator(application, "/api/v1/channels/room-1?clientId=laptop")
+    communicator = WebsocketCommunicator(room.application, "/api/v1/channels/room-1?clientId=laptop")
     await communicator.send_input({"type": "websocket.connect"})
     assert (await communicator.receive_output(5))["type"] == "websocket.accept"
     body, code = await closed(communicator)

@@ -32,7 +32,8 @@ import yaml
 
 from channels_app.config import parse_config
 from realtime_project.settings import request_body_limit
-from tests.liveserver import DAPHNE_BACKLOG, SERVERS, UVICORN_BACKLOG, base_environment, free_port
+from tests.support.liveserver import DAPHNE_BACKLOG, SERVERS, UVICORN_BACKLOG
+from tests.support.processes import base_environment, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -288,7 +289,7 @@ def test_dockerignore():
                  "bench/results/run.json", ".pytest_cache/v", "channels_app/__pycache__/a.pyc"):  # fmt: skip
         assert dockerignored(path, patterns), f"{path} would be copied into the image"
     for path in ("requirements.txt", "manage.py", "scripts/entrypoint.sh", "configs/memory.config.yaml",
-                 "configs/redis.config.yaml", "channels_app/health.py", "realtime_project/settings.py",
+                 "configs/redis.config.yaml", "channels_app/http/health.py", "realtime_project/settings.py",
                  "templates"):  # fmt: skip
         assert not dockerignored(path, patterns), f"{path} is needed in the image but ignored"
 
@@ -340,6 +341,7 @@ def listen_backlog(port: int) -> int:
     return int(line.split()[2])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("server", SERVERS)
 def test_entrypoint_serves_and_stops_on_sigterm(tmp_path, server):
     config = tmp_path / "realtime.yaml"

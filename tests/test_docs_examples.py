@@ -16,7 +16,7 @@ import sys
 import pytest
 import websockets
 
-from tests.liveserver import ROOT
+from tests.support.processes import ROOT
 
 EXAMPLE_CONFIG = ROOT / "configs" / "redis.config.yaml"
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -41,7 +41,7 @@ def test_the_examples_are_found():
 
 @pytest.fixture(scope="module")
 def example_server(start_module_server, tmp_path_factory):
-    from tests.redisserver import RedisServer
+    from tests.support.redisserver import RedisServer
 
     redis = RedisServer.start(tmp_path_factory.mktemp("redis"))
     env = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis.port)}
@@ -49,6 +49,7 @@ def example_server(start_module_server, tmp_path_factory):
     redis.stop()
 
 
+@pytest.mark.redis  # example_server starts its own redis-server
 @pytest.mark.parametrize(("name", "code"), examples(), ids=[name for name, _ in examples()])
 def test_an_example_runs_as_written_and_its_message_arrives(example_server, name, code):
     async def scenario():

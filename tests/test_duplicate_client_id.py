@@ -12,10 +12,8 @@ import httpx
 import pytest
 import websockets
 
-from tests.test_sse_endpoint import open_stream, opened
-
-API_KEY = "duplicate-key"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
+from tests.support.auth import API_KEY, AUTH
+from tests.support.clients import open_stream, opened
 
 
 def config(mode: str | None, redis_url: str | None = None) -> str:

@@ -15,10 +15,9 @@ from asgiref.testing import ApplicationCommunicator
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
+from channels_app.core.services import message_publish
 from channels_app.models import Channel
 from channels_app.naming import channel_group
-from channels_app.services import message_publish
-from realtime_project.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 class StreamClient:
     """An SSE subscriber talking ASGI to the application, parsing the body into events."""
 
-    def __init__(self, path: str, query: str = "", headers: list | None = None):
+    def __init__(self, application, path: str, query: str = "", headers: list | None = None):
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -67,25 +66,25 @@ class StreamClient:
 
 
 @pytest.fixture
-async def rooms(inprocess_runtime):
-    """Two WS channels and one SSE channel in the database; the runtime is this test's own."""
+async def rooms(inprocess):
+    """Two WS channels and one SSE channel in the database, served in this process by a runtime of the test's own."""
     await Channel.objects.acreate(name="room", public_id="room-1", type=Channel.Type.WS)
     await Channel.objects.acreate(name="other-room", public_id="room-2", type=Channel.Type.WS)
     await Channel.objects.acreate(name="feed", public_id="feed-1", type=Channel.Type.SSE)
-    return inprocess_runtime
+    return await inprocess()
 
 
-async def websocket(path: str) -> WebsocketCommunicator:
-    communicator = WebsocketCommunicator(application, path)
+async def websocket(rooms, path: str) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(rooms.application, path)
     connected, _ = await communicator.connect(5)
     assert connected
     return communicator
 
 
 async def test_raw_group_send_reaches_websocket_subscribers(rooms):
-    communicator = await websocket("/api/v1/channels/room-1?clientId=w1")
+    communicator = await websocket(rooms, "/api/v1/channels/room-1?clientId=w1")
     # The handshake completes only once the connection is subscribed.
-    assert rooms.hub.local_count("room-1") == 1
+    assert rooms.runtime.hub.local_count("room-1") == 1
     await get_channel_layer().group_send(
         channel_group("room-1"), {"type": "realtime.message", "channel_id": "room-1", "payload": "from django"}
     )
@@ -99,10 +98,10 @@ async def test_raw_group_send_reaches_websocket_subscribers(rooms):
 
 
 async def test_raw_group_send_reaches_sse_subscribers(rooms):
-    stream = StreamClient("/api/v1/channels/feed-1", "clientId=s1")
+    stream = StreamClient(rooms.application, "/api/v1/channels/feed-1", "clientId=s1")
     start = await stream.open()
     assert start["status"] == 200
-    assert rooms.hub.local_count("feed-1") == 1
+    assert rooms.runtime.hub.local_count("feed-1") == 1
     assert (await stream.event())["event"] == "stream-open"
     await get_channel_layer().group_send(
         channel_group("feed-1"),
@@ -119,7 +118,7 @@ async def test_raw_group_send_reaches_sse_subscribers(rooms):
 
 
 async def test_group_send_to_one_channel_never_reaches_another(rooms):
-    elsewhere = await websocket("/api/v1/channels/room-2?clientId=w2")
+    elsewhere = await websocket(rooms, "/api/v1/channels/room-2?clientId=w2")
     layer = get_channel_layer()
     await layer.group_send(
         channel_group("room-1"), {"type": "realtime.message", "channel_id": "room-1", "payload": "room one"}
@@ -134,14 +133,14 @@ async def test_group_send_to_one_channel_never_reaches_another(rooms):
 
 
 async def test_message_publish_reaches_websocket_and_sse_subscribers_alike(rooms):
-    communicator = await websocket("/api/v1/channels/room-1?clientId=w3")
-    stream = StreamClient("/api/v1/channels/feed-1", "clientId=s3")
+    communicator = await websocket(rooms, "/api/v1/channels/room-1?clientId=w3")
+    stream = StreamClient(rooms.application, "/api/v1/channels/feed-1", "clientId=s3")
     await stream.open()
     await stream.event()
-    room = await rooms.registry.resolve("room-1")
-    feed = await rooms.registry.resolve("feed")
-    to_room = await message_publish(channel=room, payload="to the room", client_id="backend")
-    to_feed = await message_publish(channel=feed, payload="to the feed", client_id="backend")
+    room = await rooms.runtime.registry.resolve("room-1")
+    feed = await rooms.runtime.registry.resolve("feed")
+    to_room = await message_publish(channel=room, payload="to the room", client_id="backend", runtime=rooms.runtime)
+    to_feed = await message_publish(channel=feed, payload="to the feed", client_id="backend", runtime=rooms.runtime)
     over_ws = await communicator.receive_json_from(5)
     over_sse = await stream.event()
     await communicator.disconnect()
@@ -155,7 +154,7 @@ async def test_group_send_to_a_channel_without_local_subscribers_is_harmless(roo
     await get_channel_layer().group_send(
         channel_group("room-1"), {"type": "realtime.message", "channel_id": "room-1", "payload": "nobody"}
     )
-    communicator = await websocket("/api/v1/channels/room-1?clientId=w4")
+    communicator = await websocket(rooms, "/api/v1/channels/room-1?clientId=w4")
     await get_channel_layer().group_send(
         channel_group("room-1"), {"type": "realtime.message", "channel_id": "room-1", "payload": "somebody"}
     )
@@ -179,7 +178,7 @@ def slow_layer(monkeypatch):
 
 
 async def test_a_websocket_is_subscribed_before_its_handshake_completes(rooms, slow_layer):
-    communicator = await websocket("/api/v1/channels/room-1?clientId=w5")
+    communicator = await websocket(rooms, "/api/v1/channels/room-1?clientId=w5")
     await slow_layer.group_send(
         channel_group("room-1"), {"type": "realtime.message", "channel_id": "room-1", "payload": "right away"}
     )
@@ -189,7 +188,7 @@ async def test_a_websocket_is_subscribed_before_its_handshake_completes(rooms, s
 
 
 async def test_a_stream_is_subscribed_before_it_opens(rooms, slow_layer):
-    stream = StreamClient("/api/v1/channels/feed-1", "clientId=s5")
+    stream = StreamClient(rooms.application, "/api/v1/channels/feed-1", "clientId=s5")
     await stream.open()
     await slow_layer.group_send(
         channel_group("feed-1"), {"type": "realtime.message", "channel_id": "feed-1", "payload": "right away"}
@@ -201,7 +200,7 @@ async def test_a_stream_is_subscribed_before_it_opens(rooms, slow_layer):
 
 
 async def test_raw_group_send_skips_the_subscriber_named_as_its_sender(rooms):
-    named = await websocket("/api/v1/channels/room-1?clientId=backend")
+    named = await websocket(rooms, "/api/v1/channels/room-1?clientId=backend")
     layer = get_channel_layer()
     event = {"type": "realtime.message", "channel_id": "room-1", "payload": "mine", "client_id": "backend"}
     await layer.group_send(channel_group("room-1"), event)
@@ -212,8 +211,8 @@ async def test_raw_group_send_skips_the_subscriber_named_as_its_sender(rooms):
 
 
 async def test_realtime_close_event_closes_websockets_and_streams_of_the_channel(rooms):
-    communicator = await websocket("/api/v1/channels/room-1?clientId=w7")
-    stream = StreamClient("/api/v1/channels/feed-1", "clientId=s7")
+    communicator = await websocket(rooms, "/api/v1/channels/room-1?clientId=w7")
+    stream = StreamClient(rooms.application, "/api/v1/channels/feed-1", "clientId=s7")
     await stream.open()
     await stream.event()
     layer = get_channel_layer()
@@ -232,16 +231,16 @@ async def test_realtime_close_event_closes_websockets_and_streams_of_the_channel
     assert final_event["event"] == "stream-error"
     assert json.loads(final_event["data"]) == final_frame
     assert end == {"type": "http.response.body", "body": b"", "more_body": False}
-    assert await rooms.presence.count("room-1") == 0
-    assert await rooms.presence.count("feed-1") == 0
+    assert await rooms.runtime.presence.count("room-1") == 0
+    assert await rooms.runtime.presence.count("feed-1") == 0
 
 
 async def test_a_draining_instance_refuses_new_streams_with_503(rooms):
-    rooms.draining = True
-    stream = StreamClient("/api/v1/channels/feed-1", "clientId=s8")
+    rooms.runtime.draining = True
+    stream = StreamClient(rooms.application, "/api/v1/channels/feed-1", "clientId=s8")
     start = await stream.open()
     body = await stream.app.receive_output(5)
     await stream.app.wait(5)
     assert start["status"] == 503
     assert json.loads(body["body"])["error"] == "shutting_down"
-    assert await rooms.presence.count("feed-1") == 0
+    assert await rooms.runtime.presence.count("feed-1") == 0

@@ -8,14 +8,13 @@ from dataclasses import replace
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from channels_app.history import Draft, MemoryHistory
-from channels_app.hub import Hub
+from channels_app.channel import ChannelInfo
+from channels_app.core.hub import Hub
 from channels_app.messages import layer_event
 from channels_app.naming import channel_group
-from channels_app.outbox import Outbox
-from channels_app.registry import ChannelInfo
-from channels_app.stats import Stats
-from channels_app.subscription import Subscription
+from channels_app.state.history import Draft, MemoryHistory
+from tests.conftest import memory_runtime
+from tests.support.fakes import FakeConnection
 
 ROOM = ChannelInfo(id="room-1", name="room", type="WS", max_connections=100, history_size=100, history_ttl=3600)
 
@@ -26,64 +25,30 @@ class Registry:
         return ROOM
 
 
-class Reader:
-    """A subscription whose writer collects frames; ``wait_for(n)`` waits until n frames were written."""
-
-    def __init__(self, encode, *, client_id: str = "reader", max_messages: int = 1000):
-        self.frames: list = []
-        self.closed: list = []
-        self.overflowed = False
-        self._changed = asyncio.Event()
-        self.outbox = Outbox(
-            write=self._write,
-            max_messages=max_messages,
-            max_bytes=10_000_000,
-            on_overflow=self._overflow,
-            buffered_bytes=lambda: 0,
-        )
-        self.subscription = Subscription(
-            channel_id=ROOM.id,
-            client_id=client_id,
-            echo=False,
-            encode=encode,
-            encode_control=lambda body: (("control", body), 1),
-            outbox=self.outbox,
-            on_close=lambda code, body: self.closed.append(code),
-        )
-        self.subscription.replay(None)
-        self.outbox.start()
-
-    async def _write(self, frame) -> None:
-        self.frames.append(frame)
-        self._changed.set()
-
-    def _overflow(self) -> None:
-        self.overflowed = True
-        self._changed.set()
-
-    async def wait_for(self, count: int) -> list:
-        async with asyncio.timeout(5):
-            while len(self.frames) < count and not self.overflowed:
-                self._changed.clear()
-                await self._changed.wait()
-        return self.frames
-
-
 def encode_payload(message):
     return ("message", message.payload, message.offset), 1
 
 
+def make_reader(encode, *, client_id: str = "reader", max_messages: int = 1000) -> FakeConnection:
+    """A subscriber of ROOM whose written frames are collected."""
+    connection = FakeConnection(
+        encode=encode, channel_id=ROOM.id, client_id=client_id, max_messages=max_messages, max_bytes=10_000_000
+    )
+    return connection.start()
+
+
 @pytest.fixture
 async def hub():
-    layer = InMemoryChannelLayer(capacity=100_000)
-    history = MemoryHistory(epochs=lambda: "e1")
-    hub = Hub(layer=layer, history=history, registry=Registry(), stats=Stats())
+    runtime = memory_runtime(
+        layer=InMemoryChannelLayer(capacity=100_000), history=MemoryHistory(epochs=lambda: "e1"), registry=Registry()
+    )
+    hub = runtime.hub
     yield hub
     await hub.stop()
 
 
 async def publish(hub: Hub, payload: str, *, client_id: str = "writer", send: bool = True):
-    message = await hub.history.append(ROOM, payload=payload, client_id=client_id)
+    message = await hub.runtime.history.append(ROOM, payload=payload, client_id=client_id)
     if send:
         await hub.layer.group_send(channel_group(ROOM.id), message.to_event())
     return message
@@ -91,7 +56,7 @@ async def publish(hub: Hub, payload: str, *, client_id: str = "writer", send: bo
 
 async def test_hub_joins_the_group_while_it_has_subscribers(hub):
     group = channel_group(ROOM.id)
-    first, second = Reader(encode_payload), Reader(encode_payload)
+    first, second = make_reader(encode_payload), make_reader(encode_payload)
     await hub.subscribe(first.subscription)
     await hub.subscribe(second.subscription)
     assert list(hub.layer.groups[group]) == [hub.channel_name]
@@ -111,34 +76,34 @@ async def test_each_message_is_encoded_once_for_all_subscribers(hub):
         calls.append(message.offset)
         return encode_payload(message)
 
-    readers = [Reader(counting_encoder, client_id=f"reader-{index}") for index in range(50)]
+    readers = [make_reader(counting_encoder, client_id=f"reader-{index}") for index in range(50)]
     for reader in readers:
         await hub.subscribe(reader.subscription)
     await publish(hub, "hello")
     await publish(hub, "again")
     for reader in readers:
-        assert await reader.wait_for(2) == [("message", "hello", 1), ("message", "again", 2)]
+        assert await reader.until_written(2) == [("message", "hello", 1), ("message", "again", 2)]
     assert calls == [1, 2]
     assert hub.stats.counters()["deliveries"] == 100
 
 
 async def test_repeated_events_are_delivered_once(hub):
-    reader = Reader(encode_payload)
+    reader = make_reader(encode_payload)
     await hub.subscribe(reader.subscription)
     message = await publish(hub, "once")
     await hub.layer.group_send(channel_group(ROOM.id), message.to_event())
     await publish(hub, "next")
-    assert await reader.wait_for(2) == [("message", "once", 1), ("message", "next", 2)]
+    assert await reader.until_written(2) == [("message", "once", 1), ("message", "next", 2)]
     assert hub.stats.counters()["hub_duplicates"] == 1
 
 
 async def test_a_message_the_layer_dropped_is_recovered_from_history(hub):
-    reader = Reader(encode_payload)
+    reader = make_reader(encode_payload)
     await hub.subscribe(reader.subscription)
     await publish(hub, "first")
     await publish(hub, "dropped by the layer", send=False)
     await publish(hub, "third")
-    frames = await reader.wait_for(3)
+    frames = await reader.until_written(3)
     assert frames == [("message", "first", 1), ("message", "dropped by the layer", 2), ("message", "third", 3)]
     counters = hub.stats.counters()
     assert counters["layer_gaps"] == 1
@@ -146,14 +111,14 @@ async def test_a_message_the_layer_dropped_is_recovered_from_history(hub):
 
 
 async def test_a_dropped_message_no_longer_in_history_is_announced_as_a_gap(hub):
-    reader = Reader(encode_payload)
+    reader = make_reader(encode_payload)
     await hub.subscribe(reader.subscription)
     await publish(hub, "first")
     await publish(hub, "lost", send=False)
     # Appending with a history of one pushes "lost" out before the hub notices the hole.
-    third = await hub.history.append(replace(ROOM, history_size=1), payload="third", client_id="writer")
+    third = await hub.runtime.history.append(replace(ROOM, history_size=1), payload="third", client_id="writer")
     await hub.layer.group_send(channel_group(ROOM.id), third.to_event())
-    frames = await reader.wait_for(3)
+    frames = await reader.until_written(3)
     assert frames[0] == ("message", "first", 1)
     assert frames[1][0] == "control"
     assert frames[1][1]["control"] == "gap"
@@ -163,70 +128,70 @@ async def test_a_dropped_message_no_longer_in_history_is_announced_as_a_gap(hub)
 
 
 async def test_raw_group_send_reaches_subscribers_as_a_server_message(hub):
-    reader = Reader(lambda m: ((m.client_id, m.payload, m.offset, m.channel_id), 1))
+    reader = make_reader(lambda m: ((m.client_id, m.payload, m.offset, m.channel_id), 1))
     await hub.subscribe(reader.subscription)
     await hub.layer.group_send(
         channel_group(ROOM.id), {"type": "realtime.message", "channel_id": ROOM.id, "payload": "from django"}
     )
-    assert await reader.wait_for(1) == [("server-message", "from django", None, ROOM.id)]
+    assert await reader.until_written(1) == [("server-message", "from django", None, ROOM.id)]
 
 
 async def test_a_bad_event_is_logged_and_the_hub_keeps_delivering(hub):
-    reader = Reader(encode_payload)
+    reader = make_reader(encode_payload)
     await hub.subscribe(reader.subscription)
     group = channel_group(ROOM.id)
     await hub.layer.group_send(group, {"type": "realtime.message", "channel_id": ROOM.id, "payload": 42})
     await hub.layer.group_send(group, {"type": "realtime.unknown", "channel_id": ROOM.id})
     await publish(hub, "still delivered")
-    assert await reader.wait_for(1) == [("message", "still delivered", 1)]
+    assert await reader.until_written(1) == [("message", "still delivered", 1)]
     counters = hub.stats.counters()
     assert counters["hub_errors"] == 1
     assert counters["hub_unknown_events"] == 1
 
 
 async def test_a_close_event_closes_every_local_subscription_of_the_channel(hub):
-    readers = [Reader(encode_payload, client_id=f"reader-{index}") for index in range(3)]
+    readers = [make_reader(encode_payload, client_id=f"reader-{index}") for index in range(3)]
     for reader in readers:
         await hub.subscribe(reader.subscription)
     done = asyncio.Event()
-    readers[-1].subscription.on_close = lambda code, body: (readers[-1].closed.append(code), done.set())
+    readers[-1].subscription.on_close = lambda code, body: (readers[-1].closed.append((code, body)), done.set())
     await hub.layer.group_send(
         channel_group(ROOM.id),
         {"type": "realtime.close", "channel_id": ROOM.id, "code": 4410, "error": "channel_deleted", "message": "gone"},
     )
     await asyncio.wait_for(done.wait(), 5)
-    assert [reader.closed for reader in readers] == [[4410], [4410], [4410]]
+    assert [reader.close_codes for reader in readers] == [[4410], [4410], [4410]]
 
 
 async def test_close_all_closes_every_local_subscription_of_every_channel(hub):
-    readers = [Reader(encode_payload, client_id=f"reader-{index}") for index in range(2)]
-    elsewhere = Reader(encode_payload)
+    readers = [make_reader(encode_payload, client_id=f"reader-{index}") for index in range(2)]
+    elsewhere = make_reader(encode_payload)
     elsewhere.subscription.channel_id = "room-2"
     for reader in (*readers, elsewhere):
         await hub.subscribe(reader.subscription)
     assert hub.close_all(1001, {"control": "close", "code": 1001}) == 3
-    assert [reader.closed for reader in (*readers, elsewhere)] == [[1001], [1001], [1001]]
+    assert [reader.close_codes for reader in (*readers, elsewhere)] == [[1001], [1001], [1001]]
 
 
 async def test_a_burst_of_queued_events_does_not_overflow_connections_that_keep_up(hub):
     """The layer hands queued events over without yielding; the hub lets writers run every turn."""
-    reader = Reader(encode_payload, max_messages=hub.events_per_turn)
+    reader = make_reader(encode_payload, max_messages=hub.events_per_turn)
     await hub.subscribe(reader.subscription)
     for index in range(50):
-        message = await hub.history.append(ROOM, payload=f"m{index}", client_id="writer")
+        message = await hub.runtime.history.append(ROOM, payload=f"m{index}", client_id="writer")
         await hub.layer.send(hub.channel_name, message.to_event())
-    frames = await reader.wait_for(50)
-    assert not reader.overflowed
+    frames = await reader.until_written(50)
+    assert reader.overflows == 0
     assert [frame[1] for frame in frames] == [f"m{index}" for index in range(50)]
 
 
-def count_queued_at_each_write(hub: Hub, reader: Reader) -> list[int]:
+def count_queued_at_each_write(hub: Hub, reader: FakeConnection) -> list[int]:
     """How many frames were delivered to ``reader`` but not yet written, at each of its writes."""
     queued_at_each_write: list[int] = []
     write = reader.outbox._write
 
     async def counting_write(frame):
-        queued_at_each_write.append(hub.stats.counters().get("deliveries", 0) - len(reader.frames))
+        queued_at_each_write.append(hub.stats.counters().get("deliveries", 0) - len(reader.written))
         await write(frame)
 
     reader.outbox._write = counting_write
@@ -235,13 +200,13 @@ def count_queued_at_each_write(hub: Hub, reader: Reader) -> list[int]:
 
 async def test_queued_events_reach_each_writer_a_turn_at_a_time(hub):
     """A writer finds a whole turn of frames to send together (one socket write under daphne)."""
-    reader = Reader(encode_payload)
+    reader = make_reader(encode_payload)
     queued_at_each_write = count_queued_at_each_write(hub, reader)
     await hub.subscribe(reader.subscription)
     for index in range(3 * hub.events_per_turn):
-        message = await hub.history.append(ROOM, payload=f"m{index}", client_id="writer")
+        message = await hub.runtime.history.append(ROOM, payload=f"m{index}", client_id="writer")
         await hub.layer.send(hub.channel_name, message.to_event())
-    await reader.wait_for(3 * hub.events_per_turn)
+    await reader.until_written(3 * hub.events_per_turn)
     assert hub.events_per_turn > 1
     assert max(queued_at_each_write) == hub.events_per_turn
 
@@ -249,7 +214,7 @@ async def test_queued_events_reach_each_writer_a_turn_at_a_time(hub):
 def test_a_turn_of_the_largest_messages_fits_a_quarter_of_every_bound():
     from types import SimpleNamespace
 
-    from channels_app.hub import EVENTS_PER_TURN, events_per_turn
+    from channels_app.config import EVENTS_PER_TURN, events_per_turn
 
     def server(messages=1000, pending_bytes=4 * 2**20, message_size=65536):
         return SimpleNamespace(
@@ -264,29 +229,29 @@ def test_a_turn_of_the_largest_messages_fits_a_quarter_of_every_bound():
 
 async def test_a_run_of_messages_is_fanned_out_in_order_and_counts_as_its_messages_in_a_turn(hub):
     """A ``realtime.messages`` event (a run of publishes) fills the turn by the messages it carries."""
-    reader = Reader(encode_payload)
+    reader = make_reader(encode_payload)
     queued_at_each_write = count_queued_at_each_write(hub, reader)
     await hub.subscribe(reader.subscription)
     runs = 4
     for run in range(runs):
         entries = [Draft(f"r{run}m{index}", "writer") for index in range(hub.events_per_turn)]
-        messages = await hub.history.append_many(ROOM, entries)
+        messages = await hub.runtime.history.append_many(ROOM, entries)
         await hub.layer.send(hub.channel_name, layer_event(messages))
     total = runs * hub.events_per_turn
-    frames = await reader.wait_for(total)
+    frames = await reader.until_written(total)
     assert [frame[2] for frame in frames] == list(range(1, total + 1))
     assert frames[-1][1] == f"r{runs - 1}m{hub.events_per_turn - 1}"
     assert max(queued_at_each_write) == hub.events_per_turn
 
 
 async def test_a_run_that_skips_offsets_is_repaired_from_history(hub):
-    reader = Reader(encode_payload)
+    reader = make_reader(encode_payload)
     await hub.subscribe(reader.subscription)
     await publish(hub, "first")
     await publish(hub, "dropped by the layer", send=False)
-    messages = await hub.history.append_many(ROOM, [Draft("third", "writer"), Draft("fourth", "writer")])
+    messages = await hub.runtime.history.append_many(ROOM, [Draft("third", "writer"), Draft("fourth", "writer")])
     await hub.layer.group_send(channel_group(ROOM.id), layer_event(messages))
-    frames = await reader.wait_for(4)
+    frames = await reader.until_written(4)
     assert [frame[1] for frame in frames] == ["first", "dropped by the layer", "third", "fourth"]
     assert hub.stats.counters()["layer_recovered"] == 1
 
@@ -297,10 +262,12 @@ async def test_a_message_that_fails_does_not_cost_the_rest_of_its_run(hub):
             raise ValueError("cannot encode")
         return encode_payload(message)
 
-    reader = Reader(encode_or_fail)
+    reader = make_reader(encode_or_fail)
     await hub.subscribe(reader.subscription)
-    messages = await hub.history.append_many(ROOM, [Draft("before", "w"), Draft("bad", "w"), Draft("after", "w")])
+    messages = await hub.runtime.history.append_many(
+        ROOM, [Draft("before", "w"), Draft("bad", "w"), Draft("after", "w")]
+    )
     await hub.layer.send(hub.channel_name, layer_event(messages))
-    frames = await reader.wait_for(2)
+    frames = await reader.until_written(2)
     assert [frame[1] for frame in frames] == ["before", "after"]
     assert hub.stats.counters()["hub_errors"] == 1

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_CONFIG
+from tests.support.auth import API_KEY
 
-API_KEY = "json-limits-key-0123"
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 PRIVATE_CONFIG = TEST_CONFIG + '  vault:\n    id: "vault-1"\n    type: "WS"\n    private: true\n'
 

@@ -115,8 +115,9 @@ def test_the_writer_refuses_what_is_not_json():
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_publishing_nan_from_django_code_raises_and_publishes_nothing():
+async def test_publishing_nan_from_django_code_raises_and_publishes_nothing(inprocess):
     await Channel.objects.acreate(public_id="json-nan", name="json-nan", type="WS", max_connections=5)
+    await inprocess()  # this process serves subscribers, so the MEMORY driver's publishes reach them
     with pytest.raises(ApplicationError) as refused:
         await channels_app.apublish("json-nan", {"temperature": math.nan})
     assert "not JSON compliant" in refused.value.message

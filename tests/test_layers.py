@@ -8,14 +8,14 @@ import pytest
 from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
 from django.conf import settings
 
-from channels_app import layers
-from channels_app.layers import InMemoryChannelLayer
+from channels_app.state import layers
+from channels_app.state.layers import InMemoryChannelLayer
 
 pytestmark = pytest.mark.asyncio
 
 
 def test_the_memory_driver_uses_this_layer():
-    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_app.layers.InMemoryChannelLayer"
+    assert settings.CHANNEL_LAYERS["default"]["BACKEND"] == "channels_app.state.layers.InMemoryChannelLayer"
 
 
 async def test_a_thousand_publishes_sweep_once(monkeypatch):

@@ -1,11 +1,27 @@
-"""The OpenAPI document describes exactly the API's routes and methods."""
+"""The OpenAPI document describes exactly the API's routes and methods, with the code's limits and patterns."""
 
+import os
 import re
+from types import SimpleNamespace
 
+import pytest
+import schemathesis
 from django.urls import URLPattern, URLResolver, get_resolver
+from hypothesis import HealthCheck, settings
 
-from channels_app.openapi import openapi_document
-from channels_app.routing import CHANNEL_PATH
+from channels_app.channel import ChannelInfo
+from channels_app.core.channel_services import channel_draft_parse
+from channels_app.core.selectors import channel_as_dict
+from channels_app.errors import ApplicationError
+from channels_app.http.api import BATCH_KEY_MAX_LENGTH, MAX_BATCH_MESSAGES, MAX_HISTORY_PAGE
+from channels_app.http.openapi import openapi_document
+from channels_app.identity import IDENTIFIER_JSON_PATTERN, IDENTIFIER_PATTERN
+from channels_app.messages import position_parse
+from channels_app.naming import client_id_parse
+from channels_app.state.idempotency import idempotency_key_parse
+from channels_app.tokens import token_mint
+from channels_app.transports.routing import CHANNEL_PATH
+from tests.support.auth import API_KEY
 
 
 def _django_routes(patterns, prefix: str = "") -> dict[str, set[str]]:
@@ -23,7 +39,7 @@ def _django_routes(patterns, prefix: str = "") -> dict[str, set[str]]:
 
 def test_every_route_and_method_is_documented_and_nothing_else():
     routes = _django_routes(get_resolver().url_patterns)
-    # GET on the channel URL is routed before Django (routing.py): streams, WebSockets, preflight.
+    # GET on the channel URL is routed before Django (transports/routing.py): streams, WebSockets, preflight.
     assert CHANNEL_PATH.startswith("^api/v1/channels/")
     routes.setdefault("/api/v1/channels/{channel}", set()).add("get")
     documented = {
@@ -38,3 +54,199 @@ def test_every_reference_resolves():
     text = repr(document)
     for name in re.findall(r"#/components/schemas/(\w+)", text):
         assert name in document["components"]["schemas"], name
+
+
+# The document's limits and patterns are the code's
+
+
+def _operation(method: str, path: str) -> dict:
+    return openapi_document()["paths"][path][method]
+
+
+def _parameter(method: str, path: str, name: str) -> dict:
+    item = openapi_document()["paths"][path]
+    parameters = [*item.get("parameters", []), *item[method].get("parameters", [])]
+    return next(parameter["schema"] for parameter in parameters if parameter["name"] == name)
+
+
+def _schema(name: str) -> dict:
+    return openapi_document()["components"]["schemas"][name]
+
+
+def _body(method: str, path: str) -> dict:
+    return _operation(method, path)["requestBody"]["content"]["application/json"]["schema"]
+
+
+def _refused(call) -> bool:
+    try:
+        call()
+    except ApplicationError as error:
+        assert error.status == 400, error.as_dict()
+        return True
+    return False
+
+
+def _matches(pattern: str, value: str) -> bool:
+    # Python's "$" also matches before a final newline; no sample here ends with one.
+    return re.search(pattern, value) is not None
+
+
+IDENTIFIERS = ["a", "chat-1", "A.b_c-9", "x" * 100, "x" * 101, "", "a b", "a/b", "é", "chat?", "-", "_."]
+CLIENT_IDS = ["a", "user@example.com", "svc:worker.1", "x" * 128, "x" * 129, "", "a b", "a/b", "é", "server-message"]
+POSITIONS = ["", "0", "42", "9" * 18, "9" * 19, "k3x9a-42", "K3X9A-42", "a" * 32 + "-1", "a" * 33 + "-1", "k-", "-1"]
+POSITIONS += ["1.5", "0f8fa5e2-3a6b-4f43-9b57-2f9c2a3d4e5f", "0f8fa5e23a6b4f439b572f9c2a3d4e5f", "0f8fa5e2-3a6b", "²"]
+
+
+def test_the_identifier_pattern_is_the_codes():
+    assert _parameter("get", "/api/v1/channels/{channel}", "channel")["pattern"] == IDENTIFIER_JSON_PATTERN
+    for name in ("id", "name"):
+        assert _schema("ChannelCreate")["properties"][name]["pattern"] == IDENTIFIER_JSON_PATTERN
+    for value in IDENTIFIERS:
+        assert _matches(IDENTIFIER_JSON_PATTERN, value) == bool(IDENTIFIER_PATTERN.match(value)), value
+    # Names made only of dots are refused by the code alone (documented in identity.py).
+    assert _matches(IDENTIFIER_JSON_PATTERN, "..") and not IDENTIFIER_PATTERN.match("..")
+
+
+def test_the_client_id_pattern_is_the_codes():
+    schema = _parameter("get", "/api/v1/channels/{channel}", "clientId")
+    for value in CLIENT_IDS:
+        documented = _matches(schema["pattern"], value) and value != schema["not"]["const"]
+        assert documented == (not _refused(lambda value=value: client_id_parse(value))), value
+
+
+def test_the_position_pattern_is_the_codes():
+    for method, path in (("get", "/api/v1/channels/{channel}"), ("get", "/api/v1/channels/{channel}/messages")):
+        pattern = _parameter(method, path, "since")["pattern"]
+        for value in POSITIONS:
+            assert _matches(pattern, value) == (not _refused(lambda value=value: position_parse(value))), value
+
+
+def test_the_history_page_and_batch_limits_are_the_codes():
+    limit = _parameter("get", "/api/v1/channels/{channel}/messages", "limit")
+    assert (limit["minimum"], limit["maximum"]) == (1, MAX_HISTORY_PAGE)
+    batch = _body("post", "/api/v1/messages")["properties"]["messages"]
+    assert (batch["minItems"], batch["maxItems"]) == (1, MAX_BATCH_MESSAGES)
+    assert str(MAX_BATCH_MESSAGES) in _operation("post", "/api/v1/messages")["summary"]
+
+
+def test_the_idempotency_key_lengths_are_the_codes():
+    push = _parameter("post", "/api/v1/channels/{channel}/messages", "Idempotency-Key")
+    assert push["minLength"] == 1
+    assert not _refused(lambda: idempotency_key_parse("k" * push["maxLength"], payload="x"))
+    assert _refused(lambda: idempotency_key_parse("k" * (push["maxLength"] + 1), payload="x"))
+    assert _refused(lambda: idempotency_key_parse("", payload="x"))
+    # A batch's key is at most as long as leaves its last item's key "<key>#<index>" within the limit.
+    batch = _parameter("post", "/api/v1/messages", "Idempotency-Key")
+    last_item = f"#{_body('post', '/api/v1/messages')['properties']['messages']['maxItems'] - 1}"
+    assert batch["maxLength"] == BATCH_KEY_MAX_LENGTH
+    assert not _refused(lambda: idempotency_key_parse("k" * batch["maxLength"] + last_item, payload="x"))
+    assert _refused(lambda: idempotency_key_parse("k" * (batch["maxLength"] + 1) + last_item, payload="x"))
+
+
+def test_the_token_ttl_bounds_are_the_codes():
+    ttl = _body("post", "/api/v1/tokens")["properties"]["ttl"]
+    for value, refused in ((ttl["minimum"], False), (ttl["maximum"], False), (ttl["minimum"] - 1, True)):
+        assert _refused(lambda value=value: token_mint(channel_id="c", client_id="a", ttl=value)) == refused, value
+    assert _refused(lambda: token_mint(channel_id="c", client_id="a", ttl=ttl["maximum"] + 1))
+
+
+def test_the_channel_create_body_is_what_the_api_accepts():
+    schema = _schema("ChannelCreate")
+    server = SimpleNamespace(history_size=100, history_ttl=3600)
+    required = {name: "WS" if name == "type" else "chan-1" for name in schema["required"]}
+
+    def parse(**fields):
+        return lambda: channel_draft_parse({**required, **fields}, server=server)
+
+    assert not _refused(parse())
+    for name in schema["required"]:
+        without = {key: value for key, value in required.items() if key != name}
+        assert _refused(lambda without=without: channel_draft_parse(without, server=server)), name
+    assert _refused(parse(unknownField=1)) and schema["additionalProperties"] is False
+    for name, property_schema in schema["properties"].items():
+        if property_schema["type"] == "integer":
+            low, high = property_schema["minimum"], property_schema["maximum"]
+            assert not _refused(parse(**{name: low})) and not _refused(parse(**{name: high})), name
+            assert _refused(parse(**{name: low - 1})) and _refused(parse(**{name: high + 1})), name
+        elif "enum" in property_schema:
+            assert all(not _refused(parse(**{name: value})) for value in property_schema["enum"]), name
+            assert _refused(parse(**{name: "other"})), name
+        elif property_schema["type"] == "boolean":
+            assert not _refused(parse(**{name: True})) and _refused(parse(**{name: "yes"})), name
+        else:
+            assert property_schema["pattern"] == IDENTIFIER_JSON_PATTERN, name
+            assert _refused(parse(**{name: "a b"})), name
+
+
+def test_the_channel_schema_describes_the_api_answers():
+    schema = _schema("Channel")
+    channel = ChannelInfo("chan-1", "chan", "SSE", 5, 10, 60, private=True, source="api", incarnation=3)
+    json_types = {str: "string", int: "integer", bool: "boolean"}
+    listed, preflight = channel_as_dict(channel, 2), channel_as_dict(channel, 2, preflight=True)
+    assert list(listed) == list(schema["properties"])
+    assert set(schema["required"]) <= set(preflight) <= set(listed)
+    for key, value in listed.items():
+        assert json_types[type(value)] == schema["properties"][key]["type"], key
+        assert value in schema["properties"][key].get("enum", [value]), key
+
+
+# --- The API fuzzed from its own document (moved from test_hardening_openapi.py) ------------------
+# schemathesis generates requests, valid and invalid, for every operation of /api/v1/openapi.json
+# against a real daphne with an API key; every response must be a non-5xx that conforms to the
+# document (status, content type, body schema). Bounded by MAX_EXAMPLES per operation
+# (SCHEMATHESIS_MAX_EXAMPLES raises it) to stay under about a minute.
+
+MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "60"))
+FUZZED_CONFIG = """
+server:
+  allow_create_new_channels: true
+  allow_push_server_messages: true
+pubsub:
+  driver: "MEMORY"
+channels:
+  chat: {id: "chat-1", type: "WS"}
+  vault: {id: "vault-1", type: "WS", private: true}
+  feed: {id: "feed-1", type: "SSE"}
+"""
+
+schema = schemathesis.openapi.from_dict(openapi_document())
+
+
+@pytest.fixture(scope="module")
+def api_server(start_module_server):
+    return start_module_server(FUZZED_CONFIG, env={"REALTIME_API_KEYS": API_KEY})
+
+
+@pytest.fixture
+def fuzzed_server(api_server):
+    return api_server
+
+
+@schema.exclude(path="/api/v1/channels/{channel}", method="GET").parametrize()
+@settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@pytest.mark.timeout(120)
+def test_api_conforms_to_its_document(case, api_server):
+    case.call_and_validate(base_url=api_server.http, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+
+
+@schema.include(path="/api/v1/channels/{channel}", method="GET").parametrize()
+@settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@pytest.mark.timeout(120)
+def test_channel_preflight_conforms_to_its_document(case, api_server):
+    """The channel URL itself, as a preflight: an event stream would never end, so ``upgrade=0`` is forced."""
+    case.query = {**(case.query or {}), "upgrade": "0"}
+    case.call_and_validate(base_url=api_server.http, timeout=10)
+
+
+@schema.parametrize()
+@settings(max_examples=max(MAX_EXAMPLES // 3, 10), deadline=None, suppress_health_check=list(HealthCheck))
+@pytest.mark.timeout(120)
+def test_without_a_key_every_write_is_refused_as_documented(case, api_server):
+    if case.operation.method.upper() == "GET" and case.operation.path == "/api/v1/channels/{channel}":
+        case.query = {**(case.query or {}), "upgrade": "0"}
+    response = case.call(base_url=api_server.http, timeout=10)
+    assert response.status_code < 500
+    if case.operation.definition.raw.get("security"):
+        # 400: a body Django cannot even parse (multipart without a boundary) is refused before the key check.
+        refused = (400, 401, 405)
+        assert response.status_code in refused, (case.as_curl_command(), response.status_code, response.text[:200])

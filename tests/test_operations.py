@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
-API_KEY = "ops-key"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
+from channels_app import counters
+from tests.conftest import redis_config
+from tests.support.auth import API_KEY, AUTH
+
+SOURCE = Path(__file__).resolve().parent.parent / "channels_app"
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -60,6 +65,78 @@ def test_metrics_move_when_messages_flow(start_server):
     assert metric(after, "realtime_connections_opened_total", 'transport="ws"') == 2
     assert metric(after, "realtime_publish_to_deliver_seconds_count") == 2
     assert metric(after, "realtime_connections", 'channel="chat-1",transport="WS"') == 0
+
+
+def declared_counters() -> set[str]:
+    """Every counter name counters.py declares (a name ending in "_" is a labelled counter's prefix)."""
+    return {value for name, value in vars(counters).items() if name.isupper()}
+
+
+def exported_metric(counter: str) -> str:
+    """The Prometheus metric a counter is exported as."""
+    return f"realtime_{counter.rstrip('_')}_total"
+
+
+def incremented_counters() -> list[tuple[str, str]]:
+    """``(where, counter name or prefix)`` for every ``.incr(...)`` call in channels_app."""
+    found = []
+    for path in SOURCE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "incr"):
+                continue
+            where, name = f"{path.relative_to(SOURCE.parent)}:{node.lineno}", node.args[0]
+            if isinstance(name, ast.Constant):
+                found.append((where, name.value))
+            elif isinstance(name, ast.JoinedStr) and isinstance(name.values[0], ast.Constant):
+                # f"refusals_{error.code}": the literal start is the labelled counter's prefix.
+                found.append((where, name.values[0].value))
+            elif isinstance(name, ast.Attribute) and isinstance(name.value, ast.Name) and name.value.id == "counters":
+                found.append((where, getattr(counters, name.attr)))
+            else:
+                raise AssertionError(f"{where}: cannot tell which counter {ast.unparse(name)} names")
+    return found
+
+
+def test_every_counter_incremented_anywhere_is_declared():
+    declared = declared_counters()
+    prefixes = {name for name in declared if name.endswith("_")}
+    found = incremented_counters()
+    assert len(found) > 30
+    for where, name in found:
+        assert name in declared or name.startswith(tuple(prefixes)), f"{where}: counter {name!r} is not in counters.py"
+
+
+def test_metrics_export_every_declared_counter_with_its_help(daphne_server):
+    text = httpx.get(f"{daphne_server.http}/metrics").text
+    helps = {line.split()[2]: line for line in text.splitlines() if line.startswith("# HELP ")}
+    for counter in declared_counters():
+        metric = exported_metric(counter)
+        assert metric in helps, f"counter {counter!r} is not exported as {metric}"
+        assert len(helps[metric].split(maxsplit=3)) == 4, f"{metric} has no HELP text"
+
+
+def test_an_event_of_unknown_type_is_counted_and_exported(start_server, redis_server):
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    from channels_app.naming import channel_group
+
+    server = start_server(redis_config(redis_server.url))
+
+    async def scenario():
+        layer = RedisPubSubChannelLayer(hosts=[{"address": redis_server.url}], prefix="rt")
+        async with websockets.connect(server.channel_url("chat-1", clientId="a")):
+            await layer.group_send(channel_group("chat-1"), {"type": "realtime.no_such_event"})
+            async with httpx.AsyncClient(base_url=server.http) as client:
+                deadline = time.monotonic() + 5
+                text = (await client.get("/metrics")).text
+                while not metric(text, "realtime_hub_unknown_events_total") and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                    text = (await client.get("/metrics")).text
+        await layer.flush()
+        return text
+
+    assert metric(asyncio.run(scenario()), "realtime_hub_unknown_events_total") == 1
+    assert "hub ignored a channel-layer event of unknown type 'realtime.no_such_event'" in server.log()
 
 
 def test_metrics_can_require_a_token(start_server):

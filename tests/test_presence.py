@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as redis
 
+from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
-from channels_app.presence import MemoryPresence, new_holder
-from channels_app.redis_state import RedisPresence
-from channels_app.registry import ChannelInfo
+from channels_app.state.presence import MemoryPresence, new_holder
+from channels_app.state.redis import RedisPresence
 
 ROOM = ChannelInfo(id="room-1", name="room", type="WS", max_connections=2, history_size=10, history_ttl=3600)
 

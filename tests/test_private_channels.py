@@ -12,9 +12,8 @@ import pytest
 import websockets
 
 from tests.conftest import TEST_CONFIG
+from tests.support.auth import API_KEY, AUTH
 
-API_KEY = "private-key"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SECRET = "a-token-secret-for-these-tests-only-0123456789"
 PRIVATE_CONFIG = TEST_CONFIG + (
     "  vault:\n"

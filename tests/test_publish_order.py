@@ -13,15 +13,20 @@ import asyncio
 import random
 import time
 
+import pytest
 from channels.layers import InMemoryChannelLayer
-from django.conf import settings
+from hypothesis import given
+from hypothesis import strategies as st
 
+from channels_app.channel import ChannelInfo
+from channels_app.core.services import message_publish, message_publish_receipt
 from channels_app.errors import ApplicationError
-from channels_app.fanout_repair import FanoutRepair
+from channels_app.messages import Position
 from channels_app.naming import channel_group
-from channels_app.registry import ChannelInfo
-from channels_app.runtime import Runtime
-from channels_app.services import message_publish, message_publish_receipt
+from channels_app.state.history import MemoryHistory
+from tests.conftest import memory_runtime
+from tests.support.fakes import HeldHistory
+from tests.support.strategies import any_character
 
 CHANNEL = ChannelInfo(id="order-1", name="order", type="WS", max_connections=10, history_size=10, history_ttl=3600)
 
@@ -59,8 +64,7 @@ def test_overlapping_publishes_reach_the_layer_in_offset_order():
     async def scenario():
         rng = random.Random(7)
         layer = TimestampingLayer(rng)
-        runtime = Runtime(config=settings.REALTIME, layer=layer)
-        runtime.history = YieldingHistory(runtime.history, rng)
+        runtime = memory_runtime(layer=layer, history=YieldingHistory(MemoryHistory(), rng))
         published = await asyncio.gather(
             *(message_publish(channel=CHANNEL, payload=f"m{i}", client_id="c", runtime=runtime) for i in range(64))
         )
@@ -75,35 +79,22 @@ def test_overlapping_publishes_reach_the_layer_in_offset_order():
     assert 64 / 16 <= sends < 64
 
 
-class HeldHistory:
-    """The runtime's history, holding the first run until released so the next ones queue up."""
-
-    def __init__(self, history, *, error: Exception | None = None):
-        self.history, self.error = history, error
-        self.release = asyncio.Event()
-
-    async def append_many(self, *args, **kwargs):
-        await self.release.wait()
-        if self.error is not None:
-            raise self.error
-        return await self.history.append_many(*args, **kwargs)
-
-
-async def publish_while_held(runtime, history: HeldHistory, count: int):
-    runtime.history = history
+async def publish_while_held(runtime, count: int):
+    history = runtime.history
     tasks = [
         asyncio.ensure_future(message_publish(channel=CHANNEL, payload=f"m{i}", client_id="c", runtime=runtime))
         for i in range(count)
     ]
-    await asyncio.sleep(0.01)
+    # The first run waits in history; the publishes started with it are queued behind it by then.
+    await asyncio.wait_for(history.holding.wait(), 5)
     history.release.set()
     return await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_a_run_history_refuses_fails_each_of_its_publishers_with_its_own_error():
-    runtime = Runtime(config=settings.REALTIME, layer=InMemoryChannelLayer())
     refusal = ApplicationError("redis_unavailable", "Redis is away.", status=503, close_code=4503)
-    outcomes = await publish_while_held(runtime, HeldHistory(runtime.history, error=refusal), 5)
+    runtime = memory_runtime(history=HeldHistory(MemoryHistory(), error=refusal))
+    outcomes = await publish_while_held(runtime, 5)
     assert [(o.code, o.status) for o in outcomes] == [("redis_unavailable", 503)] * 5
     assert len({id(o) for o in outcomes}) == 5
     assert "messages_published" not in runtime.stats.counters()
@@ -112,10 +103,9 @@ async def test_a_run_history_refuses_fails_each_of_its_publishers_with_its_own_e
 async def test_a_run_the_layer_refuses_is_acknowledged_as_recorded_and_handed_over_once_the_layer_is_back(
     monkeypatch,
 ):
-    runtime = Runtime(config=settings.REALTIME, layer=InMemoryChannelLayer())
-    runtime.fanout_repair = FanoutRepair(
-        history=runtime.history, layer=runtime.layer, stats=runtime.stats, retry_seconds=0.05
-    )
+    history = HeldHistory(MemoryHistory())
+    runtime = memory_runtime(history=history)
+    runtime.fanout_repair.retry_seconds = 0.05
     await runtime.layer.group_add(channel_group(CHANNEL.id), "observer")
     group_send = runtime.layer.group_send
     refusals = [ConnectionError("layer down")] * 2
@@ -126,13 +116,11 @@ async def test_a_run_the_layer_refuses_is_acknowledged_as_recorded_and_handed_ov
         await group_send(group, message)
 
     monkeypatch.setattr(runtime.layer, "group_send", down_for_a_while)
-    history = HeldHistory(runtime.history)
-    runtime.history = history
     receipts = [
         asyncio.ensure_future(message_publish_receipt(channel=CHANNEL, payload=f"m{i}", client_id="c", runtime=runtime))
         for i in range(5)
     ]
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(history.holding.wait(), 5)
     history.release.set()
     receipts = await asyncio.gather(*receipts)
     # Recorded, each publisher with its own offset, and told that the hand-over is pending: a 202, not a
@@ -148,9 +136,65 @@ async def test_a_run_the_layer_refuses_is_acknowledged_as_recorded_and_handed_ov
 
 
 async def test_publishes_that_waited_together_are_counted_as_one_run():
-    runtime = Runtime(config=settings.REALTIME, layer=InMemoryChannelLayer())
-    messages = await publish_while_held(runtime, HeldHistory(runtime.history), 5)
+    runtime = memory_runtime(history=HeldHistory(MemoryHistory()))
+    messages = await publish_while_held(runtime, 5)
     assert [m.offset for m in messages] == [1, 2, 3, 4, 5]
     assert runtime.stats.counters()["messages_published"] == 5
     # The first went alone, at once; the four that arrived while it was on its way went together.
     assert runtime.stats.counters()["publish_runs"] == 2
+
+
+# --- Any payloads: published in order, or refused (hypothesis; moved from test_hardening_properties.py) ---
+
+PUBLISH_CHANNEL = ChannelInfo(
+    id="prop-1", name="prop", type="WS", max_connections=10, history_size=1000, history_ttl=3600
+)
+
+
+def encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@given(st.lists(st.text(alphabet=any_character, max_size=60), min_size=1, max_size=25))
+def test_message_publish_works_or_refuses_and_keeps_history_in_order(payloads):
+    async def scenario():
+        runtime = memory_runtime()
+        outcomes = []
+        for payload in payloads:
+            try:
+                message = await message_publish(
+                    channel=PUBLISH_CHANNEL, payload=payload, client_id="prop", runtime=runtime
+                )
+            except ApplicationError as error:
+                outcomes.append((payload, error))
+            else:
+                outcomes.append((payload, message))
+        held = (await runtime.history.since(PUBLISH_CHANNEL, Position(offset=0))).messages
+        return outcomes, held
+
+    outcomes, held = asyncio.run(scenario())
+    published = [(payload, result) for payload, result in outcomes if not isinstance(result, ApplicationError)]
+    for payload, result in outcomes:
+        if isinstance(result, ApplicationError):
+            assert result.status == 400 and not encodable(payload), (payload, result.as_dict())
+        else:
+            # Whatever is published can be written to a WebSocket and an event stream (strict UTF-8).
+            assert encodable(result.to_json())
+    assert [message.payload for message in held] == [payload for payload, _ in published]
+    assert [message.offset for message in held] == list(range(1, len(published) + 1))
+    assert [message.id for message in held] == [result.id for _, result in published]
+
+
+@given(st.one_of(st.integers(), st.binary(), st.none(), st.lists(st.text())))
+def test_message_publish_refuses_a_payload_that_is_not_text(payload):
+    async def scenario():
+        runtime = memory_runtime()
+        with pytest.raises(ApplicationError):
+            await message_publish(channel=PUBLISH_CHANNEL, payload=payload, client_id="prop", runtime=runtime)
+        return await runtime.history.head(PUBLISH_CHANNEL.id)
+
+    assert asyncio.run(scenario()) == 0

@@ -19,10 +19,9 @@ import httpx
 import pytest
 import websockets
 
-from tests.traffic import Subscriber, stop_all
+from tests.support.auth import API_KEY, AUTH
+from tests.support.traffic import Subscriber, stop_all
 
-API_KEY = "outcomes-key-0123456789"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 PAUSE_SECONDS = 6
 CONFIG = """
 server:

@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 import pytest
 
-from channels_app.history import Draft
+from channels_app.channel import ChannelInfo
+from channels_app.core.publish_queue import RUN_MAX_BYTES, PendingPublish, PublishQueue, Receipt
 from channels_app.messages import Message
-from channels_app.publish_queue import RUN_MAX_BYTES, PendingPublish, PublishQueue, Receipt
-from channels_app.registry import ChannelInfo
+from channels_app.state.history import Draft
+from tests.conftest import memory_runtime
 
 ROOM = ChannelInfo(id="room-1", name="room", type="WS", max_connections=10, history_size=10, history_ttl=3600)
 
@@ -40,6 +41,17 @@ class Sender:
             publish.succeed(Receipt(message))
 
 
+class SenderQueue(PublishQueue):
+    """A publish queue whose runs go to ``sender`` instead of history and the channel layer."""
+
+    def __init__(self, sender: Sender, *, max_messages: int):
+        super().__init__(memory_runtime(), max_messages=max_messages)
+        self.sender = sender
+
+    async def send_run(self, run: list[PendingPublish]) -> None:
+        await self.sender(run)
+
+
 def submit(queue: PublishQueue, payload: str, size: int = 10):
     return asyncio.ensure_future(queue.submit(ROOM, Draft(payload, "c"), size=size))
 
@@ -52,7 +64,7 @@ async def first_run_held(max_messages: int, sender: Sender | None = None):
     """A queue whose first publish, "m0", is on its way and held there until ``sender.release``."""
     sender = sender or Sender()
     sender.release.clear()
-    queue = PublishQueue(sender, max_messages=max_messages)
+    queue = SenderQueue(sender, max_messages=max_messages)
     first = submit(queue, "m0")
     await asyncio.sleep(0)
     return sender, queue, first
@@ -60,7 +72,7 @@ async def first_run_held(max_messages: int, sender: Sender | None = None):
 
 async def test_a_publish_to_a_quiet_channel_leaves_at_once_alone():
     sender = Sender()
-    queue = PublishQueue(sender, max_messages=16)
+    queue = SenderQueue(sender, max_messages=16)
     message = await queue.submit(ROOM, Draft("alone", "c"), size=5)
     assert message.message.payload == "alone"
     assert sender.runs == [["alone"]]

@@ -13,20 +13,14 @@ from channels.testing import ApplicationCommunicator, WebsocketCommunicator
 import channels_app
 from channels_app.models import Channel
 from tests.conftest import redis_config
-from tests.liveserver import ROOT
+from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def _application():
-    from realtime_project.asgi import application
-
-    return application
-
-
-async def test_apublish_and_publish_reach_a_websocket_subscriber():
+async def test_apublish_and_publish_reach_a_websocket_subscriber(inprocess):
     await Channel.objects.acreate(public_id="pub-ws", name="pub-ws", type="WS", max_connections=5)
-    communicator = WebsocketCommunicator(await _application(), "/api/v1/channels/pub-ws?clientId=reader")
+    communicator = WebsocketCommunicator((await inprocess()).application, "/api/v1/channels/pub-ws?clientId=reader")
     connected, _ = await communicator.connect()
     assert connected
     message = await channels_app.apublish("pub-ws", {"order": 7})
@@ -42,7 +36,7 @@ async def test_apublish_and_publish_reach_a_websocket_subscriber():
     await communicator.disconnect()
 
 
-async def test_apublish_reaches_an_sse_subscriber():
+async def test_apublish_reaches_an_sse_subscriber(inprocess):
     await Channel.objects.acreate(public_id="pub-sse", name="pub-sse", type="SSE", max_connections=5)
     scope = {
         "type": "http",
@@ -51,7 +45,7 @@ async def test_apublish_reaches_an_sse_subscriber():
         "query_string": b"clientId=reader",
         "headers": [(b"host", b"testserver")],
     }
-    communicator = ApplicationCommunicator(await _application(), scope)
+    communicator = ApplicationCommunicator((await inprocess()).application, scope)
     await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
     start = await communicator.receive_output(timeout=2)
     assert start["status"] == 200
@@ -66,10 +60,10 @@ async def test_apublish_reaches_an_sse_subscriber():
     await communicator.wait(timeout=2)
 
 
-async def test_publishing_to_an_unknown_channel_says_so():
+async def test_publishing_to_an_unknown_channel_says_so(inprocess):
     from channels_app.errors import ApplicationError
 
-    await _application()  # this process serves subscribers
+    await inprocess()  # this process serves subscribers
     with pytest.raises(ApplicationError) as refused:
         await channels_app.apublish("missing", "x")
     assert refused.value.status == 404

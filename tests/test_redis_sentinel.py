@@ -13,11 +13,11 @@ import redis
 import websockets
 
 from tests.conftest import TEST_CONFIG
-from tests.liveserver import free_port
-from tests.redisserver import RedisServer
+from tests.support.auth import API_KEY, AUTH
+from tests.support.processes import free_port
+from tests.support.redisserver import RedisServer
 
-API_KEY = "sentinel-key"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
+pytestmark = pytest.mark.redis  # a master, a replica and a sentinel of its own
 
 
 class Sentinel:

@@ -7,18 +7,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from dataclasses import replace
 
 import pytest
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
+from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
-from channels_app.history import Draft, Replayed
-from channels_app.idempotency import idempotency_key_parse
-from channels_app.messages import Position
-from channels_app.redis_state import RedisHistory, RedisPresence
-from channels_app.registry import ChannelInfo
+from channels_app.state.history import Draft, Replayed
+from channels_app.state.idempotency import idempotency_key_parse
+from channels_app.state.redis import RedisHistory, RedisPresence
 
 pytestmark = pytest.mark.asyncio
 
@@ -38,30 +36,6 @@ async def history(redis_server):
     yield RedisHistory(client, "t")
     await client.flushdb()
     await client.aclose()
-
-
-async def test_a_run_is_stamped_with_consecutive_offsets_and_kept_in_order(history):
-    first = await history.append(ROOM, payload="one", client_id="a")
-    run = await history.append_many(ROOM, [Draft("two", "b"), Draft("trois ✓", "c"), Draft("four", "d")])
-    assert [m.offset for m in (first, *run)] == [1, 2, 3, 4]
-    assert {m.epoch for m in run} == {first.epoch}
-    assert len({m.id for m in (first, *run)}) == 4
-    replay = await history.since(ROOM, Position(epoch=first.epoch, offset=1))
-    assert [(m.offset, m.payload, m.client_id, m.id) for m in replay.messages] == [
-        (m.offset, m.payload, m.client_id, m.id) for m in run
-    ]
-    assert await history.head(ROOM.id) == 4
-
-
-async def test_a_run_longer_than_the_history_keeps_only_its_newest_messages(history):
-    small = replace(ROOM, history_size=3)
-    await history.append_many(small, [Draft(f"m{index}", "w") for index in range(5)])
-    held = await history.between(small, 1, 5)
-    assert [(m.offset, m.payload) for m in held] == [(3, "m2"), (4, "m3"), (5, "m4")]
-    none_kept = replace(ROOM, id="room-2", history_size=0)
-    run = await history.append_many(none_kept, [Draft("x", "w"), Draft("y", "w")])
-    assert [m.offset for m in run] == [1, 2]
-    assert await history.between(none_kept, 1, 2) == []
 
 
 def _while_renewing(monkeypatch, action):
@@ -124,14 +98,15 @@ async def test_a_renewal_never_brings_back_a_replaced_slot(presence, redis_serve
     await other_client.aclose()
 
 
+@pytest.mark.redis
 async def test_connections_pooled_before_a_redis_restart_do_not_fail_a_command_after_it(tmp_path):
     """redis-py 8 skips its pool's check for closed connections while "maintenance notifications"
     are on (the default with RESP3), so each connection pooled before a restart failed its next
     command with a 503 although Redis was back."""
     from types import SimpleNamespace
 
-    from channels_app.redis_state import redis_client
-    from tests.redisserver import RedisServer
+    from channels_app.state.redis import redis_client
+    from tests.support.redisserver import RedisServer
 
     server = RedisServer.start(tmp_path)
     try:

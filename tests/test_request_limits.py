@@ -1,4 +1,4 @@
-"""What one HTTP request may cost (channels_app/request_limits.py), under daphne and uvicorn.
+"""What one HTTP request may cost (channels_app/http/limits.py), under daphne and uvicorn.
 
 Raw-socket clients, so that what the server answers *before* a body is sent can be seen: a
 declared body over the limit, a chunked body passing it, an unauthenticated write, a trickled
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import select
 import socket
 import threading
@@ -23,11 +22,11 @@ import pytest
 import websockets
 
 from realtime_project.settings import request_body_limit
-from tests.conftest import TEST_CONFIG
-from tests.liveserver import base_environment, manage
-from tests.test_sse_endpoint import open_stream, opened
+from tests.conftest import TEST_CONFIG, memory_runtime
+from tests.support.auth import API_KEY
+from tests.support.clients import open_stream, opened
+from tests.support.processes import base_environment, manage, resident_kib
 
-API_KEY = "limits-test-key"
 AUTH = f"Authorization: Bearer {API_KEY}"
 DEADLINE = 1.5
 LIMIT = 2_621_440  # REALTIME_MAX_REQUEST_BODY_BYTES with the default max_message_size (64 KiB)
@@ -56,10 +55,6 @@ def server(start_module_server, asgi_server, temp_dir):
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    return int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1))
 
 
 def temp_bytes(pid: int, temp_dir: Path) -> int:
@@ -162,7 +157,7 @@ def _huge_declared_post(server, path: str, outcome: list) -> None:
 @pytest.mark.parametrize("path", [PUSH_PATH, "/healthz"])
 def test_a_declared_body_over_the_limit_is_refused_from_its_headers(server, temp_dir, path):
     pid = server.process.pid
-    before = rss_kib(pid)
+    before = resident_kib(pid)
     outcomes: list = []
     clients = [threading.Thread(target=_huge_declared_post, args=(server, path, outcomes)) for _ in range(3)]
     sampled_temp = 0
@@ -171,7 +166,7 @@ def test_a_declared_body_over_the_limit_is_refused_from_its_headers(server, temp
     while any(client.is_alive() for client in clients):
         sampled_temp = max(sampled_temp, temp_bytes(pid, temp_dir))
         time.sleep(0.02)
-    grown = rss_kib(pid) - before
+    grown = resident_kib(pid) - before
     print(f"\n{server.server} {path}: 3 x {HUGE >> 20} MiB declared: RSS +{grown} KiB, temp files {sampled_temp} B")
     assert len(outcomes) == 3
     for status, body in outcomes:
@@ -192,13 +187,13 @@ def test_a_declared_body_over_the_limit_is_answered_before_any_of_it_is_sent(ser
 @pytest.mark.parametrize("path", [PUSH_PATH, "/healthz"])
 def test_a_chunked_body_is_cut_off_once_it_passes_the_limit(server, temp_dir, path):
     pid = server.process.pid
-    before = rss_kib(pid)
+    before = resident_kib(pid)
     chunk = b"x" * (1 << 20)
     with connect(server) as sock:
         sock.sendall(head("POST", path, AUTH, "Content-Type: application/json", "Transfer-Encoding: chunked"))
         sent = send_until_answered(sock, iter([b"100000\r\n" + chunk + b"\r\n"] * 700), HUGE)
         status, headers, body = read_response(sock)
-    grown = rss_kib(pid) - before
+    grown = resident_kib(pid) - before
     print(f"\n{server.server} {path}: chunked body cut off after {sent / (1 << 20):.1f} MiB sent; RSS +{grown} KiB")
     assert status == 413 and refusal(status, headers, body)["error"] == "payload_too_large"
     # What the client wrote before it saw the answer: the limit, plus what the kernels' socket buffers held.
@@ -247,7 +242,7 @@ def test_a_body_just_under_the_limit_is_held_in_memory_not_in_a_temporary_file(s
         ("POST", "/api/v1/messages", ("Authorization: Bearer wrong",), "api_key_invalid"),
         ("POST", "/api/v1/channels", ("Authorization: Basic eDp5",), "api_key_required"),
         ("DELETE", "/api/v1/channels/chat-1", (), "api_key_required"),
-        ("PUT", "/api/v1/tokens", (), "api_key_required"),
+        ("POST", "/api/v1/tokens", (), "api_key_required"),
     ],
 )
 def test_an_unauthenticated_write_is_refused_before_its_body_is_sent(server, method, path, credentials, code):
@@ -259,6 +254,15 @@ def test_an_unauthenticated_write_is_refused_before_its_body_is_sent(server, met
         assert refusal(status, headers, body)["error"] == code
         assert headers["www-authenticate"] == 'Bearer realm="realtime"'
         assert closed_by_server(sock, 5)
+
+
+@pytest.mark.parametrize(("method", "path"), [("PUT", "/api/v1/channels/chat-1"), ("POST", "/api/v1/channels/chat-1")])
+def test_a_method_the_api_does_not_serve_is_answered_405_not_401(server, method, path):
+    """Only the writes the API serves need a key before the body: any other method reaches the view."""
+    response = httpx.request(method, f"{server.http}{path}", content=b"{}")
+    assert response.status_code == 405, response.text
+    assert response.json()["error"] == "method_not_allowed"
+    assert "DELETE" in response.headers["allow"]
 
 
 def test_reads_and_authenticated_writes_still_work(server):
@@ -385,11 +389,11 @@ def test_the_limit_follows_max_message_size(start_server, asgi_server, tmp_path)
 
 async def test_the_api_view_checks_the_key_and_the_length_before_reading_the_body(settings):
     """DirectApiView on its own (without the middleware and the server hooks in front of it)."""
-    from channels_app import api
-    from channels_app.direct_api import DirectApiView
+    from channels_app.http import api
+    from channels_app.http.direct_api import DirectApiView
 
     settings.REALTIME_API_KEYS = (API_KEY,)
-    view = DirectApiView(api.channel_messages)
+    view = DirectApiView(api.channel_messages, memory_runtime())
 
     async def receive():
         raise AssertionError("the body was read")
@@ -428,48 +432,3 @@ def test_a_deadline_that_is_not_a_positive_number_stops_the_start():
 # --------------------------------------------------------------------------------------------
 # The server internals the limits rely on (fast: fails in seconds after an upgrade)
 # --------------------------------------------------------------------------------------------
-
-
-def _names(function) -> set[str]:
-    return set(function.__code__.co_names)
-
-
-def test_the_server_internals_we_rely_on_are_still_there():
-    import daphne.http_protocol
-    import daphne.server
-    import h11
-    from twisted.web import http
-    from uvicorn import config as uvicorn_config
-    from uvicorn.protocols.http import h11_impl
-
-    # daphne: Server.run builds its factory from the module's global HTTPFactory, whose
-    # buildProtocol builds Twisted's protocol and sets the request class.
-    assert "HTTPFactory" in _names(daphne.server.Server.run)
-    assert daphne.server.HTTPFactory in (daphne.http_protocol.HTTPFactory, _limited_factory())
-    assert {"buildProtocol", "requestFactory"} <= _names(daphne.http_protocol.HTTPFactory.buildProtocol)
-    assert "protocol" in _names(http.protocol.ServerFactory.buildProtocol)
-    assert http.HTTPFactory.protocol is http._genericHTTPChannelProtocolFactory
-    assert "_GenericHTTPChannelProtocol" in _names(http._genericHTTPChannelProtocolFactory)
-    # Twisted's parser: the request line is kept in _command and _path; after the headers,
-    # allHeadersReceived calls gotLength and then sends any 100 Continue; bodies go through the
-    # transfer decoder (rawDataReceived) to handleContentChunk, and end in allContentReceived.
-    assert {"_command", "_path", "allHeadersReceived", "allContentReceived", "setRawMode"} <= _names(
-        http.HTTPChannel.lineReceived
-    )
-    assert {"gotLength", "_send100Continue"} <= _names(http.HTTPChannel.allHeadersReceived)
-    assert "handleContentChunk" in _names(http.HTTPChannel._maybeChooseTransferDecoder)
-    assert "_transferDecoder" in _names(http.HTTPChannel.rawDataReceived)
-    assert "allContentReceived" in _names(http.HTTPChannel._finishRequestBody)
-    assert {"requestDone", "connectionMade", "connectionLost", "callLater"} <= set(dir(http.HTTPChannel))
-    # uvicorn: --http takes any importable class; the protocol keeps its h11 connection in
-    # ``conn``, its request cycle in ``cycle``, its event loop in ``loop``.
-    assert "import_from_string" in _names(uvicorn_config.Config.load)
-    assert {"conn", "cycle", "loop"} <= _names(h11_impl.H11Protocol.__init__)
-    assert "response_started" in _names(h11_impl.RequestResponseCycle.__init__)
-    assert {"IDLE", "SEND_BODY"} <= set(dir(h11))
-
-
-def _limited_factory():
-    from channels_app.daphne_limits import LimitedHTTPFactory
-
-    return LimitedHTTPFactory

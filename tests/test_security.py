@@ -22,12 +22,12 @@ import pytest
 import websockets
 from playwright.sync_api import expect, sync_playwright
 
-from channels_app.security import CONTENT_SECURITY_POLICY
+from channels_app.http.security import CONTENT_SECURITY_POLICY
 from tests.conftest import TEST_CONFIG
-from tests.liveserver import ROOT, base_environment, manage
+from tests.support.auth import API_KEY, AUTH
+from tests.support.hostile import assert_no_server_error, assert_still_serving, raw_request
+from tests.support.processes import ROOT, base_environment, manage
 
-API_KEY = "security-key-" + "k" * 24
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 TOKEN_SECRET = "security-token-secret-0123456789abcdef"
 ADMIN_PASSWORD = "admin-pass-Zq8!" + "p" * 8
 CONFIG = (
@@ -136,6 +136,7 @@ def test_content_security_policy_is_strict(server):
     assert "unsafe" not in policy
 
 
+@pytest.mark.browser
 def test_pages_and_admin_satisfy_the_policy_in_a_browser(server):
     """Chromium loads the pages with the policy the server sends: no violation, and they still work."""
     violations: list[str] = []
@@ -421,3 +422,91 @@ def test_production_mode_secures_cookies_and_redirects_to_https_except_the_probe
         csrf_cookie = next(c for c in secure.headers.get_list("set-cookie") if c.startswith("csrftoken="))
         assert "secure" in csrf_cookie.lower()
         assert_security_headers(secure)
+
+
+# --- Hostile headers, a huge body and foreign hosts, on raw sockets (moved from test_hardening_paths.py) ----
+
+HOSTILE_CONFIG = """
+server:
+  allow_create_new_channels: true
+pubsub:
+  driver: "MEMORY"
+channels:
+  chat: {id: "chat-1", type: "WS"}
+  feed: {id: "feed-1", type: "SSE"}
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile_server(start_module_server):
+    """A daphne of its own for hostile requests: its log must stay free of tracebacks."""
+    return start_module_server(HOSTILE_CONFIG, env={"REALTIME_API_KEYS": API_KEY})
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [b"X-Big: " + b"x" * 70_000],
+        [b"X-H%d: v" % index for index in range(2_000)],
+        [b"Last-Event-ID: " + b"x" * 8_000],
+        [b"Last-Event-ID: \xff\xfe"],
+        [b"Origin: " + b"https://" + b"a" * 8_000],
+        [b"Origin: \xff"],
+        [b"X-Request-ID: " + b"\xff" * 100],
+        [b"Authorization: Bearer " + b"k" * 60_000],
+        [b"Cookie: " + b"sessionid=x; " * 2_000],
+        [b"Content-Length: -1"],
+        [b"Content-Length: 99999999999999999999"],
+        [b"Transfer-Encoding: chunked", b"Content-Length: 5"],
+        [b"Host: 127.0.0.1", b"Host: evil.example.com"],
+    ],
+    ids=lambda headers: repr(headers[0][:30]),
+)
+def test_huge_and_malformed_headers(hostile_server, headers):
+    # A Content-Length over the body limit is refused at once (413); one within it that is never sent
+    # would keep the server waiting until the body deadline (60 s, see docs/security.md).
+    timeout = 2 if headers[0].startswith(b"Content-Length: 9") else 10
+    for path in (b"/api/v1/channels/feed-1?clientId=hdr", b"/api/v1/channels/chat-1/messages", b"/healthz"):
+        status, response = raw_request(hostile_server, b"GET", path, headers, timeout=timeout)
+        assert_no_server_error(status, response, (path, headers[0][:40]))
+    assert_still_serving(hostile_server)
+
+
+def test_a_huge_body_is_refused_without_reading_it_all(hostile_server):
+    body = json.dumps({"payload": "x" * (3 * 1024 * 1024)}).encode()
+    response = httpx.post(
+        f"{hostile_server.http}/api/v1/channels/chat-1/messages", content=body, headers=AUTH, timeout=30
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == "payload_too_large"
+    assert_still_serving(hostile_server)
+
+
+def test_hosts_outside_allowed_hosts_are_refused_on_the_channel_url(hostile_server):
+    """DNS rebinding: a page on evil.example.com resolving to this service sends its own Host and Origin."""
+    rebinding = {"Host": "evil.example.com", "Origin": "http://evil.example.com"}
+    for url in (
+        f"{hostile_server.http}/api/v1/channels/feed-1",
+        f"{hostile_server.http}/api/v1/channels/feed-1?upgrade=0",
+    ):
+        response = httpx.get(url, headers=rebinding, timeout=5)
+        assert response.status_code == 400
+        assert response.json()["error"] == "host_not_allowed"
+        assert "access-control-allow-origin" not in response.headers
+    assert httpx.get(f"{hostile_server.http}/healthz", headers=rebinding, timeout=5).status_code == 400
+
+    async def websocket_refusal():
+        async with websockets.connect(
+            f"ws://evil.example.com:{hostile_server.port}/api/v1/channels/chat-1?clientId=rebound",
+            origin=f"http://evil.example.com:{hostile_server.port}",
+            host="127.0.0.1",
+            port=hostile_server.port,
+        ) as ws:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+        return frame, closed.value.rcvd.code
+
+    frame, code = asyncio.run(websocket_refusal())
+    assert (code, frame["error"]) == (4400, "host_not_allowed")
+    assert httpx.get(f"{hostile_server.http}/api/v1/channels/chat-1?upgrade=0", timeout=5).json()["connections"] == 0

@@ -6,7 +6,7 @@ import pytest
 
 from realtime_project import settings as project_settings
 from tests.conftest import POSTGRES_SERVER, psql
-from tests.liveserver import ROOT, base_environment, manage
+from tests.support.processes import ROOT, base_environment, manage
 
 
 def test_sqlite_relative_path_is_under_the_project_folder():

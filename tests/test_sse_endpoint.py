@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from urllib.parse import urlencode
 
 import httpx
 import pytest
 
-API_KEY = "sse-test-key"
+from tests.support.auth import API_KEY
+from tests.support.clients import connected, connections, open_stream, opened
+from tests.support.waiting import wait_until
 
 CONFIG = """
 server:
@@ -71,90 +72,6 @@ def publish(api, server, channel: str, payload: str) -> dict:
     response = api.post(f"{server.http}/api/v1/channels/{channel}/messages", json={"payload": payload})
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def connections(server, channel: str) -> int:
-    response = httpx.get(channel_url(server, channel, upgrade="0"), timeout=5)
-    body = response.json()
-    return body["channel"]["connections"] if response.status_code == 422 else body["connections"]
-
-
-async def connected(server, channel: str) -> int:
-    """Live connections on a channel, as the preflight reports them."""
-    return await asyncio.to_thread(connections, server, channel)
-
-
-async def wait_until(condition, within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while not await asyncio.to_thread(condition):
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-class EventStream:
-    """Reads an SSE response block by block, as an EventSource would parse it."""
-
-    def __init__(self, response: httpx.Response):
-        self.response = response
-        self._lines = response.aiter_lines()
-
-    async def block(self, within: float = 5) -> dict:
-        """The next block: its fields (``event``, ``id``, ``data``, ``retry``) and comment lines."""
-        fields: dict = {"comments": []}
-        data: list[str] = []
-        while True:
-            line = await asyncio.wait_for(anext(self._lines), within)
-            if line == "":
-                if data:
-                    fields["data"] = "\n".join(data)
-                if len(fields) > 1 or fields["comments"]:
-                    return fields
-                continue
-            if line.startswith(":"):
-                fields["comments"].append(line[1:].strip())
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data.append(value)
-            else:
-                fields[name] = value
-
-    async def event(self, name: str | None = None, within: float = 5) -> dict:
-        """The next event (skipping keep-alives and the retry hint), optionally checking its name."""
-        while True:
-            block = await self.block(within)
-            if "event" in block or "data" in block:
-                assert name is None or block.get("event", "message") == name, block
-                return block
-
-    async def message(self, within: float = 5) -> tuple[str, dict]:
-        """The next ``message`` event: its id and its parsed data."""
-        block = await self.event("message", within)
-        return block.get("id"), json.loads(block["data"])
-
-
-class open_stream:
-    """``async with open_stream(url, headers) as (response, events)``: one streaming GET."""
-
-    def __init__(self, url: str, headers: dict | None = None):
-        self.url = url
-        self.headers = headers or {}
-
-    async def __aenter__(self):
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(10, read=None))
-        self.context = self.client.stream("GET", self.url, headers=self.headers)
-        response = await self.context.__aenter__()
-        return response, EventStream(response)
-
-    async def __aexit__(self, *exc_info):
-        await self.context.__aexit__(*exc_info)
-        await self.client.aclose()
-
-
-async def opened(events: EventStream) -> dict:
-    """Skip the stream's opening (retry hint, ``stream-open``) and return the ``stream-open`` data."""
-    return json.loads((await events.event("stream-open"))["data"])
 
 
 async def test_stream_opens_with_headers_retry_hint_and_stream_open(server):

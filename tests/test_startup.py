@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.liveserver import ROOT, base_environment, free_port, manage
+from tests.support.processes import ROOT, base_environment, free_port, manage
 
 BAD_CONFIG = """
 server:
@@ -75,6 +75,7 @@ def test_unset_environment_variable_stops_startup(tmp_path):
     assert "pubsub.redis.url: environment variable RT_TEST_UNSET_PW is not set" in result.stderr
 
 
+@pytest.mark.e2e
 def test_daphne_stops_on_a_bad_file(bad_config, tmp_path):
     env = base_environment(CONFIG_FOLDER_PATH=str(bad_config), DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3")
     command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(free_port())]

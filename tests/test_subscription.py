@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from channels_app.history import Gap, Replay
+from channels_app.core.outbox import Outbox
 from channels_app.messages import Message, Position
-from channels_app.outbox import Outbox
-from channels_app.subscription import Subscription
+from channels_app.state.history import Gap, Replay
+from tests.support.fakes import FakeConnection
 
 
 def message(offset: int | None, *, epoch: str = "e1", client_id: str = "writer", payload: str | None = None) -> Message:
@@ -22,61 +22,15 @@ def message(offset: int | None, *, epoch: str = "e1", client_id: str = "writer",
     )
 
 
-class Connection:
-    """A subscription wired to an outbox whose frames are collected in ``written``."""
-
-    def __init__(self, *, client_id: str = "reader", echo: bool = False, max_messages: int = 100):
-        self.written: list = []
-        self.wrote = asyncio.Event()
-        self.overflows = 0
-        self.closed: list = []
-        self.outbox = Outbox(
-            write=self._write,
-            max_messages=max_messages,
-            max_bytes=1_000_000,
-            on_overflow=self._overflow,
-            buffered_bytes=lambda: 0,
-        )
-        self.subscription = Subscription(
-            channel_id="room-1",
-            client_id=client_id,
-            echo=echo,
-            encode=lambda m: (("message", m.payload), 1),
-            encode_control=lambda body: (("control", body), 1),
-            outbox=self.outbox,
-            on_close=lambda code, body: self.closed.append((code, body)),
-        )
-
-    async def _write(self, frame) -> None:
-        self.written.append(frame)
-        self.wrote.set()
-
-    async def until_written(self, count: int) -> None:
-        while len(self.written) < count:
-            self.wrote.clear()
-            await asyncio.wait_for(self.wrote.wait(), 1)
-
-    def _overflow(self) -> None:
-        self.overflows += 1
-
-    def offer(self, *messages: Message) -> None:
-        for item in messages:
-            self.subscription.offer(item, ("message", item.payload), 1)
-
-    async def frames(self) -> list:
-        await self.outbox.flush()
-        return self.written
-
-
 async def test_live_messages_flow_once_and_in_order():
-    connection = Connection()
+    connection = FakeConnection()
     connection.subscription.replay(None)
     connection.offer(message(1), message(2), message(2), message(1), message(3))
     assert await connection.frames() == [("message", "m1"), ("message", "m2"), ("message", "m3")]
 
 
 async def test_own_messages_are_skipped_unless_echo_is_asked():
-    quiet, echoing = Connection(client_id="me"), Connection(client_id="me", echo=True)
+    quiet, echoing = FakeConnection(client_id="me"), FakeConnection(client_id="me", echo=True)
     for connection in (quiet, echoing):
         connection.subscription.replay(None)
         connection.offer(message(1, client_id="me"), message(2, client_id="you"))
@@ -85,7 +39,7 @@ async def test_own_messages_are_skipped_unless_echo_is_asked():
 
 
 async def test_live_messages_wait_for_the_replay_and_are_not_repeated():
-    connection = Connection()
+    connection = FakeConnection()
     # Live messages 3 and 4 arrive while history is being read...
     connection.offer(message(3), message(4))
     assert await connection.frames() == []
@@ -96,12 +50,12 @@ async def test_live_messages_wait_for_the_replay_and_are_not_repeated():
 
 async def test_messages_the_client_already_has_are_not_sent_again_on_resume():
     """A message published just before the reconnect can still be on its way through the layer."""
-    connection = Connection()
+    connection = FakeConnection()
     connection.offer(message(3), message(4))
     connection.subscription.replay(Replay([message(4)]), Position(epoch="e1", offset=3))
     assert await connection.frames() == [("message", "m4")]
 
-    up_to_date = Connection()
+    up_to_date = FakeConnection()
     up_to_date.offer(message(3))
     up_to_date.subscription.replay(Replay([]), Position(epoch="e1", offset=3))
     up_to_date.offer(message(4))
@@ -109,21 +63,21 @@ async def test_messages_the_client_already_has_are_not_sent_again_on_resume():
 
 
 async def test_resume_by_message_id_drops_the_held_copy_of_that_message():
-    connection = Connection()
+    connection = FakeConnection()
     connection.offer(message(3), message(4))
     connection.subscription.replay(Replay([]), Position(message_id=message(3).id))
     assert await connection.frames() == [("message", "m4")]
 
 
 async def test_resume_by_bare_offset_applies_to_the_current_epoch():
-    connection = Connection()
+    connection = FakeConnection()
     connection.offer(message(5, epoch="e9"), message(6, epoch="e9"))
     connection.subscription.replay(Replay([]), Position(offset=5))
     assert await connection.frames() == [("message", "m6")]
 
 
 async def test_gap_notice_comes_first_then_everything_still_held():
-    connection = Connection()
+    connection = FakeConnection()
     connection.offer(message(1, epoch="new"))
     gap = Gap("epoch_changed", "old-7", "new-1")
     connection.subscription.replay(Replay([message(1, epoch="new")], gap), Position(epoch="old", offset=7))
@@ -134,7 +88,7 @@ async def test_gap_notice_comes_first_then_everything_still_held():
 
 
 async def test_expired_gap_still_skips_held_copies_of_replayed_messages():
-    connection = Connection()
+    connection = FakeConnection()
     connection.offer(message(4), message(5))
     gap = Gap("expired", "e1-1", "e1-4")
     connection.subscription.replay(Replay([message(4), message(5)], gap), Position(epoch="e1", offset=1))
@@ -142,14 +96,14 @@ async def test_expired_gap_still_skips_held_copies_of_replayed_messages():
 
 
 async def test_messages_outside_history_are_always_delivered():
-    connection = Connection()
+    connection = FakeConnection()
     connection.subscription.replay(None)
     connection.offer(message(7), message(None, payload="raw group_send"), message(8))
     assert await connection.frames() == [("message", "m7"), ("message", "raw group_send"), ("message", "m8")]
 
 
 async def test_a_replay_larger_than_half_the_bound_is_queued_in_pages_as_the_outbox_drains():
-    connection = Connection(max_messages=4)  # pages of 2
+    connection = FakeConnection(max_messages=4)  # pages of 2
     connection.subscription.replay(Replay([message(offset) for offset in range(2, 9)]), Position(epoch="e1", offset=1))
     assert connection.outbox.put("probe", 1)  # room is left beside a page
     assert connection.overflows == 0
@@ -166,7 +120,7 @@ async def test_a_replay_larger_than_half_the_bound_is_queued_in_pages_as_the_out
 
 
 async def test_live_messages_held_during_a_paced_replay_have_their_own_bound():
-    connection = Connection(max_messages=4)
+    connection = FakeConnection(max_messages=4)
     connection.subscription.replay(Replay([message(offset) for offset in range(2, 9)]), Position(epoch="e1", offset=1))
     connection.offer(*(message(offset) for offset in range(9, 13)))
     assert connection.overflows == 0
@@ -188,15 +142,7 @@ async def test_a_paced_replay_waits_for_the_server_to_drain_what_it_buffers():
         await drained.wait()
         drained.clear()
 
-    connection = Connection(max_messages=4)
-    connection.outbox = connection.subscription.outbox = Outbox(
-        write=connection._write,
-        max_messages=4,
-        max_bytes=1_000_000,
-        on_overflow=connection._overflow,
-        buffered_bytes=lambda: 0,
-        wait_drained=wait_drained,
-    )
+    connection = FakeConnection(max_messages=4, wait_drained=wait_drained)
     connection.subscription.replay(Replay([message(offset) for offset in range(1, 6)]), Position(epoch="e1", offset=0))
     connection.outbox.start()
     for page in (2, 4):
@@ -211,14 +157,14 @@ async def test_a_paced_replay_waits_for_the_server_to_drain_what_it_buffers():
 
 
 async def test_control_frames_are_not_held_back_by_a_replay():
-    connection = Connection()
+    connection = FakeConnection()
     connection.offer(message(1))
     connection.subscription.send_control({"control": "error", "code": 4429})
     assert await connection.frames() == [("control", {"control": "error", "code": 4429})]
 
 
 async def test_close_asks_the_connection_to_close():
-    connection = Connection()
+    connection = FakeConnection()
     connection.subscription.close(4410, {"control": "close", "code": 4410})
     assert connection.closed == [(4410, {"control": "close", "code": 4410})]
 

@@ -1,4 +1,4 @@
-"""``python manage.py sync_channels`` and the service behind it (channels_app/registry_sync.py)."""
+"""``python manage.py sync_channels`` and the service behind it (channels_app/registry/sync.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from django.core.management import CommandError, call_command
 
 from channels_app.config import parse_config
 from channels_app.models import Channel
-from channels_app.registry_sync import SyncConflict, channels_sync
-from tests.liveserver import base_environment, manage
+from channels_app.registry.sync import SyncConflict, channels_sync
+from tests.support.processes import base_environment, manage
 
 pytestmark = pytest.mark.django_db
 

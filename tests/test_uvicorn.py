@@ -2,7 +2,7 @@
 
 The endpoint tests (test_ws_endpoint.py, test_sse_endpoint.py) run under both servers, and
 test_deploy.py starts ``scripts/entrypoint.sh`` under both; this file covers what uvicorn does
-differently: how ``channels_app/transport.py`` finds its connections, backpressure on a client that
+differently: how ``channels_app/adapters/servers.py`` finds its connections, backpressure on a client that
 never reads, its own message limit, SIGTERM beside uvicorn's signal handling, and the setting.
 """
 
@@ -10,30 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import socket
 import struct
 import subprocess
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
 import websockets
 
-from channels_app.security import SecurityHeadersMiddleware
-from channels_app.transport import (
+from channels_app.adapters.servers import (
     connection_aborter,
     websocket_close_frame_sender,
     write_buffer_watch,
 )
-from channels_app.uvicorn_ws import WebSocketProtocol
-from tests.liveserver import ROOT, UVICORN_OPTIONS, base_environment, free_port
-from tests.test_hardening_websocket import handshake
+from channels_app.adapters.uvicorn_ws import WebSocketProtocol
+from channels_app.http.security import SecurityHeadersMiddleware
+from tests.support.clients import connections
+from tests.support.liveserver import UVICORN_OPTIONS
+from tests.support.processes import ROOT, base_environment, free_port, resident_kib
+from tests.support.waiting import wait_until
+from tests.support.wire import handshake
 from tests.test_ws_endpoint import SLOW_CONFIG
-
-API_KEY = "uvicorn-test-key"
 
 LARGE_CONFIG = """
 server:
@@ -48,7 +46,7 @@ CLOSE_OPCODE = 0x8
 
 
 # --------------------------------------------------------------------------------------------
-# transport.py sees uvicorn's connections
+# adapters/servers.py sees uvicorn's connections
 # --------------------------------------------------------------------------------------------
 
 
@@ -128,39 +126,22 @@ def _read_until_close_frame(sock: socket.socket, within: float = 20) -> list[tup
                 return frames
 
 
-def _rss_kib(pid: int) -> int:
-    return int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1))
-
-
-def _connections(server, channel: str) -> int:
-    return httpx.get(server.channel_url(channel, scheme="http", upgrade="0"), timeout=5).json()["connections"]
-
-
-async def _wait_until(condition, within: float = 10) -> bool:
-    deadline = time.monotonic() + within
-    while not await asyncio.to_thread(condition):
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 async def _flood(server, count: int, size: int) -> None:
     async with websockets.connect(server.channel_url("slow-1", clientId="publisher"), compression=None) as publisher:
         for index in range(count):
             await publisher.send(f"{index:05d}" + "x" * size)
         # The publisher is a subscriber too: still counted until it leaves.
-        assert await _wait_until(lambda: _connections(server, "slow-1") == 1), "the stalled client kept its slot"
+        await wait_until(lambda: connections(server, "slow-1") == 1, message="the stalled client kept its slot")
 
 
 async def test_client_that_never_reads_is_cut_off_with_4408_and_memory_stays_bounded(start_server):
     server = start_server(SLOW_CONFIG, server="uvicorn")
     stalled = await asyncio.to_thread(_stalled_websocket, server, "/api/v1/channels/slow-1?clientId=stalled")
     try:
-        before = _rss_kib(server.process.pid)
+        before = resident_kib(server.process.pid)
         count, size = 1500, 16 * 1024  # 24 MiB for a client that reads none of it
         await asyncio.wait_for(_flood(server, count, size), 60)
-        grown = _rss_kib(server.process.pid) - before
+        grown = resident_kib(server.process.pid) - before
         # Held for the stalled client: its outbox (max_pending_bytes, 64 KiB) and uvicorn's
         # transport buffer (64 KiB high-water mark); the kernel holds a few MiB more.
         assert grown < 8 * 1024, f"the server grew by {grown} KiB for a client that does not read"
@@ -196,10 +177,13 @@ async def test_connection_of_a_client_that_never_reads_is_dropped_after_the_cut_
     try:
         await asyncio.wait_for(_flood(server, 400, 16 * 1024), 60)
         # The kernel and the server keep nothing for it: its socket is gone within a few seconds.
-        dropped = await _wait_until(lambda: _server_side_connections(server.port, client_port) == 0, within=8)
+        await wait_until(
+            lambda: _server_side_connections(server.port, client_port) == 0,
+            within=8,
+            message="the server still holds the connection of a client that was cut off",
+        )
     finally:
         stalled.close()
-    assert dropped, "the server still holds the connection of a client that was cut off"
 
 
 # --------------------------------------------------------------------------------------------

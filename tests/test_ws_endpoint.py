@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import re
 import socket
 import time
@@ -15,6 +13,12 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import websockets
+
+from tests.support.auth import API_KEY
+from tests.support.clients import connected, connections, recv_json
+from tests.support.processes import resident_kib
+from tests.support.waiting import wait_until
+from tests.support.wire import frame, handshake, read_until_close
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
@@ -75,10 +79,6 @@ def ws_url(server, channel: str, **query: str) -> str:
     return f"{url}?{urlencode(query)}" if query else url
 
 
-async def recv_json(ws, within: float = 5) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), within))
-
-
 async def refusal(url: str, **connect_kwargs) -> tuple[dict, int]:
     """Open a WebSocket the server refuses: its final JSON frame and the close code."""
     async with websockets.connect(url, **connect_kwargs) as ws:
@@ -95,25 +95,6 @@ async def closed_with(ws) -> tuple[dict, int]:
         while True:
             body = json.loads(await asyncio.wait_for(ws.recv(), 5))
     return body, closed.value.rcvd.code
-
-
-def connections(server, channel: str) -> int:
-    response = httpx.get(f"{server.http}/api/v1/channels/{channel}?upgrade=0", timeout=5)
-    if response.status_code == 422:
-        return response.json()["channel"]["connections"]
-    return response.json()["connections"]
-
-
-async def connected(server, channel: str) -> int:
-    """Live connections on a channel, as the preflight reports them."""
-    return await asyncio.to_thread(connections, server, channel)
-
-
-async def wait_until(condition, within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while not await asyncio.to_thread(condition):
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_message_envelope_reaches_others_but_not_sender(server):
@@ -393,30 +374,10 @@ async def test_publishing_too_fast_is_refused_with_4429_and_not_published(start_
         assert error["error"] == "rate_limited"
 
 
-def _raw_websocket(server, path: str) -> socket.socket:
-    """A WebSocket client that completes the handshake and then never reads."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", server.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    sock.sendall(request.encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(1)
-        assert chunk, "server closed during the handshake"
-        response += chunk
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
-
-
 async def test_slow_consumer_is_cut_off_without_slowing_others(start_module_server, asgi_server):
     server = start_module_server(SLOW_CONFIG, server=asgi_server)
     count, size = 400, 16 * 1024  # well past what the kernel buffers on loopback (~4 MiB)
-    stalled = await asyncio.to_thread(_raw_websocket, server, "/api/v1/channels/slow-1?clientId=stalled")
+    stalled = await asyncio.to_thread(handshake, server, "/api/v1/channels/slow-1?clientId=stalled", rcvbuf=4096)
     try:
         async with (
             websockets.connect(ws_url(server, "slow-1", clientId="publisher")) as publisher,
@@ -439,3 +400,177 @@ async def test_slow_consumer_is_cut_off_without_slowing_others(start_module_serv
                 assert await connected(server, "slow-1") == 3
     finally:
         stalled.close()
+
+
+# --- Hostile frames, ping floods, silent peers, unfinished handshakes (moved from test_hardening_websocket.py) ---
+
+FRAMES_CONFIG = """
+server:
+  publish_rate: 100000
+  publish_burst: 100000
+  max_message_size: 65536
+  max_pending_bytes: 1048576
+  history_size: 1000
+pubsub:
+  driver: "MEMORY"
+channels:
+  utf8: {id: "utf8-1", type: "WS"}
+  fragments: {id: "fragments-1", type: "WS"}
+  pings: {id: "pings-1", type: "WS"}
+  halfopen: {id: "halfopen-1", type: "WS", max_of_channel_connections: 3}
+"""
+PING_INTERVAL, PING_TIMEOUT = 1, 2
+
+
+@pytest.fixture(scope="module")
+def pinging_server(start_module_server):
+    """A daphne with 1 s keep-alive pings (ping timeout 2 s), for clients that misbehave."""
+    # Short keep-alive pings so that a silent peer is noticed within seconds.
+    pings = ["--ping-interval", str(PING_INTERVAL), "--ping-timeout", str(PING_TIMEOUT)]
+    return start_module_server(FRAMES_CONFIG, env={"REALTIME_API_KEYS": API_KEY}, extra_args=pings)
+
+
+async def test_invalid_utf8_closes_with_1007_and_publishes_nothing(pinging_server):
+    async with websockets.connect(f"{pinging_server.ws}/api/v1/channels/utf8-1?clientId=witness") as witness:
+        for payload in (
+            b"\xff\xfe",
+            b"ok \xed\xa0\x80",
+            b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4\x90\x80\x80",
+        ):
+            sock = await asyncio.to_thread(handshake, pinging_server, "/api/v1/channels/utf8-1?clientId=bad")
+            sock.sendall(frame(0x1, payload))
+            # autobahn fails the connection: a 1007 close frame, or (its default) dropping the TCP connection.
+            assert await asyncio.to_thread(read_until_close, sock) in (1007, None)
+            sock.close()
+            await wait_until(lambda: connections(pinging_server, "utf8-1") == 1)
+        # Invalid UTF-8 split across fragments is caught too, before the message completes.
+        sock = await asyncio.to_thread(handshake, pinging_server, "/api/v1/channels/utf8-1?clientId=bad")
+        sock.sendall(frame(0x1, b"valid start \xce", fin=False) + frame(0x0, b"\xff end"))
+        assert await asyncio.to_thread(read_until_close, sock) in (1007, None)
+        sock.close()
+        async with websockets.connect(f"{pinging_server.ws}/api/v1/channels/utf8-1?clientId=after") as after:
+            await after.send("after")
+            assert (await recv_json(witness))["payload"] == "after"
+
+
+async def test_fragmented_messages_are_published_whole_and_limited_whole(pinging_server):
+    async with (
+        websockets.connect(f"{pinging_server.ws}/api/v1/channels/fragments-1?clientId=reader") as reader,
+        websockets.connect(f"{pinging_server.ws}/api/v1/channels/fragments-1?clientId=writer") as writer,
+    ):
+        await writer.send(["frag", "ment", "ed é"])  # three frames, one message
+        assert (await recv_json(reader))["payload"] == "fragmented é"
+        # Fragments interleaved with pings (allowed by RFC 6455) still make one message.
+        sock = await asyncio.to_thread(handshake, pinging_server, "/api/v1/channels/fragments-1?clientId=raw")
+        sock.sendall(frame(0x1, b"one ", fin=False) + frame(0x9, b"ping") + frame(0x0, b"message"))
+        assert (await recv_json(reader))["payload"] == "one message"
+        # 100 fragments of 1 KiB: over the 64 KiB limit as a whole, so refused as a whole (1009).
+        parts = [frame(0x1, b"x" * 1024, fin=False)] + [frame(0x0, b"x" * 1024, fin=False) for _ in range(98)]
+        sock.sendall(b"".join(parts) + frame(0x0, b"x" * 1024))
+        assert await asyncio.to_thread(read_until_close, sock) == 1009
+        sock.close()
+        # A message that never ends is cut off by daphne at 1 MiB, whatever pinging_server.max_message_size says.
+        sock = await asyncio.to_thread(handshake, pinging_server, "/api/v1/channels/fragments-1?clientId=endless")
+        sock.sendall(frame(0x1, b"y" * 65536, fin=False))
+        code = None
+        for _ in range(40):
+            try:
+                sock.sendall(frame(0x0, b"y" * 65536, fin=False))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        code = await asyncio.to_thread(read_until_close, sock)
+        sock.close()
+        assert code in (1009, None)
+        await writer.send("still served")
+        assert (await recv_json(reader))["payload"] == "still served"
+    await wait_until(lambda: connections(pinging_server, "fragments-1") == 0)
+
+
+async def test_ping_floods_neither_stall_others_nor_hold_memory(pinging_server):
+    rss_before = resident_kib(pinging_server.process.pid)
+    async with (
+        websockets.connect(f"{pinging_server.ws}/api/v1/channels/pings-1?clientId=reader") as reader,
+        websockets.connect(f"{pinging_server.ws}/api/v1/channels/pings-1?clientId=writer") as writer,
+    ):
+        flooders = [
+            await asyncio.to_thread(
+                handshake, pinging_server, f"/api/v1/channels/pings-1?clientId=flood{index}", rcvbuf=4096
+            )
+            for index in range(4)
+        ]
+        burst = frame(0x9, b"p" * 125) * 2000
+
+        def flood(sock: socket.socket) -> int:
+            sent = 0
+            sock.settimeout(2)
+            try:
+                for _ in range(40):  # 80,000 pings of 125 bytes, never reading a pong
+                    sock.sendall(burst)
+                    sent += 2000
+            except (TimeoutError, BrokenPipeError, ConnectionResetError):
+                pass
+            return sent
+
+        flooding = asyncio.gather(*(asyncio.to_thread(flood, sock) for sock in flooders))
+        latencies = []
+        for index in range(20):
+            started = time.monotonic()
+            await writer.send(f"during flood {index}")
+            assert (await recv_json(reader))["payload"] == f"during flood {index}"
+            latencies.append(time.monotonic() - started)
+        pings_sent = sum(await flooding)
+        rss_during = resident_kib(pinging_server.process.pid)
+        for sock in flooders:
+            sock.close()
+    await wait_until(lambda: connections(pinging_server, "pings-1") == 0)
+    await asyncio.sleep(1)
+    rss_after = resident_kib(pinging_server.process.pid)
+    print(
+        f"ping flood: {pings_sent} pings; p100 latency {max(latencies) * 1000:.0f} ms; "
+        f"RSS {rss_before} -> {rss_during} -> {rss_after} KiB"
+    )
+    assert max(latencies) < 2.0
+    assert rss_during - rss_before < 200_000
+
+
+async def test_silent_peers_are_dropped_by_keepalive_pings_and_free_their_slots(pinging_server):
+    """Half-open connections: the peer vanished (no FIN ever arrives) or just never answers."""
+    silent = [
+        await asyncio.to_thread(
+            handshake, pinging_server, f"/api/v1/channels/halfopen-1?clientId=silent{index}", rcvbuf=4096
+        )
+        for index in range(3)
+    ]
+    assert connections(pinging_server, "halfopen-1") == 3
+    # The channel is full while they hold their slots...
+    async with websockets.connect(f"{pinging_server.ws}/api/v1/channels/halfopen-1?clientId=late") as late:
+        assert (await recv_json(late))["error"] == "channel_full"
+    # ...until daphne's pings go unanswered for ping-interval + ping-timeout seconds.
+    freed_after = await wait_until(
+        lambda: connections(pinging_server, "halfopen-1") == 0, within=PING_INTERVAL + PING_TIMEOUT + 8
+    )
+    for sock in silent:
+        sock.close()
+    assert freed_after < PING_INTERVAL + PING_TIMEOUT + 8
+    async with websockets.connect(f"{pinging_server.ws}/api/v1/channels/halfopen-1?clientId=silent0"):
+        pass
+
+
+async def test_unfinished_handshakes_do_not_block_the_service(pinging_server):
+    """Clients that open TCP connections and never finish the HTTP request (slowloris)."""
+    held = []
+    for index in range(100):
+        sock = socket.create_connection(("127.0.0.1", pinging_server.port))
+        sock.sendall(f"GET /api/v1/channels/halfopen-1?clientId=slow{index} HTTP/1.1\r\nUpgrade: web".encode())
+        held.append(sock)
+    try:
+        started = time.monotonic()
+        async with websockets.connect(f"{pinging_server.ws}/api/v1/channels/halfopen-1?clientId=normal") as ws:
+            await ws.ping()
+        assert time.monotonic() - started < 2
+        assert (
+            await asyncio.to_thread(lambda: httpx.get(f"{pinging_server.http}/healthz", timeout=5).status_code) == 200
+        )
+    finally:
+        for sock in held:
+            sock.close()

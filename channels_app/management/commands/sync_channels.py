@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from channels_app.config import ConfigError, load_config
-from channels_app.registry_sync import SyncConflict, channels_sync
+from channels_app.registry.sync import SyncConflict, channels_sync
 
 
 class Command(BaseCommand):

@@ -1,0 +1,1 @@
+"""Where the service relies on private parts of daphne, Twisted, uvicorn and autobahn."""

@@ -1,0 +1,301 @@
+"""Per-instance fan-out: the layer carries each message once per instance, and the hub encodes it once
+per transport for every local subscription (docs/architecture.md, "Why the code is shaped this way").
+
+Messages carry per-channel offsets, so a message the layer dropped is noticed as a hole and re-read
+from history; only what history no longer holds is lost, and subscribers are told with a ``gap``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from .. import counters
+from ..config import events_per_turn
+from ..errors import ApplicationError, client_id_replaced
+from ..messages import Message, utc_timestamp
+from ..naming import HUB_CHANNEL_PREFIX, REGISTRY_GROUP, SERVER_CLIENT_ID, channel_group
+from ..state.history import Gap
+from .subscription import Subscription
+
+logger = logging.getLogger(__name__)
+
+# Channel layers forget group members after group_expiry (a day by default); re-joining every
+# hour keeps long-lived subscriptions alive.
+GROUP_REFRESH_SECONDS = 3600
+
+
+class Hub:
+    """Joins channel groups for this instance and fans messages out to local subscriptions."""
+
+    def __init__(self, runtime, *, on_unsubscribe: Callable[[], None] | None = None):
+        """``runtime`` supplies the layer, history, registry and counters, read when used (so the hub
+        always works with the runtime's own); ``on_unsubscribe`` runs for every subscription that ends."""
+        self.runtime = runtime
+        self.layer = runtime.layer
+        self.stats = runtime.stats
+        self.events_per_turn = events_per_turn(runtime.server)
+        self._on_unsubscribe = on_unsubscribe
+        self.channel_name: str | None = None
+        self._local: dict[str, set[Subscription]] = {}
+        self._next_offset: dict[str, tuple[str, int]] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Create the hub's layer channel and start its receive loop (once per process)."""
+        if self.channel_name is not None:
+            return
+        async with self._start_lock:
+            if self.channel_name is not None:
+                return
+            self.channel_name = await self.layer.new_channel(HUB_CHANNEL_PREFIX)
+            await self.layer.group_add(REGISTRY_GROUP, self.channel_name)
+            # A fresh context: the hub serves every connection, so it must not carry the
+            # request id of the connection that happened to start it.
+            self._tasks = [
+                asyncio.create_task(self._receive_loop(), name="realtime-hub-receive", context=contextvars.Context()),
+                asyncio.create_task(self._refresh_loop(), name="realtime-hub-refresh", context=contextvars.Context()),
+            ]
+            logger.info("hub listening on %s", self.channel_name)
+
+    async def stop(self) -> None:
+        """Stop the receive loop (tests and shutdown)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def subscribe(self, subscription: Subscription) -> None:
+        """Start fanning the channel's messages out to ``subscription``."""
+        await self.start()
+        channel_id = subscription.channel_id
+        local = self._local.get(channel_id)
+        if local is None:
+            local = self._local[channel_id] = set()
+            local.add(subscription)
+            await self.layer.group_add(channel_group(channel_id), self.channel_name)
+        else:
+            local.add(subscription)
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop delivering to ``subscription``; leave the group when it was the last one here."""
+        channel_id = subscription.channel_id
+        local = self._local.get(channel_id)
+        if local is None or subscription not in local:
+            return
+        local.discard(subscription)
+        if self._on_unsubscribe is not None:
+            self._on_unsubscribe()
+        if not local:
+            del self._local[channel_id]
+            self._next_offset.pop(channel_id, None)
+            await self.layer.group_discard(channel_group(channel_id), self.channel_name)
+
+    def local_counts(self) -> dict[tuple[str, str], int]:
+        """Local subscriptions per ``(channel id, transport)``, for metrics."""
+        counts: dict[tuple[str, str], int] = {}
+        for channel_id, subscriptions in self._local.items():
+            for subscription in subscriptions:
+                key = (channel_id, subscription.transport)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def local_count(self, channel_id: str) -> int:
+        """Subscriptions to ``channel_id`` held by this instance."""
+        return len(self._local.get(channel_id, ()))
+
+    def close_local(self, channel_id: str, error: ApplicationError) -> int:
+        """Close every local subscription of a channel with the error's code; return how many."""
+        body = {"control": "close", "code": error.close_code, **error.as_dict()}
+        return self._close(list(self._local.get(channel_id, ())), error.close_code, body)
+
+    def close_replaced(self, channel_id: str, client_id: str, holder: str) -> int:
+        """Close the local subscription whose slot a newer connection took (4001); return how many."""
+        error = client_id_replaced(channel_id, client_id)
+        body = {"control": "close", "code": error.close_code, **error.as_dict()}
+        replaced = [
+            subscription
+            for subscription in self._local.get(channel_id, ())
+            if subscription.client_id == client_id and subscription.holder == holder
+        ]
+        return self._close(replaced, error.close_code, body)
+
+    def close_all(self, code: int, body: dict) -> int:
+        """Close every local subscription of every channel (graceful shutdown); return how many."""
+        return self._close([s for local in self._local.values() for s in local], code, body)
+
+    @staticmethod
+    def _close(subscriptions: list[Subscription], code: int, body: dict) -> int:
+        for subscription in subscriptions:
+            subscription.close(code, body)
+        return len(subscriptions)
+
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                budget = self.events_per_turn
+                while budget > 0:
+                    event = await self.layer.receive(self.channel_name)
+                    await self.dispatch(event)
+                    budget -= _messages_in(event)
+                # receive() does not yield while events are queued: let the connections' writers
+                # drain their outboxes every few events, or a burst would overflow every one of them.
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One bad event must not stop delivery for the whole instance.
+                logger.exception("hub could not handle a channel-layer event")
+                self.stats.incr(counters.HUB_ERRORS)
+                await asyncio.sleep(0.01)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(GROUP_REFRESH_SECONDS)
+            for group in [REGISTRY_GROUP, *map(channel_group, self._local)]:
+                try:
+                    await self.layer.group_add(group, self.channel_name)
+                except Exception:
+                    logger.exception("could not refresh group membership of %s", group)
+
+    async def dispatch(self, event: dict) -> None:
+        """Handle one event received on the hub's layer channel."""
+        kind = event.get("type")
+        if kind == "realtime.message":
+            await self._on_message(_message_from_event(event))
+        elif kind == "realtime.messages":
+            for message in _messages_from_run_event(event):
+                try:
+                    await self._on_message(message)
+                except Exception:
+                    # As if each message were its own event: the rest of the run is still delivered.
+                    logger.exception("hub could not deliver message %s of a run", message.id)
+                    self.stats.incr(counters.HUB_ERRORS)
+        elif kind == "realtime.close":
+            error = ApplicationError(
+                event.get("error", "closed"),
+                event.get("message", "The server closed this connection."),
+                close_code=int(event.get("code", 4000)),
+            )
+            self.close_local(event["channel_id"], error)
+        elif kind == "realtime.replaced":
+            self.close_replaced(event["channel_id"], event["client_id"], event["holder"])
+        elif kind == "realtime.registry_changed":
+            self.runtime.registry.invalidate()
+        else:
+            logger.warning("hub ignored a channel-layer event of unknown type %r", kind)
+            self.stats.incr(counters.HUB_UNKNOWN_EVENTS)
+
+    async def _on_message(self, message: Message) -> None:
+        local = self._local.get(message.channel_id)
+        if not local:
+            return
+        if message.offset is not None:
+            if not await self._in_sequence(message):
+                return
+        self.deliver(message, local)
+
+    async def _in_sequence(self, message: Message) -> bool:
+        """Track per-channel offsets: drop repeats, repair holes from history."""
+        channel_id = message.channel_id
+        expected = self._next_offset.get(channel_id)
+        if expected is not None and expected[0] == message.epoch and message.offset < expected[1]:
+            self.stats.incr(counters.HUB_DUPLICATES)
+            return False
+        self._next_offset[channel_id] = (message.epoch, message.offset + 1)
+        if expected is None:
+            return True
+        if expected[0] == message.epoch and message.offset > expected[1]:
+            await self._repair(message, expected[1])
+        elif expected[0] != message.epoch and message.offset > 1:
+            # A new epoch (Redis restarted empty) starts at offset 1: what came before this message
+            # was published while the layer re-subscribed, and is read back from the new history.
+            await self._repair(message, 1)
+        return True
+
+    async def _repair(self, message: Message, first_missing: int) -> None:
+        last_missing = message.offset - 1
+        self.stats.incr(counters.LAYER_GAPS)
+        try:
+            channel = await self.runtime.registry.resolve(message.channel_id)
+            recovered = await self.runtime.history.between(channel, first_missing, last_missing)
+        except Exception:
+            logger.exception("could not repair a hole in channel %s", message.channel_id)
+            recovered = []
+        local = self._local.get(message.channel_id, set())
+        for missing in recovered:
+            self.deliver(missing, local)
+        self.stats.incr(counters.LAYER_RECOVERED, len(recovered))
+        lost = (last_missing - first_missing + 1) - len(recovered)
+        if lost > 0:
+            self.stats.incr(counters.MESSAGES_LOST, lost)
+            logger.warning(
+                "channel %s: %d message(s) between offsets %d and %d were dropped by the channel "
+                "layer and are no longer in history",
+                message.channel_id,
+                lost,
+                first_missing,
+                last_missing,
+            )
+            gap = Gap("dropped", f"{message.epoch}-{first_missing - 1}", f"{message.epoch}-{message.offset}")
+            for subscription in local:
+                subscription.send_gap(gap)
+
+    def deliver(self, message: Message, subscriptions) -> None:
+        """Encode ``message`` once per transport and offer it to each subscription."""
+        if message.published_at is not None:
+            self.stats.observe_latency(time.time() - message.published_at)
+        encoded: dict[object, tuple[object, int]] = {}
+        delivered = 0
+        for subscription in tuple(subscriptions):
+            encoder = subscription.encode
+            frame = encoded.get(encoder)
+            if frame is None:
+                frame = encoded[encoder] = encoder(message)
+            if subscription.offer(message, frame[0], frame[1]):
+                delivered += 1
+        self.stats.incr(counters.DELIVERIES, delivered)
+
+
+async def broadcast_registry_change(layer) -> None:
+    """Tell every instance's hub to reload its channel registry cache."""
+    await layer.group_send(REGISTRY_GROUP, {"type": "realtime.registry_changed"})
+
+
+def _messages_in(event: dict) -> int:
+    """How many messages an event carries, as counted against a turn's budget."""
+    if event.get("type") == "realtime.messages":
+        return max(1, len(event.get("messages", ())))
+    return 1
+
+
+def _messages_from_run_event(event: dict) -> list[Message]:
+    """The messages of a ``realtime.messages`` event (``messages.layer_event``), oldest first."""
+    published_at = event.get("published_at") or [None] * len(event["messages"])
+    return [Message.from_wire(wire, published_at=at) for wire, at in zip(event["messages"], published_at, strict=True)]
+
+
+def _message_from_event(event: dict) -> Message:
+    """The message in a ``realtime.message`` event: a full envelope, or a raw ``group_send``."""
+    wire = event.get("message")
+    if wire is not None:
+        return Message.from_wire(wire, published_at=event.get("published_at"))
+    payload = event.get("payload")
+    if not isinstance(payload, str):
+        raise ValueError(
+            "a realtime.message event needs 'payload' as a string: "
+            "group_send(group, {'type': 'realtime.message', 'channel_id': ..., 'payload': '...'})"
+        )
+    return Message(
+        id=str(uuid.uuid4()),
+        channel_id=event["channel_id"],
+        client_id=event.get("client_id", SERVER_CLIENT_ID),
+        payload=payload,
+        created_at=utc_timestamp(),
+        published_at=time.time(),
+    )

@@ -1,0 +1,90 @@
+"""What one process serves with: its state stores, channel layer, hub, registry cache and counters.
+
+A ``Runtime`` is built once per process by the composition root (``channels_app/composition.py``)
+and handed to the routers, endpoints, views and services; tests build their own, with fakes where
+they need them. History and connection slots are the service's shared state: the MEMORY driver
+keeps them in this (single) process, the REDIS driver in Redis, behind the same interfaces
+(``state/base.py``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+from ..config import RealtimeConfig
+from ..registry.cache import ChannelRegistry
+from ..state.base import History, Presence
+from ..state.history import MemoryHistory
+from ..state.presence import MemoryPresence
+from ..stats import Stats
+from .fanout_repair import FanoutRepair
+from .hub import Hub
+from .inflight import InFlight
+
+
+class Runtime:
+    """The stores, layer, hub, registry and counters of one process."""
+
+    def __init__(
+        self,
+        *,
+        config: RealtimeConfig,
+        layer,
+        history: History,
+        presence: Presence,
+        stats: Stats | None = None,
+        registry: ChannelRegistry | None = None,
+        redis=None,
+        on_unsubscribe: Callable[[], None] | None = None,
+    ):
+        self.config = config
+        self.layer = layer
+        self.history = history
+        self.presence = presence
+        self.stats = stats or Stats()
+        self.registry = registry or ChannelRegistry()
+        # The Redis client the stores share (REDIS driver), probed by /readyz; None under MEMORY.
+        self.redis = redis
+        self.hub = Hub(self, on_unsubscribe=on_unsubscribe)
+        self.registry.before_load = self.hub.start
+        self.fanout_repair = FanoutRepair(self)
+        # Set when the instance starts shutting down: readiness fails, new connections are refused.
+        self.draining = False
+        self.in_flight = InFlight()
+        # Per channel id, the queue that sends this process's publishes in runs, in offset order.
+        self.publish_queues: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    @property
+    def server(self):
+        """The ``server`` section of the configuration in force."""
+        return self.config.server
+
+
+def build_runtime(
+    *, config: RealtimeConfig, layer, presence_lease: float, on_unsubscribe: Callable[[], None] | None = None
+) -> Runtime:
+    """A ``Runtime`` with the stores of ``config``'s driver: in this process (MEMORY), or in Redis."""
+    stats = Stats()
+    if config.pubsub.driver != "REDIS":
+        return Runtime(
+            config=config,
+            layer=layer,
+            history=MemoryHistory(),
+            presence=MemoryPresence(),
+            stats=stats,
+            on_unsubscribe=on_unsubscribe,
+        )
+    from ..state.redis import RedisHistory, RedisPresence, redis_client
+
+    redis_config = config.pubsub.redis
+    client = redis_client(redis_config)
+    return Runtime(
+        config=config,
+        layer=layer,
+        history=RedisHistory(client, redis_config.prefix, stats=stats),
+        presence=RedisPresence(client, redis_config.prefix, lease=presence_lease, stats=stats),
+        stats=stats,
+        redis=client,
+        on_unsubscribe=on_unsubscribe,
+    )

@@ -1,0 +1,30 @@
+"""The names of the counters ``stats.Stats`` keeps: every counter is incremented by one of these.
+
+http/metrics.py exports each (tests/test_operations.py checks that none is left out). A name
+ending in ``_`` is a prefix: the rest of a counter's name is the value of the metric's label.
+"""
+
+MESSAGES_PUBLISHED = "messages_published"
+PUBLISH_RUNS = "publish_runs"
+DELIVERIES = "deliveries"
+SLOW_CONSUMER_DISCONNECTS = "slow_consumer_disconnects"
+CONNECTIONS_REPLACED = "connections_replaced"
+MESSAGES_LOST = "messages_lost"
+LAYER_GAPS = "layer_gaps"
+LAYER_RECOVERED = "layer_recovered"
+HUB_DUPLICATES = "hub_duplicates"
+HUB_ERRORS = "hub_errors"
+HUB_UNKNOWN_EVENTS = "hub_unknown_events"
+PUBLISH_ERRORS = "publish_errors"
+PUBLISH_OUTCOMES_UNKNOWN = "publish_outcomes_unknown"
+PUBLISH_OUTCOMES_RECORDED = "publish_outcomes_recorded"
+PUBLISH_OUTCOMES_NOT_RECORDED = "publish_outcomes_not_recorded"
+FANOUT_REPAIRED = "fanout_repaired"
+FANOUT_REPAIRS_ABANDONED = "fanout_repairs_abandoned"
+REDIS_ERRORS = "redis_errors"
+RESUME_GAPS = "resume_gaps"
+
+# Prefixes: the label value follows.
+REFUSALS = "refusals_"  # + the refusal's error code
+FRAMES_REFUSED = "frames_refused_"  # + binary, too_large, read_only or rate_limited
+CONNECTIONS_OPENED = "connections_opened_"  # + ws or sse

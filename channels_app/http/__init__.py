@@ -1,0 +1,1 @@
+"""The HTTP side: the server API, health, metrics, pages and their security."""

@@ -1,0 +1,292 @@
+"""The server API: JSON in, JSON out, errors as ``{"error": code, "message": text}``.
+
+Views are thin: they check the API key, parse the body into typed values and call services.
+``ApplicationError`` becomes its HTTP status here; anything unexpected becomes a 500 with no
+details (it is logged).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from ..channel import CREATE_FIELDS
+from ..core.channel_services import channel_create, channel_delete, channel_draft_parse
+from ..core.publish_queue import Receipt
+from ..core.runtime import Runtime
+from ..core.selectors import channel_as_dict, channel_list
+from ..core.services import message_publish_receipt
+from ..errors import ApplicationError, bad_request
+from ..jsoncodec import json_parse, json_text
+from ..messages import position_parse
+from ..naming import SERVER_CLIENT_ID, client_id_parse
+from ..state.idempotency import MAX_KEY_LENGTH
+from ..tokens import DEFAULT_TTL_SECONDS, token_mint
+from .auth import WWW_AUTHENTICATE, api_key_check
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH_MESSAGES = 100
+# Room for the "#<index>" each item's key gets.
+BATCH_KEY_MAX_LENGTH = MAX_KEY_LENGTH - len(f"#{MAX_BATCH_MESSAGES - 1}")
+MAX_HISTORY_PAGE = 1000
+# The create body's whole-number fields (see whole_numbers).
+_CHANNEL_WHOLE_NUMBERS = tuple(field.api for field in CREATE_FIELDS if field.kind == "int")
+
+
+def database_unavailable() -> ApplicationError:
+    """The database cannot be reached (503); channels already known keep serving from the cache."""
+    return ApplicationError(
+        "database_unavailable",
+        "The database is unreachable right now, so this change could not be made; retry shortly. "
+        "Existing channels keep serving.",
+        status=503,
+    )
+
+
+def json_error(error: ApplicationError) -> JsonResponse:
+    """An ``ApplicationError`` as its JSON response."""
+    response = JsonResponse(error.as_dict(), status=error.status)
+    if error.status == 401:
+        response["WWW-Authenticate"] = WWW_AUTHENTICATE
+    return response
+
+
+def api_endpoint(*methods: str, authenticated: bool = True, served_before_django: tuple[str, ...] = ()):
+    """Wrap an async view: allowed methods, API key, and errors turned into JSON responses.
+
+    ``served_before_django`` names methods the same URL answers in transports/routing.py (``GET`` on the
+    channel URL), so that a 405's ``Allow`` header lists every method the URL supports.
+    """
+    allowed = ", ".join((*served_before_django, *methods))
+
+    def decorate(view):
+        @csrf_exempt
+        @functools.wraps(view)
+        async def handler(request: HttpRequest, *args, **kwargs):
+            if request.method not in methods:
+                response = JsonResponse(
+                    {"error": "method_not_allowed", "message": f"Use {allowed.replace(', ', ' or ')} on this URL."},
+                    status=405,
+                )
+                response["Allow"] = allowed
+                return response
+            runtime = request.realtime
+            try:
+                if authenticated:
+                    api_key_check(request.headers.get("Authorization"))
+                if runtime.draining and request.method != "GET":
+                    raise ApplicationError(
+                        "draining", "This instance is shutting down; retry against another one.", status=503
+                    )
+                with runtime.in_flight:
+                    return await view(request, *args, **kwargs)
+            except ApplicationError as error:
+                return json_error(error)
+            except RequestDataTooBig:
+                return json_error(ApplicationError("payload_too_large", "The request body is too large.", status=413))
+            except (OperationalError, InterfaceError) as exc:
+                # The database is down or unreachable: say so, and log one line rather than a traceback.
+                logger.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
+                return json_error(database_unavailable())
+            except Exception:
+                logger.exception("unexpected error in %s %s", request.method, request.path)
+                return JsonResponse(
+                    {"error": "internal_error", "message": "The server failed to handle this request; it was logged."},
+                    status=500,
+                )
+
+        handler.allowed_methods = methods
+        handler.authenticated = authenticated
+        return handler
+
+    return decorate
+
+
+def json_body(request: HttpRequest) -> object:
+    """The request body parsed as JSON within jsoncodec's limits; 400 when it is not such JSON."""
+    return json_parse(request.body)
+
+
+def whole_numbers(body: object, *fields: str) -> object:
+    """``body`` with integral floats (``3.0``) in ``fields`` turned into ints.
+
+    JSON has one number type and JSON Schema counts ``3.0`` as an integer; Python's parser does
+    not, so a client (or a generator following the OpenAPI document) sending ``3.0`` would be
+    refused for a value the document allows.
+    """
+    if not isinstance(body, dict):
+        return body
+    return {
+        key: int(value) if key in fields and isinstance(value, float) and value.is_integer() else value
+        for key, value in body.items()
+    }
+
+
+def payload_text(body: object) -> str:
+    """The message payload of a push body: a string as is, any other JSON value as its JSON text."""
+    if not isinstance(body, dict) or "payload" not in body:
+        raise bad_request('The body must be a JSON object with a payload: {"payload": "..."}.', field="payload")
+    payload = body["payload"]
+    return payload if isinstance(payload, str) else json_text(payload)
+
+
+def message_receipt(receipt: Receipt) -> dict:
+    """What a push answers: the message's id, offset and resume position, and ``"fanout": "pending"``
+    when the channel layer refused it for now (it is recorded, and handed over once the layer is back)."""
+    message = receipt.message
+    body = {
+        "id": message.id,
+        "channelId": message.channel_id,
+        "offset": message.offset,
+        "epoch": message.epoch,
+        "position": message.position,
+        "createdAt": message.created_at,
+    }
+    if receipt.fanout_pending:
+        body["fanout"] = "pending"
+    return body
+
+
+def receipt_status(receipt: Receipt) -> int:
+    """201 Created, or 202 Accepted while the message's hand-over to subscribers is pending."""
+    return 202 if receipt.fanout_pending else 201
+
+
+def _require_push_allowed(runtime: Runtime) -> None:
+    if not runtime.server.allow_push_server_messages:
+        raise ApplicationError(
+            "push_disabled",
+            "Pushing messages is disabled: set server.allow_push_server_messages: true.",
+            status=403,
+        )
+
+
+async def _push(runtime: Runtime, reference: str, payload: str, idempotency_key: str | None = None) -> Receipt:
+    channel = await runtime.registry.resolve(reference)
+    return await message_publish_receipt(
+        channel=channel, payload=payload, client_id=SERVER_CLIENT_ID, idempotency_key=idempotency_key, runtime=runtime
+    )
+
+
+@api_endpoint("GET", "POST")
+async def channel_messages(request: HttpRequest, channel: str):
+    """``POST /api/v1/channels/<channel>/messages`` publishes; ``GET`` reads history."""
+    if request.method == "GET":
+        return await _history(request, channel)
+    return await _push_one(request, channel)
+
+
+async def _push_one(request: HttpRequest, channel: str) -> JsonResponse:
+    _require_push_allowed(request.realtime)
+    payload = payload_text(json_body(request))
+    receipt = await _push(request.realtime, channel, payload, request.headers.get("Idempotency-Key"))
+    response = JsonResponse(message_receipt(receipt), status=receipt_status(receipt))
+    if receipt.replayed:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
+@api_endpoint("POST")
+async def messages_push_batch(request: HttpRequest):
+    """``POST /api/v1/messages``: publish to many channels; each result is reported.
+
+    With an ``Idempotency-Key``, item ``i`` is published under the key ``<key>#<i>``: a retried
+    batch publishes each item once, and answers the items published before with their receipts.
+    """
+    _require_push_allowed(request.realtime)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= BATCH_KEY_MAX_LENGTH:
+        raise bad_request(f"Idempotency-Key must be 1 to {BATCH_KEY_MAX_LENGTH} characters on a batch.")
+    body = json_body(request)
+    items = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        raise bad_request('The body must be {"messages": [{"channel": "...", "payload": "..."}, ...]}.')
+    if len(items) > MAX_BATCH_MESSAGES:
+        raise bad_request(f"At most {MAX_BATCH_MESSAGES} messages per request; split the batch.")
+    results = []
+    for index, item in enumerate(items):
+        try:
+            if not isinstance(item, dict) or not isinstance(item.get("channel"), str):
+                raise bad_request(f"messages[{index}] must be an object with a channel and a payload.")
+            item_key = None if key is None else f"{key}#{index}"
+            receipt = await _push(request.realtime, item["channel"], payload_text(item), item_key)
+            result = {"channel": item["channel"], "status": receipt_status(receipt), **message_receipt(receipt)}
+            if receipt.replayed:
+                result["replayed"] = True
+            results.append(result)
+        except ApplicationError as error:
+            channel_reference = item.get("channel") if isinstance(item, dict) else None
+            results.append({"channel": channel_reference, "status": error.status, **error.as_dict()})
+    published = sum(1 for result in results if result["status"] in (201, 202))
+    return JsonResponse({"published": published, "failed": len(results) - published, "results": results})
+
+
+@api_endpoint("GET", "POST")
+async def channels_collection(request: HttpRequest):
+    """``GET /api/v1/channels`` lists channels; ``POST`` creates one (the Go service's body)."""
+    if request.method == "GET":
+        return JsonResponse({"channels": await channel_list(runtime=request.realtime)})
+    server = request.realtime.server
+    if not server.allow_create_new_channels:
+        raise ApplicationError(
+            "create_disabled",
+            "Creating channels is disabled: set server.allow_create_new_channels: true.",
+            status=403,
+        )
+    draft = channel_draft_parse(whole_numbers(json_body(request), *_CHANNEL_WHOLE_NUMBERS), server=server)
+    channel = await channel_create(draft=draft)
+    return JsonResponse(channel_as_dict(channel, 0), status=201)
+
+
+@api_endpoint("DELETE", served_before_django=("GET",))
+async def channel_item(request: HttpRequest, channel: str):
+    """``DELETE /api/v1/channels/<channel>``: remove an API- or admin-created channel (closes with 4410)."""
+    deleted = await channel_delete(reference=channel, runtime=request.realtime)
+    return JsonResponse({"id": deleted.id, "name": deleted.name, "deleted": True})
+
+
+async def _history(request: HttpRequest, channel: str) -> JsonResponse:
+    runtime = request.realtime
+    channel_info = await runtime.registry.resolve(channel)
+    since = position_parse(request.GET.get("since"))
+    replay = await runtime.history.since(channel_info, since or position_parse("0"))
+    gap = replay.gap if since is not None else None
+    limit_raw = request.GET.get("limit", str(MAX_HISTORY_PAGE))
+    # isascii(): isdigit() alone accepts digits int() refuses, such as "²".
+    if not (limit_raw.isascii() and limit_raw.isdigit()) or not 1 <= int(limit_raw) <= MAX_HISTORY_PAGE:
+        raise bad_request(f"limit must be a whole number from 1 to {MAX_HISTORY_PAGE}.", field="limit")
+    messages = replay.messages[: int(limit_raw)]
+    return JsonResponse(
+        {
+            "channelId": channel_info.id,
+            "messages": [message.as_wire() for message in messages],
+            "gap": gap.as_wire() if gap else None,
+            "more": len(replay.messages) > len(messages),
+        }
+    )
+
+
+@api_endpoint("POST")
+async def tokens_create(request: HttpRequest):
+    """``POST /api/v1/tokens``: mint a subscriber token for a private channel."""
+    body = whole_numbers(json_body(request), "ttl")
+    if not isinstance(body, dict) or not isinstance(body.get("channel"), str):
+        raise bad_request('The body must be {"channel": "...", "clientId": "...", "ttl": 3600, "publish": false}.')
+    channel = await request.realtime.registry.resolve(body["channel"])
+    client_id = client_id_parse(body.get("clientId"))
+    ttl = body.get("ttl", DEFAULT_TTL_SECONDS)
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise bad_request("ttl must be a whole number of seconds.", field="ttl")
+    publish = body.get("publish", False)
+    if not isinstance(publish, bool):
+        raise bad_request("publish must be true or false.", field="publish")
+    token = token_mint(channel_id=channel.id, client_id=client_id, ttl=ttl, can_publish=publish)
+    return JsonResponse(
+        {"token": token, "channelId": channel.id, "clientId": client_id, "ttl": ttl, "publish": publish}, status=201
+    )

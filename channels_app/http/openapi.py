@@ -1,0 +1,354 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at ``/api/v1/openapi.json``.
+
+Limits, patterns and a channel's fields are taken from the code that enforces them.
+tests/test_openapi.py checks that every API route and method is described here and nothing else,
+and that the document's limits are the code's.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+
+from ..channel import CREATE_FIELDS, DESCRIPTION, ChannelField
+from ..identity import IDENTIFIER_JSON_PATTERN
+from ..messages import POSITION_JSON_PATTERN
+from ..naming import CLIENT_ID_JSON_PATTERN, SERVER_CLIENT_ID
+from ..state.idempotency import IDEMPOTENCY_WINDOW_SECONDS, MAX_KEY_LENGTH
+from ..tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from .api import BATCH_KEY_MAX_LENGTH, MAX_BATCH_MESSAGES, MAX_HISTORY_PAGE, api_endpoint
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _json_body(schema: dict) -> dict:
+    """A required JSON request body."""
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _object(properties: dict, *, required: list[str] | None = None, closed: bool = False) -> dict:
+    """A JSON object schema; ``closed`` refuses properties not listed."""
+    schema: dict = {"type": "object"}
+    if required:
+        schema["required"] = required
+    if closed:
+        schema["additionalProperties"] = False
+    schema["properties"] = properties
+    return schema
+
+
+def _errors(*statuses: int) -> dict:
+    descriptions = {
+        400: "Bad request: the body or query is invalid.",
+        401: "Missing or invalid API key.",
+        403: "Disabled by the server configuration.",
+        404: "Unknown channel.",
+        409: "Conflict.",
+        413: "Payload too large.",
+        422: "Unprocessable: the request cannot be carried out as asked.",
+        503: "Not done: Redis could not be reached before anything was sent (nothing was published).",
+        504: "Outcome unknown: Redis did not answer in time; retry with the same Idempotency-Key.",
+    }
+    return {str(status): _json(_ref("Error"), descriptions[status]) for status in statuses}
+
+
+def _channel_property(field: ChannelField | None, *, bounded: bool = False) -> dict:
+    """The JSON schema of a channel field (None: the live connection count); ``bounded`` adds its limits."""
+    if field is None:
+        return {"type": "integer"}
+    if field.kind == "identifier":
+        return {"type": "string", **({"pattern": IDENTIFIER_JSON_PATTERN} if bounded else {})}
+    if field.kind == "choice":
+        return {"type": "string", "enum": list(field.choices)}
+    if field.kind == "int":
+        return {"type": "integer", **({"minimum": field.minimum, "maximum": field.maximum} if bounded else {})}
+    return {"type": "boolean"}
+
+
+_CHANNEL_PARAMETER = {
+    "name": "channel",
+    "in": "path",
+    "required": True,
+    "description": "The channel's id or name.",
+    "schema": {"type": "string", "pattern": IDENTIFIER_JSON_PATTERN},
+}
+_BEARER = [{"apiKey": []}]
+_SINCE = {
+    "name": "since",
+    "in": "query",
+    "description": "Resume after this position: <epoch>-<offset>, a bare offset, or a message id.",
+    "schema": {"type": "string", "pattern": POSITION_JSON_PATTERN},
+}
+_CLIENT_ID = {
+    "name": "clientId",
+    "in": "query",
+    "description": f"Who the client is; {SERVER_CLIENT_ID} is reserved.",
+    "schema": {"type": "string", "pattern": CLIENT_ID_JSON_PATTERN, "not": {"const": SERVER_CLIENT_ID}},
+}
+
+
+@cache
+def _document() -> dict:
+    schemas = {
+        "Error": _object({"error": {"type": "string"}, "message": {"type": "string"}}, required=["error", "message"]),
+        "Message": _object(
+            {
+                "id": {"type": "string", "format": "uuid"},
+                "channelId": {"type": "string"},
+                "clientId": {"type": "string"},
+                "payload": {"type": "string"},
+                "createdAt": {"type": "string", "format": "date-time"},
+                "offset": {"type": ["integer", "null"]},
+                "epoch": {"type": ["string", "null"]},
+            },
+            required=["id", "channelId", "clientId", "payload", "createdAt"],
+        ),
+        "Receipt": _object(
+            {
+                "id": {"type": "string"},
+                "channelId": {"type": "string"},
+                "offset": {"type": "integer"},
+                "epoch": {"type": "string"},
+                "position": {"type": "string"},
+                "createdAt": {"type": "string", "format": "date-time"},
+                "fanout": {
+                    "type": "string",
+                    "enum": ["pending"],
+                    "description": "Present (202) when the channel layer refused the recorded message for now: "
+                    "it is handed to subscribers once the layer is back.",
+                },
+            },
+            required=["id", "channelId", "offset", "epoch", "position", "createdAt"],
+        ),
+        "Push": _object(
+            {"payload": {"description": "A string, or any JSON value delivered as its JSON text."}},
+            required=["payload"],
+        ),
+        "Channel": _object(
+            {key: _channel_property(field) for key, field in DESCRIPTION},
+            required=["id", "name", "type", "connections", "max"],
+        ),
+        "ChannelCreate": _object(
+            {field.api: _channel_property(field, bounded=True) for field in CREATE_FIELDS},
+            required=[field.api for field in CREATE_FIELDS if field.required],
+            closed=True,
+        ),
+        "Gap": _object(
+            {
+                "control": {"const": "gap"},
+                "reason": {"type": "string"},
+                "requested": {"type": ["string", "null"]},
+                "earliest": {"type": ["string", "null"]},
+                "message": {"type": "string"},
+            }
+        ),
+    }
+    paths = {
+        "/api/v1/channels": {
+            "get": {
+                "summary": "List channels with live connection counts",
+                "security": _BEARER,
+                "responses": {
+                    "200": _json(
+                        _object({"channels": {"type": "array", "items": _ref("Channel")}}), "The active channels."
+                    ),
+                    **_errors(401),
+                },
+            },
+            "post": {
+                "summary": "Create a channel (the Go service's body)",
+                "security": _BEARER,
+                "requestBody": _json_body(_ref("ChannelCreate")),
+                "responses": {"201": _json(_ref("Channel"), "Created."), **_errors(400, 401, 403, 409)},
+            },
+        },
+        "/api/v1/channels/{channel}": {
+            "parameters": [_CHANNEL_PARAMETER],
+            "get": {
+                "summary": "Subscribe (WebSocket upgrade or SSE stream by channel type), or describe with upgrade=0",
+                "parameters": [
+                    {"name": "upgrade", "in": "query", "schema": {"type": "string", "enum": ["0"]}},
+                    _CLIENT_ID,
+                    _SINCE,
+                    {"name": "token", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The channel (upgrade=0) or an event stream (SSE channels).",
+                        "content": {"application/json": {"schema": _ref("Channel")}, "text/event-stream": {}},
+                    },
+                    **_errors(400, 401, 403, 404, 409, 422),
+                },
+            },
+            "delete": {
+                "summary": "Delete an API- or admin-created channel; its connections close with 4410",
+                "security": _BEARER,
+                "responses": {
+                    "200": _json(
+                        _object({"id": {"type": "string"}, "name": {"type": "string"}, "deleted": {"type": "boolean"}}),
+                        "Deleted.",
+                    ),
+                    **_errors(401, 404, 409),
+                },
+            },
+        },
+        "/api/v1/channels/{channel}/messages": {
+            "parameters": [_CHANNEL_PARAMETER],
+            "post": {
+                "summary": "Push a message (clientId server-message)",
+                "security": _BEARER,
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "description": "Retries with the same key publish once, whatever became of the first "
+                        f"attempt's answer (remembered for {IDEMPOTENCY_WINDOW_SECONDS // 3600} hours, per channel). "
+                        "Reused for another payload: 422.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+                    }
+                ],
+                "requestBody": _json_body(_ref("Push")),
+                "responses": {
+                    "201": _json(_ref("Receipt"), "Published."),
+                    "202": _json(_ref("Receipt"), "Published (recorded); its hand-over to subscribers is pending."),
+                    **_errors(400, 401, 403, 404, 413, 422, 503, 504),
+                },
+            },
+            "get": {
+                "summary": "Read the channel's recent history",
+                "security": _BEARER,
+                "parameters": [
+                    _SINCE,
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_HISTORY_PAGE},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        _object(
+                            {
+                                "channelId": {"type": "string"},
+                                "messages": {"type": "array", "items": _ref("Message")},
+                                "gap": {"oneOf": [_ref("Gap"), {"type": "null"}]},
+                                "more": {"type": "boolean"},
+                            }
+                        ),
+                        "Messages after the position, oldest first.",
+                    ),
+                    **_errors(400, 401, 404),
+                },
+            },
+        },
+        "/api/v1/messages": {
+            "post": {
+                "summary": f"Publish to many channels in one request (at most {MAX_BATCH_MESSAGES} messages)",
+                "security": _BEARER,
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "description": "Item i is published under <key>#<i>: a retried batch publishes each item once "
+                        '(items published before are answered with their receipts and "replayed": true).',
+                        "schema": {"type": "string", "minLength": 1, "maxLength": BATCH_KEY_MAX_LENGTH},
+                    }
+                ],
+                "requestBody": _json_body(
+                    _object(
+                        {
+                            "messages": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": MAX_BATCH_MESSAGES,
+                                # Each item is checked on its own: a malformed one is
+                                # reported in results (status 400), the others are published.
+                                "items": {
+                                    "description": 'One message: {"channel": "<id or name>", "payload": ...}; '
+                                    "a malformed item is reported in results with status 400.",
+                                    "examples": [{"channel": "chat", "payload": "hello"}],
+                                },
+                            }
+                        },
+                        required=["messages"],
+                    )
+                ),
+                "responses": {
+                    "200": _json(
+                        _object(
+                            {
+                                "published": {"type": "integer"},
+                                "failed": {"type": "integer"},
+                                "results": {"type": "array", "items": {"type": "object"}},
+                            }
+                        ),
+                        "One result per message, in order.",
+                    ),
+                    **_errors(400, 401, 403),
+                },
+            },
+        },
+        "/api/v1/tokens": {
+            "post": {
+                "summary": "Mint a subscriber token for a private channel",
+                "security": _BEARER,
+                "requestBody": _json_body(
+                    _object(
+                        {
+                            "channel": {"type": "string"},
+                            "clientId": {"type": "string"},
+                            "ttl": {"type": "integer", "minimum": MIN_TTL_SECONDS, "maximum": MAX_TTL_SECONDS},
+                            "publish": {"type": "boolean"},
+                        },
+                        required=["channel"],
+                    )
+                ),
+                "responses": {
+                    "201": _json(
+                        _object(
+                            {
+                                "token": {"type": "string"},
+                                "channelId": {"type": "string"},
+                                "clientId": {"type": "string"},
+                                "ttl": {"type": "integer"},
+                                "publish": {"type": "boolean"},
+                            }
+                        ),
+                        "The token.",
+                    ),
+                    **_errors(400, 401, 404),
+                },
+            },
+        },
+        "/api/v1/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "The OpenAPI document."}}},
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Realtime API", "version": "1.0.0"},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def openapi_document(*, server_url: str = "/") -> dict:
+    """The document, with ``servers`` set to where the API is served."""
+    return {**_document(), "servers": [{"url": server_url}]}
+
+
+@api_endpoint("GET", authenticated=False)
+async def openapi_json(request: HttpRequest):
+    """``GET /api/v1/openapi.json``: the OpenAPI document of this API."""
+    return JsonResponse(openapi_document(server_url=settings.FORCE_SCRIPT_NAME or "/"))

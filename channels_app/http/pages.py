@@ -1,0 +1,114 @@
+"""The chat and notifications pages (``/web/chat/``, ``/web/notifications/``).
+
+Each page exists only when its ``server.render_*_html`` flag is on; otherwise it answers 404, as
+if it did not exist. The views only list channels and hand the page its settings as a JSON block
+(``json_script``): everything else happens in the browser through ``static/realtime/realtime.js``.
+Pages carry no inline script, handler or style, so a strict Content-Security-Policy can serve them.
+"""
+
+from __future__ import annotations
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.http import require_safe
+
+from ..channel import ChannelInfo
+from .auth import api_open_for_debug
+
+
+def channel_choices(channels: list[ChannelInfo], *, transport: str, requested: str | None) -> tuple[list[dict], str]:
+    """The channels of one transport for the page's picker, and the one to select.
+
+    A ``?channel=`` naming no listed channel is kept as an extra choice, so the page can try it and
+    explain the server's refusal in words rather than silently picking another channel.
+    """
+    choices = [
+        {"id": channel.id, "name": channel.name, "private": channel.private}
+        for channel in channels
+        if channel.type == transport
+    ]
+    if requested:
+        for choice in choices:
+            if requested in (choice["id"], choice["name"]):
+                return choices, choice["id"]
+        choices.append({"id": requested, "name": requested, "private": False})
+        return choices, requested
+    return choices, choices[0]["id"] if choices else ""
+
+
+def page_config(*, server, transport: str, channels: list[dict], selected: str) -> dict:
+    """What every page's script needs: where channels live and which ones to offer."""
+    messages_url = reverse("channel-messages", kwargs={"channel": "__channel__"})
+    return {
+        "transport": transport,
+        "channelsUrl": messages_url.removesuffix("__channel__/messages"),
+        "channels": channels,
+        "selected": selected,
+        "maxMessageSize": server.max_message_size,
+    }
+
+
+def navigation(server) -> list[dict]:
+    """Links to the pages that are switched on."""
+    links = []
+    if server.render_chat_html:
+        links.append({"url": reverse("web-chat"), "label": "Chat", "key": "chat"})
+    if server.render_notifications_html:
+        links.append({"url": reverse("web-notifications"), "label": "Notifications", "key": "notifications"})
+    return links
+
+
+async def render_page(
+    request: HttpRequest,
+    *,
+    page: str,
+    title: str,
+    switched_on: bool,
+    transport: str,
+    extra_config: dict | None = None,
+) -> HttpResponse:
+    """Render ``realtime/<page>.html`` offering the channels of ``transport``, or 404 when the page is off.
+
+    ``extra_config`` adds the page's own settings to what its script receives (and the template reads).
+    """
+    if not switched_on:
+        raise Http404(f"The {page} page is off: set server.render_{page}_html: true.")
+    runtime = request.realtime
+    channels, selected = channel_choices(
+        await runtime.registry.all(), transport=transport.upper(), requested=request.GET.get("channel")
+    )
+    config = page_config(server=runtime.server, transport=transport, channels=channels, selected=selected) | (
+        extra_config or {}
+    )
+    context = {
+        "config": config,
+        "channels": channels,
+        "selected": selected,
+        "nav": navigation(runtime.server),
+        "page": page,
+        "title": title,
+    }
+    return render(request, f"realtime/{page}.html", context)
+
+
+@require_safe
+async def chat(request: HttpRequest) -> HttpResponse:
+    """``GET /web/chat/``: talk on a WebSocket channel (``?channel=`` preselects one)."""
+    server = request.realtime.server
+    return await render_page(request, page="chat", title="Chat", switched_on=server.render_chat_html, transport="ws")
+
+
+@require_safe
+async def notifications(request: HttpRequest) -> HttpResponse:
+    """``GET /web/notifications/``: follow an SSE channel, and push test notifications when allowed."""
+    server = request.realtime.server
+    push_settings = {"allowPush": server.allow_push_server_messages, "apiKeyRequired": not api_open_for_debug()}
+    return await render_page(
+        request,
+        page="notifications",
+        title="Notifications",
+        switched_on=server.render_notifications_html,
+        transport="sse",
+        extra_config=push_settings,
+    )

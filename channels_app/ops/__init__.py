@@ -1,0 +1,1 @@
+"""Running the process: graceful shutdown, GC tuning, log format and redaction."""

@@ -1,0 +1,1 @@
+"""State behind small interfaces, each with a memory and a Redis implementation: history, presence."""

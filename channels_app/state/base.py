@@ -1,0 +1,56 @@
+"""The interfaces of the state stores: each has a memory implementation (the MEMORY driver's single
+instance) and a Redis one (shared by every instance), held to one contract by the same tests
+(``tests/test_history_contract.py``, ``tests/test_presence.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from ..channel import ChannelInfo
+from ..messages import Message, Position
+from .history import Draft, Recorded, Replay
+
+
+class History(Protocol):
+    """Each channel's recent messages: stamping (offsets, epoch), idempotency keys and resume."""
+
+    async def append_many(self, channel: ChannelInfo, drafts: Sequence[Draft]) -> list[Recorded]:
+        """Stamp and record a run of drafts, atomically; a draft whose key is known is not recorded again."""
+
+    async def since(self, channel: ChannelInfo, position: Position) -> Replay:
+        """Messages after ``position``, oldest first, with a ``Gap`` when some are gone."""
+
+    async def between(self, channel: ChannelInfo, first: int, last: int) -> list[Message]:
+        """Messages with ``first <= offset <= last`` still held."""
+
+    async def find(self, channel: ChannelInfo, message_ids: Sequence[str]) -> list[Message]:
+        """The messages with these ids still held, oldest first."""
+
+    async def head(self, channel_id: str) -> int:
+        """The offset of the newest message published on the channel (0 when none)."""
+
+    async def forget(self, channel_id: str) -> None:
+        """Drop a deleted channel's history; its next publish starts a new epoch."""
+
+
+class Presence(Protocol):
+    """Connection slots: ``max_of_channel_connections`` and one connection per clientId."""
+
+    async def acquire(self, channel: ChannelInfo, client_id: str, holder: str, *, replace: bool = False) -> str | None:
+        """Take a slot for ``client_id`` (or, with ``replace``, its live one, returning the old holder)."""
+
+    async def release(self, channel_id: str, client_id: str, holder: str) -> None:
+        """Give the slot back if ``holder`` still has it."""
+
+    async def holds(self, channel_id: str, client_id: str, holder: str) -> bool:
+        """Whether ``holder`` still has the slot of ``client_id``."""
+
+    async def contains(self, channel_id: str, client_id: str) -> bool:
+        """Whether ``client_id`` holds a slot on the channel."""
+
+    async def count(self, channel_id: str) -> int:
+        """Live connections on one channel."""
+
+    async def counts(self, channel_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """Live connections per channel id, for channels with any."""

@@ -1,0 +1,583 @@
+"""Cluster-wide state for the REDIS driver: history, connection slots and idempotency keys.
+
+Same interfaces as the in-memory classes (``MemoryHistory``, ``MemoryPresence``), so the realtime
+path does not know which driver runs. Every instance talks to one bounded connection pool; each
+operation has short timeouts, so when Redis is away callers get an error at once (turned into 503 /
+a WebSocket error frame) instead of hanging. A history append is never retried by the client
+library: a retried script would publish twice.
+
+Keys (``<prefix>`` is ``pubsub.redis.prefix``; ``{id}`` keeps a channel's keys in one slot):
+- ``<prefix>:h:{id}:epoch`` and ``:seq``: the history's epoch and last offset (kept 30 days idle);
+  ``:inc``: which incarnation of the channel (its registry row) the history belongs to.
+- ``<prefix>:h:{id}:log``: a stream of recent messages, trimmed to ``history_size``; entries older
+  than ``history_ttl`` are skipped on read and the stream expires when idle that long.
+- ``<prefix>:p:{id}``: a sorted set of connected clientIds scored by lease expiry. Each instance
+  renews its connections' leases every third of the lease; the connections of an instance that
+  died without closing them stop counting when the lease runs out
+  (``REALTIME_PRESENCE_LEASE_SECONDS``, default 30 s).
+- ``<prefix>:ph:{id}``: a hash from each connected clientId to its connection's holder token, so
+  that only that connection releases or renews the slot (``server.duplicate_client_id``).
+- ``<prefix>:idem:{id}:<incarnation>:<key>``: the receipt of a push made with an ``Idempotency-Key``,
+  written by the same script that records the message (24 h).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import json
+import logging
+import time
+from collections.abc import Sequence
+
+import redis.asyncio as redis
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import NoScriptError
+from redis.maint_notifications import MaintNotificationsConfig
+
+from ..channel import ChannelInfo
+from ..errors import ApplicationError, channel_full, client_id_taken, publish_outcome_unknown
+from ..messages import Message, Position, utc_timestamp
+from ..stats import Stats
+from .history import Draft, Recorded, Replay, Replayed, new_epoch, replay_after
+from .idempotency import IDEMPOTENCY_WINDOW_SECONDS, idempotency_key_reused
+
+logger = logging.getLogger(__name__)
+
+SEQUENCE_IDLE_SECONDS = 30 * 24 * 3600
+MAX_POOL_CONNECTIONS = 32
+
+
+def redis_unavailable(exc: Exception, *, publishing: bool = False) -> ApplicationError:
+    """Redis cannot be reached (503 / 4503); for a publish, nothing was sent, so nothing was published."""
+    consequence = "nothing was published" if publishing else "this could not be done"
+    return ApplicationError(
+        "redis_unavailable",
+        f"The message broker (Redis) is unreachable right now; {consequence}. Retry shortly.",
+        status=503,
+        close_code=4503,
+    )
+
+
+def _translating_redis_errors(method):
+    """Turn a Redis failure into ``redis_unavailable`` (503 / 4503) and count it."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except redis.RedisError as exc:
+            self._stats.incr("redis_errors")
+            logger.warning("Redis call %s failed: %s", method.__qualname__, exc.__class__.__name__)
+            raise redis_unavailable(exc) from exc
+
+    return wrapper
+
+
+def redis_client(config) -> redis.Redis:
+    """One client with a bounded, blocking connection pool for this process."""
+    options = {
+        "socket_connect_timeout": 2,
+        "socket_timeout": 3,
+        "health_check_interval": 15,
+        "retry_on_timeout": False,
+        # redis-py 8 turns "maintenance notifications" (a Redis Enterprise and Cloud feature) on
+        # for RESP3 by default, and while they are on its pool skips the check that replaces a
+        # closed connection: after a Redis restart every connection pooled before it failed its
+        # next command (a 503) although Redis was back.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+    }
+    if config.sentinels:
+        sentinels = [(host, int(port)) for host, port in (address.rsplit(":", 1) for address in config.sentinels)]
+        sentinel = Sentinel(sentinels, socket_connect_timeout=2, socket_timeout=2)
+        return sentinel.master_for(config.master_name, max_connections=MAX_POOL_CONNECTIONS, **options)
+    pool = redis.BlockingConnectionPool.from_url(config.url, max_connections=MAX_POOL_CONNECTIONS, timeout=2, **options)
+    return redis.Redis(connection_pool=pool)
+
+
+class _Keys:
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def epoch(self, channel_id: str) -> str:
+        return f"{self.prefix}:h:{{{channel_id}}}:epoch"
+
+    def seq(self, channel_id: str) -> str:
+        return f"{self.prefix}:h:{{{channel_id}}}:seq"
+
+    def log(self, channel_id: str) -> str:
+        return f"{self.prefix}:h:{{{channel_id}}}:log"
+
+    def presence(self, channel_id: str) -> str:
+        return f"{self.prefix}:p:{{{channel_id}}}"
+
+    def incarnation(self, channel_id: str) -> str:
+        return f"{self.prefix}:h:{{{channel_id}}}:inc"
+
+    def idempotency(self, channel_id: str, incarnation: int, key: str) -> str:
+        return f"{self.prefix}:idem:{{{channel_id}}}:{incarnation}:{key}"
+
+    def presence_holders(self, channel_id: str) -> str:
+        return f"{self.prefix}:ph:{{{channel_id}}}"
+
+
+# Stamping and recording are one atomic step, so offsets are gapless and history never lags them;
+# a draft's Idempotency-Key is recorded in the same step, so a retry finds the message recorded by
+# an attempt whose answer was lost. A channel deleted and created again (a new incarnation) starts
+# over in a new epoch. KEYS: epoch, seq, log, incarnation, then the idempotency keys of the run.
+# ARGV: epoch if new, count, history_size, published_at, history_ttl, idle expiry, created_at,
+# incarnation, idempotency window, then per draft: id, clientId, payload, index of its idempotency
+# key in KEYS (0: none) and its payload's fingerprint. Returns the epoch, then per draft its offset,
+# the receipt JSON recorded under its key earlier, or 'reused' (the key belongs to another payload).
+_APPEND = """
+local epoch = redis.call('GET', KEYS[1])
+local incarnation = redis.call('GET', KEYS[4])
+if incarnation and incarnation ~= ARGV[8] then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  epoch = false
+end
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+local count = tonumber(ARGV[2])
+local size = tonumber(ARGV[3])
+local results = {epoch}
+local appended = 0
+for i = 0, count - 1 do
+  local at = 10 + 5 * i
+  local key_index = tonumber(ARGV[at + 3])
+  local earlier = false
+  if key_index > 0 then
+    earlier = redis.call('GET', KEYS[key_index])
+  end
+  if earlier then
+    if cjson.decode(earlier)['f'] == ARGV[at + 4] then
+      results[#results + 1] = earlier
+    else
+      results[#results + 1] = 'reused'
+    end
+  else
+    local offset = redis.call('INCR', KEYS[2])
+    appended = appended + 1
+    if size > 0 then
+      redis.call('XADD', KEYS[3], offset .. '-1',
+        'i', ARGV[at], 'c', ARGV[at + 1], 'p', ARGV[at + 2], 't', ARGV[7], 'ts', ARGV[4])
+    end
+    if key_index > 0 then
+      local receipt = cjson.encode({f = ARGV[at + 4], i = ARGV[at], c = ARGV[at + 1], o = offset,
+        e = epoch, t = ARGV[7], ts = ARGV[4]})
+      redis.call('SET', KEYS[key_index], receipt, 'EX', tonumber(ARGV[9]))
+    end
+    results[#results + 1] = offset
+  end
+end
+if size > 0 and appended > 0 then
+  redis.call('XTRIM', KEYS[3], 'MAXLEN', size)
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
+end
+redis.call('SET', KEYS[4], ARGV[8], 'EX', tonumber(ARGV[6]))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
+return results
+"""
+
+# KEYS: the channel's slots (clientId -> lease expiry) and holders (clientId -> holder token).
+# ARGV: now, clientId, max connections, lease expiry, key expiry, holder, "replace" or "refuse".
+# Expired slots (an instance that died) go first, a bounded number per call; the rest are not
+# counted (ZCOUNT above now) and go on later calls.
+_ACQUIRE = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 256)
+if #expired > 0 then
+  redis.call('ZREM', KEYS[1], unpack(expired))
+  redis.call('HDEL', KEYS[2], unpack(expired))
+end
+local previous = false
+local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if score and tonumber(score) > tonumber(ARGV[1]) then
+  if ARGV[7] ~= 'replace' then
+    return {'taken'}
+  end
+  previous = redis.call('HGET', KEYS[2], ARGV[2]) or ''
+elseif redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf') >= tonumber(ARGV[3]) then
+  return {'full'}
+end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[6])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+if previous then
+  return {'replaced', previous}
+end
+return {'ok'}
+"""
+
+# Removes a slot only while it carries the holder's token: a replaced connection's late release
+# leaves its successor's slot alone. ARGV: clientId, holder.
+_RELEASE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+# Extends the leases of this instance's slots on one channel. A slot still carrying its holder's
+# token is renewed; one that is gone entirely (Redis restarted, or it expired while Redis was
+# away) is put back, so it counts against the limit again; one another connection took over
+# (``replace``) is left to it and returned. ARGV: lease expiry, key expiry, then clientId and
+# holder of each.
+_RENEW = """
+local taken = {}
+for i = 3, #ARGV, 2 do
+  local owner = redis.call('HGET', KEYS[2], ARGV[i])
+  if owner == ARGV[i + 1] or (not owner and not redis.call('ZSCORE', KEYS[1], ARGV[i])) then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  elseif owner then
+    table.insert(taken, ARGV[i])
+  end
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+return taken
+"""
+
+# Slots renewed per script call: a renewal holds Redis for the whole call.
+RENEWALS_PER_CALL = 500
+
+
+class RedisHistory:
+    """Per-channel history shared by every instance."""
+
+    def __init__(self, client: redis.Redis, prefix: str, *, stats: Stats | None = None, clock=time.time):
+        self._redis = client
+        self._stats = stats or Stats()
+        self._keys = _Keys(prefix)
+        self._append = client.register_script(_APPEND)
+        self._clock = clock
+
+    async def append(self, channel: ChannelInfo, *, payload: str, client_id: str) -> Message:
+        """Stamp a message with the channel's next offset and record it, atomically."""
+        (message,) = await self.append_many(channel, [Draft(payload, client_id)])
+        return message
+
+    async def append_many(self, channel: ChannelInfo, drafts: Sequence[Draft]) -> list[Recorded]:
+        """Stamp a run of drafts with consecutive offsets and record them (and their idempotency
+        keys), atomically and in one round trip; a draft whose key is known is not recorded again.
+
+        Raises ``redis_unavailable`` when the call failed before it was sent (nothing was recorded)
+        and ``publish_outcome_unknown`` when it was sent but not answered (it may yet be recorded).
+        """
+        created_at = utc_timestamp()
+        now = repr(self._clock())
+        keys = [
+            self._keys.epoch(channel.id),
+            self._keys.seq(channel.id),
+            self._keys.log(channel.id),
+            self._keys.incarnation(channel.id),
+        ]
+        args = [
+            new_epoch(),
+            len(drafts),
+            channel.history_size,
+            now,
+            channel.history_ttl,
+            SEQUENCE_IDLE_SECONDS,
+            created_at,
+            channel.incarnation,
+            IDEMPOTENCY_WINDOW_SECONDS,
+        ]
+        for draft in drafts:
+            key_index = 0
+            if draft.idempotency is not None:
+                keys.append(self._keys.idempotency(channel.id, channel.incarnation, draft.idempotency.key))
+                key_index = len(keys)
+            fingerprint = draft.idempotency.fingerprint if draft.idempotency is not None else ""
+            args += [draft.id, draft.client_id, draft.payload, key_index, fingerprint]
+        epoch, *outcomes = await self._run_once(self._append, keys, args)
+        epoch = epoch.decode()
+        return [
+            self._recorded(channel, draft, outcome, epoch, created_at, now)
+            for draft, outcome in zip(drafts, outcomes, strict=True)
+        ]
+
+    @staticmethod
+    def _recorded(channel: ChannelInfo, draft: Draft, outcome, epoch: str, created_at: str, now: str) -> Recorded:
+        if isinstance(outcome, int):
+            return Message(
+                id=draft.id,
+                channel_id=channel.id,
+                client_id=draft.client_id,
+                payload=draft.payload,
+                created_at=created_at,
+                offset=outcome,
+                epoch=epoch,
+                published_at=float(now),
+            )
+        if outcome == b"reused":
+            return idempotency_key_reused()
+        # Recorded earlier under the same key, for the same payload (the fingerprints match).
+        receipt = json.loads(outcome)
+        return Replayed(
+            Message(
+                id=receipt["i"],
+                channel_id=channel.id,
+                client_id=receipt["c"],
+                payload=draft.payload,
+                created_at=receipt["t"],
+                offset=int(receipt["o"]),
+                epoch=receipt["e"],
+                published_at=float(receipt["ts"]),
+            )
+        )
+
+    async def _run_once(self, script, keys: list[str], args: list) -> list:
+        """Run ``script`` once on one pooled connection, never retried, telling apart a failure
+        before the call was sent from one after it (see ``append_many``)."""
+        pool = self._redis.connection_pool
+        try:
+            connection = await pool.get_connection()
+        except (redis.RedisError, OSError) as exc:
+            raise self._not_sent(exc) from exc
+        try:
+            try:
+                await connection.check_health()
+            except (redis.RedisError, OSError) as exc:
+                raise self._not_sent(exc) from exc
+            try:
+                return await _evalsha(connection, script, keys, args)
+            except redis.ResponseError:
+                raise
+            except (redis.RedisError, OSError) as exc:
+                await connection.disconnect()
+                self._stats.incr("publish_outcomes_unknown")
+                logger.warning("Redis did not answer a history append: %s", exc.__class__.__name__)
+                raise publish_outcome_unknown() from exc
+            except BaseException:
+                # Cancelled mid-call: the answer may still arrive, so the connection cannot be reused.
+                await connection.disconnect(nowait=True)
+                raise
+        finally:
+            await pool.release(connection)
+
+    def _not_sent(self, exc: BaseException) -> ApplicationError:
+        self._stats.incr("redis_errors")
+        logger.warning("Redis unreachable before a history append was sent: %s", exc.__class__.__name__)
+        return redis_unavailable(exc, publishing=True)
+
+    async def _state(self, channel: ChannelInfo, first: int | None = None) -> tuple[str | None, int, list[Message]]:
+        start = f"{first}-1" if first is not None else "-"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(self._keys.incarnation(channel.id))
+            pipe.get(self._keys.epoch(channel.id))
+            pipe.get(self._keys.seq(channel.id))
+            pipe.xrange(self._keys.log(channel.id), min=start, max="+")
+            incarnation, epoch, seq, entries = await pipe.execute()
+        if incarnation is not None and int(incarnation) != channel.incarnation:
+            # An earlier channel with the same id: its history is not this channel's.
+            return None, 0, []
+        epoch = epoch.decode() if epoch else None
+        oldest_allowed = self._clock() - channel.history_ttl
+        messages = []
+        for entry_id, fields in entries:
+            published_at = float(fields[b"ts"])
+            if published_at < oldest_allowed:
+                continue
+            messages.append(
+                Message(
+                    id=fields[b"i"].decode(),
+                    channel_id=channel.id,
+                    client_id=fields[b"c"].decode(),
+                    payload=fields[b"p"].decode("utf-8", "surrogatepass"),
+                    created_at=fields[b"t"].decode(),
+                    offset=int(entry_id.split(b"-")[0]),
+                    epoch=epoch,
+                    published_at=published_at,
+                )
+            )
+        return epoch, int(seq or 0), messages
+
+    @_translating_redis_errors
+    async def since(self, channel: ChannelInfo, position: Position) -> Replay:
+        """Messages after ``position``, oldest first, with a ``Gap`` when some are gone."""
+        epoch, head, held = await self._state(channel)
+        return replay_after(position, held=held, epoch=epoch, head=head)
+
+    @_translating_redis_errors
+    async def between(self, channel: ChannelInfo, first: int, last: int) -> list[Message]:
+        """Messages with ``first <= offset <= last`` still held."""
+        _, _, held = await self._state(channel, first)
+        return [message for message in held if message.offset <= last]
+
+    @_translating_redis_errors
+    async def find(self, channel: ChannelInfo, message_ids: Sequence[str]) -> list[Message]:
+        """The messages with these ids still held, oldest first."""
+        wanted = set(message_ids)
+        _, _, held = await self._state(channel)
+        return [message for message in held if message.id in wanted]
+
+    @_translating_redis_errors
+    async def head(self, channel_id: str) -> int:
+        """The offset of the newest message published on the channel (0 when none)."""
+        return int(await self._redis.get(self._keys.seq(channel_id)) or 0)
+
+    @_translating_redis_errors
+    async def forget(self, channel_id: str) -> None:
+        """Drop a deleted channel's history (a later channel with the same id gets a new epoch)."""
+        await self._redis.delete(
+            self._keys.epoch(channel_id),
+            self._keys.seq(channel_id),
+            self._keys.log(channel_id),
+            self._keys.incarnation(channel_id),
+        )
+
+
+async def _evalsha(connection, script, keys: list[str], args: list):
+    """EVALSHA on ``connection``, loading the script first if this Redis does not know it yet."""
+    try:
+        await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args, check_health=False)
+        return await connection.read_response()
+    except NoScriptError:
+        # Nothing ran: the script is sent whole, and Redis caches it for the next EVALSHA.
+        await connection.send_command("EVAL", script.script, len(keys), *keys, *args, check_health=False)
+        return await connection.read_response()
+
+
+class RedisPresence:
+    """Connection slots counted across every instance, with leases renewed by their holders."""
+
+    def __init__(
+        self, client: redis.Redis, prefix: str, *, lease: float = 30.0, stats: Stats | None = None, clock=time.time
+    ):
+        self._redis = client
+        self._stats = stats or Stats()
+        self._keys = _Keys(prefix)
+        self._lease = lease
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+        self._clock = clock
+        # (channel id, clientId) -> holder, for the connections this instance holds.
+        self._held: dict[tuple[str, str], str] = {}
+        self._renewal: asyncio.Task | None = None
+
+    def _slot_keys(self, channel_id: str) -> list[str]:
+        return [self._keys.presence(channel_id), self._keys.presence_holders(channel_id)]
+
+    @_translating_redis_errors
+    async def acquire(self, channel: ChannelInfo, client_id: str, holder: str, *, replace: bool = False) -> str | None:
+        """Take a cluster-wide slot; refuse when the channel is full or the id is connected anywhere,
+        unless ``replace``: then take the id's slot and return the holder it had."""
+        now = self._clock()
+        outcome = await self._acquire(
+            keys=self._slot_keys(channel.id),
+            args=[
+                repr(now),
+                client_id,
+                channel.max_connections,
+                repr(now + self._lease),
+                int(self._lease * 4) + 1,
+                holder,
+                "replace" if replace else "refuse",
+            ],
+        )
+        outcome = [part.decode() if isinstance(part, bytes) else part for part in outcome]
+        if outcome[0] == "taken":
+            raise client_id_taken(channel.id, client_id)
+        if outcome[0] == "full":
+            raise channel_full(channel.id, channel.max_connections)
+        self._held[(channel.id, client_id)] = holder
+        self._ensure_renewal()
+        return outcome[1] if outcome[0] == "replaced" else None
+
+    async def release(self, channel_id: str, client_id: str, holder: str) -> None:
+        """Give the slot back if ``holder`` still has it; if Redis is away the lease simply runs out."""
+        if self._held.get((channel_id, client_id)) == holder:
+            del self._held[(channel_id, client_id)]
+        try:
+            await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder])
+        except redis.RedisError:
+            logger.warning(
+                "could not release slot of %s on %s; its lease expires in %ss", client_id, channel_id, self._lease
+            )
+
+    @_translating_redis_errors
+    async def holds(self, channel_id: str, client_id: str, holder: str) -> bool:
+        """Whether ``holder`` still has the slot of ``client_id`` (it was not replaced)."""
+        owner = await self._redis.hget(self._keys.presence_holders(channel_id), client_id)
+        return owner is not None and owner.decode() == holder
+
+    @_translating_redis_errors
+    async def contains(self, channel_id: str, client_id: str) -> bool:
+        """Whether ``client_id`` holds a live slot on the channel on any instance."""
+        score = await self._redis.zscore(self._keys.presence(channel_id), client_id)
+        return score is not None and score > self._clock()
+
+    @_translating_redis_errors
+    async def count(self, channel_id: str) -> int:
+        """Live connections on one channel across every instance."""
+        return await self._redis.zcount(self._keys.presence(channel_id), f"({self._clock()!r}", "+inf")
+
+    @_translating_redis_errors
+    async def counts(self, channel_ids=None) -> dict[str, int]:
+        """Live connections per channel id across every instance."""
+        if channel_ids is None:
+            channel_ids = sorted({channel_id for channel_id, _ in self._held})
+        channel_ids = list(channel_ids)
+        now = f"({self._clock()!r}"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel_id in channel_ids:
+                pipe.zcount(self._keys.presence(channel_id), now, "+inf")
+            results = await pipe.execute()
+        return {channel_id: count for channel_id, count in zip(channel_ids, results, strict=True) if count}
+
+    def _ensure_renewal(self) -> None:
+        if self._renewal is None or self._renewal.done():
+            self._renewal = asyncio.create_task(
+                self._renew_forever(), name="realtime-presence-renewal", context=contextvars.Context()
+            )
+
+    async def _renew_forever(self) -> None:
+        while self._held:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                await self.renew()
+            except Exception:
+                # Keep renewing: a Redis outage shorter than the lease costs no connection its slot.
+                logger.exception("could not renew connection leases")
+
+    @_translating_redis_errors
+    async def renew(self) -> None:
+        """Extend the leases of every connection this instance holds.
+
+        Slots lost in a Redis restart are put back, so they count against the limit again. Slots
+        another connection took over (``replace``) are not, and are forgotten here, so that they
+        are not put back once their new holder leaves. A slot released while the renewal was in
+        flight may have been put back too; such slots are released again at once.
+        """
+        held = dict(self._held)
+        if not held:
+            return
+        by_channel: dict[str, list[str]] = {}
+        for (channel_id, client_id), holder in held.items():
+            by_channel.setdefault(channel_id, []).extend((client_id, holder))
+        calls: list[str] = []
+        expiry = repr(self._clock() + self._lease)
+        key_expiry = int(self._lease * 4) + 1
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel_id, pairs in by_channel.items():
+                for start in range(0, len(pairs), 2 * RENEWALS_PER_CALL):
+                    chunk = pairs[start : start + 2 * RENEWALS_PER_CALL]
+                    await self._renew(keys=self._slot_keys(channel_id), args=[expiry, key_expiry, *chunk], client=pipe)
+                    calls.append(channel_id)
+            results = await pipe.execute()
+        for channel_id, taken in zip(calls, results, strict=True):
+            for client_id in taken:
+                key = (channel_id, client_id.decode())
+                if self._held.get(key) == held[key]:
+                    del self._held[key]
+        for (channel_id, client_id), holder in held.items():
+            if self._held.get((channel_id, client_id)) != holder:
+                await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder])

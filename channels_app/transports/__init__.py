@@ -1,0 +1,1 @@
+"""The subscriber endpoints: WebSocket consumer, event stream, ASGI routing."""

@@ -1,0 +1,310 @@
+"""The WebSocket endpoint of WS channels: ``/api/v1/channels/<channel>``.
+
+The consumer is thin: it parses frames and calls services. It joins no channel-layer group
+itself; the instance's hub delivers to it (see core/hub.py), so the consumer needs no layer channel.
+Refusals are sent as a final ``{"control": "close", ...}`` text frame followed by the close
+code, because daphne drops the reason of an ASGI ``websocket.close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable
+
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from ..adapters.servers import (
+    asgi_close_code_allowed,
+    connection_aborter,
+    hold_close_reply,
+    websocket_close_frame_sender,
+)
+from ..core.runtime import Runtime
+from ..core.services import (
+    connection_close,
+    connection_open,
+    message_publish,
+    payload_too_large,
+    publish_forbidden,
+    subscription_start,
+)
+from ..core.subscription import Subscription
+from ..errors import ApplicationError
+from ..messages import Message
+from .ratelimit import TokenBucket
+from .subscribing import flag, new_subscription, query_params
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SLOW_CONSUMER = 4408
+# Frames of one connection being published at once. They enter the channel's publish queue in the
+# order they arrived, so they stay in order, and can travel together as one run (core/publish_queue.py);
+# awaited one by one, a connection could publish no faster than a run's Redis round trips. Beyond
+# this many the consumer stops reading frames until one is done.
+PUBLISHES_IN_FLIGHT = 16
+
+
+def encode_frame(message: Message) -> tuple[str, int]:
+    """A message as one WebSocket text frame, and its size in bytes."""
+    text = message.to_json()
+    return text, len(text.encode("utf-8", "surrogatepass"))
+
+
+def encode_control(body: dict) -> tuple[str, int]:
+    """A control object (gap, error, close) as one WebSocket text frame, and its size in bytes."""
+    text = json.dumps(body, separators=(",", ":"))
+    return text, len(text.encode("utf-8"))
+
+
+class ChannelConsumer(AsyncWebsocketConsumer):
+    """Subscribes a WebSocket to a WS channel and publishes the text frames it sends."""
+
+    # The hub receives from the channel layer for every local connection.
+    channel_layer_alias = None
+
+    def __init__(self, *, runtime: Runtime, channel: str):
+        """``channel``: the channel id or name from the URL (routing.WebSocketRouter matches it)."""
+        super().__init__()
+        self.runtime = runtime
+        self.channel_reference = channel
+
+    async def __call__(self, scope, receive, send):
+        """Run the consumer, and give the connection slot back however it ends. It reads the
+        client's events itself, not through channels' ``AsyncConsumer`` loop, which cost about 2 KB
+        per connection and a thread hand-off per frame (docs/architecture.md)."""
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        self.connection = None
+        self.subscription = None
+        self.outbox = None
+        self._closing = None
+        self._accepted = False
+        self._close_after_accept: tuple[int, dict] | None = None
+        self._released: asyncio.Task | None = None
+        self._publishing: set[asyncio.Task] = set()
+        try:
+            while True:
+                message = await receive()
+                handler = getattr(self, get_handler_name(message), None)
+                if handler is None:
+                    logger.warning("ignored an ASGI event of unknown type %r", message.get("type"))
+                    continue
+                await handler(message)
+        except StopConsumer:
+            pass
+        finally:
+            await self._release()
+            if self._publishing:
+                # Frames read from the client are published even when it has gone.
+                await asyncio.wait(self._publishing)
+
+    async def connect(self):
+        """Admit the connection or refuse it with a documented close code."""
+        runtime = self.runtime
+        query = query_params(self.scope)
+        try:
+            self.connection = await connection_open(
+                reference=self.channel_reference,
+                transport="WS",
+                client_id=query.get("clientId"),
+                since=query.get("since"),
+                echo=flag(query.get("echo")),
+                token=query.get("token"),
+                runtime=runtime,
+            )
+            self._prepare(runtime.server)
+            # The slot is free again before the client's close completes, so a client that
+            # reconnects at once with its clientId to resume is not refused (docs/protocol.md).
+            hold_close_reply(self.base_send, self._release)
+            # Subscribe (and queue the replay) before accepting: once the client sees the
+            # handshake complete, every message published after that reaches it.
+            await subscription_start(connection=self.connection, subscription=self.subscription, runtime=runtime)
+        except ApplicationError as error:
+            await self._release()
+            runtime.stats.incr(f"refusals_{error.code}")
+            logger.info("refused a WebSocket subscriber: %s (close %s)", error.code, error.close_code)
+            await self.accept()
+            await self._send_close(error.close_code, {"control": "close", "code": error.close_code, **error.as_dict()})
+            return
+        await self.accept()
+        self._accepted = True
+        self.outbox.start()
+        if self._close_after_accept is not None:
+            self.close_soon(*self._close_after_accept)
+
+    def _prepare(self, server) -> None:
+        self.bucket = TokenBucket(rate=server.publish_rate, burst=server.publish_burst)
+        self.subscription = new_subscription(
+            runtime=self.runtime,
+            connection=self.connection,
+            send=self.base_send,
+            write=self._write,
+            encode=encode_frame,
+            encode_control=encode_control,
+            on_overflow=self._on_overflow,
+            on_close=self.close_soon,
+            transport="WS",
+        )
+        self.outbox = self.subscription.outbox
+
+    async def receive(self, text_data=None, bytes_data=None):
+        """Publish a text frame to the channel; refuse binary, oversized and too-frequent frames."""
+        connection, subscription = self.connection, self.subscription
+        if connection is None or self._closing is not None:
+            return
+        runtime = self.runtime
+        if text_data is None:
+            runtime.stats.incr("frames_refused_binary")
+            self.close_soon(
+                CLOSE_UNSUPPORTED_DATA,
+                {
+                    "control": "close",
+                    "code": CLOSE_UNSUPPORTED_DATA,
+                    "error": "binary_frame",
+                    "message": "Binary frames are not supported: send text frames.",
+                },
+            )
+            return
+        size = len(text_data.encode("utf-8", "surrogatepass"))
+        if size > runtime.server.max_message_size:
+            error = payload_too_large(size, runtime.server.max_message_size)
+            runtime.stats.incr("frames_refused_too_large")
+            self.close_soon(error.close_code, {"control": "close", "code": error.close_code, **error.as_dict()})
+            return
+        if not connection.can_publish:
+            runtime.stats.incr("frames_refused_read_only")
+            error = publish_forbidden(connection.channel.id)
+            subscription.send_control({"control": "error", "code": error.close_code, **error.as_dict()})
+            return
+        if not self.bucket.allow():
+            runtime.stats.incr("frames_refused_rate_limited")
+            subscription.send_control(
+                {
+                    "control": "error",
+                    "code": 4429,
+                    "error": "rate_limited",
+                    "message": "Publishing too fast: this message was not published; slow down "
+                    f"(server.publish_rate is {runtime.server.publish_rate}/s).",
+                }
+            )
+            return
+        if len(self._publishing) >= PUBLISHES_IN_FLIGHT:
+            await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+            if self.connection is None or self._closing is not None:
+                return  # closed while this frame waited for room, like the frames not yet read
+        publishing = asyncio.create_task(self._publish(connection, subscription, text_data))
+        self._publishing.add(publishing)
+        publishing.add_done_callback(self._published)
+
+    async def _publish(self, connection, subscription: Subscription, text_data: str) -> None:
+        try:
+            # Counted like an accepted push: a draining instance waits for it (shutdown.drain).
+            with self.runtime.in_flight:
+                await message_publish(
+                    channel=connection.channel, payload=text_data, client_id=connection.client_id, runtime=self.runtime
+                )
+        except ApplicationError as error:
+            # The connection may have been closed meanwhile; its subscription then drops this.
+            subscription.send_control({"control": "error", "code": error.close_code, **error.as_dict()})
+
+    def _published(self, publishing: asyncio.Task) -> None:
+        self._publishing.discard(publishing)
+        failure = None if publishing.cancelled() else publishing.exception()
+        if failure is None:
+            return
+        logger.error("publishing a WebSocket frame failed", exc_info=failure)
+        if self.connection is None:
+            return  # the connection is already gone
+        self.close_soon(
+            CLOSE_INTERNAL_ERROR,
+            {
+                "control": "close",
+                "code": CLOSE_INTERNAL_ERROR,
+                "error": "internal_error",
+                "message": "The server failed to publish your message; reconnect with ?since= to resume.",
+            },
+        )
+
+    async def disconnect(self, code):
+        """Release the subscription and the connection slot."""
+        await self._release()
+
+    def close_soon(self, code: int, body: dict) -> None:
+        """Tell the client why, then close with ``code`` (used by the hub and on bad frames)."""
+        if not self._accepted:
+            # The hub may close a connection still replaying before it is accepted (a replaced
+            # clientId, a channel deleted): nothing may be sent before the handshake completes.
+            self._close_after_accept = self._close_after_accept or (code, body)
+            return
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._shutdown(code, body))
+
+    def _on_overflow(self) -> None:
+        self.runtime.stats.incr("slow_consumer_disconnects")
+        logger.info(
+            "disconnecting slow WebSocket client %s on channel %s",
+            self.connection.client_id,
+            self.connection.channel.id,
+        )
+        self.close_soon(
+            CLOSE_SLOW_CONSUMER,
+            {
+                "control": "close",
+                "code": CLOSE_SLOW_CONSUMER,
+                "error": "slow_consumer",
+                "message": "The connection could not keep up with the channel; reconnect with "
+                "?since=<last position> to resume from history.",
+            },
+        )
+
+    async def _shutdown(self, code: int, body: dict) -> None:
+        outbox = self.outbox
+        await self._release()
+        if outbox is not None:
+            # What was already queued goes out before the close (nothing, for a slow consumer).
+            await outbox.flush()
+        abort = connection_aborter(self.base_send) if code == CLOSE_SLOW_CONSUMER else None
+        if abort is not None:
+            # A slow consumer may never read its close frame: daphne drops it 1 s after the close
+            # (autobahn's close handshake timeout); under uvicorn nothing else would.
+            asyncio.get_running_loop().call_later(1.0, abort)
+        try:
+            await self._send_close(code, body)
+        except OSError:
+            # uvicorn's ClientDisconnected, once the abort has run.
+            pass
+
+    async def _send_close(self, code: int, body: dict) -> None:
+        await self.base_send({"type": "websocket.send", "text": json.dumps(body, separators=(",", ":"))})
+        send_close_frame = None if asgi_close_code_allowed(code) else websocket_close_frame_sender(self.base_send)
+        if send_close_frame is not None:
+            send_close_frame(code)
+        else:
+            await self.close(code)
+
+    async def _write(self, frame: str) -> None:
+        await self.base_send({"type": "websocket.send", "text": frame})
+
+    def _release(self) -> Awaitable[None]:
+        """Leave the hub and give the slot back, once, for whichever asks first: the client's close
+        frame (``hold_close_reply``), ``websocket.disconnect``, a close by the server, a refusal."""
+        if self._released is None:
+            connection, subscription = self.connection, self.subscription
+            self.connection = self.subscription = None
+            self._released = asyncio.ensure_future(self._give_back(connection, subscription))
+        # Shielded: a caller cancelled while waiting (a server killing a slow application) does
+        # not stop the release the others wait for.
+        return asyncio.shield(self._released)
+
+    async def _give_back(self, connection, subscription) -> None:
+        if self.outbox is not None:
+            await self.outbox.stop()
+        if connection is not None:
+            await connection_close(connection=connection, subscription=subscription, runtime=self.runtime)

@@ -13,7 +13,7 @@ one that every byte resets and that is off while a request is handled. So, in th
 daphne imports the application before it builds its server, so asgi.py installing this covers
 every way of starting daphne. The private names relied on (``HTTPChannel._command`` and
 ``_path``, ``twisted.web.http._GenericHTTPChannelProtocol``, ``daphne.server.HTTPFactory``) are
-checked by tests/test_request_limits.py. Over HTTP/2 (TLS with ALPN, not served here) none of
+checked by tests/test_private_apis.py. Over HTTP/2 (TLS with ALPN, not served here) none of
 this applies.
 """
 

@@ -7,7 +7,7 @@ head's deadline runs from the connection opening (on a kept-alive connection, fr
 request's first byte) until the request line and headers are in, the body's from then until the
 body is in. The size rule and the API key check run in ``request_limits.RequestLimitMiddleware``;
 uvicorn reads at most 64 KiB of body ahead of it. ``conn`` and ``cycle`` are uvicorn's own
-attributes, checked by tests/test_request_limits.py.
+attributes, checked by tests/test_private_apis.py.
 """
 
 from __future__ import annotations

@@ -142,13 +142,19 @@ CREATE_REQUEST = {
         {"id": "news", "type": "SSE", "maxOfChannelConnections": 500}, "The Go service's body: id, type, limit"
     ),
     "every field": example(
-        {field.api: _CREATE_SAMPLES.get(field.attr, field.default) for field in CREATE_FIELDS},
+        {
+            field.api: _CREATE_SAMPLES.get(field.attr, field.default)
+            for field in CREATE_FIELDS
+            if field.attr in _CREATE_SAMPLES or field.default is not None
+        },
         "Every field; the ones left out take the server's defaults",
     ),
 }
 CREATE_ANSWER = {"created": example(NEWS, "The new channel")}
 LIST_ANSWER = {"channels": example({"channels": [CHAT, NOTIFICATIONS]}, "Two channels and their live connections")}
-_CHAT_INFO = ChannelInfo(CHAT_ID, "my-chat-example", "WS", 100, 100, 3600)
+_CHAT_INFO = ChannelInfo(
+    id=CHAT_ID, name="my-chat-example", type="WS", max_connections=100, history_size=100, history_ttl=3600
+)
 PREFLIGHT_ANSWER = {
     "channel": example(channel_as_dict(_CHAT_INFO, 2, preflight=True), "What ?upgrade=0 says about a channel")
 }

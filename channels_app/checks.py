@@ -15,9 +15,13 @@ def _security(app_configs, **kwargs):
             )
         )
     if not settings.SECRET_KEY_FROM_ENVIRONMENT:
+        kept = settings.SECRET_KEY_FILE
         problems.append(
             checks.Warning(
-                "DJANGO_SECRET_KEY is not set; a random key is used for this process only.",
+                f"DJANGO_SECRET_KEY is not set; the key kept in {kept} is used, by this instance only."
+                if kept is not None
+                else f"DJANGO_SECRET_KEY is not set and {settings.SECRET_KEY_PROBLEM}; a random key is used for "
+                "this process only.",
                 hint="Set DJANGO_SECRET_KEY (and REALTIME_TOKEN_SECRET) to the same value on every instance.",
                 id="realtime.W002",
             )

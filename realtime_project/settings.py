@@ -5,7 +5,10 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
 
 - ``CONFIG_FOLDER_PATH``: the YAML file, or a folder holding ``config.yaml``.
 - ``APP_DEBUG=1``: Django's DEBUG and verbose logging.
-- ``DJANGO_SECRET_KEY``: required when several instances share sessions or tokens.
+- ``DJANGO_SECRET_KEY``: required when several instances share sessions or tokens. Unset, the key
+  is kept in ``<data folder>/secret_key`` (created with mode 0600 on the first start), so a restart
+  keeps admins logged in; without a writable data folder, a random key for this process only.
+- ``REALTIME_DATA_DIR``: the data folder (default: the SQLite database's folder; none with PostgreSQL).
 - ``DJANGO_ALLOWED_HOSTS``: comma-separated host names.
 - ``DATABASE_URL``: ``sqlite:///path`` (default ``sqlite:///db.sqlite3``) or
   ``postgres://user:password@host:5432/name``.
@@ -37,6 +40,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from channels_app.config import ConfigError, load_config
+from channels_app.ops.secret_key import SecretKeyFileError, secret_key_keep
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -112,20 +116,53 @@ except ConfigError as error:
 
 REALTIME_API_KEYS = tuple(REALTIME.server.api_keys) + tuple(_env_list("REALTIME_API_KEYS"))
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(50)
+_DATABASE = _database_from_url(os.environ.get("DATABASE_URL", "sqlite:///db.sqlite3"))
+
+
+def data_folder(database: dict, configured: str | None) -> Path | None:
+    """Where the service keeps its own files: ``REALTIME_DATA_DIR``, else the SQLite database's folder."""
+    if configured:
+        return Path(configured)
+    if database["ENGINE"].endswith("sqlite3"):
+        return Path(database["NAME"]).parent
+    return None
+
+
+REALTIME_DATA_DIR = data_folder(_DATABASE, os.environ.get("REALTIME_DATA_DIR"))
 SECRET_KEY_FROM_ENVIRONMENT = bool(os.environ.get("DJANGO_SECRET_KEY"))
+# Without DJANGO_SECRET_KEY: the key file (SECRET_KEY_FILE), or, when it cannot be kept, a key for
+# this process only and the reason (SECRET_KEY_PROBLEM). Both are logged at start (http/auth.py).
+SECRET_KEY_FILE: Path | None = None
+SECRET_KEY_FILE_CREATED = False
+SECRET_KEY_PROBLEM = ""
+DJANGO_SECURE = _env_flag("DJANGO_SECURE")
+if SECRET_KEY_FROM_ENVIRONMENT:
+    SECRET_KEY = os.environ["DJANGO_SECRET_KEY"]
+elif DJANGO_SECURE:
+    # Refused below, before any file is written.
+    SECRET_KEY = ""
+elif REALTIME_DATA_DIR is None:
+    SECRET_KEY = secrets.token_urlsafe(50)
+    SECRET_KEY_PROBLEM = "no data folder (PostgreSQL and no REALTIME_DATA_DIR)"
+else:
+    try:
+        _kept = secret_key_keep(REALTIME_DATA_DIR)
+    except (OSError, SecretKeyFileError) as error:
+        SECRET_KEY = secrets.token_urlsafe(50)
+        SECRET_KEY_PROBLEM = f"the key file could not be kept in {REALTIME_DATA_DIR} ({error})"
+    else:
+        SECRET_KEY, SECRET_KEY_FILE, SECRET_KEY_FILE_CREATED = _kept.key, _kept.path, _kept.created
 # Signs private-channel tokens; every instance must share it.
 REALTIME_TOKEN_SECRET = os.environ.get("REALTIME_TOKEN_SECRET") or SECRET_KEY
 ALLOWED_HOSTS = _env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 
 # Production behind HTTPS. Off by default so the embedded run keeps working over plain HTTP
 # (secure cookies would never be sent back, and redirects would point at a port nobody serves).
-DJANGO_SECURE = _env_flag("DJANGO_SECURE")
 if DJANGO_SECURE:
     if not SECRET_KEY_FROM_ENVIRONMENT:
         sys.stderr.write(
-            "realtime: DJANGO_SECURE=1 needs DJANGO_SECRET_KEY: a per-process random key logs admins out on "
-            "every restart and makes private-channel tokens differ between instances.\n"
+            "realtime: DJANGO_SECURE=1 needs DJANGO_SECRET_KEY: a key kept by each instance in its own data "
+            "folder makes sessions and private-channel tokens differ between instances.\n"
         )
         sys.exit(2)
     SESSION_COOKIE_SECURE = True
@@ -188,7 +225,7 @@ TEMPLATES = [
 
 ASGI_APPLICATION = "realtime_project.asgi.application"
 
-DATABASES = {"default": _database_from_url(os.environ.get("DATABASE_URL", "sqlite:///db.sqlite3"))}
+DATABASES = {"default": _DATABASE}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # WAL lets SSE/WS lookups read while the admin or sync_channels writes.
     DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}

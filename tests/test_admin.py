@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import uuid
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
@@ -39,11 +42,61 @@ def test_list_shows_name_id_type_limit_source_and_active(admin_client, yaml_chan
     response = admin_client.get(CHANGELIST)
     assert response.status_code == 200
     page = response.content.decode()
-    for header in ("column-name", "column-public_id", "column-type", "column-max_connections", "column-source"):
+    for header in ("column-name", "column-public_id", "column-kind", "column-connections", "column-source"):
         assert header in page
     assert "column-active" in page
     assert ">chat</a>" in page and "chat-1" in page and "alerts-1" in page
     assert "YAML file" in page and "HTTP API" in page
+    assert '<td class="field-kind">WS</td>' in page and '<td class="field-connections">0 / 7</td>' in page
+
+
+def test_the_admin_names_the_service_and_view_site_is_the_landing_page(admin_client):
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    assert "<title>Channels and users | Realtime admin</title>" in page
+    assert '<div id="site-name"><a href="/admin/">Realtime administration</a></div>' in page
+    assert re.search(r'<a href="/">View site</a>', page)
+    assert admin_client.get("/").status_code == 200
+
+
+def test_the_add_form_proposes_a_random_id_that_can_be_changed(admin_client):
+    proposed = [
+        re.search(r'name="public_id" value="([^"]+)"', admin_client.get(reverse("admin:channels_app_channel_add")).text)
+        for _ in range(2)
+    ]
+    ids = [match.group(1) for match in proposed]
+    assert all(str(uuid.UUID(value)) == value for value in ids) and ids[0] != ids[1]
+    response = admin_client.post(
+        reverse("admin:channels_app_channel_add"), ADD_FORM | {"public_id": ids[0], "name": "ops"}
+    )
+    assert response.status_code == 302
+    assert Channel.objects.get(name="ops").public_id == ids[0]
+
+
+def test_the_change_page_shows_connections_and_history_read_only(admin_client, api_channel):
+    page = admin_client.get(change_url(api_channel)).content.decode()
+    assert '<div class="readonly" id="live-connections">0 of 7</div>' in page
+    assert 'id="recent-messages-empty"' in page
+
+
+def test_send_test_message_asks_for_a_payload_first(admin_client, yaml_channel, api_channel):
+    form = {"action": "send_test_message", "_selected_action": [yaml_channel.pk, api_channel.pk]}
+    response = admin_client.post(CHANGELIST, form)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Send a test message" in page and 'name="payload"' in page
+    assert "Test message from the admin (admin)" in page
+    assert page.count(f'name="_selected_action" value="{yaml_channel.pk}"') == 1
+    assert "chat-1" in page and "alerts-1" in page
+    assert "<script>" not in page and " style=" not in page
+
+
+def test_send_test_message_refuses_an_oversized_payload_on_its_form(admin_client, yaml_channel):
+    form = {"action": "send_test_message", "_selected_action": [yaml_channel.pk], "apply": "Send"}
+    response = admin_client.post(CHANGELIST, form | {"payload": "x" * 70_000})
+    assert response.status_code == 200
+    assert response.context["form"].errors["payload"][0].startswith("The payload is 70000 bytes; the limit is")
+    empty = admin_client.post(CHANGELIST, form | {"payload": ""})
+    assert empty.status_code == 200 and "payload" in empty.context["form"].errors
 
 
 def test_list_search_by_name_or_id(admin_client, yaml_channel, api_channel):
@@ -202,21 +255,29 @@ def test_admin_shows_live_connections_and_its_actions_reach_real_clients(start_s
             token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', listing.text).group(1)
             form = {"_selected_action": row_id.group(1), "csrfmiddlewaretoken": token, "index": "0"}
             headers = {"Referer": f"{server.http}/admin/channels_app/channel/"}
-            await client.post(
+            asked = await client.post(
                 "/admin/channels_app/channel/", data={**form, "action": "send_test_message"}, headers=headers
             )
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', asked.text).group(1)
+            sent = {**form, "csrfmiddlewaretoken": token, "action": "send_test_message", "apply": "Send"}
+            await client.post("/admin/channels_app/channel/", data={**sent, "payload": '{"typed": "by staff"}'},
+                              headers=headers)  # fmt: skip
             test_message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            change_page = await client.get(f"/admin/channels_app/channel/{row_id.group(1)}/change/")
             await client.post(
                 "/admin/channels_app/channel/", data={**form, "action": "disconnect_everyone"}, headers=headers
             )
             control = json.loads(await asyncio.wait_for(ws.recv(), 5))
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
-            return listing.text, test_message, control, closed.value.rcvd.code
+            return listing.text, asked.text, test_message, change_page.text, control, closed.value.rcvd.code
 
-    listing, test_message, control, close_code = asyncio.run(scenario())
-    assert "Live connections" in listing
-    assert re.search(r'<td class="field-live_connections">1</td>', listing)
-    assert test_message["payload"].startswith("Test message from the admin")
+    listing, asked, test_message, change_page, control, close_code = asyncio.run(scenario())
+    assert "Connections (live / max)" in listing
+    assert re.search(r'<td class="field-connections">1 / 5</td>', listing)
+    assert 'name="payload"' in asked
+    assert test_message["payload"] == '{"typed": "by staff"}'
+    assert '<div class="readonly" id="live-connections">1 of 5</div>' in change_page
+    assert "<td>{&quot;typed&quot;: &quot;by staff&quot;}</td>" in change_page
     assert control["error"] == "disconnected"
     assert close_code == 4000

@@ -4,6 +4,8 @@ import os
 import re
 from types import SimpleNamespace
 
+import httpx
+import jsonschema
 import pytest
 import schemathesis
 from django.urls import URLPattern, URLResolver, get_resolver
@@ -22,6 +24,7 @@ from channels_app.state.idempotency import idempotency_key_parse
 from channels_app.tokens import token_mint
 from channels_app.transports.routing import CHANNEL_PATH
 from tests.support.auth import API_KEY
+from tests.support.processes import ROOT
 
 
 def _django_routes(patterns, prefix: str = "") -> dict[str, set[str]]:
@@ -188,6 +191,137 @@ def test_the_channel_schema_describes_the_api_answers():
     for key, value in listed.items():
         assert json_types[type(value)] == schema["properties"][key]["type"], key
         assert value in schema["properties"][key].get("enum", [value]), key
+
+
+# --- Examples: valid against their schemas, and what a real server accepts and answers ---------
+
+OPERATIONS = ("get", "post", "put", "patch", "delete")
+
+
+def _operations():
+    for path, item in openapi_document()["paths"].items():
+        for method in OPERATIONS:
+            if method in item:
+                yield path, method, item[method]
+
+
+def _json_media(operation: dict) -> tuple[dict | None, dict[str, dict]]:
+    """The operation's JSON request body, and its JSON answers by status."""
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+    answers = {
+        status: response["content"]["application/json"]
+        for status, response in operation["responses"].items()
+        if "application/json" in response.get("content", {})
+    }
+    return body, answers
+
+
+def _validator(schema: dict) -> jsonschema.Draft202012Validator:
+    # The document's "#/components/schemas/..." references resolve against a root that carries them.
+    return jsonschema.Draft202012Validator({**schema, "components": openapi_document()["components"]})
+
+
+def test_every_body_and_answer_has_examples_that_match_its_schema():
+    checked = 0
+    for path, method, operation in _operations():
+        body, answers = _json_media(operation)
+        for where, media in [("request", body), *answers.items()]:
+            if media is None:
+                continue
+            assert media.get("examples"), f"{method.upper()} {path} {where}: no example"
+            for name, example in media["examples"].items():
+                errors = [error.message for error in _validator(media["schema"]).iter_errors(example["value"])]
+                assert errors == [], f"{method.upper()} {path} {where} example {name!r}: {errors}"
+                checked += 1
+    assert checked >= 40
+
+
+def _example_values(operation: dict, status: int) -> list:
+    media = operation["responses"][str(status)]["content"]["application/json"]
+    return [example["value"] for example in media["examples"].values()]
+
+
+def _same_shape(answer, example) -> bool:
+    """The same keys at every level of objects (a list's items are compared with the example's first)."""
+    if isinstance(example, dict):
+        return (
+            isinstance(answer, dict)
+            and set(answer) == set(example)
+            and all(_same_shape(answer[key], example[key]) for key in example if example[key] is not None)
+        )
+    if isinstance(example, list) and example and answer:
+        return all(_same_shape(item, example[0]) for item in answer)
+    return True
+
+
+@pytest.fixture(scope="module")
+def example_server(start_module_server):
+    """configs/memory.config.yaml, whose channels the examples name, with an API key."""
+    config = (ROOT / "configs" / "memory.config.yaml").read_text()
+    return start_module_server(config, env={"REALTIME_API_KEYS": API_KEY})
+
+
+def test_request_examples_are_accepted_and_answered_as_documented(example_server):
+    document_paths = openapi_document()["paths"]
+    sent = 0
+    with httpx.Client(base_url=example_server.http, headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        for path, method, operation in _operations():
+            body, _ = _json_media(operation)
+            if body is None:
+                continue
+            url = path.replace("{channel}", "my-chat-example")
+            for name, example in body["examples"].items():
+                response = client.request(method, url, json=example["value"])
+                documented = [int(status) for status in operation["responses"] if status.startswith("2")]
+                assert response.status_code == min(documented), (method, path, name, response.text)
+                assert any(
+                    _same_shape(response.json(), value) for value in _example_values(operation, response.status_code)
+                ), (method, path, name, response.json())
+                sent += 1
+                if path == "/api/v1/channels":
+                    # Each create example makes the channel "news"; the delete's answer is the documented one.
+                    deleted = client.delete("/api/v1/channels/news")
+                    delete = document_paths["/api/v1/channels/{channel}"]["delete"]
+                    assert _same_shape(deleted.json(), _example_values(delete, 200)[0]), deleted.json()
+    assert sent >= 6
+
+
+def test_answers_without_a_body_look_like_their_examples(example_server):
+    paths = openapi_document()["paths"]
+    with httpx.Client(base_url=example_server.http, headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        client.post("/api/v1/channels/my-chat-example/messages", json={"payload": "hello"})
+        listed = client.get("/api/v1/channels").json()
+        history = client.get("/api/v1/channels/my-chat-example/messages", params={"since": "0"}).json()
+        gap = client.get("/api/v1/channels/my-chat-example/messages", params={"since": "zzzz-1"}).json()
+        preflight = httpx.get(f"{example_server.http}/api/v1/channels/my-chat-example?upgrade=0").json()
+    assert _same_shape(listed, _example_values(paths["/api/v1/channels"]["get"], 200)[0])
+    messages, with_gap = _example_values(paths["/api/v1/channels/{channel}/messages"]["get"], 200)
+    assert _same_shape(history, messages) and history["messages"]
+    assert _same_shape(gap, with_gap) and gap["gap"]
+    assert _same_shape(preflight, _example_values(paths["/api/v1/channels/{channel}"]["get"], 200)[0])
+
+
+def test_error_examples_are_the_errors_the_api_gives(example_server):
+    push = ("/api/v1/channels/{channel}/messages", "post")
+    create = ("/api/v1/channels", "post")
+    channels = f"{example_server.http}/api/v1/channels"
+    url = f"{channels}/my-chat-example/messages"
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    httpx.post(url, json={"payload": "first"}, headers=auth | {"Idempotency-Key": "example-422"})
+    answers = [
+        (push, 400, httpx.post(url, json={"text": "hello"}, headers=auth)),
+        (push, 401, httpx.post(url, json={"payload": "hello"})),
+        (push, 404, httpx.post(url.replace("my-chat-example", "nope"), json={"payload": "x"}, headers=auth)),
+        (push, 413, httpx.post(url, json={"payload": "x" * 70_000}, headers=auth)),
+        (push, 422, httpx.post(url, json={"payload": "other"}, headers=auth | {"Idempotency-Key": "example-422"})),
+        (create, 400, httpx.post(channels, json={"id": "news", "type": "XMPP"}, headers=auth)),
+    ]
+    for (path, method), status, response in answers:
+        operation = _operation(method, path)
+        assert response.status_code == status, (method, path, response.text)
+        examples = _example_values(operation, status)
+        assert [value["error"] for value in examples] == [response.json()["error"]], (method, path, status)
+        assert _same_shape(response.json(), examples[0]), response.json()
 
 
 # --- The API fuzzed from its own document (moved from test_hardening_openapi.py) ------------------

@@ -41,6 +41,7 @@ class PageParser(HTMLParser):
         self.options: list[tuple[str, str, bool]] = []
         self.ids: set[str] = set()
         self.labels_for: set[str] = set()
+        self.links: list[str] = []
         self.json_blocks: dict[str, str] = {}
         self._script: dict | None = None
         self._option: dict | None = None
@@ -56,6 +57,8 @@ class PageParser(HTMLParser):
                 self.external_urls.append(value)
         if "id" in attributes:
             self.ids.add(attributes["id"])
+        if tag == "a" and attributes.get("href"):
+            self.links.append(attributes["href"])
         if tag == "label" and "for" in attributes:
             self.labels_for.add(attributes["for"])
         if tag == "style":
@@ -214,3 +217,77 @@ def test_page_scripts_never_write_html():
     )
     for script in STATIC_DIR.glob("*.js"):
         assert not sinks.search(script.read_text()), script.name
+
+
+# --- The landing page (/) and the API docs (/api/docs/) ------------------------------------------
+
+EVERYWHERE = ["/api/docs/", "/api/v1/openapi.json", "/admin/", "/healthz", "/readyz", "/metrics"]
+
+
+def assert_strict_csp_ready(page: PageParser) -> None:
+    assert page.inline_scripts == []
+    assert page.inline_handlers == []
+    assert page.style_attributes == []
+    assert page.style_elements == 0
+    assert page.external_urls == [], "pages must work offline: no CDN"
+
+
+def test_landing_page_links_everything_switched_on(pages_server):
+    response = httpx.get(f"{pages_server.http}/")
+    assert response.status_code == 200
+    page = parse(response.text)
+    assert_strict_csp_ready(page)
+    assert page.script_sources == []
+    for path in ["/web/chat/", "/web/notifications/", *EVERYWHERE]:
+        assert path in page.links, path
+    # Every link leads somewhere: the admin to its login page, the rest straight to what they name.
+    for link in set(page.links):
+        answer = httpx.get(pages_server.http + link)
+        assert answer.status_code == (302 if link == "/admin/" else 200), link
+    # The snippet names this server's own address; APP_DEBUG=1 without keys: the page says the API is open.
+    assert f"{pages_server.http}/api/v1/channels/&lt;channel&gt;/messages" in response.text
+    assert 'data-access="open"' in response.text
+    assert httpx.head(f"{pages_server.http}/").status_code == 200
+    assert httpx.post(f"{pages_server.http}/").status_code in (403, 405)
+
+
+def test_landing_page_without_the_demos_says_how_to_turn_them_on(start_server):
+    server = start_server(env={"REALTIME_API_KEYS": API_KEY, "METRICS_TOKEN": "m" * 24})
+    response = httpx.get(f"{server.http}/")
+    page = parse(response.text)
+    assert not [link for link in page.links if link.startswith("/web/")]
+    assert set(EVERYWHERE) <= set(page.links)
+    assert "server.render_chat_html: true" in response.text
+    assert 'data-access="keys"' in response.text
+    assert "Authorization: Bearer &lt;METRICS_TOKEN&gt;" in response.text
+
+
+def test_landing_page_says_when_the_api_is_closed(daphne_server):
+    response = httpx.get(f"{daphne_server.http}/")
+    assert 'data-access="closed"' in response.text
+    assert "set <code>REALTIME_API_KEYS</code>" in response.text
+
+
+def test_api_docs_page_loads_swagger_ui_from_this_service(pages_server):
+    response = httpx.get(f"{pages_server.http}/api/docs/")
+    assert response.status_code == 200
+    page = parse(response.text)
+    assert_strict_csp_ready(page)
+    assert page.script_sources == ["/static/vendor/swagger-ui/swagger-ui-bundle.js", "/static/realtime/api-docs.js"]
+    assert 'data-openapi-url="/api/v1/openapi.json"' in response.text
+    for path, kind in [
+        ("/static/vendor/swagger-ui/swagger-ui-bundle.js", "javascript"),
+        ("/static/vendor/swagger-ui/swagger-ui.css", "text/css"),
+        ("/static/realtime/api-docs.js", "javascript"),
+        ("/static/realtime/api-docs.css", "text/css"),
+    ]:
+        answer = httpx.get(pages_server.http + path)
+        assert answer.status_code == 200 and kind in answer.headers["content-type"], path
+    assert httpx.get(f"{pages_server.http}/api/docs", follow_redirects=True).url.path == "/api/docs/"
+
+
+def test_the_vendored_swagger_ui_is_the_version_its_readme_names():
+    vendor = STATIC_DIR.parent / "vendor" / "swagger-ui"
+    version = re.search(r"`swagger-ui-dist` \*\*([\d.]+)\*\*", (vendor / "README.md").read_text()).group(1)
+    assert f'"{version}"' in (vendor / "swagger-ui-bundle.js").read_text()
+    assert "Apache License" in (vendor / "LICENSE").read_text()

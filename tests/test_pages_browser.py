@@ -1,7 +1,9 @@
-"""The chat and notifications pages in a real browser (Debian Chromium driven by Playwright) against real daphne.
+"""The chat and notifications pages, the landing page and the API docs in a real browser (Debian Chromium
+driven by Playwright) against real daphne.
 
-Every page here is served with a strict Content-Security-Policy added on the way (no inline
-script or style), and any CSP violation, uncaught script error or dialog fails the test.
+The demo pages are served with a strict Content-Security-Policy added on the way (no inline
+script or style), the landing page and the API docs with the service's own header; any CSP
+violation, uncaught script error or dialog fails the test.
 Set ``REALTIME_SCREENSHOTS=1`` to refresh the screenshots in docs/screenshots/.
 
 The tests are synchronous on purpose: Playwright's sync API and pytest-asyncio's auto mode clash.
@@ -9,6 +11,7 @@ The tests are synchronous on purpose: Playwright's sync API and pytest-asyncio's
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,8 +22,10 @@ import pytest
 import websockets.sync.client
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
+from channels_app.http.security import CONTENT_SECURITY_POLICY
 from tests.conftest import TEST_CONFIG, redis_config
 from tests.support.auth import API_KEY, AUTH
+from tests.support.browser import RECORD_CSP_VIOLATIONS, launch_chromium
 
 pytestmark = pytest.mark.browser
 
@@ -56,21 +61,7 @@ def chromium() -> Browser:
     module.
     """
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-quic",
-                # Pages fulfilled by Playwright (to add the CSP header) have no known address, so
-                # Chromium would treat them as public and block their connections to 127.0.0.1.
-                "--disable-features=LocalNetworkAccessChecks",
-            ],
-        )
+        browser = launch_chromium(playwright)
         yield browser
         browser.close()
 
@@ -404,4 +395,56 @@ def test_a_replaced_page_says_so_and_does_not_take_the_slot_back(start_server, p
         expect(page.get_by_role("status").first).to_contain_text("Disconnected")
         newer.send("still mine")  # the newer connection keeps its slot: the page did not come back
         assert httpx.get(server.channel_url("chat-1", scheme="http", upgrade="0"), timeout=5).json()["connections"] == 1
+    assert pages.problems == []
+
+
+# --- The landing page and the API docs, under the service's own Content-Security-Policy ------------
+
+
+def open_with_service_csp(pages: Pages, url: str) -> Page:
+    """Like ``pages.open``, but the page keeps the header the service sent, and every
+    ``securitypolicyviolation`` event is recorded in ``window.cspViolations``."""
+    context = pages.browser.new_context(viewport={"width": 1280, "height": 800})
+    pages.contexts.append(context)
+    context.add_init_script(RECORD_CSP_VIOLATIONS)
+    page = context.new_page()
+    page.on("dialog", pages._dialog)
+    page.on("pageerror", lambda error: pages.problems.append(f"uncaught error: {error}"))
+    page.on("console", lambda message: message.type == "error" and pages.problems.append(message.text))
+    response = page.goto(url)
+    assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    return page
+
+
+def test_the_landing_page_leads_to_the_api_docs_which_publish_a_message(keyed_server, pages, tmp_path):
+    """/ links the API docs; Swagger UI, served from this service's files, renders the document with its
+    examples and publishes with the API key typed into it, with no CSP violation or script error."""
+    page = open_with_service_csp(pages, f"{keyed_server.http}/")
+    expect(page).to_have_title("Realtime")
+    for name in ("Chat", "Notifications", "Admin", "OpenAPI document", "/healthz", "/readyz", "/metrics"):
+        expect(page.get_by_role("main").get_by_role("link", name=name, exact=True)).to_be_visible()
+    save_screenshot(page, "landing.png", tmp_path)
+    page.get_by_role("main").get_by_role("link", name="API docs").click()
+    expect(page).to_have_url(f"{keyed_server.http}/api/docs/")
+    expect(page.get_by_role("heading", name=re.compile("Realtime API"))).to_be_visible()
+    push = page.locator("#operations-Messages-post_api_v1_channels__channel__messages")
+    expect(push).to_be_visible()
+    save_screenshot(page, "api-docs.png", tmp_path)
+    assert page.evaluate("window.cspViolations") == []
+
+    page.get_by_role("button", name="Authorize").first.click()
+    page.get_by_label("auth-bearer-value").fill(API_KEY)
+    page.get_by_role("button", name="Apply credentials").click()
+    page.locator(".modal-ux .btn-done").click()
+
+    push.locator(".opblock-summary-control").click()
+    expect(push.locator(".body-param__example, .highlight-code").first).to_contain_text('"payload": "hello"')
+    push.get_by_role("button", name="Try it out").click()
+    push.locator('input[placeholder="channel"]').fill("chat")
+    with websockets.sync.client.connect(keyed_server.channel_url("chat-1", clientId="docs-reader")) as reader:
+        push.get_by_role("button", name="Execute").click()
+        expect(push.locator(".live-responses-table tbody .response-col_status").first).to_contain_text("201")
+        received = json.loads(reader.recv(timeout=5))
+    assert received["payload"] == "hello"
+    assert page.evaluate("window.cspViolations") == []
     assert pages.problems == []

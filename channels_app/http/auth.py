@@ -59,7 +59,7 @@ def api_key_check(authorization: str | None) -> None:
 
 
 def log_security_warnings() -> None:
-    """Warn at start-up about an open API or a per-process signing key."""
+    """Warn at start-up about an open API, and say where the signing key comes from when it is not set."""
     if api_open_for_debug():
         logger.warning(
             "APP_DEBUG=1 and no API key configured: the server API (push, create and delete "
@@ -67,7 +67,20 @@ def log_security_warnings() -> None:
             "before exposing it."
         )
     if not settings.SECRET_KEY_FROM_ENVIRONMENT:
-        logger.warning(
-            "DJANGO_SECRET_KEY is not set: a random key is used, so admin sessions and private-channel "
-            "tokens stop working on restart and differ between instances."
+        logger.warning(secret_key_notice())
+
+
+def secret_key_notice() -> str:
+    """What signs sessions and tokens when ``DJANGO_SECRET_KEY`` is unset, and what follows from it."""
+    if settings.SECRET_KEY_FILE is not None:
+        how = "created" if settings.SECRET_KEY_FILE_CREATED else "read"
+        return (
+            f"DJANGO_SECRET_KEY is not set: using the key kept in {settings.SECRET_KEY_FILE} ({how} at start, "
+            "readable by this user only), so admin sessions and private-channel tokens survive restarts. "
+            "Instances that share sessions or tokens must share one key: set DJANGO_SECRET_KEY on each."
         )
+    return (
+        f"DJANGO_SECRET_KEY is not set and {settings.SECRET_KEY_PROBLEM}: a random key is used for this "
+        "process only, so admin sessions and private-channel tokens stop working on restart. Set "
+        "DJANGO_SECRET_KEY, or REALTIME_DATA_DIR to a writable folder."
+    )

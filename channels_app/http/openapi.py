@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 document of the HTTP API, served at ``/api/v1/openapi.json``.
 
-Limits, patterns and a channel's fields are taken from the code that enforces them.
-tests/test_openapi.py checks that every API route and method is described here and nothing else,
-and that the document's limits are the code's.
+Limits, patterns and a channel's fields are taken from the code that enforces them; the examples
+are in ``openapi_examples.py``. tests/test_openapi.py checks that every API route and method is
+described here and nothing else, that the document's limits are the code's, and that each example
+is what the API accepts and answers. ``/api/docs/`` shows it in Swagger UI.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..messages import POSITION_JSON_PATTERN
 from ..naming import CLIENT_ID_JSON_PATTERN, SERVER_CLIENT_ID
 from ..state.idempotency import IDEMPOTENCY_WINDOW_SECONDS, MAX_KEY_LENGTH
 from ..tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from . import openapi_examples as examples
 from .api import BATCH_KEY_MAX_LENGTH, MAX_BATCH_MESSAGES, MAX_HISTORY_PAGE, api_endpoint
 
 
@@ -25,13 +27,17 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _json(schema: dict, description: str, named_examples: dict | None = None) -> dict:
+    """A JSON answer, with ``named_examples`` (an OpenAPI ``examples`` map) when given."""
+    media: dict = {"schema": schema}
+    if named_examples:
+        media["examples"] = named_examples
+    return {"description": description, "content": {"application/json": media}}
 
 
-def _json_body(schema: dict) -> dict:
-    """A required JSON request body."""
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
+def _json_body(schema: dict, named_examples: dict) -> dict:
+    """A required JSON request body, with its examples."""
+    return {"required": True, "content": {"application/json": {"schema": schema, "examples": named_examples}}}
 
 
 def _object(properties: dict, *, required: list[str] | None = None, closed: bool = False) -> dict:
@@ -45,7 +51,8 @@ def _object(properties: dict, *, required: list[str] | None = None, closed: bool
     return schema
 
 
-def _errors(*statuses: int) -> dict:
+def _errors(*statuses: int, specific: dict[int, dict] | None = None) -> dict:
+    """The error answers of an operation, each with an example (``specific`` replaces the usual one)."""
     descriptions = {
         400: "Bad request: the body or query is invalid.",
         401: "Missing or invalid API key.",
@@ -57,7 +64,11 @@ def _errors(*statuses: int) -> dict:
         503: "Not done: Redis could not be reached before anything was sent (nothing was published).",
         504: "Outcome unknown: Redis did not answer in time; retry with the same Idempotency-Key.",
     }
-    return {str(status): _json(_ref("Error"), descriptions[status]) for status in statuses}
+    bodies = examples.ERRORS | (specific or {})
+    return {
+        str(status): _json(_ref("Error"), descriptions[status], {bodies[status]["error"]: {"value": bodies[status]}})
+        for status in statuses
+    }
 
 
 def _channel_property(field: ChannelField | None, *, bounded: bool = False) -> dict:
@@ -93,6 +104,22 @@ _CLIENT_ID = {
     "description": f"Who the client is; {SERVER_CLIENT_ID} is reserved.",
     "schema": {"type": "string", "pattern": CLIENT_ID_JSON_PATTERN, "not": {"const": SERVER_CLIENT_ID}},
 }
+
+
+_DESCRIPTION = (
+    "Publish to the service's channels from your backend, manage channels, read history and mint tokens "
+    "for private channels. Every operation with a lock needs an API key (`REALTIME_API_KEYS`), sent as "
+    "`Authorization: Bearer <key>`: press **Authorize** to set it for the forms below. Subscribers connect to "
+    "`/api/v1/channels/<channel>` (a WebSocket for `WS` channels, an event stream for `SSE` ones): see "
+    "docs/protocol.md for frames, positions and close codes."
+)
+_TAGS = [
+    {"name": "Messages", "description": "Publish, one message or many, and read a channel's recent history."},
+    {"name": "Channels", "description": "List, create and delete channels."},
+    {"name": "Subscribing", "description": "The channel URL itself: WebSocket, event stream, or a description."},
+    {"name": "Tokens", "description": "Tokens that let a client subscribe to a private channel."},
+    {"name": "Document", "description": "This description of the API."},
+]
 
 
 @cache
@@ -155,25 +182,33 @@ def _document() -> dict:
         "/api/v1/channels": {
             "get": {
                 "summary": "List channels with live connection counts",
+                "tags": ["Channels"],
                 "security": _BEARER,
                 "responses": {
                     "200": _json(
-                        _object({"channels": {"type": "array", "items": _ref("Channel")}}), "The active channels."
+                        _object({"channels": {"type": "array", "items": _ref("Channel")}}),
+                        "The active channels.",
+                        examples.LIST_ANSWER,
                     ),
                     **_errors(401),
                 },
             },
             "post": {
                 "summary": "Create a channel (the Go service's body)",
+                "tags": ["Channels"],
                 "security": _BEARER,
-                "requestBody": _json_body(_ref("ChannelCreate")),
-                "responses": {"201": _json(_ref("Channel"), "Created."), **_errors(400, 401, 403, 409)},
+                "requestBody": _json_body(_ref("ChannelCreate"), examples.CREATE_REQUEST),
+                "responses": {
+                    "201": _json(_ref("Channel"), "Created.", examples.CREATE_ANSWER),
+                    **_errors(400, 401, 403, 409, specific={400: examples.CREATE_REFUSED, 403: examples.CREATE_OFF}),
+                },
             },
         },
         "/api/v1/channels/{channel}": {
             "parameters": [_CHANNEL_PARAMETER],
             "get": {
                 "summary": "Subscribe (WebSocket upgrade or SSE stream by channel type), or describe with upgrade=0",
+                "tags": ["Subscribing"],
                 "parameters": [
                     {"name": "upgrade", "in": "query", "schema": {"type": "string", "enum": ["0"]}},
                     _CLIENT_ID,
@@ -183,20 +218,25 @@ def _document() -> dict:
                 "responses": {
                     "200": {
                         "description": "The channel (upgrade=0) or an event stream (SSE channels).",
-                        "content": {"application/json": {"schema": _ref("Channel")}, "text/event-stream": {}},
+                        "content": {
+                            "application/json": {"schema": _ref("Channel"), "examples": examples.PREFLIGHT_ANSWER},
+                            "text/event-stream": {},
+                        },
                     },
-                    **_errors(400, 401, 403, 404, 409, 422),
+                    **_errors(400, 401, 403, 404, 409, 422, specific=examples.SUBSCRIBE_REFUSALS),
                 },
             },
             "delete": {
                 "summary": "Delete an API- or admin-created channel; its connections close with 4410",
+                "tags": ["Channels"],
                 "security": _BEARER,
                 "responses": {
                     "200": _json(
                         _object({"id": {"type": "string"}, "name": {"type": "string"}, "deleted": {"type": "boolean"}}),
                         "Deleted.",
+                        examples.DELETE_ANSWER,
                     ),
-                    **_errors(401, 404, 409),
+                    **_errors(401, 404, 409, specific={409: examples.DELETE_REFUSED}),
                 },
             },
         },
@@ -204,6 +244,7 @@ def _document() -> dict:
             "parameters": [_CHANNEL_PARAMETER],
             "post": {
                 "summary": "Push a message (clientId server-message)",
+                "tags": ["Messages"],
                 "security": _BEARER,
                 "parameters": [
                     {
@@ -215,15 +256,20 @@ def _document() -> dict:
                         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
                     }
                 ],
-                "requestBody": _json_body(_ref("Push")),
+                "requestBody": _json_body(_ref("Push"), examples.PUSH_REQUEST),
                 "responses": {
-                    "201": _json(_ref("Receipt"), "Published."),
-                    "202": _json(_ref("Receipt"), "Published (recorded); its hand-over to subscribers is pending."),
+                    "201": _json(_ref("Receipt"), "Published.", examples.PUSH_ANSWERS[201]),
+                    "202": _json(
+                        _ref("Receipt"),
+                        "Published (recorded); its hand-over to subscribers is pending.",
+                        examples.PUSH_ANSWERS[202],
+                    ),
                     **_errors(400, 401, 403, 404, 413, 422, 503, 504),
                 },
             },
             "get": {
                 "summary": "Read the channel's recent history",
+                "tags": ["Messages"],
                 "security": _BEARER,
                 "parameters": [
                     _SINCE,
@@ -244,14 +290,16 @@ def _document() -> dict:
                             }
                         ),
                         "Messages after the position, oldest first.",
+                        examples.HISTORY_ANSWER,
                     ),
-                    **_errors(400, 401, 404),
+                    **_errors(400, 401, 404, specific={400: examples.HISTORY_REFUSED}),
                 },
             },
         },
         "/api/v1/messages": {
             "post": {
                 "summary": f"Publish to many channels in one request (at most {MAX_BATCH_MESSAGES} messages)",
+                "tags": ["Messages"],
                 "security": _BEARER,
                 "parameters": [
                     {
@@ -279,7 +327,8 @@ def _document() -> dict:
                             }
                         },
                         required=["messages"],
-                    )
+                    ),
+                    examples.BATCH_REQUEST,
                 ),
                 "responses": {
                     "200": _json(
@@ -291,14 +340,16 @@ def _document() -> dict:
                             }
                         ),
                         "One result per message, in order.",
+                        examples.BATCH_ANSWER,
                     ),
-                    **_errors(400, 401, 403),
+                    **_errors(400, 401, 403, specific={400: examples.BATCH_REFUSED}),
                 },
             },
         },
         "/api/v1/tokens": {
             "post": {
                 "summary": "Mint a subscriber token for a private channel",
+                "tags": ["Tokens"],
                 "security": _BEARER,
                 "requestBody": _json_body(
                     _object(
@@ -309,7 +360,8 @@ def _document() -> dict:
                             "publish": {"type": "boolean"},
                         },
                         required=["channel"],
-                    )
+                    ),
+                    examples.TOKEN_REQUEST,
                 ),
                 "responses": {
                     "201": _json(
@@ -323,18 +375,24 @@ def _document() -> dict:
                             }
                         ),
                         "The token.",
+                        examples.TOKEN_ANSWER,
                     ),
-                    **_errors(400, 401, 404),
+                    **_errors(400, 401, 404, specific={400: examples.TOKEN_REFUSED}),
                 },
             },
         },
         "/api/v1/openapi.json": {
-            "get": {"summary": "This document", "responses": {"200": {"description": "The OpenAPI document."}}},
+            "get": {
+                "summary": "This document",
+                "tags": ["Document"],
+                "responses": {"200": {"description": "The OpenAPI document."}},
+            },
         },
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Realtime API", "version": "1.0.0"},
+        "info": {"title": "Realtime API", "version": "1.0.0", "description": _DESCRIPTION},
+        "tags": _TAGS,
         "paths": paths,
         "components": {
             "schemas": schemas,

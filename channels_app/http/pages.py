@@ -1,20 +1,23 @@
-"""The chat and notifications pages (``/web/chat/``, ``/web/notifications/``).
+"""The service's HTML pages: the landing page (``/``), the API docs (``/api/docs/``), and the chat
+and notifications demos (``/web/chat/``, ``/web/notifications/``).
 
-Each page exists only when its ``server.render_*_html`` flag is on; otherwise it answers 404, as
+Each demo exists only when its ``server.render_*_html`` flag is on; otherwise it answers 404, as
 if it did not exist. The views only list channels and hand the page its settings as a JSON block
 (``json_script``): everything else happens in the browser through ``static/realtime/realtime.js``.
-Pages carry no inline script, handler or style, so a strict Content-Security-Policy can serve them.
+Pages carry no inline script, handler or style, so a strict Content-Security-Policy can serve them,
+and load nothing from another origin, so they work offline.
 """
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_safe
 
 from ..channel import ChannelInfo
-from .auth import api_open_for_debug
+from .auth import api_keys_configured, api_open_for_debug
 
 
 def channel_choices(channels: list[ChannelInfo], *, transport: str, requested: str | None) -> tuple[list[dict], str]:
@@ -50,13 +53,21 @@ def page_config(*, server, transport: str, channels: list[dict], selected: str) 
 
 
 def navigation(server) -> list[dict]:
-    """Links to the pages that are switched on."""
+    """Links to the pages that are switched on, and to the API docs."""
     links = []
     if server.render_chat_html:
         links.append({"url": reverse("web-chat"), "label": "Chat", "key": "chat"})
     if server.render_notifications_html:
         links.append({"url": reverse("web-notifications"), "label": "Notifications", "key": "notifications"})
+    links.append({"url": reverse("api-docs"), "label": "API docs", "key": "api-docs"})
     return links
+
+
+def api_access(*, debug_open: bool, keys_configured: bool) -> str:
+    """How the server API is opened here, in one word the landing page explains."""
+    if debug_open:
+        return "open"
+    return "keys" if keys_configured else "closed"
 
 
 async def render_page(
@@ -112,3 +123,28 @@ async def notifications(request: HttpRequest) -> HttpResponse:
         transport="sse",
         extra_config=push_settings,
     )
+
+
+@require_safe
+async def home(request: HttpRequest) -> HttpResponse:
+    """``GET /``: what this service is, and a link to everything switched on here."""
+    server = request.realtime.server
+    context = {
+        "title": "Realtime",
+        "page": "home",
+        "nav": navigation(server),
+        "demos": navigation(server)[:-1],
+        "base_url": request.build_absolute_uri("/").rstrip("/"),
+        "api_access": api_access(debug_open=api_open_for_debug(), keys_configured=api_keys_configured()),
+        "allow_push": server.allow_push_server_messages,
+        "allow_create": server.allow_create_new_channels,
+        "metrics_token": bool(settings.METRICS_TOKEN),
+        "redis": request.realtime.config.pubsub.driver == "REDIS",
+    }
+    return render(request, "realtime/home.html", context)
+
+
+@require_safe
+async def api_docs(request: HttpRequest) -> HttpResponse:
+    """``GET /api/docs/``: the OpenAPI document in Swagger UI, served from this app's static files."""
+    return render(request, "realtime/api_docs.html", {"title": "API docs", "nav": navigation(request.realtime.server)})

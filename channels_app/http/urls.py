@@ -8,7 +8,7 @@ in ``transports/routing.py``, and so are the server API's routes below (``api_ur
 
 from django.urls import include, path
 
-from . import api, health, metrics, openapi
+from . import api, health, metrics, openapi, pages
 
 api_urlpatterns = [
     path("api/v1/openapi.json", openapi.openapi_json, name="openapi"),
@@ -20,6 +20,8 @@ api_urlpatterns = [
 ]
 
 urlpatterns = [
+    path("", pages.home, name="home"),
+    path("api/docs/", pages.api_docs, name="api-docs"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics, name="metrics"),

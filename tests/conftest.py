@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import textwrap
 import uuid
 from dataclasses import dataclass, replace
 
@@ -13,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from tests.support.configs import memory_config
 from tests.support.liveserver import SERVERS, LiveServer
 
 POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
@@ -30,27 +30,22 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # Fixtures that start the service; a test using one of them, or a fixture built on one, is ``e2e``.
 SERVER_FIXTURES = frozenset({"start_server", "start_module_server", "daphne_server", "any_server"})
 
-TEST_CONFIG = textwrap.dedent(
-    """
-    server:
-      allow_create_new_channels: true
-      allow_push_server_messages: true
-    pubsub:
-      driver: "MEMORY"
-    channels:
-      chat:
-        id: "chat-1"
-        type: "WS"
-        max_of_channel_connections: 5
-      other-chat:
-        id: "chat-2"
-        type: "WS"
-        max_of_channel_connections: 5
-      feed:
-        id: "feed-1"
-        type: "SSE"
-        max_of_channel_connections: 5
-    """
+TEST_CONFIG = (
+    memory_config(allow_create_new_channels=True, allow_push_server_messages=True)
+    + """
+  chat:
+    id: "chat-1"
+    type: "WS"
+    max_of_channel_connections: 5
+  other-chat:
+    id: "chat-2"
+    type: "WS"
+    max_of_channel_connections: 5
+  feed:
+    id: "feed-1"
+    type: "SSE"
+    max_of_channel_connections: 5
+"""
 )
 
 

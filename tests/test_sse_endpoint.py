@@ -16,15 +16,12 @@ import pytest
 
 from tests.support.auth import API_KEY
 from tests.support.clients import connected, connections, open_stream, opened
+from tests.support.configs import memory_config
 from tests.support.waiting import wait_until
 
-CONFIG = """
-server:
-  sse_keepalive: 0.3
-  sse_retry: 2500
-pubsub:
-  driver: "MEMORY"
-channels:
+CONFIG = (
+    memory_config(sse_keepalive=0.3, sse_retry=2500)
+    + """
   opening: {id: "opening-1", type: "SSE"}
   envelope: {id: "envelope-1", type: "SSE"}
   keepalive: {id: "keepalive-1", type: "SSE"}
@@ -40,15 +37,14 @@ channels:
   isolated-b: {id: "isolated-b-1", type: "SSE"}
   order: {id: "order-1", type: "SSE"}
 """
+)
 
-SLOW_CONFIG = """
-server:
-  max_pending_bytes: 65536
-pubsub:
-  driver: "MEMORY"
-channels:
+SLOW_CONFIG = (
+    memory_config(max_pending_bytes=65536)
+    + """
   slow: {id: "slow-1", type: "SSE"}
 """
+)
 
 
 @pytest.fixture(scope="module")

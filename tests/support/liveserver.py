@@ -35,6 +35,9 @@ UVICORN_OPTIONS = (
     "--ws-ping-interval", "20", "--ws-ping-timeout", "30", "--lifespan", "off", "--backlog", str(UVICORN_BACKLOG),
     "--http", "channels_app.adapters.uvicorn_http:LimitedH11Protocol",
 )  # fmt: skip
+# daphne's keep-alive pings made short (``extra_args=SHORT_PINGS``), so that a silent peer is noticed within seconds.
+PING_INTERVAL, PING_TIMEOUT = 1, 2
+SHORT_PINGS = ("--ping-interval", str(PING_INTERVAL), "--ping-timeout", str(PING_TIMEOUT))
 
 
 def _template_database(work_dir: Path) -> Path:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from tests.support.configs import memory_config
-from tests.support.liveserver import SERVERS, LiveServer
+from tests.support.liveserver import SERVERS, LiveServer, started_servers
 
 POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
 
@@ -62,25 +62,11 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.redis)
 
 
-def _servers_started_by(tmp_path_factory):
-    """A ``start(config_text=..., env=..., server=...)`` function, and every server it started stopped afterwards."""
-    servers: list[LiveServer] = []
-
-    def start(config_text: str = TEST_CONFIG, *, env: dict[str, str] | None = None, **kwargs) -> LiveServer:
-        server = LiveServer.start(tmp_path_factory.mktemp("server"), config_text, env=env, **kwargs)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
 @pytest.fixture
 def start_server(tmp_path_factory):
     """Start real servers: ``start_server(config_text=..., env=..., server="uvicorn")`` (daphne by default); all stop
     at teardown."""
-    yield from _servers_started_by(tmp_path_factory)
+    yield from started_servers(tmp_path_factory, TEST_CONFIG)
 
 
 @pytest.fixture
@@ -118,7 +104,7 @@ def fresh_process():
 @pytest.fixture(scope="module")
 def start_module_server(tmp_path_factory):
     """Like ``start_server``, but the servers serve a whole test module (its tests use distinct channels)."""
-    yield from _servers_started_by(tmp_path_factory)
+    yield from started_servers(tmp_path_factory, TEST_CONFIG)
 
 
 def memory_runtime(*, layer=None, history=None, presence=None, registry=None, **server):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import socket
 import time
@@ -15,7 +14,7 @@ import pytest
 import websockets
 
 from tests.support.auth import API_KEY
-from tests.support.clients import connected, connections, recv_json
+from tests.support.clients import closed_with, connected, connections, recv_json
 from tests.support.configs import memory_config
 from tests.support.liveserver import PING_INTERVAL, PING_TIMEOUT, SHORT_PINGS
 from tests.support.processes import resident_kib
@@ -77,15 +76,6 @@ async def refusal(url: str, **connect_kwargs) -> tuple[dict, int]:
         body = await recv_json(ws)
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 5)
-    return body, closed.value.rcvd.code
-
-
-async def closed_with(ws) -> tuple[dict, int]:
-    """Read up to the server's close: the last JSON frame before it and the close code."""
-    body = None
-    with pytest.raises(websockets.ConnectionClosed) as closed:
-        while True:
-            body = json.loads(await asyncio.wait_for(ws.recv(), 5))
     return body, closed.value.rcvd.code
 
 

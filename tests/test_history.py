@@ -83,29 +83,29 @@ async def publish_all(server, channel_id: str, payloads: list[str]) -> list[dict
         return [await recv_json(witness) for _ in payloads]
 
 
+async def resume_then_live(server, channel_id: str, since: str, live_payload: str) -> tuple[list[str], dict]:
+    """Reconnect ``since`` a position while another client publishes ``live_payload``: the two payloads
+    replayed first, then the live message as the returning client got it."""
+    async with (
+        websockets.connect(ws_url(server, channel_id, clientId="returning", since=since)) as returning,
+        websockets.connect(ws_url(server, channel_id, clientId="live")) as live,
+    ):
+        missed = [(await recv_json(returning))["payload"] for _ in range(2)]
+        await live.send(live_payload)
+        return missed, await recv_json(returning)
+
+
 async def test_websocket_since_a_position_delivers_exactly_the_missed_messages(server):
     seen = await publish_all(server, "resume-1", ["a", "b", "c", "d"])
     since = f"{seen[1]['epoch']}-{seen[1]['offset']}"
-    async with (
-        websockets.connect(ws_url(server, "resume-1", clientId="returning", since=since)) as returning,
-        websockets.connect(ws_url(server, "resume-1", clientId="live")) as live,
-    ):
-        missed = [(await recv_json(returning))["payload"] for _ in range(2)]
-        await live.send("e")
-        after = await recv_json(returning)
+    missed, after = await resume_then_live(server, "resume-1", since, "e")
     assert missed == ["c", "d"]
     assert after["payload"] == "e"
 
 
 async def test_websocket_since_a_message_id_delivers_what_followed_it(server):
     seen = await publish_all(server, "resume-id-1", ["a", "b", "c"])
-    async with (
-        websockets.connect(ws_url(server, "resume-id-1", clientId="returning", since=seen[0]["id"])) as returning,
-        websockets.connect(ws_url(server, "resume-id-1", clientId="live")) as live,
-    ):
-        missed = [(await recv_json(returning))["payload"] for _ in range(2)]
-        await live.send("d")
-        after = await recv_json(returning)
+    missed, after = await resume_then_live(server, "resume-id-1", seen[0]["id"], "d")
     assert missed == ["b", "c"]
     assert after["payload"] == "d"
 

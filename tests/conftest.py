@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import textwrap
 import uuid
 from dataclasses import dataclass, replace
 
@@ -13,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from tests.support.liveserver import SERVERS, LiveServer
+from tests.support.configs import memory_config
+from tests.support.liveserver import SERVERS, LiveServer, started_servers
 
 POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
 
@@ -30,27 +30,22 @@ hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # Fixtures that start the service; a test using one of them, or a fixture built on one, is ``e2e``.
 SERVER_FIXTURES = frozenset({"start_server", "start_module_server", "daphne_server", "any_server"})
 
-TEST_CONFIG = textwrap.dedent(
-    """
-    server:
-      allow_create_new_channels: true
-      allow_push_server_messages: true
-    pubsub:
-      driver: "MEMORY"
-    channels:
-      chat:
-        id: "chat-1"
-        type: "WS"
-        max_of_channel_connections: 5
-      other-chat:
-        id: "chat-2"
-        type: "WS"
-        max_of_channel_connections: 5
-      feed:
-        id: "feed-1"
-        type: "SSE"
-        max_of_channel_connections: 5
-    """
+TEST_CONFIG = (
+    memory_config(allow_create_new_channels=True, allow_push_server_messages=True)
+    + """
+  chat:
+    id: "chat-1"
+    type: "WS"
+    max_of_channel_connections: 5
+  other-chat:
+    id: "chat-2"
+    type: "WS"
+    max_of_channel_connections: 5
+  feed:
+    id: "feed-1"
+    type: "SSE"
+    max_of_channel_connections: 5
+"""
 )
 
 
@@ -67,25 +62,11 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.redis)
 
 
-def _servers_started_by(tmp_path_factory):
-    """A ``start(config_text=..., env=..., server=...)`` function, and every server it started stopped afterwards."""
-    servers: list[LiveServer] = []
-
-    def start(config_text: str = TEST_CONFIG, *, env: dict[str, str] | None = None, **kwargs) -> LiveServer:
-        server = LiveServer.start(tmp_path_factory.mktemp("server"), config_text, env=env, **kwargs)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
 @pytest.fixture
 def start_server(tmp_path_factory):
     """Start real servers: ``start_server(config_text=..., env=..., server="uvicorn")`` (daphne by default); all stop
     at teardown."""
-    yield from _servers_started_by(tmp_path_factory)
+    yield from started_servers(tmp_path_factory, TEST_CONFIG)
 
 
 @pytest.fixture
@@ -123,7 +104,7 @@ def fresh_process():
 @pytest.fixture(scope="module")
 def start_module_server(tmp_path_factory):
     """Like ``start_server``, but the servers serve a whole test module (its tests use distinct channels)."""
-    yield from _servers_started_by(tmp_path_factory)
+    yield from started_servers(tmp_path_factory, TEST_CONFIG)
 
 
 def memory_runtime(*, layer=None, history=None, presence=None, registry=None, **server):

@@ -11,6 +11,7 @@ import websockets
 
 from tests.conftest import TEST_CONFIG
 from tests.support.auth import API_KEY, AUTH
+from tests.support.clients import lines_after_opening
 
 
 @pytest.fixture
@@ -26,9 +27,7 @@ def test_push_reaches_websocket_and_sse_subscribers(api_server):
                 async with client.stream(
                     "GET", api_server.channel_url("feed-1", scheme="http", clientId="s1")
                 ) as stream:
-                    lines = stream.aiter_lines()
-                    while (await anext(lines)) != "event: stream-open":
-                        pass
+                    lines = await lines_after_opening(stream)
                     ws_push = await client.post(
                         f"{api_server.http}/api/v1/channels/chat-1/messages", json={"payload": "to ws"}, headers=AUTH
                     )

@@ -9,28 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import subprocess
-import sys
 
 import pytest
 import websockets
 
-from tests.support.processes import ROOT
+from tests.support.documents import code_blocks
+from tests.support.processes import ROOT, run_python
 
 EXAMPLE_CONFIG = ROOT / "configs" / "redis.config.yaml"
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 # What `python manage.py shell` sets up before it runs what you type.
 SHELL_PREAMBLE = "import django\ndjango.setup()\n"
 
 
 def examples() -> list[tuple[str, str]]:
-    found = []
-    for document in DOCUMENTS:
-        for index, match in enumerate(_PYTHON_BLOCK.finditer(document.read_text())):
-            found.append((f"{document.relative_to(ROOT)}#{index + 1}", match.group(1)))
-    return found
+    return code_blocks(DOCUMENTS, "python")
 
 
 def test_the_examples_are_found():
@@ -55,15 +48,7 @@ def test_an_example_runs_as_written_and_its_message_arrives(example_server, name
     async def scenario():
         url = example_server.channel_url("my-chat-example", clientId="reader")
         async with websockets.connect(url) as ws:
-            run = await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-c", SHELL_PREAMBLE + code],
-                cwd=ROOT,
-                env=example_server.env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            run = await asyncio.to_thread(run_python, SHELL_PREAMBLE + code, env=example_server.env, timeout=60)
             assert run.returncode == 0, f"{name} failed:\n{run.stderr[-3000:]}"
             return json.loads(await asyncio.wait_for(ws.recv(), 5))
 

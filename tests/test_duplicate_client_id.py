@@ -13,7 +13,7 @@ import pytest
 import websockets
 
 from tests.support.auth import API_KEY, AUTH
-from tests.support.clients import open_stream, opened
+from tests.support.clients import closed_with, open_stream, opened
 
 
 def config(mode: str | None, redis_url: str | None = None) -> str:
@@ -43,15 +43,6 @@ async def push(server, channel: str, payload: str) -> None:
             f"{server.http}/api/v1/channels/{channel}/messages", json={"payload": payload}, headers=AUTH
         )
     assert response.status_code == 201, response.text
-
-
-async def closed_with(ws) -> tuple[dict, int]:
-    """The last frame before the server's close, and the close code."""
-    body = None
-    with pytest.raises(websockets.ConnectionClosed) as closed:
-        while True:
-            body = json.loads(await asyncio.wait_for(ws.recv(), 5))
-    return body, closed.value.rcvd.code
 
 
 REPLACED = {"control": "close", "code": 4001, "error": "replaced"}

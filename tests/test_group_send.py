@@ -81,6 +81,14 @@ async def websocket(rooms, path: str) -> WebsocketCommunicator:
     return communicator
 
 
+async def subscribed_stream(rooms, query: str) -> StreamClient:
+    """A stream of the SSE channel, its ``stream-open`` event read."""
+    stream = StreamClient(rooms.application, "/api/v1/channels/feed-1", query)
+    await stream.open()
+    await stream.event()
+    return stream
+
+
 async def test_raw_group_send_reaches_websocket_subscribers(rooms):
     communicator = await websocket(rooms, "/api/v1/channels/room-1?clientId=w1")
     # The handshake completes only once the connection is subscribed.
@@ -134,9 +142,7 @@ async def test_group_send_to_one_channel_never_reaches_another(rooms):
 
 async def test_message_publish_reaches_websocket_and_sse_subscribers_alike(rooms):
     communicator = await websocket(rooms, "/api/v1/channels/room-1?clientId=w3")
-    stream = StreamClient(rooms.application, "/api/v1/channels/feed-1", "clientId=s3")
-    await stream.open()
-    await stream.event()
+    stream = await subscribed_stream(rooms, "clientId=s3")
     room = await rooms.runtime.registry.resolve("room-1")
     feed = await rooms.runtime.registry.resolve("feed")
     to_room = await message_publish(channel=room, payload="to the room", client_id="backend", runtime=rooms.runtime)
@@ -212,9 +218,7 @@ async def test_raw_group_send_skips_the_subscriber_named_as_its_sender(rooms):
 
 async def test_realtime_close_event_closes_websockets_and_streams_of_the_channel(rooms):
     communicator = await websocket(rooms, "/api/v1/channels/room-1?clientId=w7")
-    stream = StreamClient(rooms.application, "/api/v1/channels/feed-1", "clientId=s7")
-    await stream.open()
-    await stream.event()
+    stream = await subscribed_stream(rooms, "clientId=s7")
     layer = get_channel_layer()
     for channel_id in ("room-1", "feed-1"):
         await layer.group_send(

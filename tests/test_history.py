@@ -19,6 +19,8 @@ from channels_app.errors import ApplicationError
 from channels_app.messages import Position, position_parse
 from tests.support.auth import API_KEY, AUTH
 from tests.support.clients import connections, recv_json
+from tests.support.configs import memory_config
+from tests.support.liveserver import SHORT_PINGS
 from tests.support.processes import resident_kib
 from tests.support.strategies import any_text, query_text
 from tests.support.waiting import wait_until
@@ -49,19 +51,16 @@ def test_position_parse_refuses_anything_else_with_400(raw):
     assert refused.value.extra == {"field": "since"}
 
 
-CONFIG = """
-server:
-  publish_rate: 100000
-  publish_burst: 100000
-pubsub:
-  driver: "MEMORY"
-channels:
+CONFIG = (
+    memory_config(publish_rate=100000, publish_burst=100000)
+    + """
   resume: {id: "resume-1", type: "WS"}
   resume-id: {id: "resume-id-1", type: "WS"}
   gap: {id: "gap-1", type: "WS", history_size: 3}
   restart: {id: "restart-1", type: "WS"}
   restart-feed: {id: "restart-feed-1", type: "SSE"}
 """
+)
 
 
 def ws_url(server, channel_id: str, **query: str) -> str:
@@ -84,29 +83,29 @@ async def publish_all(server, channel_id: str, payloads: list[str]) -> list[dict
         return [await recv_json(witness) for _ in payloads]
 
 
+async def resume_then_live(server, channel_id: str, since: str, live_payload: str) -> tuple[list[str], dict]:
+    """Reconnect ``since`` a position while another client publishes ``live_payload``: the two payloads
+    replayed first, then the live message as the returning client got it."""
+    async with (
+        websockets.connect(ws_url(server, channel_id, clientId="returning", since=since)) as returning,
+        websockets.connect(ws_url(server, channel_id, clientId="live")) as live,
+    ):
+        missed = [(await recv_json(returning))["payload"] for _ in range(2)]
+        await live.send(live_payload)
+        return missed, await recv_json(returning)
+
+
 async def test_websocket_since_a_position_delivers_exactly_the_missed_messages(server):
     seen = await publish_all(server, "resume-1", ["a", "b", "c", "d"])
     since = f"{seen[1]['epoch']}-{seen[1]['offset']}"
-    async with (
-        websockets.connect(ws_url(server, "resume-1", clientId="returning", since=since)) as returning,
-        websockets.connect(ws_url(server, "resume-1", clientId="live")) as live,
-    ):
-        missed = [(await recv_json(returning))["payload"] for _ in range(2)]
-        await live.send("e")
-        after = await recv_json(returning)
+    missed, after = await resume_then_live(server, "resume-1", since, "e")
     assert missed == ["c", "d"]
     assert after["payload"] == "e"
 
 
 async def test_websocket_since_a_message_id_delivers_what_followed_it(server):
     seen = await publish_all(server, "resume-id-1", ["a", "b", "c"])
-    async with (
-        websockets.connect(ws_url(server, "resume-id-1", clientId="returning", since=seen[0]["id"])) as returning,
-        websockets.connect(ws_url(server, "resume-id-1", clientId="live")) as live,
-    ):
-        missed = [(await recv_json(returning))["payload"] for _ in range(2)]
-        await live.send("d")
-        after = await recv_json(returning)
+    missed, after = await resume_then_live(server, "resume-id-1", seen[0]["id"], "d")
     assert missed == ["b", "c"]
     assert after["payload"] == "d"
 
@@ -168,16 +167,12 @@ async def test_restart_of_a_memory_instance_is_a_gap_never_a_wrong_offset(start_
     assert data["requested"] == f"{seen[0]['epoch']}-7"
 
 
-INCARNATIONS_CONFIG = """
-server:
-  allow_create_new_channels: true
-  publish_rate: 100000
-  publish_burst: 100000
-pubsub:
-  driver: "MEMORY"
-channels:
+INCARNATIONS_CONFIG = (
+    memory_config(allow_create_new_channels=True, publish_rate=100000, publish_burst=100000)
+    + """
   neighbour: {id: "neighbour-1", type: "WS"}
 """
+)
 
 
 async def resume_from(server, channel_id: str, since: str, count: int) -> list[dict]:
@@ -241,28 +236,21 @@ def test_message_ids_are_accepted_in_any_spelling(message_id):
 
 # --- Clients that never read: cut off, then resumed in full, paced (moved from test_hardening_websocket.py) ---
 
-STALLED_CONFIG = """
-server:
-  publish_rate: 100000
-  publish_burst: 100000
-  max_message_size: 65536
-  max_pending_bytes: 1048576
-  history_size: 1000
-pubsub:
-  driver: "MEMORY"
-channels:
+STALLED_CONFIG = (
+    memory_config(
+        publish_rate=100000, publish_burst=100000, max_message_size=65536, max_pending_bytes=1048576, history_size=1000
+    )
+    + """
   stalled: {id: "stalled-1", type: "WS", max_of_channel_connections: 50}
   stalled-feed: {id: "stalled-feed-1", type: "SSE", max_of_channel_connections: 50}
 """
-PING_INTERVAL, PING_TIMEOUT = 1, 2
+)
 
 
 @pytest.fixture(scope="module")
 def stalled_server(start_module_server):
     """A daphne with 1 s keep-alive pings (ping timeout 2 s) and a 1 MiB bound per connection."""
-    # Short keep-alive pings so that a silent peer is noticed within seconds.
-    pings = ["--ping-interval", str(PING_INTERVAL), "--ping-timeout", str(PING_TIMEOUT)]
-    return start_module_server(STALLED_CONFIG, env={"REALTIME_API_KEYS": API_KEY}, extra_args=pings)
+    return start_module_server(STALLED_CONFIG, env={"REALTIME_API_KEYS": API_KEY}, extra_args=SHORT_PINGS)
 
 
 async def test_many_clients_that_never_read_are_cut_off_and_resume_everything(stalled_server):

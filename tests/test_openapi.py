@@ -24,6 +24,7 @@ from channels_app.state.idempotency import idempotency_key_parse
 from channels_app.tokens import token_mint
 from channels_app.transports.routing import CHANNEL_PATH
 from tests.support.auth import API_KEY
+from tests.support.configs import memory_config
 from tests.support.processes import ROOT
 
 
@@ -331,17 +332,14 @@ def test_error_examples_are_the_errors_the_api_gives(example_server):
 # (SCHEMATHESIS_MAX_EXAMPLES raises it) to stay under about a minute.
 
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "60"))
-FUZZED_CONFIG = """
-server:
-  allow_create_new_channels: true
-  allow_push_server_messages: true
-pubsub:
-  driver: "MEMORY"
-channels:
+FUZZED_CONFIG = (
+    memory_config(allow_create_new_channels=True, allow_push_server_messages=True)
+    + """
   chat: {id: "chat-1", type: "WS"}
   vault: {id: "vault-1", type: "WS", private: true}
   feed: {id: "feed-1", type: "SSE"}
 """
+)
 
 schema = schemathesis.openapi.from_dict(openapi_document())
 

@@ -16,6 +16,7 @@ import websockets
 from channels_app import counters
 from tests.conftest import redis_config
 from tests.support.auth import API_KEY, AUTH
+from tests.support.clients import lines_after_opening
 
 SOURCE = Path(__file__).resolve().parent.parent / "channels_app"
 
@@ -161,9 +162,7 @@ def test_sigterm_drains_clients_and_exits_within_the_grace_period(start_server, 
             httpx.AsyncClient(timeout=10) as client,
             client.stream("GET", server.channel_url("feed-1", scheme="http", clientId="sse-client")) as stream,
         ):
-            lines = stream.aiter_lines()
-            while (await anext(lines)) != "event: stream-open":
-                pass
+            lines = await lines_after_opening(stream)
             signalled = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
             control = json.loads(await asyncio.wait_for(ws.recv(), 5))

@@ -14,6 +14,7 @@ import websockets
 
 from channels_app.transports.origins import cors_headers, origin_allowed
 from tests.support.auth import API_KEY
+from tests.support.configs import CHAT_AND_FEED, memory_config
 
 
 def server_config(*allowed: str, allow_all: bool = False) -> SimpleNamespace:
@@ -65,25 +66,9 @@ def test_cors_headers_echo_an_allowed_origin_and_say_nothing_otherwise():
     )
 
 
-CONFIG = """
-server:
-  allowed_origins: ["https://app.example.com", "https://*.example.org"]
-pubsub:
-  driver: "MEMORY"
-channels:
-  chat: {id: "chat-1", type: "WS"}
-  feed: {id: "feed-1", type: "SSE"}
-"""
+CONFIG = memory_config(allowed_origins=["https://app.example.com", "https://*.example.org"]) + CHAT_AND_FEED
 
-OPEN_CONFIG = """
-server:
-  allow_all_origins: true
-pubsub:
-  driver: "MEMORY"
-channels:
-  chat: {id: "chat-1", type: "WS"}
-  feed: {id: "feed-1", type: "SSE"}
-"""
+OPEN_CONFIG = memory_config(allow_all_origins=True) + CHAT_AND_FEED
 
 
 @pytest.fixture(scope="module")
@@ -179,15 +164,7 @@ def test_allow_all_origins_answers_any_origin_with_a_wildcard(open_server):
 
 # --- Missing and forged origins, against the default policy (moved from test_hardening_paths.py) ------------
 
-DEFAULT_ORIGINS_CONFIG = """
-server:
-  allow_create_new_channels: true
-pubsub:
-  driver: "MEMORY"
-channels:
-  chat: {id: "chat-1", type: "WS"}
-  feed: {id: "feed-1", type: "SSE"}
-"""
+DEFAULT_ORIGINS_CONFIG = memory_config(allow_create_new_channels=True) + CHAT_AND_FEED
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import websockets
 
 from tests.conftest import TEST_CONFIG
 from tests.support.auth import API_KEY, AUTH
+from tests.support.clients import lines_after_opening
 
 SECRET = "a-token-secret-for-these-tests-only-0123456789"
 PRIVATE_CONFIG = TEST_CONFIG + (
@@ -117,9 +118,7 @@ def test_right_token_opens_a_private_event_stream_and_the_token_stays_out_of_the
             httpx.AsyncClient(timeout=10) as client,
             client.stream("GET", server.channel_url("alerts-1", scheme="http", token=token)) as stream,
         ):
-            lines = stream.aiter_lines()
-            while (await anext(lines)) != "event: stream-open":
-                pass
+            lines = await lines_after_opening(stream)
             await client.post(f"{server.http}/api/v1/channels/alerts-1/messages", json={"payload": "p"}, headers=AUTH)
             while True:
                 line = await asyncio.wait_for(anext(lines), 5)

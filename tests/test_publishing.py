@@ -2,8 +2,6 @@
 
 import asyncio
 import json
-import subprocess
-import sys
 
 import pytest
 import websockets
@@ -13,7 +11,7 @@ from channels.testing import ApplicationCommunicator, WebsocketCommunicator
 import channels_app
 from channels_app.models import Channel
 from tests.conftest import redis_config
-from tests.support.processes import ROOT
+from tests.support.processes import run_python
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -84,15 +82,7 @@ async def test_publish_from_a_separate_process_reaches_a_redis_backed_server(sta
     """A script, worker or management command publishes through Redis, call after call."""
     server = start_server(redis_config(redis_server.url))
     async with websockets.connect(f"{server.ws}/api/v1/channels/chat-1?clientId=reader") as ws:
-        script = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-c", PUBLISH_SCRIPT],
-            cwd=ROOT,
-            env=server.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        script = await asyncio.to_thread(run_python, PUBLISH_SCRIPT, env=server.env, timeout=60)
         assert script.returncode == 0, script.stderr
         received = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(5)]
     assert [message["payload"] for message in received] == [f"from a script {index}" for index in range(5)]
@@ -151,15 +141,7 @@ async def test_a_hundred_mixed_sync_and_async_calls_from_any_event_loop_are_each
     sync publish(), raised "Event loop is closed" / "attached to a different loop" after recording the message."""
     server = start_server(redis_config(redis_server.url))
     async with websockets.connect(f"{server.ws}/api/v1/channels/chat-1?clientId=reader") as ws:
-        script = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-c", MIXED_CALLS_SCRIPT],
-            cwd=ROOT,
-            env=server.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        script = await asyncio.to_thread(run_python, MIXED_CALLS_SCRIPT, env=server.env, timeout=120)
         assert script.returncode == 0, script.stderr[-3000:]
         assert script.stdout.split() == ["100"]
         received = [json.loads(await asyncio.wait_for(ws.recv(), 5))["payload"] for _ in range(100)]
@@ -201,15 +183,7 @@ async def test_memory_driver_publishing_from_a_process_that_serves_nothing_refus
     """A shell, command or worker has its own in-memory layer, which no subscriber listens to."""
     server = start_server()
     async with websockets.connect(f"{server.ws}/api/v1/channels/chat-1?clientId=reader") as ws:
-        script = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-c", NOT_SERVING_SCRIPT],
-            cwd=ROOT,
-            env=server.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        script = await asyncio.to_thread(run_python, NOT_SERVING_SCRIPT, env=server.env, timeout=60)
         assert script.returncode == 0, script.stderr[-3000:]
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(ws.recv(), 1)

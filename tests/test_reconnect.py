@@ -18,15 +18,14 @@ from urllib.parse import urlencode
 import pytest
 import websockets
 
-CONFIG = """
-server:
-  publish_rate: 100000
-  publish_burst: 100000
-pubsub:
-  driver: "MEMORY"
-channels:
+from tests.support.configs import memory_config
+
+CONFIG = (
+    memory_config(publish_rate=100000, publish_burst=100000)
+    + """
   resume: {id: "resume-1", type: "WS", max_of_channel_connections: 50}
 """
+)
 CLIENTS = 10
 CYCLES = 10  # per client: 100 cycles in all
 

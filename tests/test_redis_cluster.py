@@ -14,7 +14,8 @@ import websockets
 
 from tests.conftest import redis_config
 from tests.support.auth import API_KEY, AUTH
-from tests.support.clients import connections, recv_json
+from tests.support.clients import connections, lines_after_opening, recv_json
+from tests.support.liveserver import start_pair
 from tests.support.processes import manage, resident_kib
 from tests.support.traffic import Publisher, Subscriber, delivery_report, settle, stop_all
 from tests.support.waiting import wait_until
@@ -25,9 +26,7 @@ def cluster(start_server, redis_server, tmp_path):
     """Two instances on one Redis and one database; a short presence lease so tests stay quick."""
     config = redis_config(redis_server.url)
     env = {"REALTIME_API_KEYS": API_KEY, "REALTIME_PRESENCE_LEASE_SECONDS": "3", "DJANGO_SECRET_KEY": "cluster-secret"}
-    first = start_server(config, env=env)
-    second = start_server(config, env=env, database_path=first.database_path, sync=False)
-    return first, second
+    return start_pair(start_server, config, env=env)
 
 
 async def next_sse_message(lines, seconds: float = 5) -> dict:
@@ -50,9 +49,7 @@ def test_all_three_publish_entrances_reach_both_transports_on_both_instances(clu
             httpx.AsyncClient(timeout=10) as client,
             client.stream("GET", first.channel_url("feed-1", scheme="http", clientId="sse-first")) as sse,
         ):
-            lines = sse.aiter_lines()
-            while (await anext(lines)) != "event: stream-open":
-                pass
+            lines = await lines_after_opening(sse)
             await on_first.send("from a websocket")
             ws_published = await recv_json(on_second)
             pushed = await client.post(
@@ -313,8 +310,7 @@ def test_the_core_redis_layer_also_fans_out_across_instances(start_server, redis
     config = redis_config(redis_server.url).replace('prefix: "rt"', 'prefix: "rt"\n    layer: "core"')
     assert 'layer: "core"' in config
     env = {"REALTIME_API_KEYS": API_KEY}
-    first = start_server(config, env=env)
-    second = start_server(config, env=env, database_path=first.database_path, sync=False)
+    first, second = start_pair(start_server, config, env=env)
 
     async def scenario():
         async with (
@@ -333,8 +329,7 @@ def test_concurrent_pushes_over_the_core_layer_arrive_complete_and_in_order(star
     config = redis_config(redis_server.url).replace('prefix: "rt"', 'prefix: "rt"\n    layer: "core"')
     config = config.replace("server:\n", "server:\n  history_size: 0\n", 1)
     env = {"REALTIME_API_KEYS": API_KEY}
-    first = start_server(config, env=env)
-    second = start_server(config, env=env, database_path=first.database_path, sync=False)
+    first, second = start_pair(start_server, config, env=env)
     pushes, connections = 400, 8
 
     async def push_all(client: httpx.AsyncClient, start: int) -> None:
@@ -395,9 +390,7 @@ def loaded_cluster(start_server, redis_server):
         "DJANGO_SECRET_KEY": "faults-secret-" + "s" * 40,
     }
     config = LOAD_CONFIG.format(url=redis_server.url)
-    first = start_server(config, env=env)
-    second = start_server(config, env=env, database_path=first.database_path, sync=False)
-    return first, second
+    return start_pair(start_server, config, env=env)
 
 
 def preflight(server, channel: str = "load-1") -> dict:
@@ -430,8 +423,7 @@ def redis_kill_run(start_module_server, tmp_path_factory):
     redis_server = RedisServer.start(tmp_path_factory.mktemp("redis"))
     env = {"REALTIME_API_KEYS": API_KEY, "REALTIME_PRESENCE_LEASE_SECONDS": str(LEASE_SECONDS)}
     config = LOAD_CONFIG.format(url=redis_server.url)
-    first = start_module_server(config, env=env)
-    second = start_module_server(config, env=env, database_path=first.database_path, sync=False)
+    first, second = start_pair(start_module_server, config, env=env)
 
     async def scenario():
         subscribers, publisher, tasks = await start_traffic([first, second], subscribers_per_server=3)

@@ -14,6 +14,7 @@ import websockets
 
 from tests.conftest import TEST_CONFIG
 from tests.support.auth import API_KEY, AUTH
+from tests.support.liveserver import start_pair
 from tests.support.processes import free_port
 from tests.support.redisserver import RedisServer
 
@@ -69,8 +70,7 @@ def test_master_failover_is_survived(start_server, sentinel_setup):
         f'driver: "REDIS"\n  redis:\n    sentinels: ["127.0.0.1:{sentinel.port}"]\n    master_name: "mymaster"',
     )
     env = {"REALTIME_API_KEYS": API_KEY}
-    first = start_server(config, env=env)
-    second = start_server(config, env=env, database_path=first.database_path, sync=False)
+    first, second = start_pair(start_server, config, env=env)
 
     async def scenario():
         async with (

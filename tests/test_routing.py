@@ -18,17 +18,10 @@ import pytest
 import websockets
 
 from tests.support.auth import API_KEY
+from tests.support.configs import CHAT_AND_FEED, memory_config
 from tests.support.hostile import assert_no_server_error, assert_still_serving, raw_request
 
-CONFIG = """
-server:
-  allow_create_new_channels: true
-pubsub:
-  driver: "MEMORY"
-channels:
-  chat: {id: "chat-1", type: "WS"}
-  feed: {id: "feed-1", type: "SSE"}
-"""
+CONFIG = memory_config(allow_create_new_channels=True) + CHAT_AND_FEED
 
 HOSTILE_CHANNELS = [
     "..",

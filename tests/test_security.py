@@ -25,6 +25,7 @@ from playwright.sync_api import expect, sync_playwright
 from channels_app.http.security import CONTENT_SECURITY_POLICY
 from tests.conftest import TEST_CONFIG
 from tests.support.auth import API_KEY, AUTH
+from tests.support.configs import CHAT_AND_FEED, memory_config
 from tests.support.hostile import assert_no_server_error, assert_still_serving, raw_request
 from tests.support.processes import ROOT, base_environment, manage
 
@@ -426,15 +427,7 @@ def test_production_mode_secures_cookies_and_redirects_to_https_except_the_probe
 
 # --- Hostile headers, a huge body and foreign hosts, on raw sockets (moved from test_hardening_paths.py) ----
 
-HOSTILE_CONFIG = """
-server:
-  allow_create_new_channels: true
-pubsub:
-  driver: "MEMORY"
-channels:
-  chat: {id: "chat-1", type: "WS"}
-  feed: {id: "feed-1", type: "SSE"}
-"""
+HOSTILE_CONFIG = memory_config(allow_create_new_channels=True) + CHAT_AND_FEED
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ import websockets
 
 from tests.support.auth import API_KEY
 from tests.support.clients import connections
+from tests.support.configs import memory_config
 from tests.support.processes import open_fds, resident_kib
 from tests.support.traffic import Publisher, Subscriber, delivery_report, settle, stop_all
 from tests.support.wire import handshake
@@ -36,17 +37,14 @@ from tests.support.wire import handshake
 pytestmark = pytest.mark.soak
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
 RATE = 40.0
-CONFIG = """
-server:
-  max_pending_bytes: 262144
-  history_size: 500
-pubsub:
-  driver: "MEMORY"
-channels:
+CONFIG = (
+    memory_config(max_pending_bytes=262144, history_size=500)
+    + """
   soak: {id: "soak-1", type: "WS", max_of_channel_connections: 100}
   soak-feed: {id: "soak-feed-1", type: "SSE", max_of_channel_connections: 100}
   soak-busy: {id: "soak-busy-1", type: "WS", max_of_channel_connections: 10, history_size: 100000}
 """
+)
 
 
 def counter(text: str, name: str) -> float:
@@ -224,17 +222,14 @@ def latency_windows(subscribers: list[Subscriber], count: int = 3) -> list[float
 
 CYCLES = int(os.environ.get("CHURN_CYCLES", "10000"))
 CONCURRENCY = 40
-CHURN_CONFIG = """
-server:
-  publish_rate: 100000
-  publish_burst: 100000
-pubsub:
-  driver: "MEMORY"
-channels:
+CHURN_CONFIG = (
+    memory_config(publish_rate=100000, publish_burst=100000)
+    + """
   churn: {id: "churn-1", type: "WS", max_of_channel_connections: 1000}
   churn-feed: {id: "churn-feed-1", type: "SSE", max_of_channel_connections: 1000}
   tiny: {id: "tiny-1", type: "WS", max_of_channel_connections: 1}
 """
+)
 
 
 async def one_cycle(server, index: int, client: httpx.AsyncClient) -> str:

@@ -16,15 +16,13 @@ import pytest
 
 from tests.support.auth import API_KEY
 from tests.support.clients import connected, connections, open_stream, opened
+from tests.support.configs import memory_config
 from tests.support.waiting import wait_until
+from tests.support.wire import open_raw
 
-CONFIG = """
-server:
-  sse_keepalive: 0.3
-  sse_retry: 2500
-pubsub:
-  driver: "MEMORY"
-channels:
+CONFIG = (
+    memory_config(sse_keepalive=0.3, sse_retry=2500)
+    + """
   opening: {id: "opening-1", type: "SSE"}
   envelope: {id: "envelope-1", type: "SSE"}
   keepalive: {id: "keepalive-1", type: "SSE"}
@@ -40,15 +38,14 @@ channels:
   isolated-b: {id: "isolated-b-1", type: "SSE"}
   order: {id: "order-1", type: "SSE"}
 """
+)
 
-SLOW_CONFIG = """
-server:
-  max_pending_bytes: 65536
-pubsub:
-  driver: "MEMORY"
-channels:
+SLOW_CONFIG = (
+    memory_config(max_pending_bytes=65536)
+    + """
   slow: {id: "slow-1", type: "SSE"}
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -296,17 +293,8 @@ def test_preflight_of_a_websocket_channel_and_of_unknown_ones(server):
 
 def _raw_stream(server, path: str) -> socket.socket:
     """An SSE client that sends its request, reads the response head and then never reads again."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", server.port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAccept: text/event-stream\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        assert chunk, "server closed before answering"
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return sock
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAccept: text/event-stream\r\n\r\n"
+    return open_raw(server, request, status=b"HTTP/1.1 200", rcvbuf=4096)
 
 
 async def test_slow_consumer_stream_ends_without_slowing_others(start_module_server, asgi_server, api):

@@ -103,11 +103,26 @@ def test_name_handed_over_to_a_new_channel(write_config):
     assert "created: chat\nupdated: chat-legacy\n" in output
 
 
-def test_two_channels_swap_names(write_config):
+@pytest.mark.parametrize(
+    ("renamed", "names"),
+    [
+        pytest.param(
+            'channels:\n  feed: {id: "chat-1", type: "WS"}\n  chat: {id: "feed-1", type: "SSE"}\n',
+            {"chat-1": "feed", "feed-1": "chat"},
+            id="two_channels_swap_names",
+        ),
+        pytest.param(
+            'channels:\n  room: {id: "chat-1", type: "WS"}\n  chat-2: {id: "chat", type: "WS"}\n',
+            {"chat-1": "room", "chat": "chat-2"},
+            id="name_freed_by_a_rename_may_become_an_id",
+        ),
+    ],
+)
+def test_names_and_ids_handed_around_in_one_sync(write_config, renamed, names):
     sync(write_config(TWO_CHANNELS))
-    sync(write_config('channels:\n  feed: {id: "chat-1", type: "WS"}\n  chat: {id: "feed-1", type: "SSE"}\n'))
-    assert Channel.objects.get(public_id="chat-1").name == "feed"
-    assert Channel.objects.get(public_id="feed-1").name == "chat"
+    sync(write_config(renamed))
+    for public_id, name in names.items():
+        assert Channel.objects.get(public_id=public_id).name == name
 
 
 def test_without_prune_removed_channels_stay_active(write_config):
@@ -241,23 +256,25 @@ def test_id_or_name_that_is_another_channels_name_or_id_is_a_conflict(write_conf
     assert not Channel.objects.filter(source=Channel.Source.YAML).exists()
 
 
-def test_id_that_is_the_name_of_a_yaml_channel_no_longer_in_the_file(write_config):
+@pytest.mark.parametrize(
+    ("renamed", "message"),
+    [
+        pytest.param(
+            'channels:\n  room: {id: "chat", type: "WS"}\n',
+            "the id 'chat' still belongs to channel id 'chat-1' as its name",
+            id="id_that_is_the_name_of_a_yaml_channel_no_longer_in_the_file",
+        ),
+        pytest.param(
+            'channels:\n  chat: {id: "chat-9", type: "WS"}\n',
+            "the name 'chat' still belongs to channel id 'chat-1'",
+            id="name_held_by_a_yaml_channel_no_longer_in_the_file",
+        ),
+    ],
+)
+def test_what_a_yaml_channel_no_longer_in_the_file_held_is_a_conflict(write_config, renamed, message):
     sync(write_config(TWO_CHANNELS))
-    with pytest.raises(CommandError, match="the id 'chat' still belongs to channel id 'chat-1' as its name"):
-        sync(write_config('channels:\n  room: {id: "chat", type: "WS"}\n'))
-
-
-def test_name_freed_by_a_rename_may_become_an_id_in_the_same_sync(write_config):
-    sync(write_config(TWO_CHANNELS))
-    sync(write_config('channels:\n  room: {id: "chat-1", type: "WS"}\n  chat-2: {id: "chat", type: "WS"}\n'))
-    assert Channel.objects.get(public_id="chat-1").name == "room"
-    assert Channel.objects.get(public_id="chat").name == "chat-2"
-
-
-def test_name_held_by_a_yaml_channel_no_longer_in_the_file(write_config):
-    sync(write_config(TWO_CHANNELS))
-    with pytest.raises(CommandError, match="the name 'chat' still belongs to channel id 'chat-1'"):
-        sync(write_config('channels:\n  chat: {id: "chat-9", type: "WS"}\n'))
+    with pytest.raises(CommandError, match=message):
+        sync(write_config(renamed))
 
 
 def test_failure_while_writing_rolls_everything_back():

@@ -27,20 +27,19 @@ from channels_app.adapters.servers import (
 from channels_app.adapters.uvicorn_ws import WebSocketProtocol
 from channels_app.http.security import SecurityHeadersMiddleware
 from tests.support.clients import connections
+from tests.support.configs import memory_config
 from tests.support.liveserver import UVICORN_OPTIONS
 from tests.support.processes import ROOT, base_environment, free_port, resident_kib
 from tests.support.waiting import wait_until
 from tests.support.wire import handshake
 from tests.test_ws_endpoint import SLOW_CONFIG
 
-LARGE_CONFIG = """
-server:
-  max_message_size: 1572864
-pubsub:
-  driver: "MEMORY"
-channels:
+LARGE_CONFIG = (
+    memory_config(max_message_size=1572864)
+    + """
   large: {id: "large-1", type: "WS"}
 """
+)
 
 CLOSE_OPCODE = 0x8
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import socket
 import time
@@ -15,7 +14,9 @@ import pytest
 import websockets
 
 from tests.support.auth import API_KEY
-from tests.support.clients import connected, connections, recv_json
+from tests.support.clients import closed_with, connected, connections, recv_json
+from tests.support.configs import memory_config
+from tests.support.liveserver import PING_INTERVAL, PING_TIMEOUT, SHORT_PINGS
 from tests.support.processes import resident_kib
 from tests.support.waiting import wait_until
 from tests.support.wire import frame, handshake, read_until_close
@@ -23,13 +24,9 @@ from tests.support.wire import frame, handshake, read_until_close
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 
-CONFIG = """
-server:
-  publish_rate: 100000
-  publish_burst: 100000
-pubsub:
-  driver: "MEMORY"
-channels:
+CONFIG = (
+    memory_config(publish_rate=100000, publish_burst=100000)
+    + """
   envelope: {id: "envelope-1", type: "WS"}
   echo: {id: "echo-1", type: "WS"}
   verbatim: {id: "verbatim-1", type: "WS"}
@@ -46,27 +43,21 @@ channels:
   abrupt: {id: "abrupt-1", type: "WS", max_of_channel_connections: 1}
   order: {id: "order-1", type: "WS"}
 """
+)
 
-RATE_CONFIG = """
-server:
-  publish_rate: 0.001
-  publish_burst: 3
-pubsub:
-  driver: "MEMORY"
-channels:
+RATE_CONFIG = (
+    memory_config(publish_rate=0.001, publish_burst=3)
+    + """
   rated: {id: "rated-1", type: "WS"}
 """
+)
 
-SLOW_CONFIG = """
-server:
-  publish_rate: 100000
-  publish_burst: 100000
-  max_pending_bytes: 65536
-pubsub:
-  driver: "MEMORY"
-channels:
+SLOW_CONFIG = (
+    memory_config(publish_rate=100000, publish_burst=100000, max_pending_bytes=65536)
+    + """
   slow: {id: "slow-1", type: "WS"}
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +76,6 @@ async def refusal(url: str, **connect_kwargs) -> tuple[dict, int]:
         body = await recv_json(ws)
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 5)
-    return body, closed.value.rcvd.code
-
-
-async def closed_with(ws) -> tuple[dict, int]:
-    """Read up to the server's close: the last JSON frame before it and the close code."""
-    body = None
-    with pytest.raises(websockets.ConnectionClosed) as closed:
-        while True:
-            body = json.loads(await asyncio.wait_for(ws.recv(), 5))
     return body, closed.value.rcvd.code
 
 
@@ -404,30 +386,23 @@ async def test_slow_consumer_is_cut_off_without_slowing_others(start_module_serv
 
 # --- Hostile frames, ping floods, silent peers, unfinished handshakes (moved from test_hardening_websocket.py) ---
 
-FRAMES_CONFIG = """
-server:
-  publish_rate: 100000
-  publish_burst: 100000
-  max_message_size: 65536
-  max_pending_bytes: 1048576
-  history_size: 1000
-pubsub:
-  driver: "MEMORY"
-channels:
+FRAMES_CONFIG = (
+    memory_config(
+        publish_rate=100000, publish_burst=100000, max_message_size=65536, max_pending_bytes=1048576, history_size=1000
+    )
+    + """
   utf8: {id: "utf8-1", type: "WS"}
   fragments: {id: "fragments-1", type: "WS"}
   pings: {id: "pings-1", type: "WS"}
   halfopen: {id: "halfopen-1", type: "WS", max_of_channel_connections: 3}
 """
-PING_INTERVAL, PING_TIMEOUT = 1, 2
+)
 
 
 @pytest.fixture(scope="module")
 def pinging_server(start_module_server):
     """A daphne with 1 s keep-alive pings (ping timeout 2 s), for clients that misbehave."""
-    # Short keep-alive pings so that a silent peer is noticed within seconds.
-    pings = ["--ping-interval", str(PING_INTERVAL), "--ping-timeout", str(PING_TIMEOUT)]
-    return start_module_server(FRAMES_CONFIG, env={"REALTIME_API_KEYS": API_KEY}, extra_args=pings)
+    return start_module_server(FRAMES_CONFIG, env={"REALTIME_API_KEYS": API_KEY}, extra_args=SHORT_PINGS)
 
 
 async def test_invalid_utf8_closes_with_1007_and_publishes_nothing(pinging_server):

@@ -6,6 +6,8 @@ import asyncio
 import json
 
 import httpx
+import pytest
+import websockets
 
 
 def connections(server, channel: str) -> int | None:
@@ -23,6 +25,25 @@ async def connected(server, channel: str) -> int:
 async def recv_json(ws, within: float = 5) -> dict:
     """The next frame of a ``websockets`` connection, parsed as JSON."""
     return json.loads(await asyncio.wait_for(ws.recv(), within))
+
+
+async def closed_with(ws) -> tuple[dict | None, int]:
+    """Read a ``websockets`` connection up to the server's close: the last JSON frame before it (None if none
+    came) and the close code."""
+    body = None
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            body = await recv_json(ws)
+    return body, closed.value.rcvd.code
+
+
+async def lines_after_opening(response: httpx.Response):
+    """The lines of a streaming event-stream response, from after its ``event: stream-open`` line (the stream is
+    subscribed by then)."""
+    lines = response.aiter_lines()
+    while (await anext(lines)) != "event: stream-open":
+        pass
+    return lines
 
 
 class EventStream:

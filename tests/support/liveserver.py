@@ -35,6 +35,9 @@ UVICORN_OPTIONS = (
     "--ws-ping-interval", "20", "--ws-ping-timeout", "30", "--lifespan", "off", "--backlog", str(UVICORN_BACKLOG),
     "--http", "channels_app.adapters.uvicorn_http:LimitedH11Protocol",
 )  # fmt: skip
+# daphne's keep-alive pings made short (``extra_args=SHORT_PINGS``), so that a silent peer is noticed within seconds.
+PING_INTERVAL, PING_TIMEOUT = 1, 2
+SHORT_PINGS = ("--ping-interval", str(PING_INTERVAL), "--ping-timeout", str(PING_TIMEOUT))
 
 
 def _template_database(work_dir: Path) -> Path:
@@ -163,3 +166,26 @@ class LiveServer:
     def log(self) -> str:
         """Everything the server printed so far."""
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+
+def started_servers(tmp_path_factory, default_config: str, base_env: dict[str, str] | None = None):
+    """The body of a ``start_server`` fixture: yields ``start(config_text=..., env=..., **options)``, which starts a
+    LiveServer (on ``default_config`` unless given one; ``env`` added to ``base_env``), then stops all it started."""
+    servers: list[LiveServer] = []
+
+    def start(config_text: str = default_config, *, env: dict[str, str] | None = None, **options) -> LiveServer:
+        server_env = {**(base_env or {}), **(env or {})}
+        server = LiveServer.start(tmp_path_factory.mktemp("server"), config_text, env=server_env, **options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def start_pair(start, config_text: str, **options) -> tuple[LiveServer, LiveServer]:
+    """Two instances of one deployment, started with ``start`` (a ``start_server`` fixture): the first prepares
+    the database and syncs the channels, the second serves the same database as it is."""
+    first = start(config_text, **options)
+    return first, start(config_text, database_path=first.database_path, sync=False, **options)

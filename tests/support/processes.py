@@ -36,6 +36,13 @@ def manage(*args: str, env: dict[str, str], check: bool = True) -> subprocess.Co
     )
 
 
+def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``python -c code`` in the project folder, its output captured as text; the caller checks how it ended."""
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def stop_process(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
     """Send ``sig``, wait up to ``timeout`` seconds, then SIGKILL; safe on processes that already ended."""
     if process is None or process.poll() is not None:

@@ -1,4 +1,4 @@
-"""WebSockets on raw sockets, for what the ``websockets`` client will not do: invalid frames, never reading."""
+"""WebSockets (and event streams) on raw sockets, for what the clients will not do: invalid frames, never reading."""
 
 from __future__ import annotations
 
@@ -22,25 +22,32 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     return head + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
 
 
-def handshake(server, path: str, *, rcvbuf: int | None = None) -> socket.socket:
-    """A WebSocket opened on a raw socket: the handshake done, nothing read after it (``rcvbuf`` shrinks the
-    kernel's receive buffer, so that a client that does not read is noticed soon)."""
+def open_raw(server, request: str, *, status: bytes, rcvbuf: int | None = None) -> socket.socket:
+    """A raw socket that sent ``request`` and read the response head, which must start with ``status``; nothing
+    read after it (``rcvbuf`` shrinks the kernel's receive buffer, so that a client that does not read is noticed
+    soon)."""
     sock = socket.socket()
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", server.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
+    sock.sendall(request.encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
         chunk = sock.recv(1)
-        assert chunk, "closed during the handshake"
-        response += chunk
-    assert response.startswith(b"HTTP/1.1 101"), response
+        assert chunk, f"closed before answering {request.split()[1]}"
+        head += chunk
+    assert head.startswith(status), head
     return sock
+
+
+def handshake(server, path: str, *, rcvbuf: int | None = None) -> socket.socket:
+    """A WebSocket opened on a raw socket: the handshake done, nothing read after it (``rcvbuf``: see ``open_raw``)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    return open_raw(server, request, status=b"HTTP/1.1 101", rcvbuf=rcvbuf)
 
 
 def read_until_close(sock: socket.socket, within: float = 10) -> int | None:

@@ -9,33 +9,20 @@ from __future__ import annotations
 import pytest
 from client_helpers import CONFIG, ENV
 
-from tests.support.liveserver import SERVERS, LiveServer
+from tests.support.liveserver import SERVERS, started_servers
 from tests.support.redisserver import RedisServer
-
-
-def _servers(tmp_path_factory):
-    servers: list[LiveServer] = []
-
-    def start(config: str = CONFIG, *, env: dict[str, str] | None = None, **options) -> LiveServer:
-        server = LiveServer.start(tmp_path_factory.mktemp("server"), config, env={**ENV, **(env or {})}, **options)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture
 def start_server(tmp_path_factory):
     """Start servers (``start(config, env=..., server=..., database_path=..., sync=...)``); all stop afterwards."""
-    yield from _servers(tmp_path_factory)
+    yield from started_servers(tmp_path_factory, CONFIG, ENV)
 
 
 @pytest.fixture(scope="module")
 def start_module_server(tmp_path_factory):
     """Like ``start_server``, for servers that serve a whole module."""
-    yield from _servers(tmp_path_factory)
+    yield from started_servers(tmp_path_factory, CONFIG, ENV)
 
 
 @pytest.fixture(scope="module")

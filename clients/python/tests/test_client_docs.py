@@ -20,20 +20,16 @@ import pytest
 from client_helpers import TOKEN_SECRET
 from realtime_client import Publisher
 
+from tests.support.documents import code_blocks
 from tests.support.liveserver import ROOT, base_environment
 
 DOCUMENTS = [ROOT / "README.md", ROOT / "docs" / "python-client.md", ROOT / "clients" / "python" / "README.md"]
-_BLOCK = re.compile(r"^```py\n(.*?)^```", re.DOTALL | re.MULTILINE)
 EXAMPLE_URL = "http://127.0.0.1:8080"
 EXAMPLE_KEY = "key1"
 
 
 def examples() -> list[tuple[str, str]]:
-    found = []
-    for document in DOCUMENTS:
-        for index, match in enumerate(_BLOCK.finditer(document.read_text())):
-            found.append((f"{document.relative_to(ROOT)}#{index + 1}", match.group(1)))
-    return found
+    return code_blocks(DOCUMENTS, "py")
 
 
 def test_every_document_has_examples():

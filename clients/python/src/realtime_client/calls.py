@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +27,7 @@ from urllib.parse import quote
 import httpx
 
 from .errors import ConnectionFailed, OutcomeUnknown, RealtimeError, error_from_body
-from .models import BatchItem, BatchResult, Gap, History, Message, Receipt, Token
+from .models import BatchItem, BatchResult, History, Receipt, Token
 from .retry import RetryPolicy
 
 # Errors raised before a request left this process: retrying them can never repeat anything.
@@ -62,6 +62,8 @@ class Call:
     body: Any = None
     params: dict[str, str] | None = None
     idempotency_key: str | None = None
+    # What a 2xx answer's JSON is read into (``Token.from_wire``, say); without it, the JSON as it is.
+    reads: Callable[[Any], Any] | None = None
 
     # A call that publishes: giving up after an attempt that may have reached the server is OutcomeUnknown.
     publishes = False
@@ -75,7 +77,7 @@ class Call:
 
     def parse(self, response: httpx.Response) -> Any:
         """The result of a 2xx answer."""
-        return _json(response)
+        return self.reads(response.json()) if self.reads else _json(response)
 
     def incomplete(self, result: Any) -> bool:
         """Whether a 2xx answer still holds parts worth sending again (a batch's 5xx items)."""
@@ -136,37 +138,6 @@ class BatchCall(Call):
         return BatchResult(items)
 
 
-@dataclass
-class TokenCall(Call):
-    """``POST /api/v1/tokens``."""
-
-    def parse(self, response: httpx.Response) -> Token:
-        """The minted token."""
-        body = response.json()
-        return Token(
-            token=body["token"],
-            channel_id=body["channelId"],
-            client_id=body["clientId"],
-            ttl=body["ttl"],
-            publish=body["publish"],
-        )
-
-
-@dataclass
-class HistoryCall(Call):
-    """``GET /api/v1/channels/<channel>/messages?since=&limit=``."""
-
-    def parse(self, response: httpx.Response) -> History:
-        """The history page."""
-        body = response.json()
-        return History(
-            channel_id=body["channelId"],
-            messages=[Message.from_wire(message) for message in body["messages"]],
-            gap=Gap.from_wire(body["gap"]) if body.get("gap") else None,
-            more=bool(body.get("more")),
-        )
-
-
 def publish_call(channel: str, payload: Any, idempotency_key: str | None) -> PublishCall:
     """Publish ``payload`` (a string, or any JSON value sent as its JSON text) to one channel."""
     return PublishCall(
@@ -188,18 +159,18 @@ def batch_call(messages: Iterable[tuple[str, Any] | Mapping[str, Any]], idempote
     return BatchCall("POST", "/api/v1/messages", {"messages": items}, None, idempotency_key or new_idempotency_key())
 
 
-def token_call(channel: str, client_id: str | None, ttl: int, publish: bool) -> TokenCall:
+def token_call(channel: str, client_id: str | None, ttl: int, publish: bool) -> Call:
     """Ask the server for a subscriber token (it resolves the channel's name to its id)."""
     body: dict[str, Any] = {"channel": channel, "ttl": ttl, "publish": publish}
     if client_id is not None:
         body["clientId"] = client_id
-    return TokenCall("POST", "/api/v1/tokens", body)
+    return Call("POST", "/api/v1/tokens", body, reads=Token.from_wire)
 
 
-def history_call(channel: str, since: str | None, limit: int | None) -> HistoryCall:
+def history_call(channel: str, since: str | None, limit: int | None) -> Call:
     """Read a channel's history after ``since`` (all of it without)."""
     params = {key: str(value) for key, value in (("since", since), ("limit", limit)) if value is not None}
-    return HistoryCall("GET", channel_path(channel, "/messages"), None, params or None)
+    return Call("GET", channel_path(channel, "/messages"), None, params or None, reads=History.from_wire)
 
 
 @dataclass

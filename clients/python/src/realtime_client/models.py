@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from .errors import RealtimeError
+
+
+def _from_wire(cls: type, body: dict[str, Any], **given: Any) -> Any:
+    """An instance of the dataclass ``cls`` from a wire object: each field not ``given`` is read from its key in
+    camelCase (``channel_id`` from ``channelId``), which must be there unless the field has a default."""
+    values = dict(given)
+    for item in fields(cls):
+        if item.name not in given:
+            head, *rest = item.name.split("_")
+            key = head + "".join(word.title() for word in rest)
+            values[item.name] = body[key] if item.default is MISSING else body.get(key, item.default)
+    return cls(**values)
 
 
 def position_of(offset: int | None, epoch: str | None) -> str | None:
@@ -38,15 +50,7 @@ class Message:
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> Message:
         """A message from the server's envelope ``{id, channelId, clientId, payload, createdAt, offset, epoch}``."""
-        return cls(
-            id=body["id"],
-            channel_id=body["channelId"],
-            client_id=body["clientId"],
-            payload=body["payload"],
-            created_at=body["createdAt"],
-            offset=body.get("offset"),
-            epoch=body.get("epoch"),
-        )
+        return _from_wire(cls, body)
 
 
 @dataclass(frozen=True)
@@ -99,15 +103,8 @@ class Receipt:
     @classmethod
     def from_wire(cls, body: dict[str, Any], *, replayed: bool = False) -> Receipt:
         """A receipt from a publish answer (or one batch result)."""
-        return cls(
-            id=body["id"],
-            channel_id=body["channelId"],
-            offset=body["offset"],
-            epoch=body["epoch"],
-            position=body["position"],
-            created_at=body["createdAt"],
-            fanout_pending=body.get("fanout") == "pending",
-            replayed=replayed or bool(body.get("replayed")),
+        return _from_wire(
+            cls, body, fanout_pending=body.get("fanout") == "pending", replayed=replayed or bool(body.get("replayed"))
         )
 
 
@@ -153,6 +150,11 @@ class Token:
     ttl: int
     publish: bool
 
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Token:
+        """A token from the answer ``{token, channelId, clientId, ttl, publish}``."""
+        return _from_wire(cls, body)
+
 
 @dataclass(frozen=True)
 class History:
@@ -163,3 +165,13 @@ class History:
     messages: list[Message]
     gap: Gap | None
     more: bool
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> History:
+        """A history page from the answer ``{channelId, messages, gap, more}``."""
+        return cls(
+            channel_id=body["channelId"],
+            messages=[Message.from_wire(message) for message in body["messages"]],
+            gap=Gap.from_wire(body["gap"]) if body.get("gap") else None,
+            more=bool(body.get("more")),
+        )

@@ -2,6 +2,10 @@
 
 Every message a client receives is the Go service's envelope
 ``{"id", "channelId", "clientId", "payload", "createdAt"}`` plus ``offset`` and ``epoch``.
+A payload is kept as text with its kind: ``text`` (a string, published as is) or ``json`` (the
+JSON text of a JSON value that was published). Subscribers in the ``text`` payload format (the
+Go service's, and the default) receive every payload as a string; those in the ``json`` format
+receive a ``json`` payload as the JSON value itself.
 A position ``"<epoch>-<offset>"`` names a message in one incarnation of a channel's history:
 when history is lost (an in-memory instance restarted), the epoch changes and old positions
 are recognised as stale instead of pointing at unrelated messages.
@@ -30,6 +34,30 @@ _MESSAGE_ID = re.compile(rf"^{_UUID}\Z")
 POSITION_JSON_PATTERN = f"^({_EPOCH}-{_OFFSET_DIGITS}|{_OFFSET_DIGITS}|{_UUID})?$"
 
 
+# A payload's kind, and a subscriber's payload format: the same two words.
+TEXT = "text"
+JSON = "json"
+PAYLOAD_FORMATS = (TEXT, JSON)
+
+
+def payload_format_parse(raw: str | None, *, default: str) -> str:
+    """The ``?payload=`` of a subscribe or history request: ``text`` or ``json``; absent, ``default``
+    (the channel's ``payload_format``); anything else is a 400 / 4400 naming the field."""
+    if raw is None:
+        return default
+    if raw not in PAYLOAD_FORMATS:
+        raise bad_request(
+            'payload must be "text" (every payload as a string, the default) or "json" (payloads published '
+            "as JSON values delivered as JSON values)",
+            field="payload",
+        )
+    return raw
+
+
+def _compact(value: dict) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def utc_timestamp(moment: datetime | None = None) -> str:
     """RFC 3339 UTC timestamp with millisecond precision, as the Go service wrote it."""
     moment = moment or datetime.now(UTC)
@@ -48,6 +76,7 @@ class Message:
     offset: int | None = None
     epoch: str | None = None
     published_at: float | None = None  # monotonic-free wall clock (time.time()) for latency metrics
+    payload_kind: str = TEXT  # JSON: ``payload`` is the JSON text of a published JSON value
 
     @property
     def position(self) -> str | None:
@@ -56,13 +85,14 @@ class Message:
             return None
         return f"{self.epoch}-{self.offset}"
 
-    def as_wire(self) -> dict:
-        """The JSON object clients receive."""
+    def as_wire(self, *, json_payload: bool = False) -> dict:
+        """The JSON object clients receive; ``json_payload`` (the ``json`` payload format) gives a
+        ``json`` payload as its value instead of its text."""
         wire = {
             "id": self.id,
             "channelId": self.channel_id,
             "clientId": self.client_id,
-            "payload": self.payload,
+            "payload": json.loads(self.payload) if json_payload and self.payload_kind == JSON else self.payload,
             "createdAt": self.created_at,
         }
         if self.offset is not None:
@@ -72,14 +102,29 @@ class Message:
 
     def to_event(self) -> dict:
         """The body of a ``realtime.message`` channel-layer event."""
-        event = {"type": "realtime.message", "channel_id": self.channel_id, "message": self.as_wire()}
+        event = {"type": "realtime.message", "channel_id": self.channel_id, "message": self.layer_wire()}
         if self.published_at is not None:
             event["published_at"] = self.published_at
         return event
 
-    def to_json(self) -> str:
+    def layer_wire(self) -> dict:
+        """The wire object as the channel layer carries it: with ``payloadKind`` for a ``json`` payload
+        (absent: ``text``, as in events sent before payload kinds existed)."""
+        wire = self.as_wire()
+        if self.payload_kind != TEXT:
+            wire["payloadKind"] = self.payload_kind
+        return wire
+
+    def to_json(self, *, json_payload: bool = False) -> str:
         """The wire object as compact JSON text (one WebSocket frame, one SSE ``data`` line)."""
-        return json.dumps(self.as_wire(), ensure_ascii=False, separators=(",", ":"))
+        if not (json_payload and self.payload_kind == JSON):
+            return _compact(self.as_wire())
+        # The payload already is the JSON text of its value: it is written in place, not parsed and
+        # written again for every frame.
+        wire = self.as_wire()
+        del wire["payload"]
+        head = _compact({key: wire.pop(key) for key in ("id", "channelId", "clientId")})
+        return f'{head[:-1]},"payload":{self.payload},{_compact(wire)[1:]}'
 
     @classmethod
     def from_wire(cls, wire: dict, *, published_at: float | None = None) -> Message:
@@ -93,6 +138,7 @@ class Message:
             offset=wire.get("offset"),
             epoch=wire.get("epoch"),
             published_at=published_at,
+            payload_kind=JSON if wire.get("payloadKind") == JSON else TEXT,
         )
 
 
@@ -108,7 +154,7 @@ def layer_event(messages: Sequence[Message]) -> dict:
     return {
         "type": "realtime.messages",
         "channel_id": messages[0].channel_id,
-        "messages": [message.as_wire() for message in messages],
+        "messages": [message.layer_wire() for message in messages],
         "published_at": [message.published_at for message in messages],
     }
 

@@ -61,9 +61,10 @@ def test_from_model_copies_every_field():
         history_size=4,
         history_ttl=5,
         private=True,
+        payload_format="json",
     )
     row.source = Channel.Source.YAML
-    assert ChannelInfo.from_model(row) == ChannelInfo("chat-1", "chat", "SSE", 3, 4, 5, True, "yaml", 7)
+    assert ChannelInfo.from_model(row) == ChannelInfo("chat-1", "chat", "SSE", 3, 4, 5, True, "json", "yaml", 7)
 
 
 def test_the_views_of_a_channel_take_their_fields_from_the_declaration():
@@ -78,6 +79,7 @@ def test_the_views_of_a_channel_take_their_fields_from_the_declaration():
         "history_size",
         "history_ttl",
         "private",
+        "payload_format",
     ]
     assert [key for key, _ in DESCRIPTION] == [
         "id",
@@ -89,6 +91,7 @@ def test_the_views_of_a_channel_take_their_fields_from_the_declaration():
         "historySize",
         "historyTtl",
         "private",
+        "payloadFormat",
         "source",
     ]
     assert [key for key, _ in PREFLIGHT_DESCRIPTION] == [
@@ -99,4 +102,5 @@ def test_the_views_of_a_channel_take_their_fields_from_the_declaration():
         "max",
         "maxOfChannelConnections",
         "private",
+        "payloadFormat",
     ]

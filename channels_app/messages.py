@@ -85,19 +85,25 @@ class Message:
             return None
         return f"{self.epoch}-{self.offset}"
 
-    def as_wire(self, *, json_payload: bool = False) -> dict:
-        """The JSON object clients receive; ``json_payload`` (the ``json`` payload format) gives a
-        ``json`` payload as its value instead of its text."""
+    def as_wire(self) -> dict:
+        """The JSON object clients receive (the ``text`` payload format: the payload is a string)."""
         wire = {
             "id": self.id,
             "channelId": self.channel_id,
             "clientId": self.client_id,
-            "payload": json.loads(self.payload) if json_payload and self.payload_kind == JSON else self.payload,
+            "payload": self.payload,
             "createdAt": self.created_at,
         }
         if self.offset is not None:
             wire["offset"] = self.offset
             wire["epoch"] = self.epoch
+        return wire
+
+    def as_wire_with_values(self) -> dict:
+        """The JSON object clients in the ``json`` payload format receive: a ``json`` payload is its value."""
+        wire = self.as_wire()
+        if self.payload_kind == JSON:
+            wire["payload"] = json.loads(self.payload)
         return wire
 
     def to_event(self) -> dict:
@@ -115,9 +121,13 @@ class Message:
             wire["payloadKind"] = self.payload_kind
         return wire
 
-    def to_json(self, *, json_payload: bool = False) -> str:
+    def to_json(self) -> str:
         """The wire object as compact JSON text (one WebSocket frame, one SSE ``data`` line)."""
-        if not (json_payload and self.payload_kind == JSON):
+        return json.dumps(self.as_wire(), ensure_ascii=False, separators=(",", ":"))
+
+    def to_json_with_values(self) -> str:
+        """``as_wire_with_values`` as compact JSON text (the ``json`` payload format's frame)."""
+        if self.payload_kind != JSON:
             return _compact(self.as_wire())
         # The payload already is the JSON text of its value: it is written in place, not parsed and
         # written again for every frame.
@@ -138,7 +148,8 @@ class Message:
             offset=wire.get("offset"),
             epoch=wire.get("epoch"),
             published_at=published_at,
-            payload_kind=JSON if wire.get("payloadKind") == JSON else TEXT,
+            # Only JSON is ever read as anything but text, so another value needs no check here.
+            payload_kind=wire.get("payloadKind", TEXT),
         )
 
 

@@ -177,7 +177,7 @@ def test_a_frame_that_is_not_json_is_refused_as_such(frame):
 def test_a_json_payload_is_written_into_the_envelope_as_its_value(value, spacing, offset):
     frame = spacing + json.dumps(value, ensure_ascii=False, indent=1 if spacing else None)
     message = Message("id-1", "chat", "alice", frame, "2026-01-01T00:00:00.000Z", offset, offset and "e1", None, JSON)
-    envelope = json.loads(message.to_json(json_payload=True))
-    assert envelope == message.as_wire(json_payload=True) == {**message.as_wire(), "payload": value}
+    envelope = json.loads(message.to_json_with_values())
+    assert envelope == message.as_wire_with_values() == {**message.as_wire(), "payload": value}
     assert json.loads(message.to_json()) == message.as_wire()
     assert message.as_wire()["payload"] == frame

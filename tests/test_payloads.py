@@ -221,6 +221,8 @@ async def test_a_json_connection_publishes_its_frames_as_json_values_and_refuses
         '{"b": 1}',
     ]
     assert [message["clientId"] for message in text_messages] == ["json-writer", "json-writer", "text-writer"]
+    metrics = (await asyncio.to_thread(httpx.get, f"{server.http}/metrics", timeout=5)).text
+    assert 'realtime_frames_refused_total{reason="not_json"}' in metrics
 
 
 @pytest.mark.parametrize("transport", ["WS", "SSE"])

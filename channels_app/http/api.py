@@ -274,7 +274,7 @@ async def _history(request: HttpRequest, channel: str) -> JsonResponse:
     return JsonResponse(
         {
             "channelId": channel_info.id,
-            "messages": [message.as_wire(json_payload=json_payload) for message in messages],
+            "messages": [message.as_wire_with_values() if json_payload else message.as_wire() for message in messages],
             "gap": gap.as_wire() if gap else None,
             "more": len(replay.messages) > len(messages),
         }

@@ -42,7 +42,7 @@ def encode_event(message: Message) -> tuple[bytes, int]:
 
 def encode_event_json(message: Message) -> tuple[bytes, int]:
     """A message as one SSE ``message`` event in the ``json`` payload format."""
-    frame = sse_encode_event("message", message.to_json(json_payload=True), event_id=message.position).encode("utf-8")
+    frame = sse_encode_event("message", message.to_json_with_values(), event_id=message.position).encode("utf-8")
     return frame, len(frame)
 
 

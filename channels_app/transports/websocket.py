@@ -59,7 +59,7 @@ def encode_frame(message: Message) -> tuple[str, int]:
 
 def encode_frame_json(message: Message) -> tuple[str, int]:
     """A message as one WebSocket text frame in the ``json`` payload format, and its size in bytes."""
-    text = message.to_json(json_payload=True)
+    text = message.to_json_with_values()
     return text, len(text.encode("utf-8", "surrogatepass"))
 
 

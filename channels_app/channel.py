@@ -152,6 +152,22 @@ class ChannelInfo:
         ),
         optional=True,
     )
+    payload_format: str = _declared(
+        ChannelField(
+            "choice",
+            "How subscribers receive payloads published as JSON values: `text` (as their JSON text in a "
+            "string, the Go service's envelope) or `json` (as the JSON values); a connection may choose "
+            "with `?payload=`.",
+            model="payload_format",
+            yaml="payload_format",
+            api="payloadFormat",
+            described_as=("payloadFormat",),
+            preflight=True,
+            default="text",
+            choices=("text", "json"),
+        ),
+        optional=True,
+    )
     source: str = _declared(
         ChannelField(
             "choice",

@@ -26,5 +26,5 @@ RESUME_GAPS = "resume_gaps"
 
 # Prefixes: the label value follows.
 REFUSALS = "refusals_"  # + the refusal's error code
-FRAMES_REFUSED = "frames_refused_"  # + binary, too_large, read_only or rate_limited
+FRAMES_REFUSED = "frames_refused_"  # + binary, too_large, read_only, rate_limited or not_json
 CONNECTIONS_OPENED = "connections_opened_"  # + ws or sse

@@ -17,7 +17,9 @@ brackets counted, so a body nested 100,000 levels deep is refused in 0.3 ms. Mea
 the depth limit) next to 180-270 ms for the parse itself.
 
 The writer (``json_text``) is the only place a payload value becomes text, in the API and in
-``channels_app.publish``; it refuses what is not JSON rather than write it.
+``channels_app.publish``; it refuses what is not JSON rather than write it. ``payload_of`` tells a
+published string (kind ``text``) from any other JSON value (kind ``json``), and ``frame_payload``
+reads the text frame of a WebSocket connection that publishes JSON.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import json
 import math
 import re
 
-from .errors import bad_request
+from .errors import ApplicationError, bad_request
+from .messages import JSON, TEXT
 
 # 64 levels: real documents (events, API objects) rarely nest past 10-20, and a push body
 # spends 1-3 levels on its envelope ({"messages": [{"payload": ...}]}); well below the ~1,000
@@ -133,3 +136,37 @@ def json_text(value: object) -> str:
         # reference, or an integer too long to write.
         reason = str(exc)
     raise bad_request(f"The payload cannot be sent as JSON: {reason}.", field="payload")
+
+
+def payload_of(value: object) -> tuple[str, str]:
+    """A published payload as its text and kind: a string stays a string (``text``), even one that looks
+    like JSON; any other JSON value is its JSON text (``json``)."""
+    if isinstance(value, str):
+        return value, TEXT
+    return json_text(value), JSON
+
+
+def payload_not_json(reason: str) -> ApplicationError:
+    """A text frame of a connection in the ``json`` payload format that is not JSON (error frame 4400)."""
+    return ApplicationError(
+        "payload_not_json",
+        f"This frame was not published: this connection publishes JSON (payload format json). {reason} "
+        'Send JSON text; a string is sent as a JSON string ("hello").',
+        status=400,
+        close_code=4400,
+    )
+
+
+def frame_payload(text: str) -> tuple[str, str]:
+    """The payload a JSON connection's text frame publishes: a JSON string as that string (``text``),
+    any other JSON value as the frame's own text (``json``: what the client wrote, every digit kept).
+    ``payload_not_json`` when the frame is not JSON within the reader's limits."""
+    if not text:
+        raise payload_not_json("The frame is empty.")
+    try:
+        value = json_parse(text)
+    except ApplicationError as error:
+        raise payload_not_json(error.message.replace("The body", "The frame")) from None
+    if isinstance(value, str):
+        return value, TEXT
+    return text, JSON

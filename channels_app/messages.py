@@ -2,6 +2,10 @@
 
 Every message a client receives is the Go service's envelope
 ``{"id", "channelId", "clientId", "payload", "createdAt"}`` plus ``offset`` and ``epoch``.
+A payload is kept as text with its kind: ``text`` (a string, published as is) or ``json`` (the
+JSON text of a JSON value that was published). Subscribers in the ``text`` payload format (the
+Go service's, and the default) receive every payload as a string; those in the ``json`` format
+receive a ``json`` payload as the JSON value itself.
 A position ``"<epoch>-<offset>"`` names a message in one incarnation of a channel's history:
 when history is lost (an in-memory instance restarted), the epoch changes and old positions
 are recognised as stale instead of pointing at unrelated messages.
@@ -30,6 +34,30 @@ _MESSAGE_ID = re.compile(rf"^{_UUID}\Z")
 POSITION_JSON_PATTERN = f"^({_EPOCH}-{_OFFSET_DIGITS}|{_OFFSET_DIGITS}|{_UUID})?$"
 
 
+# A payload's kind, and a subscriber's payload format: the same two words.
+TEXT = "text"
+JSON = "json"
+PAYLOAD_FORMATS = (TEXT, JSON)
+
+
+def payload_format_parse(raw: str | None, *, default: str) -> str:
+    """The ``?payload=`` of a subscribe or history request: ``text`` or ``json``; absent, ``default``
+    (the channel's ``payload_format``); anything else is a 400 / 4400 naming the field."""
+    if raw is None:
+        return default
+    if raw not in PAYLOAD_FORMATS:
+        raise bad_request(
+            'payload must be "text" (every payload as a string, the default) or "json" (payloads published '
+            "as JSON values delivered as JSON values)",
+            field="payload",
+        )
+    return raw
+
+
+def _compact(value: dict) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def utc_timestamp(moment: datetime | None = None) -> str:
     """RFC 3339 UTC timestamp with millisecond precision, as the Go service wrote it."""
     moment = moment or datetime.now(UTC)
@@ -48,6 +76,7 @@ class Message:
     offset: int | None = None
     epoch: str | None = None
     published_at: float | None = None  # monotonic-free wall clock (time.time()) for latency metrics
+    payload_kind: str = TEXT  # JSON: ``payload`` is the JSON text of a published JSON value
 
     @property
     def position(self) -> str | None:
@@ -57,7 +86,7 @@ class Message:
         return f"{self.epoch}-{self.offset}"
 
     def as_wire(self) -> dict:
-        """The JSON object clients receive."""
+        """The JSON object clients receive (the ``text`` payload format: the payload is a string)."""
         wire = {
             "id": self.id,
             "channelId": self.channel_id,
@@ -70,16 +99,42 @@ class Message:
             wire["epoch"] = self.epoch
         return wire
 
+    def as_wire_with_values(self) -> dict:
+        """The JSON object clients in the ``json`` payload format receive: a ``json`` payload is its value."""
+        wire = self.as_wire()
+        if self.payload_kind == JSON:
+            wire["payload"] = json.loads(self.payload)
+        return wire
+
     def to_event(self) -> dict:
         """The body of a ``realtime.message`` channel-layer event."""
-        event = {"type": "realtime.message", "channel_id": self.channel_id, "message": self.as_wire()}
+        event = {"type": "realtime.message", "channel_id": self.channel_id, "message": self.layer_wire()}
         if self.published_at is not None:
             event["published_at"] = self.published_at
         return event
 
+    def layer_wire(self) -> dict:
+        """The wire object as the channel layer carries it: with ``payloadKind`` for a ``json`` payload
+        (absent: ``text``, as in events sent before payload kinds existed)."""
+        wire = self.as_wire()
+        if self.payload_kind != TEXT:
+            wire["payloadKind"] = self.payload_kind
+        return wire
+
     def to_json(self) -> str:
         """The wire object as compact JSON text (one WebSocket frame, one SSE ``data`` line)."""
         return json.dumps(self.as_wire(), ensure_ascii=False, separators=(",", ":"))
+
+    def to_json_with_values(self) -> str:
+        """``as_wire_with_values`` as compact JSON text (the ``json`` payload format's frame)."""
+        if self.payload_kind != JSON:
+            return _compact(self.as_wire())
+        # The payload already is the JSON text of its value: it is written in place, not parsed and
+        # written again for every frame.
+        wire = self.as_wire()
+        del wire["payload"]
+        head = _compact({key: wire.pop(key) for key in ("id", "channelId", "clientId")})
+        return f'{head[:-1]},"payload":{self.payload},{_compact(wire)[1:]}'
 
     @classmethod
     def from_wire(cls, wire: dict, *, published_at: float | None = None) -> Message:
@@ -93,6 +148,8 @@ class Message:
             offset=wire.get("offset"),
             epoch=wire.get("epoch"),
             published_at=published_at,
+            # Only JSON is ever read as anything but text, so another value needs no check here.
+            payload_kind=wire.get("payloadKind", TEXT),
         )
 
 
@@ -108,7 +165,7 @@ def layer_event(messages: Sequence[Message]) -> dict:
     return {
         "type": "realtime.messages",
         "channel_id": messages[0].channel_id,
-        "messages": [message.as_wire() for message in messages],
+        "messages": [message.layer_wire() for message in messages],
         "published_at": [message.published_at for message in messages],
     }
 

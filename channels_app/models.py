@@ -77,6 +77,12 @@ class Channel(models.Model):
     private = models.BooleanField(
         default=CHANNEL_FIELDS["private"].default, help_text="Subscribers need a signed token."
     )
+    payload_format = models.CharField(
+        max_length=4,
+        choices=[(choice, choice) for choice in CHANNEL_FIELDS["payload_format"].choices],
+        default=CHANNEL_FIELDS["payload_format"].default,
+        help_text="How subscribers receive payloads published as JSON values: as text (a string) or as JSON values.",
+    )
     source = models.CharField(max_length=5, choices=Source.choices, default=Source.ADMIN)
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -32,7 +32,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from .composition import process_runtime, serves_subscribers
 from .core.services import message_publish
-from .jsoncodec import json_text
+from .jsoncodec import payload_of
 from .messages import Message
 from .naming import SERVER_CLIENT_ID
 
@@ -45,12 +45,9 @@ NOT_SERVING_MEMORY = (
 )
 
 
-def _as_text(payload) -> str:
-    return payload if isinstance(payload, str) else json_text(payload)
-
-
 async def apublish(channel: str, payload, *, client_id: str = SERVER_CLIENT_ID) -> Message:
-    """Publish ``payload`` (a string, or any JSON value sent as its JSON text) to a channel by id or name."""
+    """Publish ``payload`` to a channel by id or name: a string, or any JSON value, which subscribers in
+    the ``json`` payload format receive as that value (the others as its JSON text)."""
     if serves_subscribers():
         return await _publish_here(channel, payload, client_id)
     _refuse_where_unreachable()
@@ -87,7 +84,10 @@ def _refuse_where_unreachable() -> None:
 async def _publish_here(channel: str, payload, client_id: str) -> Message:
     runtime = process_runtime()
     channel_info = await runtime.registry.resolve(channel)
-    return await message_publish(channel=channel_info, payload=_as_text(payload), client_id=client_id, runtime=runtime)
+    text, kind = payload_of(payload)
+    return await message_publish(
+        channel=channel_info, payload=text, payload_kind=kind, client_id=client_id, runtime=runtime
+    )
 
 
 def _server_loop() -> asyncio.AbstractEventLoop | None:

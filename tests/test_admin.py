@@ -140,7 +140,14 @@ def test_yaml_channel_id_and_name_are_read_only(admin_client, yaml_channel):
 
 
 def test_editing_a_yaml_channels_limit_is_saved(admin_client, yaml_channel):
-    data = {"type": "WS", "max_connections": 3, "history_size": 100, "history_ttl": 3600, "active": "on"}
+    data = {
+        "type": "WS",
+        "max_connections": 3,
+        "history_size": 100,
+        "history_ttl": 3600,
+        "payload_format": "text",
+        "active": "on",
+    }
     response = admin_client.post(change_url(yaml_channel), data)
     assert response.status_code == 302
     yaml_channel.refresh_from_db()
@@ -155,11 +162,13 @@ def test_channel_created_in_admin_is_marked_admin(admin_client):
         "max_connections": 5,
         "history_size": 10,
         "history_ttl": 60,
+        "payload_format": "json",
         "active": "on",
     }
     response = admin_client.post(reverse("admin:channels_app_channel_add"), data)
     assert response.status_code == 302
-    assert Channel.objects.get(public_id="ops-1").source == Channel.Source.ADMIN
+    created = Channel.objects.get(public_id="ops-1")
+    assert (created.source, created.payload_format) == (Channel.Source.ADMIN, "json")
 
 
 def test_admin_refuses_ids_unusable_in_urls(admin_client):
@@ -169,7 +178,14 @@ def test_admin_refuses_ids_unusable_in_urls(admin_client):
     assert not Channel.objects.exists()
 
 
-ADD_FORM = {"type": "SSE", "max_connections": 5, "history_size": 10, "history_ttl": 60, "active": "on"}
+ADD_FORM = {
+    "type": "SSE",
+    "max_connections": 5,
+    "history_size": 10,
+    "history_ttl": 60,
+    "payload_format": "text",
+    "active": "on",
+}
 
 
 @pytest.mark.parametrize(

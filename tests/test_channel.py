@@ -61,9 +61,10 @@ def test_from_model_copies_every_field():
         history_size=4,
         history_ttl=5,
         private=True,
+        payload_format="json",
     )
     row.source = Channel.Source.YAML
-    assert ChannelInfo.from_model(row) == ChannelInfo("chat-1", "chat", "SSE", 3, 4, 5, True, "yaml", 7)
+    assert ChannelInfo.from_model(row) == ChannelInfo("chat-1", "chat", "SSE", 3, 4, 5, True, "json", "yaml", 7)
 
 
 def test_the_views_of_a_channel_take_their_fields_from_the_declaration():
@@ -78,8 +79,16 @@ def test_the_views_of_a_channel_take_their_fields_from_the_declaration():
         "history_size",
         "history_ttl",
         "private",
+        "payload_format",
     ]
     # Both descriptions open alike, the Go service's fields first.
     opening = ["id", "name", "type", "connections", "max", "maxOfChannelConnections"]
-    assert [key for key, _ in DESCRIPTION] == [*opening, "historySize", "historyTtl", "private", "source"]
-    assert [key for key, _ in PREFLIGHT_DESCRIPTION] == [*opening, "private"]
+    assert [key for key, _ in DESCRIPTION] == [
+        *opening,
+        "historySize",
+        "historyTtl",
+        "private",
+        "payloadFormat",
+        "source",
+    ]
+    assert [key for key, _ in PREFLIGHT_DESCRIPTION] == [*opening, "private", "payloadFormat"]

@@ -15,7 +15,7 @@ import redis.asyncio as redis
 
 from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
-from channels_app.messages import Message, Position, position_parse
+from channels_app.messages import JSON, TEXT, Message, Position, position_parse
 from channels_app.state.history import Draft, MemoryHistory, Replayed
 from channels_app.state.idempotency import idempotency_key_parse
 from channels_app.state.redis import RedisHistory
@@ -182,8 +182,10 @@ async def test_a_forgotten_channel_starts_over_in_a_new_epoch(history):
     assert (after[0].offset, after[0].epoch != before[0].epoch) == (1, True)
 
 
-def keyed(payload: str, key: str) -> Draft:
-    return Draft(payload, "server-message", idempotency_key_parse(key, payload=payload))
+def keyed(payload: str, key: str, kind: str = TEXT) -> Draft:
+    return Draft(
+        payload, "server-message", idempotency_key_parse(key, payload=payload, payload_kind=kind), payload_kind=kind
+    )
 
 
 async def test_a_key_records_its_message_once_and_replays_it(history):
@@ -209,6 +211,33 @@ async def test_a_key_reused_for_another_payload_is_refused_and_records_nothing(h
     (refused,) = await history.append_many(ROOM, [keyed("second", "k")])
     assert isinstance(refused, ApplicationError)
     assert (refused.status, refused.code) == (422, "idempotency_key_reused")
+    assert await history.head(ROOM.id) == 1
+
+
+async def test_a_payloads_kind_is_kept_by_every_read_and_by_a_replayed_key(history):
+    run = await history.append_many(
+        ROOM, [Draft('{"a":1}', "w", payload_kind=JSON), Draft('{"a":1}', "w"), keyed("[2]", "k", JSON)]
+    )
+    kinds = [JSON, TEXT, JSON]
+    assert [message.payload_kind for message in run] == kinds
+    replay = await history.since(ROOM, Position(offset=0))
+    assert [(m.payload, m.payload_kind) for m in replay.messages] == [
+        ('{"a":1}', JSON),
+        ('{"a":1}', TEXT),
+        ("[2]", JSON),
+    ]
+    assert [m.payload_kind for m in await history.between(ROOM, 1, 3)] == kinds
+    assert [m.payload_kind for m in await history.find(ROOM, [m.id for m in run])] == kinds
+    (again,) = await history.append_many(ROOM, [keyed("[2]", "k", JSON)])
+    assert isinstance(again, Replayed)
+    assert (again.message.id, again.message.payload_kind) == (run[2].id, JSON)
+
+
+async def test_a_key_used_for_text_is_not_the_key_of_the_same_text_as_json(history):
+    await history.append_many(ROOM, [keyed("{}", "k")])
+    (refused,) = await history.append_many(ROOM, [keyed("{}", "k", JSON)])
+    assert isinstance(refused, ApplicationError)
+    assert refused.code == "idempotency_key_reused"
     assert await history.head(ROOM.id) == 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 
 import pytest
@@ -10,9 +11,10 @@ from channels.layers import InMemoryChannelLayer
 
 from channels_app.channel import ChannelInfo
 from channels_app.core.hub import Hub
-from channels_app.messages import layer_event
+from channels_app.messages import JSON, TEXT, layer_event
 from channels_app.naming import channel_group
 from channels_app.state.history import Draft, MemoryHistory
+from channels_app.transports import sse, websocket
 from tests.conftest import memory_runtime
 from tests.support.fakes import FakeConnection
 
@@ -271,3 +273,64 @@ async def test_a_message_that_fails_does_not_cost_the_rest_of_its_run(hub):
     frames = await reader.until_written(2)
     assert [frame[1] for frame in frames] == ["before", "after"]
     assert hub.stats.counters()["hub_errors"] == 1
+
+
+async def test_each_message_is_encoded_once_per_transport_and_payload_format(hub):
+    """Two payload formats on two transports: four encodings of a message, whatever the subscribers' number, and
+    a JSON value crosses the layer (one message, and a run) as a JSON value."""
+    encoders = {
+        ("WS", JSON): websocket.encode_frame_json,
+        ("WS", TEXT): websocket.encode_frame,
+        ("SSE", JSON): sse.encode_event_json,
+        ("SSE", TEXT): sse.encode_event,
+    }
+    assert encoders == {
+        **{("WS", kind): encoder for kind, encoder in websocket.ENCODERS.items()},
+        **{("SSE", kind): encoder for kind, encoder in sse.ENCODERS.items()},
+    }
+    calls = []
+
+    def counting(name, encoder):
+        def encode(message):
+            calls.append(name)
+            return encoder(message)
+
+        return encode
+
+    counted = {name: counting(name, encoder) for name, encoder in encoders.items()}
+    readers = {
+        name: [make_reader(counted[name], client_id=f"{name[0]}-{name[1]}-{index}") for index in range(5)]
+        for name in encoders
+    }
+    for group in readers.values():
+        for reader in group:
+            await hub.subscribe(reader.subscription)
+    single = await hub.runtime.history.append(ROOM, payload='{"order":42}', client_id="w", payload_kind=JSON)
+    await hub.layer.group_send(channel_group(ROOM.id), single.to_event())
+    run = await hub.runtime.history.append_many(
+        ROOM, [Draft("[1,2]", "w", payload_kind=JSON), Draft('{"order":42}', "w")]
+    )
+    await hub.layer.group_send(channel_group(ROOM.id), layer_event(run))
+    expected = {
+        JSON: [{"order": 42}, [1, 2], '{"order":42}'],
+        TEXT: ['{"order":42}', "[1,2]", '{"order":42}'],
+    }
+    for (transport, kind), group in readers.items():
+        for reader in group:
+            frames = await reader.until_written(3)
+            if transport == "SSE":
+                frames = [frame.decode().split("data: ", 1)[1].split("\n", 1)[0] for frame in frames]
+            assert [json.loads(frame)["payload"] for frame in frames] == expected[kind]
+    assert sorted(calls) == sorted(list(encoders) * 3)
+
+
+async def test_a_layer_event_without_a_payload_kind_is_text(hub):
+    """Events of instances that did not know payload kinds yet carry none: their payloads are text."""
+    reader = make_reader(websocket.encode_frame_json)
+    await hub.subscribe(reader.subscription)
+    message = await hub.runtime.history.append(ROOM, payload="[1]", client_id="w", payload_kind=JSON)
+    event = message.to_event()
+    assert event["message"].pop("payloadKind") == JSON
+    await hub.layer.group_send(channel_group(ROOM.id), event)
+    (frame,) = await reader.until_written(1)
+    assert json.loads(frame)["payload"] == "[1]"

@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 
 import channels_app
 from channels_app.errors import ApplicationError
-from channels_app.jsoncodec import MAX_DEPTH, MAX_DIGITS, _deeper_than_limit, json_parse, json_text
+from channels_app.jsoncodec import (
+    MAX_DEPTH,
+    MAX_DIGITS,
+    _deeper_than_limit,
+    frame_payload,
+    json_parse,
+    json_text,
+    payload_of,
+)
+from channels_app.messages import JSON, TEXT, Message
 from channels_app.models import Channel
 
 
@@ -78,7 +87,11 @@ def test_what_is_not_json_is_refused_with_the_reason():
 
 
 _values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
     max_leaves=30,
 )
@@ -123,3 +136,48 @@ async def test_publishing_nan_from_django_code_raises_and_publishes_nothing(inpr
     assert "not JSON compliant" in refused.value.message
     # Nothing took an offset: the next message is the channel's first.
     assert (await channels_app.apublish("json-nan", {"temperature": 21.5})).offset == 1
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(JSON_VALUES)
+def test_a_published_value_is_text_when_it_is_a_string_and_json_otherwise(value):
+    text, kind = payload_of(value)
+    if isinstance(value, str):
+        assert (text, kind) == (value, TEXT)
+    else:
+        assert (json.loads(text), kind) == (value, JSON)
+
+
+@given(JSON_VALUES, st.sampled_from(["", " ", "\n  "]))
+def test_a_json_frame_publishes_its_own_text_and_a_json_string_as_that_string(value, spacing):
+    frame = spacing + json.dumps(value, indent=1 if spacing else None) + spacing
+    payload, kind = frame_payload(frame)
+    assert (payload, kind) == ((value, TEXT) if isinstance(value, str) else (frame, JSON))
+
+
+@pytest.mark.parametrize("frame", ["", "not json", "{'a': 1}", "NaN", "[1e999]", "1" * 101, nested(65).decode()])
+def test_a_frame_that_is_not_json_is_refused_as_such(frame):
+    with pytest.raises(ApplicationError) as refused:
+        frame_payload(frame)
+    assert (refused.value.code, refused.value.close_code) == ("payload_not_json", 4400)
+    assert "The body" not in refused.value.message
+
+
+@given(JSON_VALUES, st.sampled_from(["", "\n "]), st.integers(min_value=1, max_value=10**18) | st.none())
+def test_a_json_payload_is_written_into_the_envelope_as_its_value(value, spacing, offset):
+    frame = spacing + json.dumps(value, ensure_ascii=False, indent=1 if spacing else None)
+    message = Message("id-1", "chat", "alice", frame, "2026-01-01T00:00:00.000Z", offset, offset and "e1", None, JSON)
+    envelope = json.loads(message.to_json_with_values())
+    assert envelope == message.as_wire_with_values() == {**message.as_wire(), "payload": value}
+    assert json.loads(message.to_json()) == message.as_wire()
+    assert message.as_wire()["payload"] == frame

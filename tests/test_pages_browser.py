@@ -382,6 +382,49 @@ def test_the_javascript_client_as_documented(keyed_server, pages):
     assert pages.problems == []
 
 
+def test_the_javascript_client_receives_and_sends_json_values_with_payload_json(keyed_server, pages):
+    """docs/javascript-client.md, ``payload: "json"``: over both transports, a pushed JSON value arrives as that
+    value, and ``send()`` publishes a JSON value; a text subscriber gets the JSON text."""
+    page = pages.open(f"{keyed_server.http}/web/chat/")
+    page.evaluate(
+        """() => {
+            window.got = { json: [], text: [], feed: [] };
+            const count = () => {
+                document.body.dataset.got = [got.json.length, got.text.length, got.feed.length].join(" ");
+            };
+            const options = { channel: "other-chat", transport: "ws", echo: true };
+            window.jsonSub = Realtime.connect({ ...options, clientId: "json-page", payload: "json" });
+            window.textSub = Realtime.connect({ ...options, clientId: "text-page" });
+            const feed = Realtime.connect({ channel: "feed", transport: "sse", payload: "json" });
+            jsonSub.on("message", (message) => { got.json.push(message.payload); count(); });
+            textSub.on("message", (message) => { got.text.push(message.payload); count(); });
+            feed.on("message", (message) => { got.feed.push(message.payload); count(); });
+            let open = 0;
+            for (const sub of [jsonSub, textSub, feed]) {
+                sub.on("status", ({ state }) => {
+                    if (state === "open") document.body.dataset.open = String(++open);
+                });
+            }
+        }"""
+    )
+    body = page.locator("body")
+    expect(body).to_have_attribute("data-open", "3")
+    for channel in ("chat-2", "feed-1"):
+        response = httpx.post(
+            f"{keyed_server.http}/api/v1/channels/{channel}/messages", json={"payload": {"order": 42}}, headers=AUTH
+        )
+        assert response.status_code == 201, response.text
+    expect(body).to_have_attribute("data-got", "1 1 1")
+    assert page.evaluate("window.jsonSub.send({ order: 43, items: [1, 'two'] })") is True
+    expect(body).to_have_attribute("data-got", "2 2 1")
+    got = page.evaluate("window.got")
+    assert got["json"] == [{"order": 42}, {"order": 43, "items": [1, "two"]}]
+    assert got["text"] == ['{"order":42}', '{"order":43,"items":[1,"two"]}']
+    assert got["feed"] == [{"order": 42}]
+    page.evaluate("window.jsonSub.close(); window.textSub.close()")
+    assert pages.problems == []
+
+
 def test_a_replaced_page_says_so_and_does_not_take_the_slot_back(start_server, pages):
     """``duplicate_client_id: replace``: a page whose clientId joined elsewhere stops (4001); were it
     to reconnect, it would replace the newer connection, and the two would alternate for ever."""

@@ -34,6 +34,26 @@ async def test_apublish_and_publish_reach_a_websocket_subscriber(inprocess):
     await communicator.disconnect()
 
 
+async def test_a_published_value_reaches_a_json_subscriber_as_that_value_and_a_string_as_a_string(inprocess):
+    await Channel.objects.acreate(public_id="pub-json", name="pub-json", type="WS", max_connections=5)
+    application = (await inprocess()).application
+    as_json = WebsocketCommunicator(application, "/api/v1/channels/pub-json?clientId=json&payload=json")
+    as_text = WebsocketCommunicator(application, "/api/v1/channels/pub-json?clientId=text")
+    assert (await as_json.connect())[0] and (await as_text.connect())[0]
+    await channels_app.apublish("pub-json", {"order": 7})
+    await sync_to_async(channels_app.publish)("pub-json", '{"order": 8}')
+    assert [json.loads(await as_json.receive_from(timeout=2))["payload"] for _ in range(2)] == [
+        {"order": 7},
+        '{"order": 8}',
+    ]
+    assert [json.loads(await as_text.receive_from(timeout=2))["payload"] for _ in range(2)] == [
+        '{"order":7}',
+        '{"order": 8}',
+    ]
+    await as_json.disconnect()
+    await as_text.disconnect()
+
+
 async def test_apublish_reaches_an_sse_subscriber(inprocess):
     await Channel.objects.acreate(public_id="pub-sse", name="pub-sse", type="SSE", max_connections=5)
     scope = {

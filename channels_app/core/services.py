@@ -19,7 +19,7 @@ from ..errors import (
     shutting_down,
     wrong_transport,
 )
-from ..messages import Message, Position, position_parse
+from ..messages import PAYLOAD_FORMATS, TEXT, Message, Position, payload_format_parse, position_parse
 from ..naming import channel_group, client_id_parse
 from ..state.history import Draft
 from ..state.idempotency import idempotency_key_parse
@@ -44,6 +44,9 @@ class Connection:
     can_publish: bool = True
     # This connection's hold on its slot: only it releases the slot, and a replace names it.
     holder: str = ""
+    # How it receives payloads published as JSON values, and how its WebSocket frames are read:
+    # ``?payload=``, else the channel's ``payload_format``.
+    payload_format: str = TEXT
 
 
 def payload_too_large(size: int, limit: int) -> ApplicationError:
@@ -57,9 +60,16 @@ def payload_too_large(size: int, limit: int) -> ApplicationError:
     )
 
 
-async def message_publish(*, channel: ChannelInfo, payload: str, client_id: str, runtime: Runtime) -> Message:
-    """Validate, stamp, record and fan out one message: the only way messages are published."""
-    receipt = await message_publish_receipt(channel=channel, payload=payload, client_id=client_id, runtime=runtime)
+async def message_publish(
+    *, channel: ChannelInfo, payload: str, client_id: str, payload_kind: str = TEXT, runtime: Runtime
+) -> Message:
+    """Validate, stamp, record and fan out one message: the only way messages are published.
+
+    ``payload`` is text; ``payload_kind`` says what it is: ``text`` (a string) or ``json`` (the JSON
+    text of a JSON value, ``jsoncodec.payload_of``), delivered as the value to ``json`` subscribers."""
+    receipt = await message_publish_receipt(
+        channel=channel, payload=payload, client_id=client_id, payload_kind=payload_kind, runtime=runtime
+    )
     return receipt.message
 
 
@@ -69,12 +79,15 @@ async def message_publish_receipt(
     payload: str,
     client_id: str,
     idempotency_key: str | None = None,
+    payload_kind: str = TEXT,
     runtime: Runtime,
 ) -> Receipt:
     """``message_publish``, with an optional ``Idempotency-Key`` (a retry gets the original message,
     never a second one), answering with the whole ``Receipt``."""
     if not isinstance(payload, str):
         raise bad_request("payload must be a string")
+    if payload_kind not in PAYLOAD_FORMATS:
+        raise ValueError(f"payload_kind {payload_kind!r}: use one of {', '.join(PAYLOAD_FORMATS)}")
     try:
         size = len(payload.encode("utf-8"))
     except UnicodeEncodeError as exc:
@@ -87,11 +100,11 @@ async def message_publish_receipt(
     limit = runtime.server.max_message_size
     if size > limit:
         raise payload_too_large(size, limit)
-    key = idempotency_key_parse(idempotency_key, payload=payload)
+    key = idempotency_key_parse(idempotency_key, payload=payload, payload_kind=payload_kind)
     # One run at a time per channel, in offset order: the hub drops a message that arrives after a
     # higher offset (docs/architecture.md, "Runs of publishes").
     queue = _publish_queue(runtime, channel.id)
-    return await queue.submit(channel, Draft(payload, client_id, key), size=size)
+    return await queue.submit(channel, Draft(payload, client_id, key, payload_kind=payload_kind), size=size)
 
 
 def _publish_queue(runtime: Runtime, channel_id: str) -> PublishQueue:
@@ -110,16 +123,19 @@ async def connection_open(
     since: str | None,
     echo: bool = False,
     token: str | None = None,
+    payload_format: str | None = None,
     runtime: Runtime,
 ) -> Connection:
     """Admit a subscriber: validate the query, find the channel, check its token if the channel
-    is private, take a connection slot."""
+    is private, take a connection slot. ``payload_format`` is the ``?payload=`` asked for (None: the
+    channel's)."""
     if runtime.draining:
         raise shutting_down()
     position = position_parse(since)
     channel = await runtime.registry.resolve(reference)
     if channel.type != transport:
         raise wrong_transport(channel.id, channel.type)
+    payload_format = payload_format_parse(payload_format, default=channel.payload_format)
     can_publish = True
     if channel.private:
         claims = subscriber_authorize(channel_id=channel.id, token=token, client_id=client_id)
@@ -138,6 +154,7 @@ async def connection_open(
         echo=echo,
         can_publish=can_publish,
         holder=holder,
+        payload_format=payload_format,
     )
 
 

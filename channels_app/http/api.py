@@ -22,8 +22,8 @@ from ..core.runtime import Runtime
 from ..core.selectors import channel_as_dict, channel_list
 from ..core.services import message_publish_receipt
 from ..errors import ApplicationError, bad_request
-from ..jsoncodec import json_parse, json_text
-from ..messages import position_parse
+from ..jsoncodec import json_parse, payload_of
+from ..messages import JSON, payload_format_parse, position_parse
 from ..naming import SERVER_CLIENT_ID, client_id_parse
 from ..state.idempotency import MAX_KEY_LENGTH
 from ..tokens import DEFAULT_TTL_SECONDS, token_mint
@@ -128,12 +128,12 @@ def whole_numbers(body: object, *fields: str) -> object:
     }
 
 
-def payload_text(body: object) -> str:
-    """The message payload of a push body: a string as is, any other JSON value as its JSON text."""
+def push_payload(body: object) -> tuple[str, str]:
+    """The message payload of a push body and its kind: a string as is (``text``), any other JSON value
+    as its JSON text (``json``)."""
     if not isinstance(body, dict) or "payload" not in body:
         raise bad_request('The body must be a JSON object with a payload: {"payload": "..."}.', field="payload")
-    payload = body["payload"]
-    return payload if isinstance(payload, str) else json_text(payload)
+    return payload_of(body["payload"])
 
 
 def message_receipt(receipt: Receipt) -> dict:
@@ -167,10 +167,18 @@ def _require_push_allowed(runtime: Runtime) -> None:
         )
 
 
-async def _push(runtime: Runtime, reference: str, payload: str, idempotency_key: str | None = None) -> Receipt:
+async def _push(
+    runtime: Runtime, reference: str, payload: tuple[str, str], idempotency_key: str | None = None
+) -> Receipt:
     channel = await runtime.registry.resolve(reference)
+    text, kind = payload
     return await message_publish_receipt(
-        channel=channel, payload=payload, client_id=SERVER_CLIENT_ID, idempotency_key=idempotency_key, runtime=runtime
+        channel=channel,
+        payload=text,
+        payload_kind=kind,
+        client_id=SERVER_CLIENT_ID,
+        idempotency_key=idempotency_key,
+        runtime=runtime,
     )
 
 
@@ -184,7 +192,7 @@ async def channel_messages(request: HttpRequest, channel: str):
 
 async def _push_one(request: HttpRequest, channel: str) -> JsonResponse:
     _require_push_allowed(request.realtime)
-    payload = payload_text(json_body(request))
+    payload = push_payload(json_body(request))
     receipt = await _push(request.realtime, channel, payload, request.headers.get("Idempotency-Key"))
     response = JsonResponse(message_receipt(receipt), status=receipt_status(receipt))
     if receipt.replayed:
@@ -215,7 +223,7 @@ async def messages_push_batch(request: HttpRequest):
             if not isinstance(item, dict) or not isinstance(item.get("channel"), str):
                 raise bad_request(f"messages[{index}] must be an object with a channel and a payload.")
             item_key = None if key is None else f"{key}#{index}"
-            receipt = await _push(request.realtime, item["channel"], payload_text(item), item_key)
+            receipt = await _push(request.realtime, item["channel"], push_payload(item), item_key)
             result = {"channel": item["channel"], "status": receipt_status(receipt), **message_receipt(receipt)}
             if receipt.replayed:
                 result["replayed"] = True
@@ -255,6 +263,7 @@ async def _history(request: HttpRequest, channel: str) -> JsonResponse:
     runtime = request.realtime
     channel_info = await runtime.registry.resolve(channel)
     since = position_parse(request.GET.get("since"))
+    json_payload = payload_format_parse(request.GET.get("payload"), default=channel_info.payload_format) == JSON
     replay = await runtime.history.since(channel_info, since or position_parse("0"))
     gap = replay.gap if since is not None else None
     limit_raw = request.GET.get("limit", str(MAX_HISTORY_PAGE))
@@ -265,7 +274,7 @@ async def _history(request: HttpRequest, channel: str) -> JsonResponse:
     return JsonResponse(
         {
             "channelId": channel_info.id,
-            "messages": [message.as_wire() for message in messages],
+            "messages": [message.as_wire_with_values() if json_payload else message.as_wire() for message in messages],
             "gap": gap.as_wire() if gap else None,
             "more": len(replay.messages) > len(messages),
         }

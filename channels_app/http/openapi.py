@@ -15,7 +15,7 @@ from django.http import HttpRequest, JsonResponse
 
 from ..channel import CREATE_FIELDS, DESCRIPTION, ChannelField
 from ..identity import IDENTIFIER_JSON_PATTERN
-from ..messages import POSITION_JSON_PATTERN
+from ..messages import PAYLOAD_FORMATS, POSITION_JSON_PATTERN
 from ..naming import CLIENT_ID_JSON_PATTERN, SERVER_CLIENT_ID
 from ..state.idempotency import IDEMPOTENCY_WINDOW_SECONDS, MAX_KEY_LENGTH
 from ..tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS
@@ -98,6 +98,13 @@ _SINCE = {
     "description": "Resume after this position: <epoch>-<offset>, a bare offset, or a message id.",
     "schema": {"type": "string", "pattern": POSITION_JSON_PATTERN},
 }
+_PAYLOAD_FORMAT = {
+    "name": "payload",
+    "in": "query",
+    "description": "How payloads published as JSON values arrive: text (as their JSON text in a string) or json "
+    "(as the values). Default: the channel's payloadFormat.",
+    "schema": {"type": "string", "enum": list(PAYLOAD_FORMATS)},
+}
 _CLIENT_ID = {
     "name": "clientId",
     "in": "query",
@@ -131,7 +138,10 @@ def _document() -> dict:
                 "id": {"type": "string", "format": "uuid"},
                 "channelId": {"type": "string"},
                 "clientId": {"type": "string"},
-                "payload": {"type": "string"},
+                "payload": {
+                    "description": "A string; in the json payload format, a payload published as a JSON value "
+                    "is that value."
+                },
                 "createdAt": {"type": "string", "format": "date-time"},
                 "offset": {"type": ["integer", "null"]},
                 "epoch": {"type": ["string", "null"]},
@@ -156,7 +166,12 @@ def _document() -> dict:
             required=["id", "channelId", "offset", "epoch", "position", "createdAt"],
         ),
         "Push": _object(
-            {"payload": {"description": "A string, or any JSON value delivered as its JSON text."}},
+            {
+                "payload": {
+                    "description": "A string, or any other JSON value: subscribers in the json payload format "
+                    "receive it as that value, the others as its JSON text."
+                }
+            },
             required=["payload"],
         ),
         "Channel": _object(
@@ -214,6 +229,7 @@ def _document() -> dict:
                     _CLIENT_ID,
                     _SINCE,
                     {"name": "token", "in": "query", "schema": {"type": "string"}},
+                    _PAYLOAD_FORMAT,
                 ],
                 "responses": {
                     "200": {
@@ -273,6 +289,7 @@ def _document() -> dict:
                 "security": _BEARER,
                 "parameters": [
                     _SINCE,
+                    _PAYLOAD_FORMAT,
                     {
                         "name": "limit",
                         "in": "query",

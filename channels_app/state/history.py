@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..channel import ChannelInfo
 from ..errors import ApplicationError
-from ..messages import Message, Position, utc_timestamp
+from ..messages import TEXT, Message, Position, utc_timestamp
 from .idempotency import IdempotencyKey, MemoryReceipts
 
 
@@ -52,12 +52,14 @@ class Replay:
 
 @dataclass(frozen=True, slots=True)
 class Draft:
-    """A message to record: its id, payload and publisher, and the key that makes its publish idempotent."""
+    """A message to record: its id, payload (and its kind) and publisher, and the key that makes its
+    publish idempotent."""
 
     payload: str
     client_id: str
     idempotency: IdempotencyKey | None = None
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    payload_kind: str = TEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +119,9 @@ class MemoryHistory:
         self._clock = clock
         self._receipts = receipts or MemoryReceipts()
 
-    async def append(self, channel: ChannelInfo, *, payload: str, client_id: str) -> Message:
+    async def append(self, channel: ChannelInfo, *, payload: str, client_id: str, payload_kind: str = TEXT) -> Message:
         """Stamp a new message (id, time, offset) and keep it in the channel's history."""
-        (message,) = await self.append_many(channel, [Draft(payload, client_id)])
+        (message,) = await self.append_many(channel, [Draft(payload, client_id, payload_kind=payload_kind)])
         return message
 
     async def append_many(self, channel: ChannelInfo, drafts: Sequence[Draft]) -> list[Recorded]:
@@ -144,6 +146,7 @@ class MemoryHistory:
                 offset=log.next_offset,
                 epoch=log.epoch,
                 published_at=now,
+                payload_kind=draft.payload_kind,
             )
             log.next_offset += 1
             messages.append(message)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..channel import ChannelInfo
 from ..errors import ApplicationError
-from ..messages import Message
+from ..messages import TEXT, Message
 
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
 MAX_REMEMBERED_KEYS = 100_000
@@ -32,13 +32,19 @@ class IdempotencyKey:
     fingerprint: str
 
 
-def idempotency_key_parse(raw: str | None, *, payload: str) -> IdempotencyKey | None:
-    """The key of a push (None without the header); 400 for an empty or over-long key."""
+def idempotency_key_parse(raw: str | None, *, payload: str, payload_kind: str = TEXT) -> IdempotencyKey | None:
+    """The key of a push (None without the header); 400 for an empty or over-long key.
+
+    The fingerprint covers the payload's kind: a key used for the string ``"{}"`` is not the key of
+    the object ``{}``. A text payload's fingerprint is its text's alone, as before kinds existed.
+    """
     if raw is None:
         return None
     if not raw or len(raw) > MAX_KEY_LENGTH:
         raise ApplicationError("bad_request", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.", status=400)
-    return IdempotencyKey(raw, hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest())
+    text = payload.encode("utf-8", "surrogatepass")
+    fingerprinted = text if payload_kind == TEXT else f"{payload_kind}:".encode() + text
+    return IdempotencyKey(raw, hashlib.sha256(fingerprinted).hexdigest())
 
 
 def idempotency_key_reused() -> ApplicationError:

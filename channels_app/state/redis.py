@@ -10,7 +10,9 @@ Keys (``<prefix>`` is ``pubsub.redis.prefix``; ``{id}`` keeps a channel's keys i
 - ``<prefix>:h:{id}:epoch`` and ``:seq``: the history's epoch and last offset (kept 30 days idle);
   ``:inc``: which incarnation of the channel (its registry row) the history belongs to.
 - ``<prefix>:h:{id}:log``: a stream of recent messages, trimmed to ``history_size``; entries older
-  than ``history_ttl`` are skipped on read and the stream expires when idle that long.
+  than ``history_ttl`` are skipped on read and the stream expires when idle that long. An entry's
+  fields: ``i`` id, ``c`` clientId, ``p`` payload, ``t`` createdAt, ``ts`` publish time, and ``k``
+  ``json`` for a payload published as a JSON value (absent: text, as in entries written before).
 - ``<prefix>:p:{id}``: a sorted set of connected clientIds scored by lease expiry. Each instance
   renews its connections' leases every third of the lease; the connections of an instance that
   died without closing them stop counting when the lease runs out
@@ -38,7 +40,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from ..channel import ChannelInfo
 from ..errors import ApplicationError, channel_full, client_id_taken, publish_outcome_unknown
-from ..messages import Message, Position, utc_timestamp
+from ..messages import JSON, TEXT, Message, Position, utc_timestamp
 from ..stats import Stats
 from .history import Draft, Recorded, Replay, Replayed, new_epoch, replay_after
 from .idempotency import IDEMPOTENCY_WINDOW_SECONDS, idempotency_key_reused
@@ -128,8 +130,9 @@ class _Keys:
 # over in a new epoch. KEYS: epoch, seq, log, incarnation, then the idempotency keys of the run.
 # ARGV: epoch if new, count, history_size, published_at, history_ttl, idle expiry, created_at,
 # incarnation, idempotency window, then per draft: id, clientId, payload, index of its idempotency
-# key in KEYS (0: none) and its payload's fingerprint. Returns the epoch, then per draft its offset,
-# the receipt JSON recorded under its key earlier, or 'reused' (the key belongs to another payload).
+# key in KEYS (0: none), its payload's fingerprint and its payload's kind ('' for text, which is
+# left out of the entry). Returns the epoch, then per draft its offset, the receipt JSON recorded
+# under its key earlier, or 'reused' (the key belongs to another payload).
 _APPEND = """
 local epoch = redis.call('GET', KEYS[1])
 local incarnation = redis.call('GET', KEYS[4])
@@ -146,7 +149,7 @@ local size = tonumber(ARGV[3])
 local results = {epoch}
 local appended = 0
 for i = 0, count - 1 do
-  local at = 10 + 5 * i
+  local at = 10 + 6 * i
   local key_index = tonumber(ARGV[at + 3])
   local earlier = false
   if key_index > 0 then
@@ -161,14 +164,23 @@ for i = 0, count - 1 do
   else
     local offset = redis.call('INCR', KEYS[2])
     appended = appended + 1
+    local kind = ARGV[at + 5]
     if size > 0 then
-      redis.call('XADD', KEYS[3], offset .. '-1',
-        'i', ARGV[at], 'c', ARGV[at + 1], 'p', ARGV[at + 2], 't', ARGV[7], 'ts', ARGV[4])
+      if kind == '' then
+        redis.call('XADD', KEYS[3], offset .. '-1',
+          'i', ARGV[at], 'c', ARGV[at + 1], 'p', ARGV[at + 2], 't', ARGV[7], 'ts', ARGV[4])
+      else
+        redis.call('XADD', KEYS[3], offset .. '-1',
+          'i', ARGV[at], 'c', ARGV[at + 1], 'p', ARGV[at + 2], 't', ARGV[7], 'ts', ARGV[4], 'k', kind)
+      end
     end
     if key_index > 0 then
-      local receipt = cjson.encode({f = ARGV[at + 4], i = ARGV[at], c = ARGV[at + 1], o = offset,
-        e = epoch, t = ARGV[7], ts = ARGV[4]})
-      redis.call('SET', KEYS[key_index], receipt, 'EX', tonumber(ARGV[9]))
+      local receipt = {f = ARGV[at + 4], i = ARGV[at], c = ARGV[at + 1], o = offset,
+        e = epoch, t = ARGV[7], ts = ARGV[4]}
+      if kind ~= '' then
+        receipt['k'] = kind
+      end
+      redis.call('SET', KEYS[key_index], cjson.encode(receipt), 'EX', tonumber(ARGV[9]))
     end
     results[#results + 1] = offset
   end
@@ -258,9 +270,9 @@ class RedisHistory:
         self._append = client.register_script(_APPEND)
         self._clock = clock
 
-    async def append(self, channel: ChannelInfo, *, payload: str, client_id: str) -> Message:
+    async def append(self, channel: ChannelInfo, *, payload: str, client_id: str, payload_kind: str = TEXT) -> Message:
         """Stamp a message with the channel's next offset and record it, atomically."""
-        (message,) = await self.append_many(channel, [Draft(payload, client_id)])
+        (message,) = await self.append_many(channel, [Draft(payload, client_id, payload_kind=payload_kind)])
         return message
 
     async def append_many(self, channel: ChannelInfo, drafts: Sequence[Draft]) -> list[Recorded]:
@@ -295,7 +307,8 @@ class RedisHistory:
                 keys.append(self._keys.idempotency(channel.id, channel.incarnation, draft.idempotency.key))
                 key_index = len(keys)
             fingerprint = draft.idempotency.fingerprint if draft.idempotency is not None else ""
-            args += [draft.id, draft.client_id, draft.payload, key_index, fingerprint]
+            kind = "" if draft.payload_kind == TEXT else draft.payload_kind
+            args += [draft.id, draft.client_id, draft.payload, key_index, fingerprint, kind]
         epoch, *outcomes = await self._run_once(self._append, keys, args)
         epoch = epoch.decode()
         return [
@@ -315,6 +328,7 @@ class RedisHistory:
                 offset=outcome,
                 epoch=epoch,
                 published_at=float(now),
+                payload_kind=draft.payload_kind,
             )
         if outcome == b"reused":
             return idempotency_key_reused()
@@ -330,6 +344,7 @@ class RedisHistory:
                 offset=int(receipt["o"]),
                 epoch=receipt["e"],
                 published_at=float(receipt["ts"]),
+                payload_kind=_kind(receipt.get("k")),
             )
         )
 
@@ -395,6 +410,7 @@ class RedisHistory:
                     offset=int(entry_id.split(b"-")[0]),
                     epoch=epoch,
                     published_at=published_at,
+                    payload_kind=_kind(fields.get(b"k")),
                 )
             )
         return epoch, int(seq or 0), messages
@@ -432,6 +448,11 @@ class RedisHistory:
             self._keys.log(channel_id),
             self._keys.incarnation(channel_id),
         )
+
+
+def _kind(recorded: str | bytes | None) -> str:
+    """A recorded payload kind (``k``); absent, as in entries and receipts written before kinds, is text."""
+    return JSON if recorded in (JSON, JSON.encode()) else TEXT
 
 
 async def _evalsha(connection, script, keys: list[str], args: list):

@@ -25,7 +25,7 @@ from ..core.runtime import Runtime
 from ..core.services import channel_describe, connection_close, connection_open, subscription_start
 from ..core.subscription import Subscription
 from ..errors import ApplicationError
-from ..messages import Message
+from ..messages import JSON, TEXT, Message
 from .origins import cors_headers, header
 from .subscribing import flag, new_subscription, query_params
 
@@ -35,9 +35,19 @@ KEEPALIVE = b": keep-alive\n\n"
 
 
 def encode_event(message: Message) -> tuple[bytes, int]:
-    """A message as one SSE ``message`` event whose id resumes the stream."""
+    """A message as one SSE ``message`` event whose id resumes the stream (the ``text`` payload format)."""
     frame = sse_encode_event("message", message.to_json(), event_id=message.position).encode("utf-8")
     return frame, len(frame)
+
+
+def encode_event_json(message: Message) -> tuple[bytes, int]:
+    """A message as one SSE ``message`` event in the ``json`` payload format."""
+    frame = sse_encode_event("message", message.to_json_with_values(), event_id=message.position).encode("utf-8")
+    return frame, len(frame)
+
+
+# One encoder per payload format: the hub encodes a message once per encoder (core/hub.py deliver).
+ENCODERS = {TEXT: encode_event, JSON: encode_event_json}
 
 
 def encode_control(body: dict) -> tuple[bytes, int]:
@@ -86,6 +96,7 @@ class ChannelStreamEndpoint:
                 since=since,
                 echo=flag(query.get("echo")),
                 token=query.get("token"),
+                payload_format=query.get("payload"),
                 runtime=runtime,
             )
         except ApplicationError as error:
@@ -133,7 +144,7 @@ class _Stream:
             connection=self.connection,
             send=self.send,
             write=self._write,
-            encode=encode_event,
+            encode=ENCODERS[self.connection.payload_format],
             encode_control=encode_control,
             on_overflow=self._on_overflow,
             on_close=self._close,

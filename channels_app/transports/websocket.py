@@ -34,7 +34,8 @@ from ..core.services import (
 )
 from ..core.subscription import Subscription
 from ..errors import ApplicationError
-from ..messages import Message
+from ..jsoncodec import frame_payload
+from ..messages import JSON, TEXT, Message
 from .ratelimit import TokenBucket
 from .subscribing import flag, new_subscription, query_params
 
@@ -51,9 +52,19 @@ PUBLISHES_IN_FLIGHT = 16
 
 
 def encode_frame(message: Message) -> tuple[str, int]:
-    """A message as one WebSocket text frame, and its size in bytes."""
+    """A message as one WebSocket text frame, and its size in bytes (the ``text`` payload format)."""
     text = message.to_json()
     return text, len(text.encode("utf-8", "surrogatepass"))
+
+
+def encode_frame_json(message: Message) -> tuple[str, int]:
+    """A message as one WebSocket text frame in the ``json`` payload format, and its size in bytes."""
+    text = message.to_json_with_values()
+    return text, len(text.encode("utf-8", "surrogatepass"))
+
+
+# One encoder per payload format: the hub encodes a message once per encoder (core/hub.py deliver).
+ENCODERS = {TEXT: encode_frame, JSON: encode_frame_json}
 
 
 def encode_control(body: dict) -> tuple[str, int]:
@@ -117,6 +128,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
                 since=query.get("since"),
                 echo=flag(query.get("echo")),
                 token=query.get("token"),
+                payload_format=query.get("payload"),
                 runtime=runtime,
             )
             self._prepare(runtime.server)
@@ -146,7 +158,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             connection=self.connection,
             send=self.base_send,
             write=self._write,
-            encode=encode_frame,
+            encode=ENCODERS[self.connection.payload_format],
             encode_control=encode_control,
             on_overflow=self._on_overflow,
             on_close=self.close_soon,
@@ -155,7 +167,8 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         self.outbox = self.subscription.outbox
 
     async def receive(self, text_data=None, bytes_data=None):
-        """Publish a text frame to the channel; refuse binary, oversized and too-frequent frames."""
+        """Publish a text frame to the channel; refuse binary, oversized and too-frequent frames, and on
+        a connection in the ``json`` payload format frames that are not JSON."""
         connection, subscription = self.connection, self.subscription
         if connection is None or self._closing is not None:
             return
@@ -195,20 +208,32 @@ class ChannelConsumer(AsyncWebsocketConsumer):
                 }
             )
             return
+        payload, payload_kind = text_data, TEXT
+        if connection.payload_format == JSON:
+            try:
+                payload, payload_kind = frame_payload(text_data)
+            except ApplicationError as error:
+                runtime.stats.incr("frames_refused_not_json")
+                subscription.send_control({"control": "error", "code": error.close_code, **error.as_dict()})
+                return
         if len(self._publishing) >= PUBLISHES_IN_FLIGHT:
             await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
             if self.connection is None or self._closing is not None:
                 return  # closed while this frame waited for room, like the frames not yet read
-        publishing = asyncio.create_task(self._publish(connection, subscription, text_data))
+        publishing = asyncio.create_task(self._publish(connection, subscription, payload, payload_kind))
         self._publishing.add(publishing)
         publishing.add_done_callback(self._published)
 
-    async def _publish(self, connection, subscription: Subscription, text_data: str) -> None:
+    async def _publish(self, connection, subscription: Subscription, payload: str, payload_kind: str) -> None:
         try:
             # Counted like an accepted push: a draining instance waits for it (shutdown.drain).
             with self.runtime.in_flight:
                 await message_publish(
-                    channel=connection.channel, payload=text_data, client_id=connection.client_id, runtime=self.runtime
+                    channel=connection.channel,
+                    payload=payload,
+                    client_id=connection.client_id,
+                    payload_kind=payload_kind,
+                    runtime=self.runtime,
                 )
         except ApplicationError as error:
             # The connection may have been closed meanwhile; its subscription then drops this.

@@ -67,6 +67,9 @@
       this.clientId = options.clientId || null;
       this.echo = Boolean(options.echo);
       this.token = options.token || null;
+      // "json": payloads published as JSON values arrive as values, and send() publishes JSON values.
+      this.payload = options.payload ?? null;
+      if (this.payload !== null && this.payload !== "text" && this.payload !== "json") throw new TypeError('payload must be "text" or "json"');
       this.baseUrl = options.baseUrl || "/api/v1/channels/";
       this.minDelay = options.minDelay ?? 500;
       this.maxDelay = options.maxDelay ?? 15000;
@@ -103,14 +106,14 @@
       if (handlers) handlers.delete(handler);
     }
 
-    /** Publish a text message on a WS channel; false when not connected (nothing is queued). */
+    /** Publish a message on a WS channel: text, or with payload "json" any JSON value; false when not connected (nothing is queued). */
     send(text) {
       if (this.transport !== "ws") {
         throw new Error("send() works on WS channels; publish to SSE channels with POST /api/v1/channels/<id>/messages");
       }
       const socket = this._socket;
       if (!socket || socket.readyState !== WebSocket.OPEN) return false;
-      socket.send(String(text));
+      socket.send(this.payload === "json" ? JSON.stringify(text) : String(text));
       return true;
     }
 
@@ -155,6 +158,7 @@
       if (this.clientId) url.searchParams.set("clientId", this.clientId);
       if (this.echo) url.searchParams.set("echo", "1");
       if (this.token) url.searchParams.set("token", this.token);
+      if (this.payload) url.searchParams.set("payload", this.payload);
       if (this.position !== null) url.searchParams.set(this.transport === "ws" ? "since" : "lastEventId", this.position);
       return url.toString();
     }

@@ -164,3 +164,32 @@ async def test_frames_sent_on_a_websocket_are_published_and_refusals_come_back_a
     ] * 2
     with pytest.raises(TypeError):
         await subscribe(memory_server.http, "feed", transport="sse").send("no")
+
+
+async def test_with_payload_json_values_arrive_as_values_and_send_publishes_values(memory_server):
+    """``payload="json"`` over both transports and in history reads: a value pushed arrives as that value, a string
+    as a string; ``send()`` publishes a JSON value. Without it, every payload is a string."""
+    async with (
+        AsyncPublisher(memory_server.http, API_KEY) as publisher,
+        subscribe(memory_server.http, "chat", client_id="json-talker", echo=True, payload="json") as as_json,
+        subscribe(memory_server.http, "chat", client_id="text-reader") as as_text,
+        subscribe(memory_server.http, "feed", client_id="json-feed", payload="json") as feed,
+    ):
+        for subscription in (as_json, as_text, feed):
+            await wait_open(subscription)
+        await publisher.publish("chat", {"order": 42})
+        await publisher.publish("chat", '{"order": 42}')
+        assert await as_json.send({"order": 43, "items": [1, "two"]})
+        await publisher.publish("feed", {"order": 44})
+        json_events, text_events = await take(as_json, 3), await take(as_text, 3)
+        feed_events = await take(feed, 1)
+        history = await publisher.history("feed")
+        json_history = await publisher.history("feed", payload="json")
+    assert payloads(json_events) == [{"order": 42}, '{"order": 42}', {"order": 43, "items": [1, "two"]}]
+    assert payloads(text_events) == ['{"order":42}', '{"order": 42}', '{"order":43,"items":[1,"two"]}']
+    assert [event.json() for event in json_events] == [{"order": 42}, {"order": 42}, {"order": 43, "items": [1, "two"]}]
+    assert payloads(feed_events) == [{"order": 44}]
+    assert history.messages[-1].payload == '{"order":44}'
+    assert json_history.messages[-1].payload == {"order": 44}
+    with pytest.raises(ValueError):
+        subscribe(memory_server.http, "chat", payload="xml")

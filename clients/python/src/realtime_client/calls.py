@@ -167,9 +167,11 @@ def token_call(channel: str, client_id: str | None, ttl: int, publish: bool) -> 
     return Call("POST", "/api/v1/tokens", body, reads=Token.from_wire)
 
 
-def history_call(channel: str, since: str | None, limit: int | None) -> Call:
-    """Read a channel's history after ``since`` (all of it without)."""
-    params = {key: str(value) for key, value in (("since", since), ("limit", limit)) if value is not None}
+def history_call(channel: str, since: str | None, limit: int | None, payload: str | None = None) -> Call:
+    """Read a channel's history after ``since`` (all of it without), in the ``payload`` format (None: the
+    channel's)."""
+    pairs = (("since", since), ("limit", limit), ("payload", payload))
+    params = {key: str(value) for key, value in pairs if value is not None}
     return Call("GET", channel_path(channel, "/messages"), None, params or None, reads=History.from_wire)
 
 

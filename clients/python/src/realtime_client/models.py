@@ -28,12 +28,13 @@ def position_of(offset: int | None, epoch: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class Message:
-    """One message as subscribers receive it; ``payload`` is always a string (JSON pushes arrive as JSON text)."""
+    """One message as subscribers receive it. ``payload`` is a string (a JSON value pushed arrives as its JSON
+    text), except with ``payload="json"``, where a payload published as a JSON value is that value."""
 
     id: str
     channel_id: str
     client_id: str
-    payload: str
+    payload: Any
     created_at: str
     offset: int | None = None
     epoch: str | None = None
@@ -44,8 +45,9 @@ class Message:
         return position_of(self.offset, self.epoch)
 
     def json(self) -> Any:
-        """The payload parsed as JSON (for payloads pushed as JSON values)."""
-        return json.loads(self.payload)
+        """The payload parsed as JSON (for payloads pushed as JSON values); a payload that arrived as a JSON
+        value (``payload="json"``) as it is."""
+        return json.loads(self.payload) if isinstance(self.payload, str) else self.payload
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> Message:

@@ -57,7 +57,8 @@ class Publisher:
         self._client = httpx.Client(**_client_options(base_url, api_key))
 
     def publish(self, channel: str, payload: Any, *, idempotency_key: str | None = None) -> Receipt:
-        """Publish ``payload`` (a string, or any JSON value, sent as its JSON text) to a channel (id or name).
+        """Publish ``payload`` (a string, or any JSON value: subscribers in the json payload format receive it as
+        that value, the others as its JSON text) to a channel (id or name).
 
         The call's ``Idempotency-Key`` (``idempotency_key``, or a fresh one) is reused on every retry,
         so the message is published once however many attempts it takes.
@@ -77,9 +78,12 @@ class Publisher:
         """Ask the server for a subscriber token for a private channel (id or name)."""
         return self._run(token_call(channel, client_id, ttl, publish))
 
-    def history(self, channel: str, *, since: str | None = None, limit: int | None = None) -> History:
-        """The channel's messages after position ``since`` (all it holds without), at most ``limit``."""
-        return self._run(history_call(channel, since, limit))
+    def history(
+        self, channel: str, *, since: str | None = None, limit: int | None = None, payload: str | None = None
+    ) -> History:
+        """The channel's messages after position ``since`` (all it holds without), at most ``limit``; with
+        ``payload="json"`` payloads published as JSON values are those values (None: the channel's format)."""
+        return self._run(history_call(channel, since, limit, payload))
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -132,9 +136,11 @@ class AsyncPublisher:
         """Ask the server for a subscriber token for a private channel (id or name)."""
         return await self._run(token_call(channel, client_id, ttl, publish))
 
-    async def history(self, channel: str, *, since: str | None = None, limit: int | None = None) -> History:
+    async def history(
+        self, channel: str, *, since: str | None = None, limit: int | None = None, payload: str | None = None
+    ) -> History:
         """The channel's messages after position ``since``; see ``Publisher.history``."""
-        return await self._run(history_call(channel, since, limit))
+        return await self._run(history_call(channel, since, limit, payload))
 
     async def close(self) -> None:
         """Close the connection pool."""

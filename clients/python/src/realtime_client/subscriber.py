@@ -48,6 +48,7 @@ STATUS_TO_CODE = {400: 4400, 401: 4401, 403: 4403, 404: 4404, 409: 4409, 410: 44
 ABNORMAL_CLOSURE = 1006
 MAX_SEEN_IDS = 2000
 TRANSPORTS = ("ws", "sse")
+PAYLOAD_FORMATS = ("text", "json")
 USER_AGENT = f"realtime-client-python/{__version__}"
 
 Event = Message | Gap | FrameError
@@ -87,6 +88,7 @@ class Subscription:
         history: bool = False,
         transport: str | None = None,
         echo: bool = False,
+        payload: str | None = None,
         min_delay: float = 0.5,
         max_delay: float = 15.0,
         stable_after: float = 2.0,
@@ -98,12 +100,15 @@ class Subscription:
             raise ValueError(f"base_url must be the service's http:// or https:// root, not {base_url!r}")
         if transport is not None and transport.lower() not in TRANSPORTS:
             raise ValueError('transport must be "ws", "sse" or None (ask the channel)')
+        if payload is not None and payload not in PAYLOAD_FORMATS:
+            raise ValueError('payload must be "text", "json" or None (the channel\'s payloadFormat)')
         self.base_url = base_url.rstrip("/")
         self.channel = channel
         self.path = channel_path(channel)
         self.client_id = client_id
         self.transport = transport.lower() if transport else None
         self.echo = echo
+        self.payload_format = payload
         self.min_delay, self.max_delay, self.stable_after = min_delay, max_delay, stable_after
         self.open_timeout, self.read_timeout = open_timeout, read_timeout
         self.position: str | None = since
@@ -150,14 +155,17 @@ class Subscription:
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
 
-    async def send(self, text: str) -> bool:
-        """Publish ``text`` on a WS channel; False when not connected (nothing is queued). The server's answers
-        about it, if any, arrive as ``FrameError`` events."""
+    async def send(self, text: Any) -> bool:
+        """Publish ``text`` on a WS channel (with ``payload="json"``, any JSON value, sent as its JSON text);
+        False when not connected (nothing is queued). The server's answers about it, if any, arrive as
+        ``FrameError`` events."""
         if self.transport == "sse":
             raise TypeError("send() works on WS channels; publish to SSE channels with Publisher.publish")
         ws = self._ws
         if ws is None:
             return False
+        if self.payload_format == "json":
+            text = json.dumps(text, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         try:
             await ws.send(text)
         except ConnectionClosed:
@@ -262,6 +270,8 @@ class Subscription:
             params["clientId"] = self.client_id
         if self.echo:
             params["echo"] = "1"
+        if self.payload_format:
+            params["payload"] = self.payload_format
         if self._token is not None:
             params["token"] = await self._current_token()
         if resume and self._resume_at is not None:

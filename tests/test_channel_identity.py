@@ -94,7 +94,8 @@ def test_api_refuses_a_name_that_is_another_channels_id(api_server):
 CREATE_SCRIPT = """
 import asyncio, time
 from unittest import mock
-from channels_app.core.channel_services import ChannelDraft, channel_create
+from types import SimpleNamespace
+from channels_app.core.channel_services import channel_create, channel_draft_parse
 from channels_app.models import Channel
 
 save = Channel.save
@@ -106,7 +107,9 @@ def save_then_hold(self, *args, **kwargs):
 
 try:
     with mock.patch.object(Channel, "save", save_then_hold):
-        asyncio.run(channel_create(draft=ChannelDraft({id!r}, "WS", 10, {name!r}, 10, 60, False)))
+        body = {{"id": {id!r}, "name": {name!r}, "type": "WS", "maxOfChannelConnections": 10}}
+        draft = channel_draft_parse(body, server=SimpleNamespace(history_size=10, history_ttl=60))
+        asyncio.run(channel_create(draft=draft))
     print("created", flush=True)
 except Exception as error:
     print(type(error).__name__, getattr(error, "code", ""), error, flush=True)

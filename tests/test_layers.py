@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
 from django.conf import settings
 
 from channels_app.state import layers
 from channels_app.state.layers import InMemoryChannelLayer
-
-pytestmark = pytest.mark.asyncio
 
 
 def test_the_memory_driver_uses_this_layer():

@@ -264,11 +264,10 @@ async def test_a_key_is_the_key_of_one_payload_of_one_kind(server):
     assert [message["payload"] for message in history.json()["messages"]] == ["{}", {}]
 
 
+@pytest.mark.parametrize("server", ["redis"], indirect=True)
 async def test_a_history_entry_written_before_payload_kinds_reads_as_text(server):
     """Under REDIS, a stream entry without the ``k`` field (as every entry was before) is text, even on a json
     channel and even when it looks like JSON; entries after it keep their own kind."""
-    if not hasattr(server, "redis"):
-        pytest.skip("the REDIS driver's stream entries")
     channel_id = create_channel(server, "WS", payloadFormat="json")
     async with httpx.AsyncClient(timeout=5) as client:
         assert (await push(client, server, channel_id, {"payload": {"new": 1}})).status_code == 201

@@ -25,6 +25,8 @@ import asyncio
 import functools
 import os
 import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from asgiref.sync import SyncToAsync, async_to_sync
 from django.conf import settings
@@ -36,6 +38,7 @@ from .jsoncodec import payload_of
 from .messages import Message
 from .naming import SERVER_CLIENT_ID
 
+T = TypeVar("T")
 NOT_SERVING_MEMORY = (
     "channels_app.publish() and apublish() reach no subscriber from this process: it serves none "
     "(manage.py shell, a command, a worker), and with pubsub.driver MEMORY the channel layer is the "
@@ -48,31 +51,40 @@ NOT_SERVING_MEMORY = (
 async def apublish(channel: str, payload, *, client_id: str = SERVER_CLIENT_ID) -> Message:
     """Publish ``payload`` to a channel by id or name: a string, or any JSON value, which subscribers in
     the ``json`` payload format receive as that value (the others as its JSON text)."""
-    if serves_subscribers():
-        return await _publish_here(channel, payload, client_id)
-    _refuse_where_unreachable()
-    home = _publisher_loop().loop
-    if asyncio.get_running_loop() is home:
-        return await _publish_here(channel, payload, client_id)
-    future = asyncio.run_coroutine_threadsafe(_publish_here(channel, payload, client_id), home)
-    return await asyncio.wrap_future(future)
+    return await _on_runtime_loop(_publish_here, channel, payload, client_id)
 
 
 def publish(channel: str, payload, *, client_id: str = SERVER_CLIENT_ID) -> Message:
-    """Synchronous twin of ``apublish`` for views, signals, tasks and scripts.
+    """Synchronous twin of ``apublish`` for views, signals, tasks and scripts."""
+    return run_sync(_publish_here, channel, payload, client_id)
 
-    In a thread the server runs sync code in (a sync view, a signal), ``async_to_sync`` runs
-    ``apublish`` on the server's event loop, where this process's runtime lives. Anywhere else
-    (a management command, a worker, a script) there is no such loop, and ``async_to_sync`` would
-    make a new one per call, while the runtime's Redis connections stay bound to the first one
-    (the next call failed with "Event loop is closed"). There every call runs on one event loop
-    that a background thread keeps for the process.
+
+def run_sync(function: Callable[..., Awaitable[T]], *args) -> T:
+    """Run ``await function(*args)`` from sync code, on the event loop where this process's runtime lives.
+
+    In a thread the server runs sync code in (a sync view, a signal), ``async_to_sync`` runs it on
+    the server's event loop. Anywhere else (a management command, a worker, a script) there is no
+    such loop, and ``async_to_sync`` would make a new one per call, while the runtime's Redis
+    connections stay bound to the first one (the next call failed with "Event loop is closed").
+    There every call runs on one event loop that a background thread keeps for the process.
     """
     if _server_loop() is not None:
-        return async_to_sync(apublish)(channel, payload, client_id=client_id)
+        return async_to_sync(_on_runtime_loop)(function, *args)
     if not serves_subscribers():
         _refuse_where_unreachable()
-    return _publisher_loop().run(_publish_here(channel, payload, client_id))
+    return _publisher_loop().run(function(*args))
+
+
+async def _on_runtime_loop(function: Callable[..., Awaitable[T]], *args) -> T:
+    """``await function(*args)`` on the loop that holds the runtime: this one in a serving process,
+    else the publisher loop's thread."""
+    if serves_subscribers():
+        return await function(*args)
+    _refuse_where_unreachable()
+    home = _publisher_loop().loop
+    if asyncio.get_running_loop() is home:
+        return await function(*args)
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(function(*args), home))
 
 
 def _refuse_where_unreachable() -> None:

@@ -285,6 +285,9 @@ def _channel_layers(config) -> dict:
 
 
 CHANNEL_LAYERS = _channel_layers(REALTIME)
+# django-eventstream's send_event(channel, "message", data) publishes through this service
+# (README.md, "Apps written for django-eventstream").
+EVENTSTREAM_STORAGE_CLASS = "channels_app.eventstream.RealtimeStorage"
 
 # On SIGTERM the instance drains for at most this long, then exits (Kubernetes waits 30 s).
 REALTIME_SHUTDOWN_GRACE_SECONDS = float(os.environ.get("REALTIME_SHUTDOWN_GRACE_SECONDS", "20"))

@@ -15,6 +15,9 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
 - ``LOG_LEVEL``: ``DEBUG``, ``INFO`` (default), ``WARNING``...
 - ``LOG_FORMAT``: ``plain`` (default) or ``json`` (one JSON object per line).
 - ``REALTIME_API_KEYS``: comma-separated API keys, added to ``server.api_keys``.
+- ``REALTIME_ALLOWED_ORIGINS``: comma-separated origins (``https://app.example.com``,
+  ``https://*.example.com``), added to ``server.allowed_origins`` in ``REALTIME``, where every origin
+  check reads them (channels_app/transports/origins.py).
 - ``REALTIME_TOKEN_SECRET``: signs private-channel tokens (default: the secret key).
 - ``REALTIME_SHUTDOWN_GRACE_SECONDS``: longest graceful drain after SIGTERM (default 20).
 - ``METRICS_TOKEN``: when set, ``/metrics`` requires ``Authorization: Bearer <token>``.
@@ -36,6 +39,7 @@ import os
 import re
 import secrets
 import sys
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -115,6 +119,15 @@ except ConfigError as error:
     sys.exit(2)
 
 REALTIME_API_KEYS = tuple(REALTIME.server.api_keys) + tuple(_env_list("REALTIME_API_KEYS"))
+# Merged into the configuration itself, so the runtime built from it (composition.py) and every
+# origin check reading ``runtime.server`` see one list.
+REALTIME = replace(
+    REALTIME,
+    server=replace(
+        REALTIME.server,
+        allowed_origins=tuple(REALTIME.server.allowed_origins) + tuple(_env_list("REALTIME_ALLOWED_ORIGINS")),
+    ),
+)
 
 _DATABASE = _database_from_url(os.environ.get("DATABASE_URL", "sqlite:///db.sqlite3"))
 

@@ -1,4 +1,5 @@
-"""Which origins may open a WebSocket (close 4403 otherwise) and read an event stream (CORS)."""
+"""Which origins may open a WebSocket (close 4403 otherwise) and read an event stream (CORS; 403 otherwise),
+from ``server.allowed_origins`` and ``REALTIME_ALLOWED_ORIGINS``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 import websockets
 
-from channels_app.transports.origins import cors_headers, origin_allowed
+from channels_app.transports.origins import cors_headers, origin_allowed, origin_not_allowed_body
 from tests.support.auth import API_KEY
 from tests.support.configs import CHAT_AND_FEED, memory_config
 
@@ -139,12 +140,29 @@ def stream_headers(server, origin: str, **query: str) -> httpx.Headers:
 def test_event_stream_carries_cors_headers_for_allowed_origins(server):
     allowed = stream_headers(server, "https://app.example.com", clientId="cors-allowed")
     wildcard = stream_headers(server, "https://shop.example.org", clientId="cors-wildcard")
-    other = stream_headers(server, "https://evil.example.com", clientId="cors-other")
     assert allowed["access-control-allow-origin"] == "https://app.example.com"
     assert allowed["vary"] == "Origin"
     assert wildcard["access-control-allow-origin"] == "https://shop.example.org"
-    # Served, but a browser on that page may not read it.
-    assert "access-control-allow-origin" not in other
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example.com", "null", "http://app.example.com"])
+@pytest.mark.parametrize("path", ["feed-1?clientId=cors-other", "feed-1?upgrade=0", "missing", "missing?upgrade=0"])
+def test_other_origins_get_a_403_they_can_read_and_nothing_else(server, origin, path):
+    """The refusal echoes the refused origin so its page can say why (and stop retrying), whether or not
+    the channel exists: it tells that page nothing about the channels."""
+    refused = httpx.get(f"{server.http}/api/v1/channels/{path}", headers={"Origin": origin}, timeout=5)
+    assert refused.status_code == 403
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.headers["cache-control"] == "no-store"
+    assert refused.headers["access-control-allow-origin"] == origin
+    assert refused.headers["vary"] == "Origin"
+    assert "access-control-allow-credentials" not in refused.headers
+    assert refused.json() == {"error": "origin_not_allowed", "message": origin_not_allowed_body(origin)["message"]}
+    assert refused.json()["message"].startswith(f"Origin {origin!r} may not subscribe")
+    # The refused stream never took the clientId's slot.
+    described = httpx.get(f"{server.http}/api/v1/channels/feed-1?upgrade=0&clientId=cors-other", timeout=5)
+    assert described.status_code == 200
+    assert described.json()["connections"] == 0
 
 
 def test_refusals_and_preflights_carry_cors_headers_so_pages_can_read_them(server):
@@ -160,6 +178,48 @@ def test_refusals_and_preflights_carry_cors_headers_so_pages_can_read_them(serve
 def test_allow_all_origins_answers_any_origin_with_a_wildcard(open_server):
     headers = stream_headers(open_server, "https://evil.example.com", clientId="cors-any")
     assert headers["access-control-allow-origin"] == "*"
+
+
+# --- REALTIME_ALLOWED_ORIGINS ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env_server(start_module_server):
+    """Origins from the YAML file and from the environment: the variable adds to the list."""
+    return start_module_server(
+        memory_config(allowed_origins=["https://yaml.example.com"]) + CHAT_AND_FEED,
+        env={"REALTIME_ALLOWED_ORIGINS": " https://env.example.com, https://*.env.example.org ,"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("client_id", "origin"),
+    [
+        ("env", "https://env.example.com"),
+        ("env-wildcard", "https://a.env.example.org"),
+        ("yaml", "https://yaml.example.com"),
+    ],
+)
+async def test_allowed_origins_from_the_environment_open_websockets(env_server, client_id, origin):
+    assert await exchange(env_server, client_id, origin) == f"hello {client_id}"
+
+
+async def test_the_environment_does_not_open_websockets_to_other_origins(env_server):
+    url = f"{env_server.ws}/api/v1/channels/chat-1?clientId=env-intruder"
+    async with websockets.connect(url, origin="https://env.example.com.evil.test") as ws:
+        body = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert body["error"] == "origin_not_allowed"
+
+
+def test_allowed_origins_from_the_environment_read_event_streams(env_server):
+    for client_id, origin in [("env-sse", "https://env.example.com"), ("yaml-sse", "https://yaml.example.com")]:
+        headers = stream_headers(env_server, origin, clientId=client_id)
+        assert headers["access-control-allow-origin"] == origin
+    refused = httpx.get(
+        f"{env_server.http}/api/v1/channels/feed-1", headers={"Origin": "https://example.org"}, timeout=5
+    )
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "origin_not_allowed"
 
 
 # --- Missing and forged origins, against the default policy (moved from test_hardening_paths.py) ------------

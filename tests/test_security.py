@@ -279,8 +279,12 @@ def test_cors_on_streams_only_for_allowed_origins(server):
         f"{server.http}/api/v1/channels/feed-1?upgrade=0", headers={"Origin": "https://evil.example.com"}, timeout=5
     )
     assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
-    assert "access-control-allow-origin" not in other.headers
     assert "access-control-allow-credentials" not in allowed.headers
+    # Another origin may read its refusal, and only that: no description of the channel.
+    assert other.status_code == 403
+    assert other.json()["error"] == "origin_not_allowed"
+    assert set(other.json()) == {"error", "message"}
+    assert "access-control-allow-credentials" not in other.headers
 
 
 # --- credentials: the gaps ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ from ..core.runtime import Runtime
 from ..http.direct_api import DirectApiView
 from ..http.security import SecurityHeadersMiddleware, host_allowed
 from ..http.urls import api_urlpatterns
-from .origins import header, origin_allowed
+from .origins import header, origin_allowed, origin_not_allowed_body
 from .sse import ChannelStreamEndpoint
 from .websocket import ChannelConsumer
 
@@ -43,14 +43,6 @@ async def refuse_websocket(receive, send, code: int, body: dict) -> None:
     await send({"type": "websocket.accept"})
     await send({"type": "websocket.send", "text": json.dumps({"control": "close", "code": code, **body})})
     await send({"type": "websocket.close", "code": code})
-
-
-def origin_not_allowed_body(origin: str | None) -> dict:
-    """The refusal of a WebSocket handshake from an origin the configuration does not allow."""
-    return {
-        "error": "origin_not_allowed",
-        "message": f"Origin {origin!r} may not subscribe: add it to server.allowed_origins.",
-    }
 
 
 NOT_FOUND_BODY = {

@@ -1,5 +1,8 @@
 """The event-stream endpoint of SSE channels, and the ``?upgrade=0`` preflight of every channel.
 
+Both refuse an origin that may not subscribe (403 ``origin_not_allowed``, readable by that page:
+transports/origins.py) before anything else.
+
 The wire format is django-eventstream's (``django_eventstream.utils.sse_encode_event``), so its
 browser clients work unchanged; the streaming itself is driven by this instance's hub rather than
 django-eventstream's process-global listener manager, which encodes every event once per
@@ -26,7 +29,7 @@ from ..core.services import channel_describe, connection_close, connection_open,
 from ..core.subscription import Subscription
 from ..errors import ApplicationError
 from ..messages import JSON, TEXT, Message
-from .origins import cors_headers, header
+from .origins import cors_headers, header, origin_allowed, origin_not_allowed_body, refusal_cors_headers
 from .subscribing import flag, new_subscription, query_params
 
 logger = logging.getLogger(__name__)
@@ -79,9 +82,16 @@ class ChannelStreamEndpoint:
     async def __call__(self, scope, receive, send):
         """Answer a preflight, refuse with JSON, or stream the channel's events until the client leaves."""
         runtime = self.runtime
+        origin, host = header(scope, b"origin"), header(scope, b"host")
+        if not origin_allowed(origin, host, runtime.server):
+            # Before the channel is looked up: the refusal is the same whether it exists or not.
+            runtime.stats.incr("refusals_origin_not_allowed")
+            logger.info("refused an SSE subscriber: origin_not_allowed (HTTP 403)")
+            await send_json(send, 403, origin_not_allowed_body(origin), refusal_cors_headers(origin))
+            return
         query = query_params(scope)
         reference = scope["url_route"]["kwargs"]["channel"]
-        cors = cors_headers(header(scope, b"origin"), header(scope, b"host"), runtime.server)
+        cors = cors_headers(origin, host, runtime.server)
         if query.get("upgrade") == "0":
             await self._preflight(send, reference, query, cors)
             return

@@ -255,7 +255,7 @@
         socket = new WebSocket(this._url());
       } catch (exc) {
         this._refused({ code: 4400, message: String(exc.message || exc) });
-        this._stop({ reason: "invalid URL" });
+        this._stop({ reason: "invalid URL", refused: true });
         return;
       }
       this._socket = socket;
@@ -284,7 +284,7 @@
         const code = closing ? closing.code : event.code;
         const explained = closing || code >= 4000 || code === 1003 || code === 1009;
         if (explained && this._refused({ code, error: closing && closing.error, message: closing && closing.message })) {
-          this._stop({ code, reason: describe(code, closing && closing.error) });
+          this._stop({ code, reason: describe(code, closing && closing.error), refused: true });
           return;
         }
         this._scheduleReconnect({ code });
@@ -313,7 +313,7 @@
       source.addEventListener("gap", (event) => this._gap(JSON.parse(event.data)));
       source.addEventListener("stream-error", (event) => {
         const body = JSON.parse(event.data);
-        if (body.control === "close" && this._refused(body)) this._stop({ code: body.code, reason: describe(body.code, body.error) });
+        if (body.control === "close" && this._refused(body)) this._stop({ code: body.code, reason: describe(body.code, body.error), refused: true });
         else if (body.control !== "close") this._emit("error", { ...body, permanent: false, description: describe(body.code, body.error) });
       });
       source.onerror = () => {
@@ -333,11 +333,12 @@
           this._scheduleReconnect({});
           return;
         }
-        // EventSource hides why a stream was refused; the preflight (?upgrade=0) says it in JSON.
+        // EventSource hides why a stream was refused; the preflight (?upgrade=0) says it in JSON,
+        // readable even by a page whose origin is refused (403 origin_not_allowed).
         this._explainRefusal().then((refusal) => {
           if (this._stopped || this._socket !== null || this._timer !== null) return;
           if (refusal && this._refused(refusal)) {
-            this._stop({ code: refusal.code, reason: describe(refusal.code, refusal.error) });
+            this._stop({ code: refusal.code, reason: describe(refusal.code, refusal.error), refused: true });
             return;
           }
           this._scheduleReconnect(refusal ? { code: refusal.code } : {});

@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import redis_config
 from tests.support.auth import API_KEY, AUTH
+from tests.support.clients import open_stream, opened
 from tests.support.configs import memory_config
 from tests.support.processes import ROOT, base_environment, manage
 from tests.test_deploy import tool
@@ -67,6 +68,7 @@ def kube_resources() -> dict[tuple[str, str], dict]:
 
 
 def dashboard() -> dict:
+    """The Grafana dashboard, parsed."""
     return json.loads(DASHBOARD.read_text())
 
 
@@ -81,6 +83,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 def alert_rules() -> list[dict]:
+    """Every rule of every group of the PrometheusRule."""
     return [rule for group in resource("prometheusrule.yaml")["spec"]["groups"] for rule in group["rules"]]
 
 
@@ -113,11 +116,13 @@ def scraped(text: str) -> dict[str, list[tuple[dict, float]]]:
 
 
 def the_value(samples: dict, name: str) -> float:
+    """The value of a metric that has one sample."""
     (only,) = samples[name]
     return only[1]
 
 
-def scrape(server, client: httpx.Client | None = None) -> dict[str, list[tuple[dict, float]]]:
+def scrape(server) -> dict[str, list[tuple[dict, float]]]:
+    """``GET /metrics`` with the token, parsed by ``scraped``."""
     response = httpx.get(f"{server.http}/metrics", headers=SCRAPE, timeout=10)
     assert response.status_code == 200, response.text
     return scraped(response.text)
@@ -205,19 +210,20 @@ def test_redis_up_is_absent_without_redis(start_server):
     assert "process_open_fds" in samples
 
 
-FOUR_CHANNELS = (
+FIVE_CHANNELS = (
     memory_config()
     + """
   alpha: {id: "ch-a", type: "WS", max_of_channel_connections: 10}
   beta: {id: "ch-b", type: "WS", max_of_channel_connections: 20}
   gamma: {id: "ch-c", type: "WS", max_of_channel_connections: 30}
   delta: {id: "ch-d", type: "WS", max_of_channel_connections: 40}
+  epsilon: {id: "ch-e", type: "SSE", max_of_channel_connections: 50}
 """
 )
 
 
 def test_channels_past_the_limit_are_summed_as_other(start_server):
-    server = start_server(FOUR_CHANNELS, env={"REALTIME_METRICS_MAX_CHANNELS": "2", "METRICS_TOKEN": METRICS_TOKEN})
+    server = start_server(FIVE_CHANNELS, env={"REALTIME_METRICS_MAX_CHANNELS": "2", "METRICS_TOKEN": METRICS_TOKEN})
     wanted = {"ch-a": 1, "ch-b": 3, "ch-c": 2, "ch-d": 1}
 
     async def scenario():
@@ -227,17 +233,25 @@ def test_channels_past_the_limit_are_summed_as_other(start_server):
             for index in range(count)
         ]
         try:
-            return await asyncio.to_thread(scrape, server)
+            async with open_stream(server.channel_url("ch-e", scheme="http", clientId="s")) as (_, events):
+                await opened(events)
+                return await asyncio.to_thread(scrape, server)
         finally:
             for socket in sockets:
                 await socket.close()
 
     samples = asyncio.run(scenario())
     connections = {
-        labels["channel"]: (labels["channel_name"], value) for labels, value in samples["realtime_connections"]
+        (labels["channel"], labels["transport"]): (labels["channel_name"], value)
+        for labels, value in samples["realtime_connections"]
     }
-    # At most 2 channels one by one (the busiest, by name), plus _other: 2 + 1 label values.
-    assert connections == {"ch-b": ("beta", 3.0), "ch-c": ("gamma", 2.0), "_other": ("_other", 2.0)}
+    # At most 2 channels one by one (the busiest, shown by name), plus _other per transport.
+    assert connections == {
+        ("ch-b", "WS"): ("beta", 3.0),
+        ("ch-c", "WS"): ("gamma", 2.0),
+        ("_other", "WS"): ("_other", 2.0),
+        ("_other", "SSE"): ("_other", 1.0),
+    }
     limits = {
         labels["channel"]: (labels["channel_name"], value)
         for labels, value in samples["realtime_channel_connections_limit"]
@@ -283,6 +297,7 @@ def crd_validator(kind: str) -> tuple[str, jsonschema.Draft7Validator]:
 
 
 def schema_errors(document: dict) -> list[str]:
+    """What the CRD of the document's kind finds wrong with it."""
     api_version, validator = crd_validator(document["kind"])
     errors = (
         [f"apiVersion {document['apiVersion']}, not {api_version}"] if document["apiVersion"] != api_version else []
@@ -357,6 +372,7 @@ def test_each_alert_is_complete():
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run promtool in ``cwd`` (rule files name each other relative to it)."""
     return subprocess.run([tool("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
@@ -406,6 +422,7 @@ def series(name: str, values: str, **labels: str) -> dict:
 
 
 def fired(alert: str, at: str, *expected: dict) -> dict:
+    """A promtool alert test: at ``at``, ``alert`` fires with exactly the ``expected`` label sets (none: silent)."""
     return {"eval_time": at, "alertname": alert, "exp_alerts": [{"exp_labels": labels} for labels in expected]}
 
 

@@ -21,6 +21,8 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
 - ``REALTIME_TOKEN_SECRET``: signs private-channel tokens (default: the secret key).
 - ``REALTIME_SHUTDOWN_GRACE_SECONDS``: longest graceful drain after SIGTERM (default 20).
 - ``METRICS_TOKEN``: when set, ``/metrics`` requires ``Authorization: Bearer <token>``.
+- ``REALTIME_METRICS_MAX_CHANNELS``: how many channels ``/metrics`` labels one by one (default 100,
+  the busiest here); the rest are summed under ``channel="_other"``.
 - ``REALTIME_PRESENCE_LEASE_SECONDS``: REDIS driver; a dead instance's connection slots are
   released after this long (default 30).
 - ``REALTIME_REQUEST_HEAD_TIMEOUT_SECONDS`` / ``REALTIME_REQUEST_BODY_TIMEOUT_SECONDS``: a request's
@@ -72,6 +74,14 @@ def _env_seconds(name: str, default: str) -> float:
         )
         sys.exit(2)
     return value
+
+
+def _env_count(name: str, default: str) -> int:
+    raw = os.environ.get(name, default)
+    if not (raw.strip().isascii() and raw.strip().isdigit()):
+        sys.stderr.write(f"realtime: {name}={raw} is not a whole number (0 or more): write e.g. {name}={default}\n")
+        sys.exit(2)
+    return int(raw)
 
 
 def request_body_limit(max_message_size: int) -> int:
@@ -319,6 +329,9 @@ REALTIME_REQUEST_BODY_TIMEOUT_SECONDS = _env_seconds("REALTIME_REQUEST_BODY_TIME
 
 # Optional bearer token protecting /metrics.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# Channels /metrics labels one by one, the busiest on this instance first; the rest are summed
+# under channel="_other", so a thousand channels do not make a thousand series per metric.
+REALTIME_METRICS_MAX_CHANNELS = _env_count("REALTIME_METRICS_MAX_CHANNELS", "100")
 
 # REDIS driver: how long a connection slot survives without its instance renewing it, i.e. how
 # soon the slots of an instance that died without closing its connections are released.

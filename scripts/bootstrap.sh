@@ -14,6 +14,20 @@ apt_install() {
   fi
 }
 
+install_promtool() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "Please install promtool (Debian: the prometheus package) into .venv/bin or the PATH" >&2
+    exit 1
+  fi
+  local work
+  work="$(mktemp -d)"
+  [ "$(id -u)" = 0 ] && apt-get update -qq
+  (cd "$work" && apt-get download -qq prometheus >/dev/null 2>&1)
+  dpkg-deb --fsys-tarfile "$work"/prometheus_*.deb | tar -x -C "$work" ./usr/bin/promtool
+  install -m 0755 "$work/usr/bin/promtool" .venv/bin/promtool
+  rm -rf "$work"
+}
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   if ! "$PYTHON" -m venv .venv 2>/dev/null; then
@@ -34,6 +48,9 @@ if [ "$mode" = "dev" ]; then
   # tests/test_deploy.py reads the listen backlog with ss.
   command -v ss >/dev/null 2>&1 || missing+=(iproute2)
   if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+  # tests/test_observability.py checks the alert rules and the dashboard's queries with promtool:
+  # taken from Debian's prometheus package into the venv, without installing (and starting) the server.
+  if [ ! -x .venv/bin/promtool ] && ! command -v promtool >/dev/null 2>&1; then install_promtool; fi
 else
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
 fi

@@ -663,8 +663,8 @@ def test_docs_match_the_files(kube):
     assert f"terminationGracePeriodSeconds: {pod['terminationGracePeriodSeconds']}" in docs
     assert f"`sleep {container['lifecycle']['preStop']['exec']['command'][1]}`" in docs
     assert f"`REALTIME_SHUTDOWN_GRACE_SECONDS` ({env['REALTIME_SHUTDOWN_GRACE_SECONDS']['value']}" in docs
-    assert "`realtime.example.com,realtime,localhost`" in docs
-    assert env["DJANGO_ALLOWED_HOSTS"]["value"] == "realtime.example.com,realtime,localhost"
+    assert "`realtime.example.com,realtime,localhost,$(POD_IP)`" in docs
+    assert env["DJANGO_ALLOWED_HOSTS"]["value"] == "realtime.example.com,realtime,localhost,$(POD_IP)"
     for version in KUBERNETES_VERSIONS:
         assert version in docs
     assert "[docs/deployment.md](docs/deployment.md)" in (ROOT / "README.md").read_text()

@@ -58,14 +58,14 @@ def test_metrics_move_when_messages_flow(start_server):
             return during, (await client.get("/metrics")).text
 
     during, after = asyncio.run(scenario())
-    assert metric(during, "realtime_connections", 'channel="chat-1",transport="WS"') == 2
+    assert metric(during, "realtime_connections", 'channel="chat-1",channel_name="chat",transport="WS"') == 2
     assert metric(after, "realtime_messages_published_total") == 2
     assert metric(after, "realtime_publish_runs_total") == 2
     assert metric(after, "realtime_deliveries_total") == 3
     assert metric(after, "realtime_refusals_total", 'reason="channel_not_found"') == 1
     assert metric(after, "realtime_connections_opened_total", 'transport="ws"') == 2
     assert metric(after, "realtime_publish_to_deliver_seconds_count") == 2
-    assert metric(after, "realtime_connections", 'channel="chat-1",transport="WS"') == 0
+    assert metric(after, "realtime_connections", 'channel="chat-1",channel_name="chat",transport="WS"') == 0
 
 
 def declared_counters() -> set[str]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..channel import DESCRIPTION, PREFLIGHT_DESCRIPTION, ChannelInfo
 from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
 
 
 def channel_as_dict(channel: ChannelInfo, connections: int, *, preflight: bool = False) -> dict:
@@ -22,3 +26,19 @@ async def channels_with_counts(*, runtime: Runtime) -> list[tuple[ChannelInfo, i
 async def channel_list(*, runtime: Runtime) -> list[dict]:
     """Every active channel's description, with its live connection count."""
     return [channel_as_dict(channel, count) for channel, count in await channels_with_counts(runtime=runtime)]
+
+
+async def channels_by_local_connections(*, runtime: Runtime) -> list[tuple[str, ChannelInfo | None, dict[str, int]]]:
+    """``(channel id, its channel, {transport: subscriptions})`` for every channel with subscriptions on this
+    instance, the busiest first; the channel is None when the registry no longer has it (or cannot be read)."""
+    local: dict[str, dict[str, int]] = {}
+    for (channel_id, transport), count in runtime.hub.local_counts().items():
+        local.setdefault(channel_id, {})[transport] = count
+    try:
+        channels = {channel.id: channel for channel in await runtime.registry.all()}
+    except Exception:
+        # Metrics still count connections while the database is down; they are labelled by id then.
+        logger.warning("could not read the channel registry; channels are labelled by id")
+        channels = {}
+    busiest = sorted(local.items(), key=lambda item: (-sum(item[1].values()), item[0]))
+    return [(channel_id, channels.get(channel_id), counts) for channel_id, counts in busiest]

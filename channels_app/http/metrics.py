@@ -1,22 +1,37 @@
 """``/metrics`` in Prometheus text format.
 
 Values are read at scrape time from this process's runtime: its counters (``stats.py``), its
-live connections per channel and transport (from the hub), and the latency histogram. Set
-``METRICS_TOKEN`` to require ``Authorization: Bearer <token>``.
+live connections per channel and transport (from the hub) with each channel's name and limit,
+the latency histogram, whether Redis answers (REDIS driver), and prometheus-client's process and
+platform collectors. Set ``METRICS_TOKEN`` to require ``Authorization: Bearer <token>``.
+
+At most ``REALTIME_METRICS_MAX_CHANNELS`` channels are labelled one by one, the busiest on this
+instance; the others are summed under ``channel="_other"`` (docs/deployment.md, "Observability").
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .. import counters
+from ..channel import ChannelInfo
 from ..core.runtime import Runtime
+from ..core.selectors import channels_by_local_connections
 from .auth import bearer_token
+
+logger = logging.getLogger(__name__)
+
+# The channel label of the channels past REALTIME_METRICS_MAX_CHANNELS, summed.
+OTHER_CHANNELS = "_other"
+# A scrape waits this long for Redis's PING before reporting it down (as /readyz does).
+REDIS_PING_TIMEOUT_SECONDS = 1.0
 
 # Counter name (counters.py) -> (metric, help); a labelled counter's prefix -> (metric, help, label
 # name), the label's value being the rest of the counter's name.
@@ -77,12 +92,25 @@ _LABELLED_COUNTERS = {
 
 
 class RuntimeCollector:
-    """Turns a runtime's counters and hub state into metric families."""
+    """Turns a runtime's counters, its channels' connections and Redis's state into metric families."""
 
-    def __init__(self, runtime: Runtime):
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        channels: list[tuple[str, ChannelInfo | None, dict[str, int]]],
+        max_channels: int,
+        redis_up: bool | None = None,
+    ):
+        """``channels`` as ``core/selectors.py`` ``channels_by_local_connections`` gives them, busiest first;
+        ``redis_up`` is None when no Redis is used."""
         self.runtime = runtime
+        self.labelled = channels[:max_channels]
+        self.others = channels[max_channels:]
+        self.redis_up = redis_up
 
     def collect(self):
+        """Every family, read now."""
         counters = self.runtime.stats.counters()
         for name, (metric, documentation) in _PLAIN_COUNTERS.items():
             yield CounterMetricFamily(metric, documentation, value=counters.get(name, 0))
@@ -92,21 +120,74 @@ class RuntimeCollector:
                 if name.startswith(prefix):
                     family.add_metric([name[len(prefix) :]], value)
             yield family
-        connections = GaugeMetricFamily(
-            "realtime_connections", "Open subscriptions on this instance.", labels=["channel", "transport"]
-        )
-        for (channel_id, transport), count in sorted(self.runtime.hub.local_counts().items()):
-            connections.add_metric([channel_id, transport], count)
-        yield connections
+        yield from self._channel_families()
         latency = self.runtime.stats.latency
         histogram = HistogramMetricFamily(
             "realtime_publish_to_deliver_seconds", "Time from publish until the message reached its subscribers."
         )
         histogram.add_metric([], latency.cumulative(), sum_value=latency.total)
         yield histogram
+        if self.redis_up is not None:
+            yield GaugeMetricFamily(
+                "realtime_redis_up", "1 when Redis answered PING during this scrape, else 0.", value=int(self.redis_up)
+            )
+
+    def _channel_families(self):
+        connections = GaugeMetricFamily(
+            "realtime_connections",
+            "Open subscriptions on this instance, by channel id, transport and channel name "
+            f'(channels past the busiest REALTIME_METRICS_MAX_CHANNELS summed as channel="{OTHER_CHANNELS}").',
+            labels=["channel", "transport", "channel_name"],
+        )
+        limits = GaugeMetricFamily(
+            "realtime_channel_connections_limit",
+            "Live connections the channel accepts (maxOfChannelConnections), for the channels labelled one by one.",
+            labels=["channel", "channel_name"],
+        )
+        for channel_id, channel, counts in sorted(self.labelled, key=lambda item: item[0]):
+            name = channel.name if channel is not None else channel_id
+            for transport, count in sorted(counts.items()):
+                connections.add_metric([channel_id, transport, name], count)
+            if channel is not None:
+                limits.add_metric([channel_id, name], channel.max_connections)
+        others: dict[str, int] = {}
+        for _, _, counts in self.others:
+            for transport, count in counts.items():
+                others[transport] = others.get(transport, 0) + count
+        for transport, count in sorted(others.items()):
+            connections.add_metric([OTHER_CHANNELS, transport, OTHER_CHANNELS], count)
+        yield connections
+        yield limits
 
 
-def metrics(request: HttpRequest) -> HttpResponse:
+async def _redis_answers(runtime: Runtime) -> bool | None:
+    if runtime.redis is None:
+        return None
+    try:
+        await asyncio.wait_for(runtime.redis.ping(), REDIS_PING_TIMEOUT_SECONDS)
+    except Exception as exc:
+        logger.warning("metrics: Redis did not answer PING: %s", exc.__class__.__name__)
+        return False
+    return True
+
+
+def metrics_registry(
+    runtime: Runtime, *, channels: list[tuple[str, ChannelInfo | None, dict[str, int]]], redis_up: bool | None
+) -> CollectorRegistry:
+    """A registry of this scrape's own: the runtime's collector, and the process and platform collectors."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(
+        RuntimeCollector(
+            runtime, channels=channels, max_channels=settings.REALTIME_METRICS_MAX_CHANNELS, redis_up=redis_up
+        )
+    )
+    # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... and python_info.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+async def metrics(request: HttpRequest) -> HttpResponse:
     """``GET /metrics``: Prometheus text exposition."""
     expected = settings.METRICS_TOKEN
     if expected:
@@ -116,6 +197,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
                 {"error": "metrics_token_required", "message": "Send Authorization: Bearer <METRICS_TOKEN>."},
                 status=401,
             )
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(RuntimeCollector(request.realtime))
+    runtime = request.realtime
+    channels, redis_up = await asyncio.gather(channels_by_local_connections(runtime=runtime), _redis_answers(runtime))
+    registry = metrics_registry(runtime, channels=channels, redis_up=redis_up)
     return HttpResponse(generate_latest(registry), content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -6,6 +6,7 @@ a sync hook using the ORM; on_disconnect after the slot is free; every rejection
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import types
@@ -22,7 +23,7 @@ from tests.support.documents import code_blocks
 from tests.support.processes import ROOT, base_environment, manage
 from tests.support.waiting import wait_until
 
-HOOK_TIMEOUT = 0.5
+HOOK_TIMEOUT = 1.0
 
 
 def channel(channel_id: str, name: str | None = None) -> ChannelInfo:
@@ -172,7 +173,11 @@ async def test_on_connect_admits_refuses_times_out_and_fails_over_websocket(serv
         "message": "refuse-ws may not subscribe",
     }
 
-    body, code = await refused(server, "plain-1", "slow-ws")
+    # A stalled hook delays its own connection only: another is admitted meanwhile.
+    stalled = asyncio.create_task(refused(server, "plain-1", "slow-ws"))
+    async with websockets.connect(server.channel_url("plain-1", clientId="eve")):
+        assert not stalled.done()
+    body, code = await stalled
     assert (code, body["error"], body["hook"], body["reason"]) == (4500, "hook_failed", "on_connect", "timeout")
 
     body, code = await refused(server, "plain-1", "broken-ws")

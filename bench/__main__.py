@@ -28,7 +28,7 @@ from .clients import ClientPool
 from .fanout import FanoutSettings, run_fanout
 from .sysstat import machine_info
 
-SCENARIOS = ("fanout", "sse", "memory", "push", "redis", "channels", "publish", "connect", "procs")
+SCENARIOS = ("fanout", "sse", "memory", "push", "redis", "channels", "publish", "connect", "procs", "hooks")
 
 
 def subscriber_counts(text: str) -> list[int]:

@@ -20,6 +20,8 @@ Every scenario takes one ``Context`` (the pool, the work dir, the options of the
 - ``connect``: new WebSocket and SSE connections per second, ramping the handshakes in flight
   until the first error or a cap, for the service and the bare baselines.
 - ``procs``: 1 against 2 service processes on one Redis, subscribers split, publish on one.
+- ``hooks``: WebSocket client-publish throughput with no hook against a trivial async ``on_publish``
+  hook (bench/hooks.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 
 from .clients import ClientPool, make_payload
 from .fanout import FanoutSettings, PhaseNames, _merge, percentiles, run_count, run_fanout, wait_idle
+from .hooks import scenario_hooks
 from .servers import (
     CHANNEL_ID,
     SERVERS,
@@ -724,6 +727,7 @@ SCENARIOS = {
     "publish": scenario_publish,
     "connect": scenario_connect,
     "procs": scenario_procs,
+    "hooks": scenario_hooks,
 }
 
 __all__ = ["SCENARIOS", "Context", "percentiles"]

@@ -18,6 +18,7 @@ from channels.routing import ProtocolTypeRouter
 from django.conf import settings
 
 from .core.runtime import Runtime, build_runtime
+from .hooks import hooks_load
 from .http.limits import RequestLimitMiddleware
 from .ops.gctuning import connection_closed
 from .ops.logformat import RequestIdMiddleware
@@ -46,6 +47,8 @@ def process_runtime() -> Runtime:
             layer=get_channel_layer(),
             presence_lease=settings.REALTIME_PRESENCE_LEASE_SECONDS,
             on_unsubscribe=connection_closed,
+            # The project's hooks module is imported here, at start-up, not when channels_app is.
+            hooks=hooks_load(settings.REALTIME_HOOKS, timeout=settings.REALTIME_HOOK_TIMEOUT_SECONDS),
         )
     return _process.runtime
 

@@ -1,7 +1,8 @@
 """The names of the counters ``stats.Stats`` keeps: every counter is incremented by one of these.
 
 http/metrics.py exports each (tests/test_operations.py checks that none is left out). A name
-ending in ``_`` is a prefix: the rest of a counter's name is the value of the metric's label.
+ending in ``_`` is a prefix: the rest of a counter's name is the value of the metric's label (of its
+labels, separated by ``:``).
 """
 
 MESSAGES_PUBLISHED = "messages_published"
@@ -28,3 +29,5 @@ RESUME_GAPS = "resume_gaps"
 REFUSALS = "refusals_"  # + the refusal's error code
 FRAMES_REFUSED = "frames_refused_"  # + binary, too_large, read_only, rate_limited or not_json
 CONNECTIONS_OPENED = "connections_opened_"  # + ws or sse
+HOOK_REJECTIONS = "hook_rejections_"  # + on_connect or on_publish
+HOOK_FAILURES = "hook_failures_"  # + the hook's kind, ":", error or timeout

@@ -29,6 +29,9 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
   line and headers must arrive within the first (default 20) of the connection opening (on a
   kept-alive connection, of their first byte), its body within the second (default 60) of its
   headers; otherwise 408 and the connection is closed (channels_app/http/limits.py).
+- ``REALTIME_HOOKS``: the dotted path of the project's hooks module (several, comma-separated),
+  imported at start-up (docs/hooks.md); ``REALTIME_HOOK_TIMEOUT_SECONDS``: how long one hook call may
+  take before its action is refused (default 2).
 - ``DJANGO_SECURE=1``: production behind HTTPS (a TLS-terminating proxy that sets
   ``X-Forwarded-Proto``): secure cookies, HSTS, redirects to HTTPS (except the probes), and
   ``DJANGO_SECRET_KEY`` becomes required. ``DJANGO_HSTS_SECONDS`` (default one year),
@@ -336,6 +339,10 @@ REALTIME_METRICS_MAX_CHANNELS = _env_count("REALTIME_METRICS_MAX_CHANNELS", "100
 # REDIS driver: how long a connection slot survives without its instance renewing it, i.e. how
 # soon the slots of an instance that died without closing its connections are released.
 REALTIME_PRESENCE_LEASE_SECONDS = float(os.environ.get("REALTIME_PRESENCE_LEASE_SECONDS", "30"))
+
+# The project's hooks (channels_app/hooks.py): imported by the composition root when the service starts.
+REALTIME_HOOKS = _env_list("REALTIME_HOOKS")
+REALTIME_HOOK_TIMEOUT_SECONDS = _env_seconds("REALTIME_HOOK_TIMEOUT_SECONDS", "2")
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "DEBUG" if APP_DEBUG else "INFO").upper()
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").lower()

@@ -1,4 +1,4 @@
-"""What one process serves with: its state stores, channel layer, hub, registry cache and counters.
+"""What one process serves with: its state stores, channel layer, hub, registry cache, counters and hooks.
 
 A ``Runtime`` is built once per process by the composition root (``channels_app/composition.py``)
 and handed to the routers, endpoints, views and services; tests build their own, with fakes where
@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Callable
 
 from ..config import RealtimeConfig
+from ..hooks import Hooks
 from ..registry.cache import ChannelRegistry
 from ..state.base import History, Presence
 from ..state.history import MemoryHistory
@@ -37,6 +38,7 @@ class Runtime:
         registry: ChannelRegistry | None = None,
         redis=None,
         on_unsubscribe: Callable[[], None] | None = None,
+        hooks: Hooks | None = None,
     ):
         self.config = config
         self.layer = layer
@@ -44,6 +46,8 @@ class Runtime:
         self.presence = presence
         self.stats = stats or Stats()
         self.registry = registry or ChannelRegistry()
+        # The project's hooks (channels_app/hooks.py), imported by the composition root; none by default.
+        self.hooks = hooks or Hooks()
         # The Redis client the stores share (REDIS driver), probed by /readyz; None under MEMORY.
         self.redis = redis
         self.hub = Hub(self, on_unsubscribe=on_unsubscribe)
@@ -62,7 +66,12 @@ class Runtime:
 
 
 def build_runtime(
-    *, config: RealtimeConfig, layer, presence_lease: float, on_unsubscribe: Callable[[], None] | None = None
+    *,
+    config: RealtimeConfig,
+    layer,
+    presence_lease: float,
+    on_unsubscribe: Callable[[], None] | None = None,
+    hooks: Hooks | None = None,
 ) -> Runtime:
     """A ``Runtime`` with the stores of ``config``'s driver: in this process (MEMORY), or in Redis."""
     stats = Stats()
@@ -74,6 +83,7 @@ def build_runtime(
             presence=MemoryPresence(),
             stats=stats,
             on_unsubscribe=on_unsubscribe,
+            hooks=hooks,
         )
     from ..state.redis import RedisHistory, RedisPresence, redis_client
 
@@ -87,4 +97,5 @@ def build_runtime(
         stats=stats,
         redis=client,
         on_unsubscribe=on_unsubscribe,
+        hooks=hooks,
     )

@@ -25,6 +25,7 @@ from ..state.history import Draft
 from ..state.idempotency import idempotency_key_parse
 from ..state.presence import new_holder
 from ..tokens import TokenClaims, token_forbidden, token_required, token_verify
+from .hook_calls import connect_hooks_run, disconnect_hooks_start
 from .publish_queue import PublishQueue, Receipt
 from .runtime import Runtime
 from .selectors import channel_as_dict
@@ -47,6 +48,10 @@ class Connection:
     # How it receives payloads published as JSON values, and how its WebSocket frames are read:
     # ``?payload=``, else the channel's ``payload_format``.
     payload_format: str = TEXT
+    transport: str = "WS"
+    # The private channel's token, and what the on_connect hooks said about the subscriber (presence).
+    token_claims: TokenClaims | None = None
+    info: dict | None = None
 
 
 def payload_too_large(size: int, limit: int) -> ApplicationError:
@@ -124,11 +129,12 @@ async def connection_open(
     echo: bool = False,
     token: str | None = None,
     payload_format: str | None = None,
+    headers=None,
     runtime: Runtime,
 ) -> Connection:
     """Admit a subscriber: validate the query, find the channel, check its token if the channel
-    is private, take a connection slot. ``payload_format`` is the ``?payload=`` asked for (None: the
-    channel's)."""
+    is private, ask the ``on_connect`` hooks, take a connection slot. ``payload_format`` is the
+    ``?payload=`` asked for (None: the channel's); ``headers``, the request's (ASGI pairs), for the hooks."""
     if runtime.draining:
         raise shutting_down()
     position = position_parse(since)
@@ -136,11 +142,21 @@ async def connection_open(
     if channel.type != transport:
         raise wrong_transport(channel.id, channel.type)
     payload_format = payload_format_parse(payload_format, default=channel.payload_format)
-    can_publish = True
+    can_publish, claims, info = True, None, None
     if channel.private:
         claims = subscriber_authorize(channel_id=channel.id, token=token, client_id=client_id)
         client_id, can_publish = claims.client_id, claims.can_publish
     parsed_client_id = client_id_parse(client_id)
+    if runtime.hooks.on_connect:
+        # Before the slot is taken, so a slow hook holds none.
+        info = await connect_hooks_run(
+            channel=channel,
+            client_id=parsed_client_id,
+            transport=transport,
+            token_claims=claims,
+            headers=headers,
+            runtime=runtime,
+        )
     holder = new_holder()
     replaced = await runtime.presence.acquire(channel, parsed_client_id, holder, replace=_replaces(runtime))
     runtime.stats.incr(f"connections_opened_{transport.lower()}")
@@ -155,6 +171,9 @@ async def connection_open(
         can_publish=can_publish,
         holder=holder,
         payload_format=payload_format,
+        transport=transport,
+        token_claims=claims,
+        info=info,
     )
 
 
@@ -214,11 +233,20 @@ async def subscription_start(*, connection: Connection, subscription: Subscripti
 
 
 async def connection_close(*, connection: Connection, subscription: Subscription | None, runtime: Runtime) -> None:
-    """Leave the hub and give the connection slot back; safe to call more than once."""
+    """Leave the hub and give the connection slot back, then start the ``on_disconnect`` hooks
+    (nothing waits for them); called once per connection."""
     if subscription is not None:
         await runtime.hub.unsubscribe(subscription)
     await runtime.presence.release(connection.channel.id, connection.client_id, connection.holder)
     logger.info("subscriber %s left channel %s", connection.client_id, connection.channel.id)
+    if runtime.hooks.on_disconnect:
+        disconnect_hooks_start(
+            channel=connection.channel,
+            client_id=connection.client_id,
+            transport=connection.transport,
+            info=connection.info,
+            runtime=runtime,
+        )
 
 
 async def channel_describe(*, reference: str, client_id: str | None = None, runtime: Runtime) -> dict:

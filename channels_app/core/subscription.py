@@ -39,6 +39,7 @@ class Subscription:
         "encode",
         "encode_control",
         "holder",
+        "info",
         "on_close",
         "outbox",
         "transport",
@@ -56,10 +57,13 @@ class Subscription:
         on_close: Callable[[int, dict], None],
         transport: str = "WS",
         holder: str = "",
+        info: dict | None = None,
     ):
         self.channel_id = channel_id
         # The connection's hold on its slot (state/presence.py): the hub closes it by this when replaced.
         self.holder = holder
+        # What the on_connect hooks said about the subscriber (channels_app/hooks.py), for presence.
+        self.info = info
         self.transport = transport
         self.client_id = client_id
         self.echo = echo

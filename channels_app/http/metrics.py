@@ -34,7 +34,7 @@ OTHER_CHANNELS = "_other"
 REDIS_PING_TIMEOUT_SECONDS = 1.0
 
 # Counter name (counters.py) -> (metric, help); a labelled counter's prefix -> (metric, help, label
-# name), the label's value being the rest of the counter's name.
+# names), the labels' values being the rest of the counter's name, separated by ":".
 _PLAIN_COUNTERS = {
     counters.MESSAGES_PUBLISHED: ("realtime_messages_published_total", "Messages accepted by the publish path."),
     counters.PUBLISH_RUNS: (
@@ -81,12 +81,22 @@ _PLAIN_COUNTERS = {
     counters.RESUME_GAPS: ("realtime_resume_gaps_total", "Resumes that history could not fully cover."),
 }
 _LABELLED_COUNTERS = {
-    counters.REFUSALS: ("realtime_refusals_total", "Connections refused, by reason.", "reason"),
-    counters.FRAMES_REFUSED: ("realtime_frames_refused_total", "WebSocket frames refused, by reason.", "reason"),
+    counters.REFUSALS: ("realtime_refusals_total", "Connections refused, by reason.", ("reason",)),
+    counters.FRAMES_REFUSED: ("realtime_frames_refused_total", "WebSocket frames refused, by reason.", ("reason",)),
     counters.CONNECTIONS_OPENED: (
         "realtime_connections_opened_total",
         "Connections admitted, by transport.",
-        "transport",
+        ("transport",),
+    ),
+    counters.HOOK_REJECTIONS: (
+        "realtime_hook_rejections_total",
+        "Connections and frames a hook refused with hooks.Reject, by hook.",
+        ("hook",),
+    ),
+    counters.HOOK_FAILURES: (
+        "realtime_hook_failures_total",
+        "Hook calls that raised, answered something invalid (error) or overran their timeout (timeout).",
+        ("hook", "reason"),
     ),
 }
 
@@ -114,11 +124,11 @@ class RuntimeCollector:
         counters = self.runtime.stats.counters()
         for name, (metric, documentation) in _PLAIN_COUNTERS.items():
             yield CounterMetricFamily(metric, documentation, value=counters.get(name, 0))
-        for prefix, (metric, documentation, label) in _LABELLED_COUNTERS.items():
-            family = CounterMetricFamily(metric, documentation, labels=[label])
+        for prefix, (metric, documentation, labels) in _LABELLED_COUNTERS.items():
+            family = CounterMetricFamily(metric, documentation, labels=labels)
             for name, value in sorted(counters.items()):
                 if name.startswith(prefix):
-                    family.add_metric([name[len(prefix) :]], value)
+                    family.add_metric(name[len(prefix) :].split(":", len(labels) - 1), value)
             yield family
         yield from self._channel_families()
         latency = self.runtime.stats.latency

@@ -107,6 +107,7 @@ class ChannelStreamEndpoint:
                 echo=flag(query.get("echo")),
                 token=query.get("token"),
                 payload_format=query.get("payload"),
+                headers=scope.get("headers"),
                 runtime=runtime,
             )
         except ApplicationError as error:

@@ -59,4 +59,5 @@ def new_subscription(
         outbox=outbox,
         on_close=on_close,
         transport=transport,
+        info=connection.info,
     )

@@ -23,6 +23,7 @@ from ..adapters.servers import (
     hold_close_reply,
     websocket_close_frame_sender,
 )
+from ..core.hook_calls import publish_hooks_run
 from ..core.runtime import Runtime
 from ..core.services import (
     connection_close,
@@ -34,6 +35,7 @@ from ..core.services import (
 )
 from ..core.subscription import Subscription
 from ..errors import ApplicationError
+from ..hooks import ON_PUBLISH
 from ..jsoncodec import frame_payload
 from ..messages import JSON, TEXT, Message
 from .ratelimit import TokenBucket
@@ -100,6 +102,9 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         self._close_after_accept: tuple[int, dict] | None = None
         self._released: asyncio.Task | None = None
         self._publishing: set[asyncio.Task] = set()
+        self._publish_hooks = ()
+        # Resolved once the previous frame has passed the on_publish hooks and entered the publish queue.
+        self._hook_turn: asyncio.Future | None = None
         try:
             while True:
                 message = await receive()
@@ -129,6 +134,7 @@ class ChannelConsumer(AsyncWebsocketConsumer):
                 echo=flag(query.get("echo")),
                 token=query.get("token"),
                 payload_format=query.get("payload"),
+                headers=self.scope.get("headers"),
                 runtime=runtime,
             )
             self._prepare(runtime.server)
@@ -153,6 +159,8 @@ class ChannelConsumer(AsyncWebsocketConsumer):
 
     def _prepare(self, server) -> None:
         self.bucket = TokenBucket(rate=server.publish_rate, burst=server.publish_burst)
+        if self.runtime.hooks.on_publish:
+            self._publish_hooks = self.runtime.hooks.matching(ON_PUBLISH, self.connection.channel)
         self.subscription = new_subscription(
             runtime=self.runtime,
             connection=self.connection,
@@ -220,7 +228,15 @@ class ChannelConsumer(AsyncWebsocketConsumer):
             await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
             if self.connection is None or self._closing is not None:
                 return  # closed while this frame waited for room, like the frames not yet read
-        publishing = asyncio.create_task(self._publish(connection, subscription, payload, payload_kind))
+        if self._publish_hooks:
+            turn = asyncio.get_running_loop().create_future()
+            published = (payload, payload_kind)
+            publishing = asyncio.create_task(
+                self._publish_hooked(connection, subscription, text_data, published, self._hook_turn, turn)
+            )
+            self._hook_turn = turn
+        else:
+            publishing = asyncio.create_task(self._publish(connection, subscription, payload, payload_kind))
         self._publishing.add(publishing)
         publishing.add_done_callback(self._published)
 
@@ -238,6 +254,35 @@ class ChannelConsumer(AsyncWebsocketConsumer):
         except ApplicationError as error:
             # The connection may have been closed meanwhile; its subscription then drops this.
             subscription.send_control({"control": "error", "code": error.close_code, **error.as_dict()})
+
+    async def _publish_hooked(
+        self, connection, subscription: Subscription, frame: str, published: tuple[str, str], previous, turn
+    ) -> None:
+        """Ask the on_publish hooks, then publish: one frame at a time per connection, so the frames
+        that pass keep their order whatever each hook call takes."""
+        with self.runtime.in_flight:
+            try:
+                if previous is not None:
+                    await previous
+                payload, payload_kind = await publish_hooks_run(
+                    hooks=self._publish_hooks,
+                    channel=connection.channel,
+                    client_id=connection.client_id,
+                    frame=frame,
+                    published=published,
+                    payload_format=connection.payload_format,
+                    token_claims=connection.token_claims,
+                    info=connection.info,
+                    runtime=self.runtime,
+                )
+            except ApplicationError as error:
+                subscription.send_control({"control": "error", "code": error.close_code, **error.as_dict()})
+                return
+            finally:
+                # The next frame goes on once this one has entered the publish queue, which the
+                # call below does before it first waits.
+                turn.set_result(None)
+            await self._publish(connection, subscription, payload, payload_kind)
 
     def _published(self, publishing: asyncio.Task) -> None:
         self._publishing.discard(publishing)

@@ -26,7 +26,7 @@ from ..jsoncodec import json_parse, payload_of
 from ..messages import JSON, payload_format_parse, position_parse
 from ..naming import SERVER_CLIENT_ID, client_id_parse
 from ..state.idempotency import MAX_KEY_LENGTH
-from ..tokens import DEFAULT_TTL_SECONDS, token_mint
+from ..tokens import DEFAULT_TTL_SECONDS, token_info_check, token_mint
 from .auth import WWW_AUTHENTICATE, api_key_check
 
 logger = logging.getLogger(__name__)
@@ -295,7 +295,9 @@ async def tokens_create(request: HttpRequest):
     publish = body.get("publish", False)
     if not isinstance(publish, bool):
         raise bad_request("publish must be true or false.", field="publish")
-    token = token_mint(channel_id=channel.id, client_id=client_id, ttl=ttl, can_publish=publish)
-    return JsonResponse(
-        {"token": token, "channelId": channel.id, "clientId": client_id, "ttl": ttl, "publish": publish}, status=201
-    )
+    info = token_info_check(body.get("info"))
+    token = token_mint(channel_id=channel.id, client_id=client_id, ttl=ttl, can_publish=publish, info=info)
+    answer = {"token": token, "channelId": channel.id, "clientId": client_id, "ttl": ttl, "publish": publish}
+    if info is not None:
+        answer["info"] = info
+    return JsonResponse(answer, status=201)

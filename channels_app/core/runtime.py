@@ -22,6 +22,7 @@ from ..stats import Stats
 from .fanout_repair import FanoutRepair
 from .hub import Hub
 from .inflight import InFlight
+from .presence_events import LEAVE, PresenceEvents
 
 
 class Runtime:
@@ -53,11 +54,19 @@ class Runtime:
         self.hub = Hub(self, on_unsubscribe=on_unsubscribe)
         self.registry.before_load = self.hub.start
         self.fanout_repair = FanoutRepair(self)
+        # Join and leave notices of presence channels; members swept with their expired slots leave too.
+        self.presence_events = PresenceEvents(self)
+        if hasattr(presence, "on_expired"):
+            presence.on_expired = self._members_expired
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
         self.draining = False
         self.in_flight = InFlight()
         # Per channel id, the queue that sends this process's publishes in runs, in offset order.
         self.publish_queues: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def _members_expired(self, channel_id: str, members) -> None:
+        for member in members:
+            self.presence_events.note(channel_id, LEAVE, member.client_id, member.info)
 
     @property
     def server(self):

@@ -19,13 +19,14 @@ from ..errors import (
     shutting_down,
     wrong_transport,
 )
-from ..messages import PAYLOAD_FORMATS, TEXT, Message, Position, payload_format_parse, position_parse
+from ..messages import PAYLOAD_FORMATS, TEXT, Message, Position, payload_format_parse, position_parse, utc_timestamp
 from ..naming import channel_group, client_id_parse
 from ..state.history import Draft
 from ..state.idempotency import idempotency_key_parse
-from ..state.presence import new_holder
+from ..state.presence import Member, new_holder
 from ..tokens import TokenClaims, token_forbidden, token_required, token_verify
 from .hook_calls import connect_hooks_run, disconnect_hooks_start
+from .presence_events import JOIN, LEAVE
 from .publish_queue import PublishQueue, Receipt
 from .runtime import Runtime
 from .selectors import channel_as_dict
@@ -145,11 +146,11 @@ async def connection_open(
     can_publish, claims, info = True, None, None
     if channel.private:
         claims = subscriber_authorize(channel_id=channel.id, token=token, client_id=client_id)
-        client_id, can_publish = claims.client_id, claims.can_publish
+        client_id, can_publish, info = claims.client_id, claims.can_publish, claims.info
     parsed_client_id = client_id_parse(client_id)
     if runtime.hooks.on_connect:
-        # Before the slot is taken, so a slow hook holds none.
-        info = await connect_hooks_run(
+        # Before the slot is taken, so a slow hook holds none. A hook's info replaces the token's.
+        hook_info = await connect_hooks_run(
             channel=channel,
             client_id=parsed_client_id,
             transport=transport,
@@ -157,8 +158,15 @@ async def connection_open(
             headers=headers,
             runtime=runtime,
         )
+        if hook_info is not None:
+            info = hook_info
     holder = new_holder()
-    replaced = await runtime.presence.acquire(channel, parsed_client_id, holder, replace=_replaces(runtime))
+    member = Member(parsed_client_id, transport, utc_timestamp(), info) if channel.presence else None
+    replaced = await runtime.presence.acquire(
+        channel, parsed_client_id, holder, replace=_replaces(runtime), member=member
+    )
+    if member is not None:
+        runtime.presence_events.note(channel.id, JOIN, parsed_client_id, info)
     runtime.stats.incr(f"connections_opened_{transport.lower()}")
     logger.info("%s subscriber %s joined channel %s", transport, parsed_client_id, channel.id)
     if replaced is not None:
@@ -237,7 +245,9 @@ async def connection_close(*, connection: Connection, subscription: Subscription
     (nothing waits for them); called once per connection."""
     if subscription is not None:
         await runtime.hub.unsubscribe(subscription)
-    await runtime.presence.release(connection.channel.id, connection.client_id, connection.holder)
+    released = await runtime.presence.release(connection.channel.id, connection.client_id, connection.holder)
+    if released and connection.channel.presence:
+        runtime.presence_events.note(connection.channel.id, LEAVE, connection.client_id, connection.info)
     logger.info("subscriber %s left channel %s", connection.client_id, connection.channel.id)
     if runtime.hooks.on_disconnect:
         disconnect_hooks_start(

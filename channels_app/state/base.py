@@ -10,6 +10,7 @@ from typing import Protocol
 from ..channel import ChannelInfo
 from ..messages import Message, Position
 from .history import Draft, Recorded, Replay
+from .presence import Member
 
 
 class History(Protocol):
@@ -37,11 +38,17 @@ class History(Protocol):
 class Presence(Protocol):
     """Connection slots: ``max_of_channel_connections`` and one connection per clientId."""
 
-    async def acquire(self, channel: ChannelInfo, client_id: str, holder: str, *, replace: bool = False) -> str | None:
-        """Take a slot for ``client_id`` (or, with ``replace``, its live one, returning the old holder)."""
+    async def acquire(
+        self, channel: ChannelInfo, client_id: str, holder: str, *, replace: bool = False, member: Member | None = None
+    ) -> str | None:
+        """Take a slot for ``client_id`` (or, with ``replace``, its live one, returning the old holder),
+        keeping ``member`` (a presence channel's details of the connection) with it."""
 
-    async def release(self, channel_id: str, client_id: str, holder: str) -> None:
-        """Give the slot back if ``holder`` still has it."""
+    async def release(self, channel_id: str, client_id: str, holder: str) -> bool:
+        """Give the slot (and its member) back if ``holder`` still has it; whether it did."""
+
+    async def members(self, channel_id: str, *, after: str = "", limit: int) -> tuple[list[Member], bool]:
+        """Live slots' members sorted by clientId, up to ``limit`` after ``after``, and whether more follow."""
 
     async def holds(self, channel_id: str, client_id: str, holder: str) -> bool:
         """Whether ``holder`` still has the slot of ``client_id``."""

@@ -19,6 +19,8 @@ Keys (``<prefix>`` is ``pubsub.redis.prefix``; ``{id}`` keeps a channel's keys i
   (``REALTIME_PRESENCE_LEASE_SECONDS``, default 30 s).
 - ``<prefix>:ph:{id}``: a hash from each connected clientId to its connection's holder token, so
   that only that connection releases or renews the slot (``server.duplicate_client_id``).
+- ``<prefix>:pm:{id}``: on a ``presence: true`` channel, a hash from each connected clientId to its
+  member's transport, connectedAt and info (JSON), written, swept and removed with its slot.
 - ``<prefix>:idem:{id}:<incarnation>:<key>``: the receipt of a push made with an ``Idempotency-Key``,
   written by the same script that records the message (24 h).
 """
@@ -31,7 +33,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis.asyncio as redis
 from redis.asyncio.sentinel import Sentinel
@@ -44,6 +46,7 @@ from ..messages import JSON, TEXT, Message, Position, utc_timestamp
 from ..stats import Stats
 from .history import Draft, Recorded, Replay, Replayed, new_epoch, replay_after
 from .idempotency import IDEMPOTENCY_WINDOW_SECONDS, idempotency_key_reused
+from .presence import Member, page_after
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +126,9 @@ class _Keys:
     def presence_holders(self, channel_id: str) -> str:
         return f"{self.prefix}:ph:{{{channel_id}}}"
 
+    def presence_members(self, channel_id: str) -> str:
+        return f"{self.prefix}:pm:{{{channel_id}}}"
+
 
 # Stamping and recording are one atomic step, so offsets are gapless and history never lags them;
 # a draft's Idempotency-Key is recorded in the same step, so a retry finds the message recorded by
@@ -195,34 +201,51 @@ redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
 return results
 """
 
-# KEYS: the channel's slots (clientId -> lease expiry) and holders (clientId -> holder token).
-# ARGV: now, clientId, max connections, lease expiry, key expiry, holder, "replace" or "refuse".
+# KEYS: the channel's slots (clientId -> lease expiry), holders (clientId -> holder token) and
+# members (clientId -> a presence channel's Member as JSON). ARGV: now, clientId, max connections,
+# lease expiry, key expiry, holder, "replace" or "refuse", the Member's JSON ('' when none).
+# Returns the outcome, the replaced holder, and the clientId and JSON of each member swept.
 # Expired slots (an instance that died) go first, a bounded number per call; the rest are not
 # counted (ZCOUNT above now) and go on later calls.
 _ACQUIRE = """
+local swept = {}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 256)
 if #expired > 0 then
+  local details = redis.call('HMGET', KEYS[3], unpack(expired))
+  for i = 1, #expired do
+    if details[i] then
+      table.insert(swept, expired[i])
+      table.insert(swept, details[i])
+    end
+  end
   redis.call('ZREM', KEYS[1], unpack(expired))
   redis.call('HDEL', KEYS[2], unpack(expired))
+  redis.call('HDEL', KEYS[3], unpack(expired))
 end
-local previous = false
+local previous = ''
 local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
 if score and tonumber(score) > tonumber(ARGV[1]) then
   if ARGV[7] ~= 'replace' then
-    return {'taken'}
+    return {'taken', '', swept}
   end
   previous = redis.call('HGET', KEYS[2], ARGV[2]) or ''
 elseif redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf') >= tonumber(ARGV[3]) then
-  return {'full'}
+  return {'full', '', swept}
 end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[6])
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[8])
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
+else
+  redis.call('HDEL', KEYS[3], ARGV[2])
+end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
-if previous then
-  return {'replaced', previous}
+if score and tonumber(score) > tonumber(ARGV[1]) then
+  return {'replaced', previous, swept}
 end
-return {'ok'}
+return {'ok', '', swept}
 """
 
 # Removes a slot only while it carries the holder's token: a replaced connection's late release
@@ -230,6 +253,7 @@ return {'ok'}
 _RELEASE = """
 if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
   return redis.call('ZREM', KEYS[1], ARGV[1])
 end
 return 0
@@ -238,11 +262,25 @@ return 0
 # Extends the leases of this instance's slots on one channel. A slot still carrying its holder's
 # token is renewed; one that is gone entirely (Redis restarted, or it expired while Redis was
 # away) is put back, so it counts against the limit again; one another connection took over
-# (``replace``) is left to it and returned. ARGV: lease expiry, key expiry, then clientId and
-# holder of each.
+# (``replace``) is left to it and returned; expired slots are swept, as by an acquire, and their
+# members returned. ARGV: lease expiry, key expiry, now, then clientId and holder of each.
 _RENEW = """
 local taken = {}
-for i = 3, #ARGV, 2 do
+local swept = {}
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, 256)
+if #expired > 0 then
+  local details = redis.call('HMGET', KEYS[3], unpack(expired))
+  for i = 1, #expired do
+    if details[i] then
+      table.insert(swept, expired[i])
+      table.insert(swept, details[i])
+    end
+  end
+  redis.call('ZREM', KEYS[1], unpack(expired))
+  redis.call('HDEL', KEYS[2], unpack(expired))
+  redis.call('HDEL', KEYS[3], unpack(expired))
+end
+for i = 4, #ARGV, 2 do
   local owner = redis.call('HGET', KEYS[2], ARGV[i])
   if owner == ARGV[i + 1] or (not owner and not redis.call('ZSCORE', KEYS[1], ARGV[i])) then
     redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
@@ -253,7 +291,10 @@ for i = 3, #ARGV, 2 do
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
-return taken
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+end
+return {taken, swept}
 """
 
 # Slots renewed per script call: a renewal holds Redis for the whole call.
@@ -483,14 +524,31 @@ class RedisPresence:
         # (channel id, clientId) -> holder, for the connections this instance holds.
         self._held: dict[tuple[str, str], str] = {}
         self._renewal: asyncio.Task | None = None
+        # Told of the members whose slots expired (their instance died), when a sweep removes them.
+        self.on_expired: Callable[[str, list[Member]], None] | None = None
 
     def _slot_keys(self, channel_id: str) -> list[str]:
-        return [self._keys.presence(channel_id), self._keys.presence_holders(channel_id)]
+        return [
+            self._keys.presence(channel_id),
+            self._keys.presence_holders(channel_id),
+            self._keys.presence_members(channel_id),
+        ]
+
+    def _swept(self, channel_id: str, swept) -> None:
+        if not swept or self.on_expired is None:
+            return
+        members = [_member_from_json(swept[i], swept[i + 1]) for i in range(0, len(swept), 2)]
+        try:
+            self.on_expired(channel_id, members)
+        except Exception:
+            logger.exception("could not report the expired members of %s", channel_id)
 
     @_translating_redis_errors
-    async def acquire(self, channel: ChannelInfo, client_id: str, holder: str, *, replace: bool = False) -> str | None:
-        """Take a cluster-wide slot; refuse when the channel is full or the id is connected anywhere,
-        unless ``replace``: then take the id's slot and return the holder it had."""
+    async def acquire(
+        self, channel: ChannelInfo, client_id: str, holder: str, *, replace: bool = False, member: Member | None = None
+    ) -> str | None:
+        """Take a cluster-wide slot (with its ``member``); refuse when the channel is full or the id is
+        connected anywhere, unless ``replace``: then take the id's slot and return the holder it had."""
         now = self._clock()
         outcome = await self._acquire(
             keys=self._slot_keys(channel.id),
@@ -502,9 +560,11 @@ class RedisPresence:
                 int(self._lease * 4) + 1,
                 holder,
                 "replace" if replace else "refuse",
+                "" if member is None else _member_json(member),
             ],
         )
-        outcome = [part.decode() if isinstance(part, bytes) else part for part in outcome]
+        self._swept(channel.id, outcome[2])
+        outcome = [part.decode() if isinstance(part, bytes) else part for part in outcome[:2]]
         if outcome[0] == "taken":
             raise client_id_taken(channel.id, client_id)
         if outcome[0] == "full":
@@ -513,16 +573,28 @@ class RedisPresence:
         self._ensure_renewal()
         return outcome[1] if outcome[0] == "replaced" else None
 
-    async def release(self, channel_id: str, client_id: str, holder: str) -> None:
-        """Give the slot back if ``holder`` still has it; if Redis is away the lease simply runs out."""
+    async def release(self, channel_id: str, client_id: str, holder: str) -> bool:
+        """Give the slot back if ``holder`` still has it (True); if Redis is away the lease simply runs out."""
         if self._held.get((channel_id, client_id)) == holder:
             del self._held[(channel_id, client_id)]
         try:
-            await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder])
+            return bool(await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder]))
         except redis.RedisError:
             logger.warning(
                 "could not release slot of %s on %s; its lease expires in %ss", client_id, channel_id, self._lease
             )
+            return False
+
+    @_translating_redis_errors
+    async def members(self, channel_id: str, *, after: str = "", limit: int) -> tuple[list[Member], bool]:
+        """Live slots across every instance sorted by clientId, up to ``limit`` after ``after``, with
+        their members, and whether more follow."""
+        live = await self._redis.zrangebyscore(self._keys.presence(channel_id), f"({self._clock()!r}", "+inf")
+        page, more = page_after((client_id.decode() for client_id in live), after, limit)
+        if not page:
+            return [], more
+        details = await self._redis.hmget(self._keys.presence_members(channel_id), page)
+        return [_member_from_json(client_id, raw) for client_id, raw in zip(page, details, strict=True)], more
 
     @_translating_redis_errors
     async def holds(self, channel_id: str, client_id: str, holder: str) -> bool:
@@ -585,16 +657,20 @@ class RedisPresence:
         for (channel_id, client_id), holder in held.items():
             by_channel.setdefault(channel_id, []).extend((client_id, holder))
         calls: list[str] = []
-        expiry = repr(self._clock() + self._lease)
+        now = self._clock()
+        expiry = repr(now + self._lease)
         key_expiry = int(self._lease * 4) + 1
         async with self._redis.pipeline(transaction=False) as pipe:
             for channel_id, pairs in by_channel.items():
                 for start in range(0, len(pairs), 2 * RENEWALS_PER_CALL):
                     chunk = pairs[start : start + 2 * RENEWALS_PER_CALL]
-                    await self._renew(keys=self._slot_keys(channel_id), args=[expiry, key_expiry, *chunk], client=pipe)
+                    await self._renew(
+                        keys=self._slot_keys(channel_id), args=[expiry, key_expiry, repr(now), *chunk], client=pipe
+                    )
                     calls.append(channel_id)
             results = await pipe.execute()
-        for channel_id, taken in zip(calls, results, strict=True):
+        for channel_id, (taken, swept) in zip(calls, results, strict=True):
+            self._swept(channel_id, swept)
             for client_id in taken:
                 key = (channel_id, client_id.decode())
                 if self._held.get(key) == held[key]:
@@ -602,3 +678,16 @@ class RedisPresence:
         for (channel_id, client_id), holder in held.items():
             if self._held.get((channel_id, client_id)) != holder:
                 await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder])
+
+
+def _member_json(member: Member) -> str:
+    return json.dumps({"t": member.transport, "c": member.connected_at, "i": member.info}, separators=(",", ":"))
+
+
+def _member_from_json(client_id, raw) -> Member:
+    """The member stored for ``client_id``: only its clientId when its details are gone (Redis restarted)."""
+    client_id = client_id.decode() if isinstance(client_id, bytes) else client_id
+    if raw is None:
+        return Member(client_id)
+    fields = json.loads(raw)
+    return Member(client_id, fields.get("t"), fields.get("c"), fields.get("i"))

@@ -179,3 +179,18 @@ def test_presence_across_two_instances_on_one_redis(start_server, redis_server):
             assert (await next_control(watcher, "leave"))["clientId"] == "on-second"
 
     asyncio.run(scenario())
+
+
+def test_a_new_subscriber_is_told_who_is_already_there(server):
+    async def scenario():
+        token = mint(server, "lobby-1", "early", {"name": "Early"})
+        async with websockets.connect(server.channel_url("lobby-1", token=token)):
+            await wait_until(lambda: presence(server, "lobby-1").json()["count"] == 1)
+            async with websockets.connect(server.channel_url("lobby-1", token=mint(server, "lobby-1", "late"))) as ws:
+                assert await next_control(ws, "join") == {
+                    "control": "join",
+                    "clientId": "early",
+                    "info": {"name": "Early"},
+                }
+
+    asyncio.run(scenario())

@@ -34,6 +34,9 @@ from .subscription import Subscription
 
 logger = logging.getLogger(__name__)
 
+# The members a new subscriber of a presence channel is told of on arrival (the rest: GET .../presence).
+PRESENCE_SNAPSHOT_LIMIT = 1000
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -232,6 +235,11 @@ async def subscription_start(*, connection: Connection, subscription: Subscripti
     ):
         # Replaced before the hub joined the channel's group, so the hub missed the close.
         raise client_id_replaced(connection.channel.id, connection.client_id)
+    if connection.channel.presence:
+        # Who is already here, as joins, so that a subscriber's list starts complete.
+        members, _ = await runtime.presence.members(connection.channel.id, limit=PRESENCE_SNAPSHOT_LIMIT)
+        for member in members:
+            subscription.send_control({"control": JOIN, "clientId": member.client_id, "info": member.info})
     replay = None
     if connection.position is not None:
         replay = await runtime.history.since(connection.channel, connection.position)

@@ -12,7 +12,7 @@ import redis.asyncio as redis
 from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
 from channels_app.state.presence import Member, MemoryPresence, new_holder
-from channels_app.state.redis import RedisPresence
+from channels_app.state.redis_presence import RedisPresence
 
 ROOM = ChannelInfo(id="room-1", name="room", type="WS", max_connections=2, history_size=10, history_ttl=3600)
 

@@ -94,7 +94,8 @@ def build_runtime(
             on_unsubscribe=on_unsubscribe,
             hooks=hooks,
         )
-    from ..state.redis import RedisHistory, RedisPresence, redis_client
+    from ..state.redis import RedisHistory, redis_client
+    from ..state.redis_presence import RedisPresence
 
     redis_config = config.pubsub.redis
     client = redis_client(redis_config)

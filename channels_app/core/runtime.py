@@ -56,8 +56,7 @@ class Runtime:
         self.fanout_repair = FanoutRepair(self)
         # Join and leave notices of presence channels; members swept with their expired slots leave too.
         self.presence_events = PresenceEvents(self)
-        if hasattr(presence, "on_expired"):
-            presence.on_expired = self._members_expired
+        presence.on_expired = self._members_expired
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
         self.draining = False
         self.in_flight = InFlight()

@@ -4,7 +4,7 @@ instance) and a Redis one (shared by every instance), held to one contract by th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from ..channel import ChannelInfo
@@ -37,6 +37,9 @@ class History(Protocol):
 
 class Presence(Protocol):
     """Connection slots: ``max_of_channel_connections`` and one connection per clientId."""
+
+    # Called with a channel id and the members whose slots' leases ran out, when a sweep removes them.
+    on_expired: Callable[[str, list[Member]], None] | None
 
     async def acquire(
         self, channel: ChannelInfo, client_id: str, holder: str, *, replace: bool = False, member: Member | None = None

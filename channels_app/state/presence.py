@@ -65,6 +65,8 @@ class MemoryPresence:
         self._clients: dict[str, dict[str, str]] = {}
         # channel id -> clientId -> Member, for slots taken with one
         self._members: dict[str, dict[str, Member]] = {}
+        # Slots here never expire (this process holds every connection), so this is never called.
+        self.on_expired = None
 
     async def acquire(
         self, channel: ChannelInfo, client_id: str, holder: str, *, replace: bool = False, member: Member | None = None

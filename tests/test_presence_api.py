@@ -17,7 +17,7 @@ from tests.support.liveserver import start_pair
 from tests.support.waiting import wait_until
 
 SECRET = "a-token-secret-for-the-presence-tests-0123456789"
-CONFIG = memory_config(allow_push_server_messages=True) + (
+CONFIG = memory_config(allow_push_server_messages=True, allow_create_new_channels=True) + (
     '\n  room: {id: "room-1", type: "WS", presence: true}'
     '\n  lobby: {id: "lobby-1", type: "WS", presence: true, private: true}'
     '\n  feed: {id: "feed-1", type: "SSE", presence: true}'
@@ -192,5 +192,23 @@ def test_a_new_subscriber_is_told_who_is_already_there(server):
                     "clientId": "early",
                     "info": {"name": "Early"},
                 }
+
+    asyncio.run(scenario())
+
+
+def test_a_channel_created_through_the_api_may_track_presence(server):
+    async def scenario():
+        async with httpx.AsyncClient(headers=AUTH, timeout=5) as client:
+            body = {"id": "made-1", "type": "WS", "presence": True}
+            created = await client.post(f"{server.http}/api/v1/channels", json=body)
+            assert created.status_code == 201, created.text
+            assert created.json()["presence"] is True
+            plain = await client.post(f"{server.http}/api/v1/channels", json={"id": "made-2", "type": "WS"})
+            assert plain.json()["presence"] is False
+            async with websockets.connect(server.channel_url("made-1", clientId="maker")):
+                await wait_until(lambda: presence(server, "made-1").json()["count"] == 1)
+            assert (await client.get(f"{server.http}/api/v1/channels/made-2/presence")).status_code == 409
+            for channel in ("made-1", "made-2"):
+                await client.delete(f"{server.http}/api/v1/channels/{channel}")
 
     asyncio.run(scenario())

@@ -247,7 +247,7 @@ class HookEvents:
     def add(self, name: str, channel: ChannelInfo, client_id: str | None = None) -> None:
         """Queue one event (dropped, counted and logged when the queue is full); never waits."""
         if len(self.queue) >= self.capacity:
-            self.hooks.stats.incr(f"{counters.HOOK_EVENTS_DROPPED}overflow")
+            self._dropped("overflow", 1)
             self.overflowed += 1
             if self.overflowed == 1 or self.overflowed % 1000 == 0:
                 logger.warning("events_url queue full (%d): %d events dropped so far", self.capacity, self.overflowed)
@@ -307,14 +307,17 @@ class HookEvents:
                 problem, reason = repr(error), "timeout"
             except httpx.HTTPError as error:
                 problem, reason = repr(error), "error"
-            stats.incr(f"{counters.HOOK_FAILURES}{EVENTS_LABEL}:{reason}")
+            stats.incr(f"hook_failures_{EVENTS_LABEL}:{reason}")
             if attempt + 1 < self.attempts:
                 delay = self.backoff * 2**attempt
                 logger.warning("events_url: %s; %d events retried in %gs", problem, len(batch), delay)
                 await asyncio.sleep(delay)
             else:
                 logger.error("events_url: %s; %d events dropped after %d attempts", problem, len(batch), self.attempts)
-        stats.incr(f"{counters.HOOK_EVENTS_DROPPED}undelivered", len(batch))
+        self._dropped("undelivered", len(batch))
+
+    def _dropped(self, reason: str, count: int) -> None:
+        self.hooks.stats.incr(f"hook_events_dropped_{reason}", count)
 
     async def stop(self, *, within: float) -> None:
         """Send what is queued within ``within`` seconds, then stop the task."""

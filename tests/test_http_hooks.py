@@ -1,8 +1,8 @@
 """Hooks over HTTP (core/http_hooks.py, server.hooks): a real local backend (a ThreadingHTTPServer in a thread)
 checks every request's signature with the helper docs/hooks.md shows, and answers allow, deny, a replacement,
 garbage, 500 or too late; a real daphne asks it on connect (WebSocket and SSE, MEMORY and REDIS) and on publish,
-and sends it occupied/added/removed/vacated batches, retried after a 500. Also the signature, the concurrency
-bound and the start-up error of a URL without a secret.
+and sends it occupied/added/removed/vacated batches, retried after a 500, the last ones while it drains. Also the
+signature, the concurrency bound, the events queue's bounds and the start-up error of a URL without a secret.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import websockets
 
 from channels_app.channel import ChannelInfo
 from channels_app.config import HooksConfig
-from channels_app.core.http_hooks import HttpHooks, signature, signed_headers
+from channels_app.core.http_hooks import HookEvents, HttpHooks, signature, signed_headers
 from channels_app.hooks import ConnectEvent, HookFailure
 from channels_app.stats import Stats
 from tests.support.clients import closed_with, open_stream, opened, recv_json
@@ -151,6 +151,7 @@ def hooks_config(backend: Backend) -> str:
         '\n  talk: {id: "talk-1", type: "WS"}'
         '\n  watched: {id: "watched-1", type: "WS"}'
         '\n  retried: {id: "retried-1", type: "WS"}'
+        '\n  drained: {id: "drained-1", type: "WS"}'
         '\n  feed: {id: "feed-1", type: "SSE"}\n'
     )
 
@@ -226,6 +227,29 @@ async def test_past_max_concurrency_a_request_is_refused_at_once_as_busy(backend
         await http_hooks.aclose()
     with pytest.raises(ValueError, match="REALTIME_HOOKS_SECRET"):
         HttpHooks(config, "", stats=Stats())
+
+
+async def test_events_past_the_queue_bound_or_every_attempt_are_dropped_and_counted(backend):
+    config = HooksConfig(
+        connect_url="", publish_url="", events_url=f"{backend.url}/events", timeout=1.0, max_concurrency=4
+    )
+    stats = Stats()
+    http_hooks = HttpHooks(config, SECRET, stats=stats)
+    events = HookEvents(http_hooks, batch_seconds=0.05, capacity=2, attempts=2, backoff=0.01)
+    with backend.lock:
+        backend.events_failures_left, backend.events_answered_500 = 2, 0
+    try:
+        for client_id in ("a", "b", "c"):  # the third finds the queue full: never waits, dropped
+            events.add("member_added", channel("bounded-1"), client_id)
+        assert len(events.queue) == 2 and stats.counters()["hook_events_dropped_overflow"] == 1
+        await wait_until(lambda: stats.counters().get("hook_events_dropped_undelivered") == 2, within=5)
+        assert backend.events_answered_500 == 2 and stats.counters()["hook_failures_events_url:error"] == 2
+        events.add("member_removed", channel("bounded-1"), "a")  # the sender kept running
+        await events.stop(within=5)  # and sends what is queued before it stops
+        assert backend.events("bounded-1") == [("member_removed", "a")]
+        assert stats.counters()["hook_events_sent"] == 1
+    finally:
+        await http_hooks.aclose()
 
 
 def test_a_hook_url_without_the_secret_stops_the_start_naming_the_variable(backend, tmp_path):
@@ -375,3 +399,18 @@ async def test_events_url_delivery_is_retried_after_a_500(server, backend):
         ("channel_vacated", None),
     ]
     assert metric(server, "realtime_hook_failures_total", 'hook="events_url",reason="error"') - failures == 1
+
+
+async def test_a_draining_instance_sends_its_last_events_before_it_exits(backend, start_server):
+    live = start_server(config_text=hooks_config(backend), env={"REALTIME_HOOKS_SECRET": SECRET})
+    async with websockets.connect(live.channel_url("drained-1", clientId="last")) as ws:
+        await wait_until(lambda: len(backend.events("drained-1")) == 2, within=10)
+        await asyncio.to_thread(live.stop)  # SIGTERM: the drain closes the WebSocket, then flushes the events
+        _, code = await closed_with(ws)
+    assert code == 1001
+    assert backend.events("drained-1") == [
+        ("channel_occupied", None),
+        ("member_added", "last"),
+        ("member_removed", "last"),
+        ("channel_vacated", None),
+    ]

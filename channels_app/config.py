@@ -118,6 +118,40 @@ def _check_sentinels(value: list[str]) -> str | None:
     return None
 
 
+def _check_hook_url(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return f"{value!r} is not a valid URL: write http(s)://host[:port]/path"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{value!r} is not an HTTP URL: write http(s)://host[:port]/path, e.g. https://backend.internal/realtime"
+    return None
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """The ``server.hooks`` section: hooks over HTTP (docs/hooks.md#hooks-over-http)."""
+
+    connect_url: str = _key(
+        "str", "", "URL asked (POST) before a subscriber is admitted; empty: none.", check=_check_hook_url
+    )
+    publish_url: str = _key(
+        "str",
+        "",
+        "URL asked (POST) before a client's WebSocket message is published; empty: none.",
+        check=_check_hook_url,
+    )
+    events_url: str = _key(
+        "str", "", "URL sent batches of channel and member events (POST); empty: none.", check=_check_hook_url
+    )
+    timeout: float = _key("number", 2.0, "Seconds one connect or publish request may take.", minimum=0.001)
+    max_concurrency: int = _key(
+        "int", 64, "Connect and publish requests in flight per instance; beyond, refused (4500 `busy`).", minimum=1
+    )
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """The ``server`` section."""
@@ -165,6 +199,7 @@ class ServerConfig:
         "older one (closed with 4001 `replaced`).",
         choices=("refuse", "replace"),
     )
+    hooks: HooksConfig
 
 
 # Queued messages the hub fans out before it lets the connections' writers run. A writer then
@@ -230,6 +265,7 @@ def _channel_key(channel_field: ChannelField) -> Key:
 
 
 SERVER_KEYS = _keys_of(ServerConfig)
+HOOKS_KEYS = _keys_of(HooksConfig)
 PUBSUB_KEYS = _keys_of(PubSubConfig)
 REDIS_KEYS = _keys_of(RedisConfig)
 CHANNEL_KEYS = tuple(_channel_key(channel_field) for channel_field in CHANNEL_FIELDS.values() if channel_field.yaml)
@@ -244,7 +280,13 @@ ChannelSpec = make_dataclass(
     namespace={"__doc__": "One channel declared under ``channels``.", "__module__": __name__},
 )
 
-SECTIONS = {"server": SERVER_KEYS, "pubsub": PUBSUB_KEYS, "pubsub.redis": REDIS_KEYS, "channels.<name>": CHANNEL_KEYS}
+SECTIONS = {
+    "server": SERVER_KEYS,
+    "server.hooks": HOOKS_KEYS,
+    "pubsub": PUBSUB_KEYS,
+    "pubsub.redis": REDIS_KEYS,
+    "channels.<name>": CHANNEL_KEYS,
+}
 TOP_LEVEL_KEYS = ("server", "pubsub", "channels")
 
 
@@ -305,7 +347,9 @@ def parse_config(text: str, *, path: str = "<string>", environ: Mapping[str, str
     reader = _Reader(problems, os.environ if environ is None else environ)
     reader.reject_unknown("", document, TOP_LEVEL_KEYS)
 
-    server_values = reader.section("server", reader.mapping("server", document.get("server")), SERVER_KEYS)
+    server_raw = reader.mapping("server", document.get("server"))
+    server_values = reader.section("server", server_raw, SERVER_KEYS, extra=("hooks",))
+    hooks_values = reader.section("server.hooks", reader.mapping("server.hooks", server_raw.get("hooks")), HOOKS_KEYS)
     pubsub_raw = reader.mapping("pubsub", document.get("pubsub"))
     pubsub_values = reader.section("pubsub", pubsub_raw, PUBSUB_KEYS, extra=("redis",))
     redis_values = reader.section("pubsub.redis", reader.mapping("pubsub.redis", pubsub_raw.get("redis")), REDIS_KEYS)
@@ -330,7 +374,7 @@ def parse_config(text: str, *, path: str = "<string>", environ: Mapping[str, str
         raise ConfigError(path, problems)
     return RealtimeConfig(
         path=path,
-        server=ServerConfig(**server_values),
+        server=ServerConfig(**server_values, hooks=HooksConfig(**hooks_values)),
         pubsub=PubSubConfig(driver=pubsub_values["driver"], redis=RedisConfig(**redis_values)),
         channels=tuple(channels),
     )

@@ -159,6 +159,8 @@ async def connection_open(
         )
     holder = new_holder()
     replaced = await runtime.presence.acquire(channel, parsed_client_id, holder, replace=_replaces(runtime))
+    if runtime.http_hooks is not None:
+        await runtime.http_hooks.member_joined(runtime.presence, channel, parsed_client_id)
     runtime.stats.incr(f"connections_opened_{transport.lower()}")
     logger.info("%s subscriber %s joined channel %s", transport, parsed_client_id, channel.id)
     if replaced is not None:
@@ -238,6 +240,8 @@ async def connection_close(*, connection: Connection, subscription: Subscription
     if subscription is not None:
         await runtime.hub.unsubscribe(subscription)
     await runtime.presence.release(connection.channel.id, connection.client_id, connection.holder)
+    if runtime.http_hooks is not None:
+        await runtime.http_hooks.member_left(runtime.presence, connection.channel, connection.client_id)
     logger.info("subscriber %s left channel %s", connection.client_id, connection.channel.id)
     if runtime.hooks.on_disconnect:
         disconnect_hooks_start(

@@ -49,6 +49,7 @@ def process_runtime() -> Runtime:
             on_unsubscribe=connection_closed,
             # The project's hooks module is imported here, at start-up, not when channels_app is.
             hooks=hooks_load(settings.REALTIME_HOOKS, timeout=settings.REALTIME_HOOK_TIMEOUT_SECONDS),
+            hooks_secret=settings.REALTIME_HOOKS_SECRET,
         )
     return _process.runtime
 

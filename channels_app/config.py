@@ -11,75 +11,21 @@ This module is imported by the settings module, so it must not import Django.
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, make_dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from .channel import CHANNEL_FIELDS, ChannelField
+from .configreader import KIND_TYPES, ConfigError, Key, Reader, keys_of, load_yaml, yaml_type
+from .configreader import config_key as _key
 from .identity import IDENTIFIER_PATTERN, IDENTIFIER_RULE, ChannelIdentity, Collision, identity_collisions
 
 DEFAULT_CONFIG = "configs/memory.config.yaml"
 CONFIG_ENV_VAR = "CONFIG_FOLDER_PATH"
 FOLDER_CONFIG_NAME = "config.yaml"
-
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(Exception):
-    """The configuration file cannot be used; ``problems`` lists every mistake found."""
-
-    def __init__(self, path: str, problems: list[tuple[str, str]]):
-        self.path = path
-        self.problems = problems
-        count = len(problems)
-        lines = [f"{path}: {count} configuration problem{'s' if count != 1 else ''}:"]
-        lines += [f"  - {key}: {message}" if key else f"  - {message}" for key, message in problems]
-        super().__init__("\n".join(lines))
-
-
-@dataclass(frozen=True)
-class Key:
-    """One configuration key: its type, default and one-line documentation."""
-
-    name: str
-    kind: str  # "bool", "int", "number", "str", "str_list", "choice"
-    default: Any
-    doc: str
-    required: bool = False
-    choices: tuple[str, ...] = ()
-    minimum: float | None = None
-    check: Callable[[Any], str | None] | None = None
-
-
-# The Python type of each kind of key.
-_KIND_TYPES = {"bool": bool, "int": int, "number": float, "str": str, "str_list": tuple[str, ...], "choice": str}
-_KEY = "config_key"
-
-
-def _key(
-    kind: str,
-    default: Any,
-    doc: str,
-    *,
-    choices: tuple[str, ...] = (),
-    minimum: float | None = None,
-    check: Callable[[Any], str | None] | None = None,
-) -> Any:
-    """A section dataclass's field declared as a configuration key named after the field."""
-    return field(metadata={_KEY: Key("", kind, default, doc, choices=choices, minimum=minimum, check=check)})
-
-
-def _keys_of(section: type) -> tuple[Key, ...]:
-    """The keys a section dataclass declares, in order (its other fields are subsections)."""
-    return tuple(replace(item.metadata[_KEY], name=item.name) for item in fields(section) if _KEY in item.metadata)
 
 
 def _check_identifier(value: str) -> str | None:
@@ -116,6 +62,40 @@ def _check_sentinels(value: list[str]) -> str | None:
         if not host or not (port.isascii() and port.isdigit()):
             return f"{address!r} is not host:port: write for example 'sentinel-1:26379'"
     return None
+
+
+def _check_hook_url(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return f"{value!r} is not a valid URL: write http(s)://host[:port]/path"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{value!r} is not an HTTP URL: write http(s)://host[:port]/path, e.g. https://backend.internal/realtime"
+    return None
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """The ``server.hooks`` section: hooks over HTTP (docs/hooks.md#hooks-over-http)."""
+
+    connect_url: str = _key(
+        "str", "", "URL asked (POST) before a subscriber is admitted; empty: none.", check=_check_hook_url
+    )
+    publish_url: str = _key(
+        "str",
+        "",
+        "URL asked (POST) before a client's WebSocket message is published; empty: none.",
+        check=_check_hook_url,
+    )
+    events_url: str = _key(
+        "str", "", "URL sent batches of channel and member events (POST); empty: none.", check=_check_hook_url
+    )
+    timeout: float = _key("number", 2.0, "Seconds one connect or publish request may take.", minimum=0.001)
+    max_concurrency: int = _key(
+        "int", 64, "Connect and publish requests in flight per instance; beyond, refused (4500 `busy`).", minimum=1
+    )
 
 
 @dataclass(frozen=True)
@@ -165,6 +145,7 @@ class ServerConfig:
         "older one (closed with 4001 `replaced`).",
         choices=("refuse", "replace"),
     )
+    hooks: HooksConfig
 
 
 # Queued messages the hub fans out before it lets the connections' writers run. A writer then
@@ -229,9 +210,10 @@ def _channel_key(channel_field: ChannelField) -> Key:
     )
 
 
-SERVER_KEYS = _keys_of(ServerConfig)
-PUBSUB_KEYS = _keys_of(PubSubConfig)
-REDIS_KEYS = _keys_of(RedisConfig)
+SERVER_KEYS = keys_of(ServerConfig)
+HOOKS_KEYS = keys_of(HooksConfig)
+PUBSUB_KEYS = keys_of(PubSubConfig)
+REDIS_KEYS = keys_of(RedisConfig)
 CHANNEL_KEYS = tuple(_channel_key(channel_field) for channel_field in CHANNEL_FIELDS.values() if channel_field.yaml)
 # Channel keys whose default is the server key of the same name.
 _INHERITED_KEYS = tuple(channel_field.yaml for channel_field in CHANNEL_FIELDS.values() if channel_field.inherited)
@@ -239,12 +221,18 @@ _INHERITED_KEYS = tuple(channel_field.yaml for channel_field in CHANNEL_FIELDS.v
 # One channel declared under ``channels``: its name (its key there), then its keys.
 ChannelSpec = make_dataclass(
     "ChannelSpec",
-    [("name", str), *((channel_key.name, _KIND_TYPES[channel_key.kind]) for channel_key in CHANNEL_KEYS)],
+    [("name", str), *((channel_key.name, KIND_TYPES[channel_key.kind]) for channel_key in CHANNEL_KEYS)],
     frozen=True,
     namespace={"__doc__": "One channel declared under ``channels``.", "__module__": __name__},
 )
 
-SECTIONS = {"server": SERVER_KEYS, "pubsub": PUBSUB_KEYS, "pubsub.redis": REDIS_KEYS, "channels.<name>": CHANNEL_KEYS}
+SECTIONS = {
+    "server": SERVER_KEYS,
+    "server.hooks": HOOKS_KEYS,
+    "pubsub": PUBSUB_KEYS,
+    "pubsub.redis": REDIS_KEYS,
+    "channels.<name>": CHANNEL_KEYS,
+}
 TOP_LEVEL_KEYS = ("server", "pubsub", "channels")
 
 
@@ -297,15 +285,17 @@ def load_config(
 def parse_config(text: str, *, path: str = "<string>", environ: Mapping[str, str] | None = None) -> RealtimeConfig:
     """Validate configuration text; ``path`` is only used in messages."""
     problems: list[tuple[str, str]] = []
-    document = _load_yaml(text, path, problems)
+    document = load_yaml(text, path, problems)
     if document is None:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError(path, [("", "the file must be a mapping with the keys server, pubsub and channels")])
-    reader = _Reader(problems, os.environ if environ is None else environ)
+    reader = Reader(problems, os.environ if environ is None else environ)
     reader.reject_unknown("", document, TOP_LEVEL_KEYS)
 
-    server_values = reader.section("server", reader.mapping("server", document.get("server")), SERVER_KEYS)
+    server_raw = reader.mapping("server", document.get("server"))
+    server_values = reader.section("server", server_raw, SERVER_KEYS, extra=("hooks",))
+    hooks_values = reader.section("server.hooks", reader.mapping("server.hooks", server_raw.get("hooks")), HOOKS_KEYS)
     pubsub_raw = reader.mapping("pubsub", document.get("pubsub"))
     pubsub_values = reader.section("pubsub", pubsub_raw, PUBSUB_KEYS, extra=("redis",))
     redis_values = reader.section("pubsub.redis", reader.mapping("pubsub.redis", pubsub_raw.get("redis")), REDIS_KEYS)
@@ -330,13 +320,13 @@ def parse_config(text: str, *, path: str = "<string>", environ: Mapping[str, str
         raise ConfigError(path, problems)
     return RealtimeConfig(
         path=path,
-        server=ServerConfig(**server_values),
+        server=ServerConfig(**server_values, hooks=HooksConfig(**hooks_values)),
         pubsub=PubSubConfig(driver=pubsub_values["driver"], redis=RedisConfig(**redis_values)),
         channels=tuple(channels),
     )
 
 
-def _read_channels(reader: _Reader, raw: Any, server_values: dict[str, Any]) -> list[ChannelSpec]:
+def _read_channels(reader: Reader, raw: Any, server_values: dict[str, Any]) -> list[ChannelSpec]:
     channels: list[ChannelSpec] = []
     identities: list[ChannelIdentity] = []
     for name, body in reader.mapping("channels", raw).items():
@@ -345,7 +335,7 @@ def _read_channels(reader: _Reader, raw: Any, server_values: dict[str, Any]) -> 
         if name_problem is not None:
             reader.problems.append((key_path, name_problem))
         if not isinstance(body, dict):
-            shown = "nothing" if body is None else _yaml_type(body)
+            shown = "nothing" if body is None else yaml_type(body)
             reader.problems.append(
                 (key_path, f'must be a mapping such as  {{ id: "{name}-1", type: "WS" }},  not {shown}')
             )
@@ -387,219 +377,6 @@ def _identity_problem(key_path: str, collision: Collision) -> tuple[str, str]:
 
 def _check_channel_name(name: Any) -> str | None:
     if not isinstance(name, str):
-        return f"the channel name {name!r} is read as {_yaml_type(name)}: put it in quotes"
+        return f"the channel name {name!r} is read as {yaml_type(name)}: put it in quotes"
     problem = _check_identifier(name)
     return None if problem is None else f"the channel name {problem}"
-
-
-def _load_yaml(text: str, path: str, problems: list[tuple[str, str]]) -> Any:
-    """Parse with the safe loader; duplicate keys become problems (with their key path) instead of
-    silently keeping the last value, so they are reported together with every other mistake."""
-    loader = None
-    try:
-        # The reader checks the text for characters YAML forbids already when it is created.
-        loader = yaml.SafeLoader(text)
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _find_duplicate_keys(loader, node, "", problems, set())
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, [*problems, ("", f"not valid YAML: {_describe_yaml_error(exc)}")]) from exc
-    except RecursionError as exc:
-        # PyYAML composes and constructs recursively: a few thousand nested brackets overflow the stack.
-        raise ConfigError(path, [*problems, ("", "not valid YAML: it is nested too deeply")]) from exc
-    finally:
-        if loader is not None:
-            loader.dispose()
-
-
-def _find_duplicate_keys(
-    loader: yaml.SafeLoader, node: yaml.Node, key_path: str, problems: list[tuple[str, str]], seen: set[int]
-) -> None:
-    # Anchored nodes are shared (and may even contain themselves), so each node is walked once.
-    if id(node) in seen:
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _find_duplicate_keys(loader, item, f"{key_path}[{index}]", problems, seen)
-        return
-    if not isinstance(node, yaml.MappingNode):
-        return
-    first_line: dict[Any, int] = {}
-    for key_node, value_node in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node)
-        child_path = f"{key_path}.{key}" if key_path else str(key)
-        line = key_node.start_mark.line + 1
-        if key in first_line:
-            problems.append(
-                (
-                    child_path,
-                    f"appears twice (lines {first_line[key]} and {line}): each key may appear once, delete one of them",
-                )
-            )
-        else:
-            first_line[key] = line
-        _find_duplicate_keys(loader, value_node, child_path, problems, seen)
-
-
-def _describe_yaml_error(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    if mark is not None:
-        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    return problem
-
-
-class _Reader:
-    """Walks raw YAML values, converting them to declared types and collecting problems."""
-
-    def __init__(self, problems: list[tuple[str, str]], environ: Mapping[str, str]):
-        self.problems = problems
-        self.environ = environ
-
-    def mapping(self, key_path: str, raw: Any) -> dict:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            self.problems.append((key_path, f"must be a mapping of keys, not {_yaml_type(raw)}"))
-            return {}
-        return raw
-
-    def reject_unknown(self, key_path: str, raw: dict, known: tuple[str, ...]) -> None:
-        for key in raw:
-            if key in known:
-                continue
-            where = f"{key_path}.{key}" if key_path else str(key)
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}?" if close else f"remove it; the keys here are {', '.join(known)}"
-            self.problems.append((where, f"unknown key: {hint}"))
-
-    def section(self, key_path: str, raw: dict, keys: tuple[Key, ...], extra: tuple[str, ...] = ()) -> dict[str, Any]:
-        self.reject_unknown(key_path.replace(".<name>", ""), raw, tuple(k.name for k in keys) + extra)
-        values: dict[str, Any] = {}
-        for key in keys:
-            where = f"{key_path}.{key.name}"
-            if key.name not in raw or raw[key.name] is None:
-                if key.required:
-                    self.problems.append((where, f"is missing: add  {key.name}: {_example(key)}  ({key.doc})"))
-                values[key.name] = key.default
-                continue
-            values[key.name] = self.value(where, key, raw[key.name])
-        return values
-
-    def value(self, where: str, key: Key, raw: Any) -> Any:
-        interpolated = False
-        if isinstance(raw, str):
-            raw, interpolated = self.interpolate(where, raw)
-            if raw is None:
-                return key.default
-        elif isinstance(raw, list):
-            items = [self.interpolate(where, item)[0] if isinstance(item, str) else item for item in raw]
-            if any(item is None and original is not None for item, original in zip(items, raw, strict=True)):
-                return key.default
-            raw = items
-        converted, problem = _convert(key, raw, from_environment=interpolated)
-        if problem is None and key.check is not None:
-            problem = key.check(converted)
-        if problem is not None:
-            self.problems.append((where, problem))
-            return key.default
-        return converted
-
-    def interpolate(self, where: str, text: str) -> tuple[str | None, bool]:
-        missing: list[str] = []
-
-        def replace(match: re.Match) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in self.environ:
-                return self.environ[name]
-            if default is not None:
-                return default
-            missing.append(name)
-            return ""
-
-        result = _ENV_REFERENCE.sub(replace, text)
-        for name in missing:
-            self.problems.append(
-                (where, f"environment variable {name} is not set: set it, or write ${{{name}:-default}}")
-            )
-        return (None if missing else result), result != text
-
-
-def _example(key: Key) -> str:
-    if key.kind == "choice":
-        return " or ".join(f'"{choice}"' for choice in key.choices)
-    return '"..."'
-
-
-def _unquoted_hint(key: Key, raw: Any) -> str:
-    """Point out a value quoted in the file ("true", "100") that would be right without the quotes."""
-    if not isinstance(raw, str):
-        return ""
-    try:
-        unquoted = yaml.safe_load(raw)
-    except (yaml.YAMLError, RecursionError):
-        return ""
-    fits = {
-        "bool": isinstance(unquoted, bool),
-        "int": isinstance(unquoted, int) and not isinstance(unquoted, bool),
-        "number": isinstance(unquoted, int | float) and not isinstance(unquoted, bool),
-    }
-    return f": write {raw.strip()} without quotes" if fits.get(key.kind) else ""
-
-
-def _yaml_type(value: Any) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
-    return names.get(type(value), type(value).__name__) + f" ({value!r})"
-
-
-def _convert(key: Key, raw: Any, *, from_environment: bool) -> tuple[Any, str | None]:
-    if key.kind == "bool":
-        if isinstance(raw, bool):
-            return raw, None
-        if from_environment and isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0"):
-            return raw.lower() in ("true", "1"), None
-        hint = "" if from_environment else _unquoted_hint(key, raw)
-        return None, f"must be true or false, not {_yaml_type(raw)}{hint}"
-    if key.kind in ("int", "number"):
-        if from_environment and isinstance(raw, str):
-            try:
-                raw = int(raw) if key.kind == "int" else float(raw)
-            except ValueError:
-                pass
-        valid_types = (int,) if key.kind == "int" else (int, float)
-        if isinstance(raw, bool) or not isinstance(raw, valid_types):
-            kind = "a whole number" if key.kind == "int" else "a number"
-            return None, f"must be {kind}, not {_yaml_type(raw)}{'' if from_environment else _unquoted_hint(key, raw)}"
-        if not math.isfinite(raw):
-            return None, f"must be a finite number, not {raw!r}"
-        if key.minimum is not None and raw < key.minimum:
-            bound = int(key.minimum) if key.minimum == int(key.minimum) else key.minimum
-            article = "a positive" if key.minimum > 0 else "a non-negative"
-            return (
-                None,
-                f"must be {article} {'integer' if key.kind == 'int' else 'number'} (at least {bound}), not {raw!r}",
-            )
-        return raw, None
-    if key.kind == "choice":
-        if isinstance(raw, str) and raw in key.choices:
-            return raw, None
-        if isinstance(raw, str) and raw.upper() in key.choices:
-            return None, f"must be written in capitals: {raw.upper()!r}"
-        options = " or ".join(f'"{choice}"' for choice in key.choices)
-        return None, f"must be {options}, not {raw!r}"
-    if key.kind == "str":
-        if isinstance(raw, str):
-            return raw, None
-        return None, f"must be a string, not {_yaml_type(raw)}: put it in quotes"
-    if key.kind == "str_list":
-        if isinstance(raw, str) and from_environment:
-            return tuple(part.strip() for part in raw.split(",") if part.strip()), None
-        if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
-            return tuple(raw), None
-        return None, f'must be a list of strings, such as  ["a", "b"],  not {_yaml_type(raw)}'
-    raise ValueError(f"unknown key kind {key.kind!r}: use one of bool, int, number, str, str_list, choice")

@@ -66,6 +66,15 @@ class Reject(Exception):  # noqa: N818 - the name the issue and docs/hooks.md gi
         return status if 400 <= status <= 599 else 403
 
 
+class HookFailure(Exception):
+    """Raised by a hook over HTTP that could not decide: ``reason`` (``error`` or ``busy``) labels the
+    ``hook_failed`` answer and its metric; the message is only logged."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(slots=True)
 class ConnectEvent:
     """A subscriber about to be admitted. A hook may set ``info`` (a JSON object) for presence."""
@@ -120,10 +129,21 @@ class Hook:
     kind: str
     function: Callable
     channels: tuple[str, ...] = ()
+    # A hook over HTTP (core/http_hooks.py): its metric label (``connect_url``) and its own timeout
+    # (``server.hooks.timeout``); a hook in process is labelled by its kind and has the runtime's.
+    label: str = ""
+    timeout: float | None = None
+
+    @property
+    def metric_label(self) -> str:
+        """The ``hook`` label of its rejections and failures in /metrics."""
+        return self.label or self.kind
 
     @property
     def name(self) -> str:
         """``module.function``, as the logs name it."""
+        if self.label:
+            return f"server.hooks.{self.label}"
         return f"{getattr(self.function, '__module__', '?')}.{getattr(self.function, '__qualname__', self.function)}"
 
     def applies_to(self, channel: ChannelInfo) -> bool:

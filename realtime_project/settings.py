@@ -30,7 +30,8 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
   kept-alive connection, of their first byte), its body within the second (default 60) of its
   headers; otherwise 408 and the connection is closed (channels_app/http/limits.py).
 - ``REALTIME_HOOKS``: the dotted path of the project's hooks module (several, comma-separated),
-  imported at start-up (docs/hooks.md); ``REALTIME_HOOK_TIMEOUT_SECONDS``: how long one hook call may
+  imported at start-up (docs/hooks.md); ``REALTIME_HOOKS_SECRET``: the HMAC secret of the hooks over
+  HTTP (``server.hooks``); ``REALTIME_HOOK_TIMEOUT_SECONDS``: how long one hook call may
   take before its action is refused (default 2).
 - ``DJANGO_SECURE=1``: production behind HTTPS (a TLS-terminating proxy that sets
   ``X-Forwarded-Proto``): secure cookies, HSTS, redirects to HTTPS (except the probes), and
@@ -343,6 +344,18 @@ REALTIME_PRESENCE_LEASE_SECONDS = float(os.environ.get("REALTIME_PRESENCE_LEASE_
 # The project's hooks (channels_app/hooks.py): imported by the composition root when the service starts.
 REALTIME_HOOKS = _env_list("REALTIME_HOOKS")
 REALTIME_HOOK_TIMEOUT_SECONDS = _env_seconds("REALTIME_HOOK_TIMEOUT_SECONDS", "2")
+# Hooks over HTTP (server.hooks in the YAML) sign their requests with this secret (docs/security.md):
+# from the environment only, never from the file; a hook URL without it stops the start.
+REALTIME_HOOKS_SECRET = os.environ.get("REALTIME_HOOKS_SECRET", "")
+_hook_urls = [
+    f"server.hooks.{key}" for key in ("connect_url", "publish_url", "events_url") if getattr(REALTIME.server.hooks, key)
+]
+if _hook_urls and not REALTIME_HOOKS_SECRET:
+    sys.stderr.write(
+        f"realtime: {REALTIME.path}: {', '.join(_hook_urls)} is set but REALTIME_HOOKS_SECRET is not: set it to a "
+        "long random string shared with the backend (it signs every hook request), or remove the URL\n"
+    )
+    sys.exit(2)
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "DEBUG" if APP_DEBUG else "INFO").upper()
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").lower()

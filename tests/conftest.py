@@ -202,3 +202,32 @@ def postgres_database():
     assert created.returncode == 0, created.stderr
     yield name
     psql("-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """The system Chromium, for one module.
+
+    pytest-playwright's session-wide fixtures would keep Playwright's event loop running in the
+    main thread after the browser tests, and later asyncio tests would fail; this one stops with
+    the module.
+    """
+    from playwright.sync_api import sync_playwright
+
+    from tests.support.browser import launch_chromium
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def pages(chromium):
+    """``pages.open(url)``: each page in a fresh context; ``pages.problems`` lists CSP violations, uncaught
+    errors and dialogs."""
+    from tests.support.browser import Pages
+
+    opened = Pages(chromium)
+    yield opened
+    opened.close()

@@ -14,32 +14,16 @@ import uuid
 
 import pytest
 import websockets.sync.client
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from tests.support.auth import API_KEY
-from tests.support.browser import RECORD_CSP_VIOLATIONS, launch_chromium
+from tests.support.browser import RECORD_CSP_VIOLATIONS
 from tests.support.processes import ROOT, manage
-from tests.test_pages_browser import Pages, save_screenshot
+from tests.test_pages_browser import save_screenshot
 
 pytestmark = pytest.mark.browser
 
 ADMIN_PASSWORD = "pw-123456-long-enough"
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Browser:
-    """One Chromium for this module (see test_pages_browser.py for why not pytest-playwright's)."""
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def pages(chromium):
-    opened = Pages(chromium)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from channels_app.config import (
     CHANNEL_KEYS,
+    HOOKS_KEYS,
     IDENTIFIER_PATTERN,
     PUBSUB_KEYS,
     REDIS_KEYS,
@@ -510,6 +511,7 @@ def test_every_section_is_documented():
     assert set(documented_keys()) == set(SECTIONS)
     assert {id(keys) for keys in SECTIONS.values()} == {
         id(SERVER_KEYS),
+        id(HOOKS_KEYS),
         id(PUBSUB_KEYS),
         id(REDIS_KEYS),
         id(CHANNEL_KEYS),
@@ -619,3 +621,30 @@ def test_any_structured_document_loads_or_raises_config_error(document):
 )
 def test_known_hostile_documents(text):
     assert_config_outcome(text)
+
+
+# --- server.hooks (hooks over HTTP, docs/hooks.md#hooks-over-http) ---
+
+
+def test_server_hooks_is_a_nested_mapping_with_defaults():
+    hooks = parse_config("server:\n  hooks:\n    connect_url: https://backend.internal/connect\n").server.hooks
+    assert (hooks.connect_url, hooks.publish_url, hooks.events_url) == ("https://backend.internal/connect", "", "")
+    assert (hooks.timeout, hooks.max_concurrency) == (2.0, 64)
+    assert parse_config("").server.hooks.connect_url == ""
+
+
+def test_server_hooks_mistakes_name_the_file_the_key_and_the_fix():
+    text = (
+        "server:\n  hooks:\n    conect_url: http://x/\n    publish_url: ftp://x/\n"
+        "    max_concurrency: 0\n    timeout: fast\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, path=FILE)
+    message = str(raised.value)
+    assert message.startswith(f"{FILE}: 4 configuration problems")
+    assert "server.hooks.conect_url: unknown key: did you mean 'connect_url'?" in message
+    assert "server.hooks.publish_url: 'ftp://x/' is not an HTTP URL: write http(s)://" in message
+    assert "server.hooks.max_concurrency: must be a positive integer (at least 1), not 0" in message
+    assert "server.hooks.timeout: must be a number" in message
+    with pytest.raises(ConfigError, match="server.hooks: must be a mapping of keys"):
+        parse_config("server:\n  hooks: https://x/\n")

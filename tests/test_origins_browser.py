@@ -9,10 +9,9 @@ realtime.js from the service. Synchronous, like test_pages_browser.py.
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Page
 
 from tests.support.auth import API_KEY
-from tests.support.browser import launch_chromium
 from tests.support.configs import CHAT_AND_FEED, memory_config
 from tests.test_pages_browser import push
 
@@ -46,15 +45,6 @@ SUBSCRIBE = """([name, options]) => {
     sub.on("error", (error) => seen.errors.push(error));
     sub.on("message", (message) => seen.messages.push(message.payload));
 }"""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Browser:
-    """One Chromium for this module (see test_pages_browser.py for why not pytest-playwright's)."""
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

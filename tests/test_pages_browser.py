@@ -14,26 +14,21 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets.sync.client
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from channels_app.http.security import CONTENT_SECURITY_POLICY
 from tests.conftest import TEST_CONFIG, redis_config
 from tests.support.auth import API_KEY, AUTH
-from tests.support.browser import RECORD_CSP_VIOLATIONS, launch_chromium
+from tests.support.browser import RECORD_CSP_VIOLATIONS, Pages
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-STRICT_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
 LOST = "Some messages may have been lost"
 XSS_PAYLOADS = ['<img src=x onerror="alert(1)">', "<script>alert(2)</script>"]
 
@@ -50,65 +45,6 @@ def pages_config(config_text: str = TEST_CONFIG) -> str:
         )
         + '  tiny:\n    id: "tiny-1"\n    type: "WS"\n    max_of_channel_connections: 1\n'
     )
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Browser:
-    """The system Chromium (`playwright install` is not available here), for this module only.
-
-    pytest-playwright's session-wide fixtures would keep Playwright's event loop running in the
-    main thread after these tests, and later asyncio tests would fail; this one stops with the
-    module.
-    """
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
-
-
-def add_strict_csp(route: Route) -> None:
-    response = route.fetch()
-    route.fulfill(response=response, headers={**response.headers, "content-security-policy": STRICT_CSP})
-
-
-@dataclass
-class Pages:
-    """Opens pages in fresh browser contexts (separate people) and records what must never happen."""
-
-    browser: Browser
-    problems: list[str] = field(default_factory=list)
-    contexts: list = field(default_factory=list)
-
-    def open(self, url: str) -> Page:
-        context = self.browser.new_context(viewport={"width": 1100, "height": 900})
-        self.contexts.append(context)
-        context.route(re.compile(r"/web/"), add_strict_csp)
-        page = context.new_page()
-        page.on("dialog", self._dialog)
-        page.on("pageerror", lambda error: self.problems.append(f"uncaught error: {error}"))
-        page.on(
-            "console",
-            lambda message: (
-                "Content Security Policy" in message.text and self.problems.append(f"CSP violation: {message.text}")
-            ),
-        )
-        page.goto(url)
-        return page
-
-    def _dialog(self, dialog) -> None:
-        self.problems.append(f"a dialog opened: {dialog.type} {dialog.message!r}")
-        dialog.dismiss()
-
-    def close(self) -> None:
-        for context in self.contexts:
-            context.close()
-
-
-@pytest.fixture
-def pages(chromium):
-    opened = Pages(chromium)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture(scope="module")

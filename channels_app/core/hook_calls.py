@@ -21,6 +21,7 @@ from ..hooks import (
     ConnectEvent,
     DisconnectEvent,
     Hook,
+    HookFailure,
     PublishEvent,
     Reject,
     info_check,
@@ -54,25 +55,29 @@ def hook_failed(kind: str, reason: str) -> ApplicationError:
 
 
 def _failure(runtime: Runtime, hook: Hook, reason: str) -> ApplicationError:
-    runtime.stats.incr(f"hook_failures_{hook.kind}:{reason}")
+    runtime.stats.incr(f"hook_failures_{hook.metric_label}:{reason}")
     return hook_failed(hook.kind, reason)
 
 
 async def _call(hook: Hook, event, runtime: Runtime):
     """Run one hook on ``event``; raise ``ApplicationError`` for a rejection or a failure."""
     function = runtime.hooks.awaitable(hook)
-    deadline = asyncio.timeout(runtime.hooks.timeout)
+    timeout = hook.timeout or runtime.hooks.timeout
+    deadline = asyncio.timeout(timeout)
     try:
         async with deadline:
             return await function(event)
     except Reject as reject:
-        runtime.stats.incr(f"hook_rejections_{hook.kind}")
+        runtime.stats.incr(f"hook_rejections_{hook.metric_label}")
         logger.info("hook %s refused client %s on channel %s: %s", hook.name, event.client_id, event.channel.id, reject)
         raise hook_rejected(reject) from None
+    except HookFailure as failure:
+        logger.error("hook %s failed on channel %s: %s", hook.name, event.channel.id, failure)
+        raise _failure(runtime, hook, failure.reason) from None
     except Exception:
         if deadline.expired():
-            timeout = runtime.hooks.timeout
-            logger.error("hook %s overran its %gs timeout (REALTIME_HOOK_TIMEOUT_SECONDS)", hook.name, timeout)
+            setting = "server.hooks.timeout" if hook.label else "REALTIME_HOOK_TIMEOUT_SECONDS"
+            logger.error("hook %s overran its %gs timeout (%s)", hook.name, timeout, setting)
             raise _failure(runtime, hook, "timeout") from None
         logger.exception("hook %s failed on channel %s", hook.name, event.channel.id)
         raise _failure(runtime, hook, "error") from None

@@ -20,6 +20,7 @@ from ..state.history import MemoryHistory
 from ..state.presence import MemoryPresence
 from ..stats import Stats
 from .fanout_repair import FanoutRepair
+from .http_hooks import HttpHooks
 from .hub import Hub
 from .inflight import InFlight
 from .presence_events import LEAVE, PresenceEvents
@@ -40,6 +41,7 @@ class Runtime:
         redis=None,
         on_unsubscribe: Callable[[], None] | None = None,
         hooks: Hooks | None = None,
+        http_hooks: HttpHooks | None = None,
     ):
         self.config = config
         self.layer = layer
@@ -49,6 +51,10 @@ class Runtime:
         self.registry = registry or ChannelRegistry()
         # The project's hooks (channels_app/hooks.py), imported by the composition root; none by default.
         self.hooks = hooks or Hooks()
+        # The hooks over HTTP of server.hooks (core/http_hooks.py), run after the project's; None without URLs.
+        self.http_hooks = http_hooks
+        if http_hooks is not None:
+            self.hooks = Hooks((*self.hooks.hooks, *http_hooks.hooks()), timeout=self.hooks.timeout)
         # The Redis client the stores share (REDIS driver), probed by /readyz; None under MEMORY.
         self.redis = redis
         self.hub = Hub(self, on_unsubscribe=on_unsubscribe)
@@ -80,9 +86,15 @@ def build_runtime(
     presence_lease: float,
     on_unsubscribe: Callable[[], None] | None = None,
     hooks: Hooks | None = None,
+    hooks_secret: str = "",
 ) -> Runtime:
-    """A ``Runtime`` with the stores of ``config``'s driver: in this process (MEMORY), or in Redis."""
+    """A ``Runtime`` with the stores of ``config``'s driver: in this process (MEMORY), or in Redis, and
+    the hooks over HTTP of ``server.hooks`` (signed with ``hooks_secret``) when it names a URL."""
     stats = Stats()
+    urls = config.server.hooks
+    http_hooks = None
+    if urls.connect_url or urls.publish_url or urls.events_url:
+        http_hooks = HttpHooks(urls, hooks_secret, stats=stats)
     if config.pubsub.driver != "REDIS":
         return Runtime(
             config=config,
@@ -92,6 +104,7 @@ def build_runtime(
             stats=stats,
             on_unsubscribe=on_unsubscribe,
             hooks=hooks,
+            http_hooks=http_hooks,
         )
     from ..state.redis import RedisHistory, redis_client
     from ..state.redis_presence import RedisPresence
@@ -107,4 +120,5 @@ def build_runtime(
         redis=client,
         on_unsubscribe=on_unsubscribe,
         hooks=hooks,
+        http_hooks=http_hooks,
     )

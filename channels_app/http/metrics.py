@@ -79,6 +79,10 @@ _PLAIN_COUNTERS = {
     ),
     counters.REDIS_ERRORS: ("realtime_redis_errors_total", "Redis operations that failed."),
     counters.RESUME_GAPS: ("realtime_resume_gaps_total", "Resumes that history could not fully cover."),
+    counters.HOOK_EVENTS_SENT: (
+        "realtime_hook_events_sent_total",
+        "Events delivered to server.hooks.events_url (answered 2xx).",
+    ),
 }
 _LABELLED_COUNTERS = {
     counters.REFUSALS: ("realtime_refusals_total", "Connections refused, by reason.", ("reason",)),
@@ -95,8 +99,14 @@ _LABELLED_COUNTERS = {
     ),
     counters.HOOK_FAILURES: (
         "realtime_hook_failures_total",
-        "Hook calls that raised, answered something invalid (error) or overran their timeout (timeout).",
+        "Hook calls that raised or answered something invalid (error), overran their timeout (timeout) or "
+        "found server.hooks.max_concurrency requests in flight (busy); events_url: failed deliveries.",
         ("hook", "reason"),
+    ),
+    counters.HOOK_EVENTS_DROPPED: (
+        "realtime_hook_events_dropped_total",
+        "Events for server.hooks.events_url dropped: queue full (overflow) or every attempt failed (undelivered).",
+        ("reason",),
     ),
 }
 

@@ -54,6 +54,9 @@ async def drain(runtime: Runtime, *, grace: float) -> None:
         logger.warning("draining: %d request(s) still running after the grace period", runtime.in_flight.count)
     # Give the close frames and final stream chunks a moment to reach the sockets.
     await asyncio.sleep(min(0.5, max(grace - (time.monotonic() - started), 0)))
+    if runtime.http_hooks is not None:
+        # The last member_removed / channel_vacated events, then the hooks' HTTP client.
+        await runtime.http_hooks.aclose(within=min(2.0, max(grace - (time.monotonic() - started) - 0.5, 0.1)))
     logger.info("drained in %.1fs", time.monotonic() - started)
 
 

@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 from channels_app.core.presence_events import JOIN, LEAVE, PresenceEvents
 from channels_app.naming import channel_group
+from channels_app.state.presence import Member
+from tests.conftest import memory_runtime
 from tests.support.waiting import wait_until
 
 
@@ -51,3 +53,12 @@ async def test_a_storm_is_sent_in_bounded_batches_and_coalesces_while_it_waits()
     sent = [notice for batch in notices(layer) for notice in batch]
     assert sent[:200] == [("leave", f"m{index:03}") for index in range(200)]
     assert sorted(sent[200:]) == [("join", f"m{index:03}") for index in range(200, 250)]
+
+
+async def test_members_swept_with_their_expired_slots_are_announced_as_leaving():
+    layer = RecordingLayer()
+    runtime = memory_runtime(layer=layer)
+    runtime.presence_events.window = 0.01
+    runtime.presence.on_expired("room-1", [Member("ghost", "WS", None, {"name": "Ghost"})])
+    await wait_until(lambda: layer.sent, within=5)
+    assert layer.sent[0][1]["events"] == [{"control": "leave", "clientId": "ghost", "info": {"name": "Ghost"}}]

@@ -70,7 +70,7 @@ class ChannelAdmin(admin.ModelAdmin):
 
     # Eight narrow columns and the filters fit a 1280-pixel window (tests/test_admin_browser.py).
     list_display = ("name", "public_id", "kind", "connections", "private", "source", "active")
-    list_filter = ("type", "source", "active", "private")
+    list_filter = ("type", "source", "active", "private", "presence")
     search_fields = ("name", "public_id")
     readonly_fields = ("source", "created_at", "updated_at")
     ordering = ("name",)

@@ -168,6 +168,20 @@ class ChannelInfo:
         ),
         optional=True,
     )
+    presence: bool = _declared(
+        ChannelField(
+            "bool",
+            "Track who is connected: `GET /api/v1/channels/<channel>/presence` lists them, and subscribers "
+            "receive `join` and `leave` as they come and go.",
+            model="presence",
+            yaml="presence",
+            api="presence",
+            described_as=("presence",),
+            preflight=True,
+            default=False,
+        ),
+        optional=True,
+    )
     source: str = _declared(
         ChannelField(
             "choice",

@@ -83,6 +83,10 @@ class Channel(models.Model):
         default=CHANNEL_FIELDS["payload_format"].default,
         help_text="How subscribers receive payloads published as JSON values: as text (a string) or as JSON values.",
     )
+    presence = models.BooleanField(
+        default=CHANNEL_FIELDS["presence"].default,
+        help_text="Track who is connected, and tell subscribers when people join and leave.",
+    )
     source = models.CharField(max_length=5, choices=Source.choices, default=Source.ADMIN)
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

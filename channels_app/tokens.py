@@ -9,18 +9,24 @@ instance must share it.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from django.conf import settings
 
-from .errors import ApplicationError
+from .errors import ApplicationError, bad_request
 
 ALGORITHM = "HS256"
 DEFAULT_TTL_SECONDS = 3600
 MIN_TTL_SECONDS = 1
 MAX_TTL_SECONDS = 7 * 24 * 3600
+# What a token may say about its subscriber (``info``, shown by presence): a JSON object this small
+# keeps tokens short enough for a URL.
+MAX_INFO_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class TokenClaims:
     client_id: str
     expires_at: int
     can_publish: bool
+    info: dict[str, Any] | None = None
 
 
 def token_required(channel_id: str) -> ApplicationError:
@@ -58,8 +65,31 @@ def _secret() -> str:
     return settings.REALTIME_TOKEN_SECRET
 
 
-def token_mint(*, channel_id: str, client_id: str, ttl: int = DEFAULT_TTL_SECONDS, can_publish: bool = False) -> str:
-    """Sign a token letting ``client_id`` subscribe to ``channel_id`` for ``ttl`` seconds."""
+def token_info_check(info: object) -> dict[str, Any] | None:
+    """A token's ``info``: None, or a JSON object of at most ``MAX_INFO_BYTES``; 400 otherwise."""
+    if info is None:
+        return None
+    if not isinstance(info, Mapping):
+        raise bad_request("info must be a JSON object.", field="info")
+    try:
+        size = len(json.dumps(info, separators=(",", ":"), allow_nan=False).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise bad_request(f"info must be JSON: {exc}", field="info") from exc
+    if size > MAX_INFO_BYTES:
+        raise bad_request(f"info is {size} bytes of JSON; the limit is {MAX_INFO_BYTES}.", field="info")
+    return dict(info)
+
+
+def token_mint(
+    *,
+    channel_id: str,
+    client_id: str,
+    ttl: int = DEFAULT_TTL_SECONDS,
+    can_publish: bool = False,
+    info: Mapping[str, Any] | None = None,
+) -> str:
+    """Sign a token letting ``client_id`` subscribe to ``channel_id`` for ``ttl`` seconds; ``info``
+    (a small JSON object, a display name say) is what presence shows about the subscriber."""
     if not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
         raise ApplicationError(
             "bad_request",
@@ -69,6 +99,9 @@ def token_mint(*, channel_id: str, client_id: str, ttl: int = DEFAULT_TTL_SECOND
         )
     now = int(time.time())
     claims = {"channel": channel_id, "sub": client_id, "iat": now, "exp": now + ttl, "pub": bool(can_publish)}
+    info = token_info_check(info)
+    if info is not None:
+        claims["info"] = info
     return jwt.encode(claims, _secret(), algorithm=ALGORITHM)
 
 
@@ -92,4 +125,5 @@ def token_verify(token: str, *, channel_id: str) -> TokenClaims:
         client_id=claims["sub"],
         expires_at=int(claims["exp"]),
         can_publish=bool(claims.get("pub", False)),
+        info=claims["info"] if isinstance(claims.get("info"), dict) else None,
     )

@@ -10,7 +10,7 @@ import functools
 import os
 
 from channels_app.state.presence import MemoryPresence
-from channels_app.state.redis import RedisPresence
+from channels_app.state.redis_presence import RedisPresence
 from realtime_project.settings import *  # noqa: F403
 
 SLOW_RELEASE_SECONDS = float(os.environ.get("SLOW_RELEASE_SECONDS", "0.2"))

@@ -62,9 +62,10 @@ def test_from_model_copies_every_field():
         history_ttl=5,
         private=True,
         payload_format="json",
+        presence=True,
     )
     row.source = Channel.Source.YAML
-    assert ChannelInfo.from_model(row) == ChannelInfo("chat-1", "chat", "SSE", 3, 4, 5, True, "json", "yaml", 7)
+    assert ChannelInfo.from_model(row) == ChannelInfo("chat-1", "chat", "SSE", 3, 4, 5, True, "json", True, "yaml", 7)
 
 
 def test_the_views_of_a_channel_take_their_fields_from_the_declaration():
@@ -80,6 +81,7 @@ def test_the_views_of_a_channel_take_their_fields_from_the_declaration():
         "history_ttl",
         "private",
         "payload_format",
+        "presence",
     ]
     # Both descriptions open alike, the Go service's fields first.
     opening = ["id", "name", "type", "connections", "max", "maxOfChannelConnections"]
@@ -89,6 +91,7 @@ def test_the_views_of_a_channel_take_their_fields_from_the_declaration():
         "historyTtl",
         "private",
         "payloadFormat",
+        "presence",
         "source",
     ]
-    assert [key for key, _ in PREFLIGHT_DESCRIPTION] == [*opening, "private", "payloadFormat"]
+    assert [key for key, _ in PREFLIGHT_DESCRIPTION] == [*opening, "private", "payloadFormat", "presence"]

@@ -11,8 +11,8 @@ import redis.asyncio as redis
 
 from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
-from channels_app.state.presence import MemoryPresence, new_holder
-from channels_app.state.redis import RedisPresence
+from channels_app.state.presence import Member, MemoryPresence, new_holder
+from channels_app.state.redis_presence import RedisPresence
 
 ROOM = ChannelInfo(id="room-1", name="room", type="WS", max_connections=2, history_size=10, history_ttl=3600)
 
@@ -82,3 +82,33 @@ async def test_replace_admits_a_connected_client_id_into_a_full_channel_but_no_n
     # A clientId nobody holds simply takes a free slot: there is no one to replace.
     assert await presence.acquire(ROOM, "carol", new_holder(), replace=True) is None
     assert await presence.count("room-1") == 2
+
+
+async def test_members_are_kept_paged_and_removed_with_their_slots(presence):
+    alice = Member("alice", "WS", "2026-12-04T20:00:00.000Z", {"name": "Alice"})
+    holder = new_holder()
+    await presence.acquire(ROOM, "alice", holder, member=alice)
+    await presence.acquire(ROOM, "bob", new_holder())
+    page, more = await presence.members("room-1", limit=1)
+    assert (page, more) == ([alice], True)
+    page, more = await presence.members("room-1", after="alice", limit=1)
+    assert (page, more) == ([Member("bob")], False)
+    assert await presence.release("room-1", "alice", new_holder()) is False
+    assert await presence.release("room-1", "alice", holder) is True
+    assert await presence.members("room-1", limit=10) == ([Member("bob")], False)
+
+
+async def test_redis_sweeps_the_members_of_expired_slots_and_reports_them(redis_server):
+    client = redis.from_url(redis_server.url)
+    now = [1000.0]
+    dead = RedisPresence(client, "sweep", lease=30, clock=lambda: now[0])
+    alive = RedisPresence(client, "sweep", lease=30, clock=lambda: now[0])
+    expired = []
+    alive.on_expired = lambda channel_id, members: expired.append((channel_id, members))
+    member = Member("ghost", "SSE", "2026-12-04T20:00:00.000Z", {"name": "Ghost"})
+    await dead.acquire(ROOM, "ghost", new_holder(), member=member)
+    now[0] += 31
+    assert await alive.members("room-1", limit=10) == ([], False)
+    await alive.acquire(ROOM, "fresh", new_holder())
+    assert expired == [("room-1", [member])]
+    await client.aclose()

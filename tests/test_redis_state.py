@@ -16,7 +16,8 @@ from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
 from channels_app.state.history import Draft, Replayed
 from channels_app.state.idempotency import idempotency_key_parse
-from channels_app.state.redis import RedisHistory, RedisPresence
+from channels_app.state.redis import RedisHistory
+from channels_app.state.redis_presence import RedisPresence
 
 pytestmark = pytest.mark.asyncio
 

@@ -185,6 +185,8 @@ class Hub:
             self.close_local(event["channel_id"], error)
         elif kind == "realtime.replaced":
             self.close_replaced(event["channel_id"], event["client_id"], event["holder"])
+        elif kind == "realtime.presence":
+            self.deliver_controls(event.get("events", ()), self._local.get(event["channel_id"], ()))
         elif kind == "realtime.registry_changed":
             self.runtime.registry.invalidate()
         else:
@@ -260,6 +262,20 @@ class Hub:
             if subscription.offer(message, frame[0], frame[1]):
                 delivered += 1
         self.stats.incr(counters.DELIVERIES, delivered)
+
+    @staticmethod
+    def deliver_controls(bodies, subscriptions) -> None:
+        """Encode each control frame (presence ``join`` / ``leave``) once per transport and queue it
+        for each subscription."""
+        subscriptions = tuple(subscriptions)
+        for body in bodies:
+            encoded: dict[object, tuple[object, int]] = {}
+            for subscription in subscriptions:
+                encoder = subscription.encode_control
+                frame = encoded.get(encoder)
+                if frame is None:
+                    frame = encoded[encoder] = encoder(body)
+                subscription.outbox.put(frame[0], frame[1])
 
 
 async def broadcast_registry_change(layer) -> None:

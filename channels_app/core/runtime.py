@@ -23,6 +23,7 @@ from .fanout_repair import FanoutRepair
 from .http_hooks import HttpHooks
 from .hub import Hub
 from .inflight import InFlight
+from .presence_events import LEAVE, PresenceEvents
 
 
 class Runtime:
@@ -59,11 +60,18 @@ class Runtime:
         self.hub = Hub(self, on_unsubscribe=on_unsubscribe)
         self.registry.before_load = self.hub.start
         self.fanout_repair = FanoutRepair(self)
+        # Join and leave notices of presence channels; members swept with their expired slots leave too.
+        self.presence_events = PresenceEvents(self)
+        presence.on_expired = self._members_expired
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
         self.draining = False
         self.in_flight = InFlight()
         # Per channel id, the queue that sends this process's publishes in runs, in offset order.
         self.publish_queues: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def _members_expired(self, channel_id: str, members) -> None:
+        for member in members:
+            self.presence_events.note(channel_id, LEAVE, member.client_id, member.info)
 
     @property
     def server(self):
@@ -98,7 +106,8 @@ def build_runtime(
             hooks=hooks,
             http_hooks=http_hooks,
         )
-    from ..state.redis import RedisHistory, RedisPresence, redis_client
+    from ..state.redis import RedisHistory, redis_client
+    from ..state.redis_presence import RedisPresence
 
     redis_config = config.pubsub.redis
     client = redis_client(redis_config)

@@ -19,19 +19,23 @@ from ..errors import (
     shutting_down,
     wrong_transport,
 )
-from ..messages import PAYLOAD_FORMATS, TEXT, Message, Position, payload_format_parse, position_parse
+from ..messages import PAYLOAD_FORMATS, TEXT, Message, Position, payload_format_parse, position_parse, utc_timestamp
 from ..naming import channel_group, client_id_parse
 from ..state.history import Draft
 from ..state.idempotency import idempotency_key_parse
-from ..state.presence import new_holder
+from ..state.presence import Member, new_holder
 from ..tokens import TokenClaims, token_forbidden, token_required, token_verify
 from .hook_calls import connect_hooks_run, disconnect_hooks_start
+from .presence_events import JOIN, LEAVE
 from .publish_queue import PublishQueue, Receipt
 from .runtime import Runtime
 from .selectors import channel_as_dict
 from .subscription import Subscription
 
 logger = logging.getLogger(__name__)
+
+# The members a new subscriber of a presence channel is told of on arrival (the rest: GET .../presence).
+PRESENCE_SNAPSHOT_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -145,11 +149,11 @@ async def connection_open(
     can_publish, claims, info = True, None, None
     if channel.private:
         claims = subscriber_authorize(channel_id=channel.id, token=token, client_id=client_id)
-        client_id, can_publish = claims.client_id, claims.can_publish
+        client_id, can_publish, info = claims.client_id, claims.can_publish, claims.info
     parsed_client_id = client_id_parse(client_id)
     if runtime.hooks.on_connect:
-        # Before the slot is taken, so a slow hook holds none.
-        info = await connect_hooks_run(
+        # Before the slot is taken, so a slow hook holds none. A hook's info replaces the token's.
+        hook_info = await connect_hooks_run(
             channel=channel,
             client_id=parsed_client_id,
             transport=transport,
@@ -157,8 +161,15 @@ async def connection_open(
             headers=headers,
             runtime=runtime,
         )
+        if hook_info is not None:
+            info = hook_info
     holder = new_holder()
-    replaced = await runtime.presence.acquire(channel, parsed_client_id, holder, replace=_replaces(runtime))
+    member = Member(parsed_client_id, transport, utc_timestamp(), info) if channel.presence else None
+    replaced = await runtime.presence.acquire(
+        channel, parsed_client_id, holder, replace=_replaces(runtime), member=member
+    )
+    if member is not None:
+        runtime.presence_events.note(channel.id, JOIN, parsed_client_id, info)
     if runtime.http_hooks is not None:
         await runtime.http_hooks.member_joined(runtime.presence, channel, parsed_client_id)
     runtime.stats.incr(f"connections_opened_{transport.lower()}")
@@ -226,6 +237,11 @@ async def subscription_start(*, connection: Connection, subscription: Subscripti
     ):
         # Replaced before the hub joined the channel's group, so the hub missed the close.
         raise client_id_replaced(connection.channel.id, connection.client_id)
+    if connection.channel.presence:
+        # Who is already here, as joins, so that a subscriber's list starts complete.
+        members, _ = await runtime.presence.members(connection.channel.id, limit=PRESENCE_SNAPSHOT_LIMIT)
+        for member in members:
+            subscription.send_control({"control": JOIN, "clientId": member.client_id, "info": member.info})
     replay = None
     if connection.position is not None:
         replay = await runtime.history.since(connection.channel, connection.position)
@@ -239,7 +255,9 @@ async def connection_close(*, connection: Connection, subscription: Subscription
     (nothing waits for them); called once per connection."""
     if subscription is not None:
         await runtime.hub.unsubscribe(subscription)
-    await runtime.presence.release(connection.channel.id, connection.client_id, connection.holder)
+    released = await runtime.presence.release(connection.channel.id, connection.client_id, connection.holder)
+    if released and connection.channel.presence:
+        runtime.presence_events.note(connection.channel.id, LEAVE, connection.client_id, connection.info)
     if runtime.http_hooks is not None:
         await runtime.http_hooks.member_left(runtime.presence, connection.channel, connection.client_id)
     logger.info("subscriber %s left channel %s", connection.client_id, connection.channel.id)

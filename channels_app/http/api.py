@@ -26,7 +26,7 @@ from ..jsoncodec import json_parse, payload_of
 from ..messages import JSON, payload_format_parse, position_parse
 from ..naming import SERVER_CLIENT_ID, client_id_parse
 from ..state.idempotency import MAX_KEY_LENGTH
-from ..tokens import DEFAULT_TTL_SECONDS, token_mint
+from ..tokens import DEFAULT_TTL_SECONDS, token_info_check, token_mint
 from .auth import WWW_AUTHENTICATE, api_key_check
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ MAX_BATCH_MESSAGES = 100
 # Room for the "#<index>" each item's key gets.
 BATCH_KEY_MAX_LENGTH = MAX_KEY_LENGTH - len(f"#{MAX_BATCH_MESSAGES - 1}")
 MAX_HISTORY_PAGE = 1000
+MAX_PRESENCE_PAGE = 1000
 # The create body's whole-number fields (see whole_numbers).
 _CHANNEL_WHOLE_NUMBERS = tuple(field.api for field in CREATE_FIELDS if field.kind == "int")
 
@@ -281,6 +282,38 @@ async def _history(request: HttpRequest, channel: str) -> JsonResponse:
     )
 
 
+def presence_disabled(channel_id: str) -> ApplicationError:
+    """Presence asked of a channel that does not track it (409)."""
+    return ApplicationError(
+        "presence_disabled",
+        f"Channel {channel_id!r} does not track presence: set presence: true on it (YAML, API or admin).",
+        status=409,
+    )
+
+
+@api_endpoint("GET")
+async def channel_presence(request: HttpRequest, channel: str):
+    """``GET /api/v1/channels/<channel>/presence``: who is connected, cluster-wide, by clientId, paged."""
+    runtime = request.realtime
+    channel_info = await runtime.registry.resolve(channel)
+    if not channel_info.presence:
+        raise presence_disabled(channel_info.id)
+    limit_raw = request.GET.get("limit", str(MAX_PRESENCE_PAGE))
+    if not (limit_raw.isascii() and limit_raw.isdigit()) or not 1 <= int(limit_raw) <= MAX_PRESENCE_PAGE:
+        raise bad_request(f"limit must be a whole number from 1 to {MAX_PRESENCE_PAGE}.", field="limit")
+    cursor = request.GET.get("cursor", "")
+    count = await runtime.presence.count(channel_info.id)
+    members, more = await runtime.presence.members(channel_info.id, after=cursor, limit=int(limit_raw))
+    return JsonResponse(
+        {
+            "channelId": channel_info.id,
+            "count": count,
+            "clients": [member.as_wire() for member in members],
+            "next": members[-1].client_id if more and members else None,
+        }
+    )
+
+
 @api_endpoint("POST")
 async def tokens_create(request: HttpRequest):
     """``POST /api/v1/tokens``: mint a subscriber token for a private channel."""
@@ -295,7 +328,9 @@ async def tokens_create(request: HttpRequest):
     publish = body.get("publish", False)
     if not isinstance(publish, bool):
         raise bad_request("publish must be true or false.", field="publish")
-    token = token_mint(channel_id=channel.id, client_id=client_id, ttl=ttl, can_publish=publish)
-    return JsonResponse(
-        {"token": token, "channelId": channel.id, "clientId": client_id, "ttl": ttl, "publish": publish}, status=201
-    )
+    info = token_info_check(body.get("info"))
+    token = token_mint(channel_id=channel.id, client_id=client_id, ttl=ttl, can_publish=publish, info=info)
+    answer = {"token": token, "channelId": channel.id, "clientId": client_id, "ttl": ttl, "publish": publish}
+    if info is not None:
+        answer["info"] = info
+    return JsonResponse(answer, status=201)

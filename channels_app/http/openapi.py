@@ -18,9 +18,16 @@ from ..identity import IDENTIFIER_JSON_PATTERN
 from ..messages import PAYLOAD_FORMATS, POSITION_JSON_PATTERN
 from ..naming import CLIENT_ID_JSON_PATTERN, SERVER_CLIENT_ID
 from ..state.idempotency import IDEMPOTENCY_WINDOW_SECONDS, MAX_KEY_LENGTH
-from ..tokens import MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from ..tokens import MAX_INFO_BYTES, MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from . import openapi_examples as examples
-from .api import BATCH_KEY_MAX_LENGTH, MAX_BATCH_MESSAGES, MAX_HISTORY_PAGE, api_endpoint
+from .api import (
+    BATCH_KEY_MAX_LENGTH,
+    MAX_BATCH_MESSAGES,
+    MAX_HISTORY_PAGE,
+    MAX_PRESENCE_PAGE,
+    api_endpoint,
+    presence_disabled,
+)
 
 
 def _ref(name: str) -> dict:
@@ -124,6 +131,7 @@ _TAGS = [
     {"name": "Messages", "description": "Publish, one message or many, and read a channel's recent history."},
     {"name": "Channels", "description": "List, create and delete channels."},
     {"name": "Subscribing", "description": "The channel URL itself: WebSocket, event stream, or a description."},
+    {"name": "Presence", "description": "Who is connected to a channel with presence: true."},
     {"name": "Tokens", "description": "Tokens that let a client subscribe to a private channel."},
     {"name": "Document", "description": "This description of the API."},
 ]
@@ -313,6 +321,69 @@ def _document() -> dict:
                 },
             },
         },
+        "/api/v1/channels/{channel}/presence": {
+            "parameters": [_CHANNEL_PARAMETER],
+            "get": {
+                "summary": "List who is connected (a channel with presence: true), across every instance",
+                "tags": ["Presence"],
+                "security": _BEARER,
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": f"Clients per page (default and most: {MAX_PRESENCE_PAGE}).",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PRESENCE_PAGE},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "description": "The next of the previous page: clients are listed by clientId, after this one.",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": _json(
+                        _object(
+                            {
+                                "channelId": {"type": "string"},
+                                "count": {"type": "integer"},
+                                "clients": {
+                                    "type": "array",
+                                    "items": _object(
+                                        {
+                                            "clientId": {"type": "string"},
+                                            "transport": {"type": ["string", "null"], "enum": ["WS", "SSE", None]},
+                                            "connectedAt": {"type": ["string", "null"]},
+                                            "info": {"type": ["object", "null"]},
+                                        }
+                                    ),
+                                },
+                                "next": {"type": ["string", "null"]},
+                            }
+                        ),
+                        "The connected clients, by clientId; next is the cursor of the next page (null: none).",
+                        {
+                            "members": {
+                                "value": {
+                                    "channelId": "chat",
+                                    "count": 1,
+                                    "clients": [
+                                        {
+                                            "clientId": "alice",
+                                            "transport": "WS",
+                                            "connectedAt": "2026-12-04T20:00:00.000Z",
+                                            "info": {"name": "Alice"},
+                                        }
+                                    ],
+                                    "next": None,
+                                }
+                            }
+                        },
+                    ),
+                    **_errors(400, 401, 404, 409, specific={409: presence_disabled("chat").as_dict()}),
+                },
+            },
+        },
         "/api/v1/messages": {
             "post": {
                 "summary": f"Publish to many channels in one request (at most {MAX_BATCH_MESSAGES} messages)",
@@ -375,6 +446,11 @@ def _document() -> dict:
                             "clientId": {"type": "string"},
                             "ttl": {"type": "integer", "minimum": MIN_TTL_SECONDS, "maximum": MAX_TTL_SECONDS},
                             "publish": {"type": "boolean"},
+                            "info": {
+                                "type": "object",
+                                "description": "What presence shows about the subscriber (a display name, say): "
+                                f"a JSON object of at most {MAX_INFO_BYTES} bytes, signed into the token.",
+                            },
                         },
                         required=["channel"],
                     ),
@@ -389,6 +465,7 @@ def _document() -> dict:
                                 "clientId": {"type": "string"},
                                 "ttl": {"type": "integer"},
                                 "publish": {"type": "boolean"},
+                                "info": {"type": "object"},
                             }
                         ),
                         "The token.",

@@ -15,6 +15,7 @@ api_urlpatterns = [
     path("api/v1/channels", api.channels_collection, name="channels"),
     path("api/v1/channels/<str:channel>", api.channel_item, name="channel"),
     path("api/v1/channels/<str:channel>/messages", api.channel_messages, name="channel-messages"),
+    path("api/v1/channels/<str:channel>/presence", api.channel_presence, name="channel-presence"),
     path("api/v1/messages", api.messages_push_batch, name="messages"),
     path("api/v1/tokens", api.tokens_create, name="tokens"),
 ]

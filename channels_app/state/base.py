@@ -4,12 +4,13 @@ instance) and a Redis one (shared by every instance), held to one contract by th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from ..channel import ChannelInfo
 from ..messages import Message, Position
 from .history import Draft, Recorded, Replay
+from .presence import Member
 
 
 class History(Protocol):
@@ -37,11 +38,20 @@ class History(Protocol):
 class Presence(Protocol):
     """Connection slots: ``max_of_channel_connections`` and one connection per clientId."""
 
-    async def acquire(self, channel: ChannelInfo, client_id: str, holder: str, *, replace: bool = False) -> str | None:
-        """Take a slot for ``client_id`` (or, with ``replace``, its live one, returning the old holder)."""
+    # Called with a channel id and the members whose slots' leases ran out, when a sweep removes them.
+    on_expired: Callable[[str, list[Member]], None] | None
 
-    async def release(self, channel_id: str, client_id: str, holder: str) -> None:
-        """Give the slot back if ``holder`` still has it."""
+    async def acquire(
+        self, channel: ChannelInfo, client_id: str, holder: str, *, replace: bool = False, member: Member | None = None
+    ) -> str | None:
+        """Take a slot for ``client_id`` (or, with ``replace``, its live one, returning the old holder),
+        keeping ``member`` (a presence channel's details of the connection) with it."""
+
+    async def release(self, channel_id: str, client_id: str, holder: str) -> bool:
+        """Give the slot (and its member) back if ``holder`` still has it; whether it did."""
+
+    async def members(self, channel_id: str, *, after: str = "", limit: int) -> tuple[list[Member], bool]:
+        """Live slots' members sorted by clientId, up to ``limit`` after ``after``, and whether more follow."""
 
     async def holds(self, channel_id: str, client_id: str, holder: str) -> bool:
         """Whether ``holder`` still has the slot of ``client_id``."""

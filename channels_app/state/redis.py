@@ -1,4 +1,5 @@
-"""Cluster-wide state for the REDIS driver: history, connection slots and idempotency keys.
+"""Cluster-wide state for the REDIS driver: history, idempotency keys, the shared client and the
+key layout (connection slots and presence members: ``state/redis_presence.py``).
 
 Same interfaces as the in-memory classes (``MemoryHistory``, ``MemoryPresence``), so the realtime
 path does not know which driver runs. Every instance talks to one bounded connection pool; each
@@ -19,14 +20,14 @@ Keys (``<prefix>`` is ``pubsub.redis.prefix``; ``{id}`` keeps a channel's keys i
   (``REALTIME_PRESENCE_LEASE_SECONDS``, default 30 s).
 - ``<prefix>:ph:{id}``: a hash from each connected clientId to its connection's holder token, so
   that only that connection releases or renews the slot (``server.duplicate_client_id``).
+- ``<prefix>:pm:{id}``: on a ``presence: true`` channel, a hash from each connected clientId to its
+  member's transport, connectedAt and info (JSON), written, swept and removed with its slot.
 - ``<prefix>:idem:{id}:<incarnation>:<key>``: the receipt of a push made with an ``Idempotency-Key``,
   written by the same script that records the message (24 h).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import functools
 import json
 import logging
@@ -39,7 +40,7 @@ from redis.exceptions import NoScriptError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from ..channel import ChannelInfo
-from ..errors import ApplicationError, channel_full, client_id_taken, publish_outcome_unknown
+from ..errors import ApplicationError, publish_outcome_unknown
 from ..messages import JSON, TEXT, Message, Position, utc_timestamp
 from ..stats import Stats
 from .history import Draft, Recorded, Replay, Replayed, new_epoch, replay_after
@@ -62,7 +63,7 @@ def redis_unavailable(exc: Exception, *, publishing: bool = False) -> Applicatio
     )
 
 
-def _translating_redis_errors(method):
+def translating_redis_errors(method):
     """Turn a Redis failure into ``redis_unavailable`` (503 / 4503) and count it."""
 
     @functools.wraps(method)
@@ -98,7 +99,9 @@ def redis_client(config) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-class _Keys:
+class Keys:
+    """The Redis keys of one deployment (``pubsub.redis.prefix``), as listed above."""
+
     def __init__(self, prefix: str):
         self.prefix = prefix
 
@@ -122,6 +125,9 @@ class _Keys:
 
     def presence_holders(self, channel_id: str) -> str:
         return f"{self.prefix}:ph:{{{channel_id}}}"
+
+    def presence_members(self, channel_id: str) -> str:
+        return f"{self.prefix}:pm:{{{channel_id}}}"
 
 
 # Stamping and recording are one atomic step, so offsets are gapless and history never lags them;
@@ -195,70 +201,6 @@ redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
 return results
 """
 
-# KEYS: the channel's slots (clientId -> lease expiry) and holders (clientId -> holder token).
-# ARGV: now, clientId, max connections, lease expiry, key expiry, holder, "replace" or "refuse".
-# Expired slots (an instance that died) go first, a bounded number per call; the rest are not
-# counted (ZCOUNT above now) and go on later calls.
-_ACQUIRE = """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 256)
-if #expired > 0 then
-  redis.call('ZREM', KEYS[1], unpack(expired))
-  redis.call('HDEL', KEYS[2], unpack(expired))
-end
-local previous = false
-local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if score and tonumber(score) > tonumber(ARGV[1]) then
-  if ARGV[7] ~= 'replace' then
-    return {'taken'}
-  end
-  previous = redis.call('HGET', KEYS[2], ARGV[2]) or ''
-elseif redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf') >= tonumber(ARGV[3]) then
-  return {'full'}
-end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[6])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
-if previous then
-  return {'replaced', previous}
-end
-return {'ok'}
-"""
-
-# Removes a slot only while it carries the holder's token: a replaced connection's late release
-# leaves its successor's slot alone. ARGV: clientId, holder.
-_RELEASE = """
-if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  return redis.call('ZREM', KEYS[1], ARGV[1])
-end
-return 0
-"""
-
-# Extends the leases of this instance's slots on one channel. A slot still carrying its holder's
-# token is renewed; one that is gone entirely (Redis restarted, or it expired while Redis was
-# away) is put back, so it counts against the limit again; one another connection took over
-# (``replace``) is left to it and returned. ARGV: lease expiry, key expiry, then clientId and
-# holder of each.
-_RENEW = """
-local taken = {}
-for i = 3, #ARGV, 2 do
-  local owner = redis.call('HGET', KEYS[2], ARGV[i])
-  if owner == ARGV[i + 1] or (not owner and not redis.call('ZSCORE', KEYS[1], ARGV[i])) then
-    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  elseif owner then
-    table.insert(taken, ARGV[i])
-  end
-end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
-return taken
-"""
-
-# Slots renewed per script call: a renewal holds Redis for the whole call.
-RENEWALS_PER_CALL = 500
-
 
 class RedisHistory:
     """Per-channel history shared by every instance."""
@@ -266,7 +208,7 @@ class RedisHistory:
     def __init__(self, client: redis.Redis, prefix: str, *, stats: Stats | None = None, clock=time.time):
         self._redis = client
         self._stats = stats or Stats()
-        self._keys = _Keys(prefix)
+        self._keys = Keys(prefix)
         self._append = client.register_script(_APPEND)
         self._clock = clock
 
@@ -415,31 +357,31 @@ class RedisHistory:
             )
         return epoch, int(seq or 0), messages
 
-    @_translating_redis_errors
+    @translating_redis_errors
     async def since(self, channel: ChannelInfo, position: Position) -> Replay:
         """Messages after ``position``, oldest first, with a ``Gap`` when some are gone."""
         epoch, head, held = await self._state(channel)
         return replay_after(position, held=held, epoch=epoch, head=head)
 
-    @_translating_redis_errors
+    @translating_redis_errors
     async def between(self, channel: ChannelInfo, first: int, last: int) -> list[Message]:
         """Messages with ``first <= offset <= last`` still held."""
         _, _, held = await self._state(channel, first)
         return [message for message in held if message.offset <= last]
 
-    @_translating_redis_errors
+    @translating_redis_errors
     async def find(self, channel: ChannelInfo, message_ids: Sequence[str]) -> list[Message]:
         """The messages with these ids still held, oldest first."""
         wanted = set(message_ids)
         _, _, held = await self._state(channel)
         return [message for message in held if message.id in wanted]
 
-    @_translating_redis_errors
+    @translating_redis_errors
     async def head(self, channel_id: str) -> int:
         """The offset of the newest message published on the channel (0 when none)."""
         return int(await self._redis.get(self._keys.seq(channel_id)) or 0)
 
-    @_translating_redis_errors
+    @translating_redis_errors
     async def forget(self, channel_id: str) -> None:
         """Drop a deleted channel's history (a later channel with the same id gets a new epoch)."""
         await self._redis.delete(
@@ -464,141 +406,3 @@ async def _evalsha(connection, script, keys: list[str], args: list):
         # Nothing ran: the script is sent whole, and Redis caches it for the next EVALSHA.
         await connection.send_command("EVAL", script.script, len(keys), *keys, *args, check_health=False)
         return await connection.read_response()
-
-
-class RedisPresence:
-    """Connection slots counted across every instance, with leases renewed by their holders."""
-
-    def __init__(
-        self, client: redis.Redis, prefix: str, *, lease: float = 30.0, stats: Stats | None = None, clock=time.time
-    ):
-        self._redis = client
-        self._stats = stats or Stats()
-        self._keys = _Keys(prefix)
-        self._lease = lease
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
-        self._renew = client.register_script(_RENEW)
-        self._clock = clock
-        # (channel id, clientId) -> holder, for the connections this instance holds.
-        self._held: dict[tuple[str, str], str] = {}
-        self._renewal: asyncio.Task | None = None
-
-    def _slot_keys(self, channel_id: str) -> list[str]:
-        return [self._keys.presence(channel_id), self._keys.presence_holders(channel_id)]
-
-    @_translating_redis_errors
-    async def acquire(self, channel: ChannelInfo, client_id: str, holder: str, *, replace: bool = False) -> str | None:
-        """Take a cluster-wide slot; refuse when the channel is full or the id is connected anywhere,
-        unless ``replace``: then take the id's slot and return the holder it had."""
-        now = self._clock()
-        outcome = await self._acquire(
-            keys=self._slot_keys(channel.id),
-            args=[
-                repr(now),
-                client_id,
-                channel.max_connections,
-                repr(now + self._lease),
-                int(self._lease * 4) + 1,
-                holder,
-                "replace" if replace else "refuse",
-            ],
-        )
-        outcome = [part.decode() if isinstance(part, bytes) else part for part in outcome]
-        if outcome[0] == "taken":
-            raise client_id_taken(channel.id, client_id)
-        if outcome[0] == "full":
-            raise channel_full(channel.id, channel.max_connections)
-        self._held[(channel.id, client_id)] = holder
-        self._ensure_renewal()
-        return outcome[1] if outcome[0] == "replaced" else None
-
-    async def release(self, channel_id: str, client_id: str, holder: str) -> None:
-        """Give the slot back if ``holder`` still has it; if Redis is away the lease simply runs out."""
-        if self._held.get((channel_id, client_id)) == holder:
-            del self._held[(channel_id, client_id)]
-        try:
-            await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder])
-        except redis.RedisError:
-            logger.warning(
-                "could not release slot of %s on %s; its lease expires in %ss", client_id, channel_id, self._lease
-            )
-
-    @_translating_redis_errors
-    async def holds(self, channel_id: str, client_id: str, holder: str) -> bool:
-        """Whether ``holder`` still has the slot of ``client_id`` (it was not replaced)."""
-        owner = await self._redis.hget(self._keys.presence_holders(channel_id), client_id)
-        return owner is not None and owner.decode() == holder
-
-    @_translating_redis_errors
-    async def contains(self, channel_id: str, client_id: str) -> bool:
-        """Whether ``client_id`` holds a live slot on the channel on any instance."""
-        score = await self._redis.zscore(self._keys.presence(channel_id), client_id)
-        return score is not None and score > self._clock()
-
-    @_translating_redis_errors
-    async def count(self, channel_id: str) -> int:
-        """Live connections on one channel across every instance."""
-        return await self._redis.zcount(self._keys.presence(channel_id), f"({self._clock()!r}", "+inf")
-
-    @_translating_redis_errors
-    async def counts(self, channel_ids=None) -> dict[str, int]:
-        """Live connections per channel id across every instance."""
-        if channel_ids is None:
-            channel_ids = sorted({channel_id for channel_id, _ in self._held})
-        channel_ids = list(channel_ids)
-        now = f"({self._clock()!r}"
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for channel_id in channel_ids:
-                pipe.zcount(self._keys.presence(channel_id), now, "+inf")
-            results = await pipe.execute()
-        return {channel_id: count for channel_id, count in zip(channel_ids, results, strict=True) if count}
-
-    def _ensure_renewal(self) -> None:
-        if self._renewal is None or self._renewal.done():
-            self._renewal = asyncio.create_task(
-                self._renew_forever(), name="realtime-presence-renewal", context=contextvars.Context()
-            )
-
-    async def _renew_forever(self) -> None:
-        while self._held:
-            await asyncio.sleep(self._lease / 3)
-            try:
-                await self.renew()
-            except Exception:
-                # Keep renewing: a Redis outage shorter than the lease costs no connection its slot.
-                logger.exception("could not renew connection leases")
-
-    @_translating_redis_errors
-    async def renew(self) -> None:
-        """Extend the leases of every connection this instance holds.
-
-        Slots lost in a Redis restart are put back, so they count against the limit again. Slots
-        another connection took over (``replace``) are not, and are forgotten here, so that they
-        are not put back once their new holder leaves. A slot released while the renewal was in
-        flight may have been put back too; such slots are released again at once.
-        """
-        held = dict(self._held)
-        if not held:
-            return
-        by_channel: dict[str, list[str]] = {}
-        for (channel_id, client_id), holder in held.items():
-            by_channel.setdefault(channel_id, []).extend((client_id, holder))
-        calls: list[str] = []
-        expiry = repr(self._clock() + self._lease)
-        key_expiry = int(self._lease * 4) + 1
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for channel_id, pairs in by_channel.items():
-                for start in range(0, len(pairs), 2 * RENEWALS_PER_CALL):
-                    chunk = pairs[start : start + 2 * RENEWALS_PER_CALL]
-                    await self._renew(keys=self._slot_keys(channel_id), args=[expiry, key_expiry, *chunk], client=pipe)
-                    calls.append(channel_id)
-            results = await pipe.execute()
-        for channel_id, taken in zip(calls, results, strict=True):
-            for client_id in taken:
-                key = (channel_id, client_id.decode())
-                if self._held.get(key) == held[key]:
-                    del self._held[key]
-        for (channel_id, client_id), holder in held.items():
-            if self._held.get((channel_id, client_id)) != holder:
-                await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder])

@@ -55,7 +55,8 @@ ENCODERS = {TEXT: encode_event, JSON: encode_event_json}
 
 def encode_control(body: dict) -> tuple[bytes, int]:
     """A control object as an SSE event named after its ``control`` field."""
-    event = "gap" if body.get("control") == "gap" else "stream-error"
+    control = body.get("control")
+    event = control if control in ("gap", "join", "leave") else "stream-error"
     frame = sse_encode_event(event, json.dumps(body, separators=(",", ":"))).encode("utf-8")
     return frame, len(frame)
 

@@ -70,7 +70,7 @@ ENCODERS = {TEXT: encode_frame, JSON: encode_frame_json}
 
 
 def encode_control(body: dict) -> tuple[str, int]:
-    """A control object (gap, error, close) as one WebSocket text frame, and its size in bytes."""
+    """A control object (gap, join, leave, error, close) as one WebSocket text frame, and its size in bytes."""
     text = json.dumps(body, separators=(",", ":"))
     return text, len(text.encode("utf-8"))
 

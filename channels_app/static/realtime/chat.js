@@ -101,6 +101,21 @@
     unavailable.textContent = canSend ? "" : subscription ? " Waiting for the connection…" : " Join a channel first.";
   }
 
+  // Who is online (a channel with presence: true): clientId -> info, from join and leave.
+  const online = new Map();
+  const onlineList = document.getElementById("online");
+  const onlineEmpty = document.getElementById("online-empty");
+
+  function renderOnline() {
+    const names = [...online.keys()].sort().map((id) => {
+      const info = online.get(id);
+      const name = info && typeof info.name === "string" ? info.name : senderName(id);
+      return element("li", { text: id === clientId ? `${name} (you)` : name });
+    });
+    onlineList.replaceChildren(...names);
+    onlineEmpty.hidden = names.length > 0;
+  }
+
   function join() {
     const name = sanitizeName(nameInput.value.trim());
     if (!name) {
@@ -136,8 +151,22 @@
     const current = subscription;
     current.on("message", renderMessage);
     current.on("gap", renderGap);
+    online.clear();
+    renderOnline();
+    current.on("join", (member) => {
+      online.set(member.clientId, member.info);
+      renderOnline();
+    });
+    current.on("leave", (member) => {
+      online.delete(member.clientId);
+      renderOnline();
+    });
     current.on("status", (detail) => {
       if (current !== subscription) return;
+      if (detail.state !== "open") {
+        online.clear();
+        renderOnline();
+      }
       if (detail.state === "closed") {
         subscription = null;
         setJoined(false);

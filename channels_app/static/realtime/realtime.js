@@ -94,7 +94,8 @@
       queueMicrotask(() => this._open());
     }
 
-    /** Listen to "message", "status", "error" or "gap"; returns a function that stops listening. */
+    /** Listen to "message", "status", "error", "gap", or on a presence channel "join" and "leave"
+     * ({clientId, info}); returns a function that stops listening. */
     on(type, handler) {
       if (!this._handlers.has(type)) this._handlers.set(type, new Set());
       this._handlers.get(type).add(handler);
@@ -271,6 +272,7 @@
         }
         if (data && typeof data.control === "string") {
           if (data.control === "gap") this._gap(data);
+          else if (data.control === "join" || data.control === "leave") this._emit(data.control, { clientId: data.clientId, info: data.info ?? null });
           else if (data.control === "close") closing = data;
           else this._emit("error", { code: data.code ?? null, error: data.error || null, message: data.message || describe(data.code), description: describe(data.code, data.error), permanent: false });
           return;
@@ -311,6 +313,12 @@
         this._deliver(data, positionOf(data) || event.lastEventId || null);
       });
       source.addEventListener("gap", (event) => this._gap(JSON.parse(event.data)));
+      for (const control of ["join", "leave"]) {
+        source.addEventListener(control, (event) => {
+          const body = JSON.parse(event.data);
+          this._emit(control, { clientId: body.clientId, info: body.info ?? null });
+        });
+      }
       source.addEventListener("stream-error", (event) => {
         const body = JSON.parse(event.data);
         if (body.control === "close" && this._refused(body)) this._stop({ code: body.code, reason: describe(body.code, body.error), refused: true });

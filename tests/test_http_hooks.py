@@ -138,20 +138,22 @@ def backend():
     server.server_close()
 
 
-def hooks_config(backend: Backend) -> str:
+def hooks_config(backend: Backend, **server: object) -> str:
     return memory_config(
+        **server,
         hooks={
             "connect_url": f"{backend.url}/connect",
             "publish_url": f"{backend.url}/publish",
             "events_url": f"{backend.url}/events",
             "timeout": HOOK_TIMEOUT,
-        }
+        },
     ) + (
         '\n  room: {id: "room-1", type: "WS"}'
         '\n  talk: {id: "talk-1", type: "WS"}'
         '\n  watched: {id: "watched-1", type: "WS"}'
         '\n  retried: {id: "retried-1", type: "WS"}'
         '\n  drained: {id: "drained-1", type: "WS"}'
+        '\n  replaced: {id: "replaced-1", type: "WS"}'
         '\n  feed: {id: "feed-1", type: "SSE"}\n'
     )
 
@@ -412,5 +414,24 @@ async def test_a_draining_instance_sends_its_last_events_before_it_exits(backend
         ("channel_occupied", None),
         ("member_added", "last"),
         ("member_removed", "last"),
+        ("channel_vacated", None),
+    ]
+
+
+async def test_a_connection_replacing_its_client_id_continues_the_same_member(backend, start_server):
+    """``duplicate_client_id: replace``: the new connection takes the old one's slot, so the backend hears of
+    one member_added and one member_removed, not a second join and a leave of a member still there."""
+    config = hooks_config(backend, duplicate_client_id="replace")
+    live = start_server(config_text=config, env={"REALTIME_HOOKS_SECRET": SECRET})
+    async with websockets.connect(live.channel_url("replaced-1", clientId="same")) as old:
+        await wait_until(lambda: len(backend.events("replaced-1")) == 2, within=10)
+        async with websockets.connect(live.channel_url("replaced-1", clientId="same")):
+            _, code = await closed_with(old)
+            assert code == 4001
+        await wait_until(lambda: len(backend.events("replaced-1")) >= 4, within=10)
+    assert backend.events("replaced-1") == [
+        ("channel_occupied", None),
+        ("member_added", "same"),
+        ("member_removed", "same"),
         ("channel_vacated", None),
     ]

@@ -170,7 +170,8 @@ async def connection_open(
     )
     if member is not None:
         runtime.presence_events.note(channel.id, JOIN, parsed_client_id, info)
-    if runtime.http_hooks is not None:
+    if runtime.http_hooks is not None and replaced is None:
+        # A replacement continues the same member: no second member_added.
         await runtime.http_hooks.member_joined(runtime.presence, channel, parsed_client_id)
     runtime.stats.incr(f"connections_opened_{transport.lower()}")
     logger.info("%s subscriber %s joined channel %s", transport, parsed_client_id, channel.id)
@@ -258,7 +259,7 @@ async def connection_close(*, connection: Connection, subscription: Subscription
     released = await runtime.presence.release(connection.channel.id, connection.client_id, connection.holder)
     if released and connection.channel.presence:
         runtime.presence_events.note(connection.channel.id, LEAVE, connection.client_id, connection.info)
-    if runtime.http_hooks is not None:
+    if released and runtime.http_hooks is not None:
         await runtime.http_hooks.member_left(runtime.presence, connection.channel, connection.client_id)
     logger.info("subscriber %s left channel %s", connection.client_id, connection.channel.id)
     if runtime.hooks.on_disconnect:

@@ -25,15 +25,16 @@ from .redis import Keys, translating_redis_errors
 
 logger = logging.getLogger(__name__)
 
-# KEYS: the channel's slots (clientId -> lease expiry), holders (clientId -> holder token) and
-# members (clientId -> a presence channel's Member as JSON). ARGV: now, clientId, max connections,
-# lease expiry, key expiry, holder, "replace" or "refuse", the Member's JSON ('' when none).
-# Returns the outcome, the replaced holder, and the clientId and JSON of each member swept.
-# Expired slots (an instance that died) go first, a bounded number per call; the rest are not
-# counted (ZCOUNT above now) and go on later calls.
-_ACQUIRE = """
+
+def _sweep_expired(*, now: str) -> str:
+    """Lua that removes up to 256 slots whose lease ended before ``now`` (an ARGV reference) and
+    collects each swept member's clientId and JSON in ``swept``: the start of both scripts below."""
+    return (
+        """
 local swept = {}
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 256)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', """
+        + now
+        + """, 'LIMIT', 0, 256)
 if #expired > 0 then
   local details = redis.call('HMGET', KEYS[3], unpack(expired))
   for i = 1, #expired do
@@ -45,7 +46,19 @@ if #expired > 0 then
   redis.call('ZREM', KEYS[1], unpack(expired))
   redis.call('HDEL', KEYS[2], unpack(expired))
   redis.call('HDEL', KEYS[3], unpack(expired))
-end
+end"""
+    )
+
+
+# KEYS: the channel's slots (clientId -> lease expiry), holders (clientId -> holder token) and
+# members (clientId -> a presence channel's Member as JSON). ARGV: now, clientId, max connections,
+# lease expiry, key expiry, holder, "replace" or "refuse", the Member's JSON ('' when none).
+# Returns the outcome, the replaced holder, and the clientId and JSON of each member swept.
+# Expired slots (an instance that died) go first, a bounded number per call; the rest are not
+# counted (ZCOUNT above now) and go on later calls.
+_ACQUIRE = (
+    _sweep_expired(now="ARGV[1]")
+    + """
 local previous = ''
 local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
 if score and tonumber(score) > tonumber(ARGV[1]) then
@@ -71,6 +84,7 @@ if score and tonumber(score) > tonumber(ARGV[1]) then
 end
 return {'ok', '', swept}
 """
+)
 
 # Removes a slot only while it carries the holder's token: a replaced connection's late release
 # leaves its successor's slot alone. ARGV: clientId, holder.
@@ -88,22 +102,10 @@ return 0
 # away) is put back, so it counts against the limit again; one another connection took over
 # (``replace``) is left to it and returned; expired slots are swept, as by an acquire, and their
 # members returned. ARGV: lease expiry, key expiry, now, then clientId and holder of each.
-_RENEW = """
+_RENEW = (
+    _sweep_expired(now="ARGV[3]")
+    + """
 local taken = {}
-local swept = {}
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, 256)
-if #expired > 0 then
-  local details = redis.call('HMGET', KEYS[3], unpack(expired))
-  for i = 1, #expired do
-    if details[i] then
-      table.insert(swept, expired[i])
-      table.insert(swept, details[i])
-    end
-  end
-  redis.call('ZREM', KEYS[1], unpack(expired))
-  redis.call('HDEL', KEYS[2], unpack(expired))
-  redis.call('HDEL', KEYS[3], unpack(expired))
-end
 for i = 4, #ARGV, 2 do
   local owner = redis.call('HGET', KEYS[2], ARGV[i])
   if owner == ARGV[i + 1] or (not owner and not redis.call('ZSCORE', KEYS[1], ARGV[i])) then
@@ -120,6 +122,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
 end
 return {taken, swept}
 """
+)
 
 # Slots renewed per script call: a renewal holds Redis for the whole call.
 RENEWALS_PER_CALL = 500

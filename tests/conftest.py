@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
-from tests.support.configs import memory_config
+from tests.support.configs import memory_config, on_redis
 from tests.support.liveserver import SERVERS, LiveServer, started_servers
 
 POSTGRES_SERVER = "postgres://postgres@127.0.0.1:5432"
@@ -174,9 +174,7 @@ def redis_server(tmp_path_factory):
 
 def redis_config(url: str, *, prefix: str = "rt") -> str:
     """TEST_CONFIG with the REDIS driver pointed at ``url``."""
-    return TEST_CONFIG.replace(
-        'driver: "MEMORY"', f'driver: "REDIS"\n  redis:\n    url: "{url}"\n    prefix: "{prefix}"'
-    )
+    return on_redis(TEST_CONFIG, url, prefix=prefix)
 
 
 def psql(*args: str) -> subprocess.CompletedProcess:

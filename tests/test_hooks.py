@@ -20,6 +20,7 @@ from channels_app.channel import ChannelInfo
 from tests.support.clients import closed_with, connected, open_stream, opened, recv_json
 from tests.support.configs import memory_config
 from tests.support.documents import code_blocks
+from tests.support.liveserver import served_by
 from tests.support.processes import ROOT, base_environment, manage
 from tests.support.waiting import wait_until
 
@@ -130,19 +131,7 @@ def server(request, start_module_server, tmp_path_factory):
         "REALTIME_HOOK_TIMEOUT_SECONDS": str(HOOK_TIMEOUT),
     }
     manage("migrate", "--noinput", env=base_environment(DATABASE_URL=f"sqlite:///{database}", **env))
-    if request.param == "memory":
-        yield start_module_server(CONFIG, env=env, database_path=database)
-        return
-    from tests.support.redisserver import RedisServer
-
-    redis_server = RedisServer.start(tmp_path_factory.mktemp("redis"))
-    config = CONFIG.replace('driver: "MEMORY"', f'driver: "REDIS"\n  redis:\n    url: "{redis_server.url}"')
-    live = start_module_server(config, env=env, database_path=database)
-    try:
-        yield live
-    finally:
-        live.stop()
-        redis_server.stop()
+    yield from served_by(request.param, start_module_server, CONFIG, tmp_path_factory, env=env, database_path=database)
 
 
 def metrics(server) -> str:

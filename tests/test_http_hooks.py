@@ -25,6 +25,7 @@ from channels_app.stats import Stats
 from tests.support.clients import closed_with, open_stream, opened, recv_json
 from tests.support.configs import memory_config
 from tests.support.documents import code_blocks
+from tests.support.liveserver import served_by
 from tests.support.processes import ROOT, base_environment, manage
 from tests.support.waiting import wait_until
 
@@ -164,19 +165,7 @@ def server(request, backend, start_module_server, tmp_path_factory):
     config = hooks_config(backend)
     with backend.lock:
         backend.requests.clear()  # what the previous driver's server sent
-    if request.param == "memory":
-        yield start_module_server(config, env=env)
-        return
-    from tests.support.redisserver import RedisServer
-
-    redis_server = RedisServer.start(tmp_path_factory.mktemp("redis"))
-    config = config.replace('driver: "MEMORY"', f'driver: "REDIS"\n  redis:\n    url: "{redis_server.url}"')
-    live = start_module_server(config, env=env)
-    try:
-        yield live
-    finally:
-        live.stop()
-        redis_server.stop()
+    yield from served_by(request.param, start_module_server, config, tmp_path_factory, env=env)
 
 
 def metric(server, name: str, labels: str) -> float:

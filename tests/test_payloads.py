@@ -19,6 +19,7 @@ import websockets
 from tests.conftest import TEST_CONFIG
 from tests.support.auth import API_KEY, AUTH
 from tests.support.clients import open_stream, opened, recv_json
+from tests.support.liveserver import served_by
 
 CONFIG = """
 server:
@@ -57,20 +58,7 @@ AS_TEXT = [
 def server(request, start_module_server, tmp_path_factory):
     """One daphne per driver (REDIS on a private redis-server), serving CONFIG with an API key."""
     env = {"REALTIME_API_KEYS": API_KEY}
-    if request.param == "memory":
-        yield start_module_server(CONFIG, env=env)
-        return
-    from tests.support.redisserver import RedisServer
-
-    redis_server = RedisServer.start(tmp_path_factory.mktemp("redis"))
-    config = CONFIG.replace('driver: "MEMORY"', f'driver: "REDIS"\n  redis:\n    url: "{redis_server.url}"')
-    live = start_module_server(config, env=env)
-    live.redis = redis_server
-    try:
-        yield live
-    finally:
-        live.stop()
-        redis_server.stop()
+    yield from served_by(request.param, start_module_server, CONFIG, tmp_path_factory, env=env)
 
 
 def create_channel(server, kind: str, **fields) -> str:

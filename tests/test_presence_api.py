@@ -12,8 +12,8 @@ import websockets
 
 from tests.support.auth import API_KEY, AUTH
 from tests.support.clients import open_stream, opened, recv_json
-from tests.support.configs import memory_config
-from tests.support.liveserver import start_pair
+from tests.support.configs import memory_config, on_redis
+from tests.support.liveserver import served_by, start_pair
 from tests.support.waiting import wait_until
 
 SECRET = "a-token-secret-for-the-presence-tests-0123456789"
@@ -26,24 +26,9 @@ CONFIG = memory_config(allow_push_server_messages=True, allow_create_new_channel
 ENV = {"REALTIME_API_KEYS": API_KEY, "REALTIME_TOKEN_SECRET": SECRET}
 
 
-def redis_variant(config: str, url: str) -> str:
-    return config.replace('driver: "MEMORY"', f'driver: "REDIS"\n  redis:\n    url: "{url}"')
-
-
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def server(request, start_module_server, tmp_path_factory):
-    if request.param == "memory":
-        yield start_module_server(CONFIG, env=ENV)
-        return
-    from tests.support.redisserver import RedisServer
-
-    redis_server = RedisServer.start(tmp_path_factory.mktemp("redis"))
-    live = start_module_server(redis_variant(CONFIG, redis_server.url), env=ENV)
-    try:
-        yield live
-    finally:
-        live.stop()
-        redis_server.stop()
+    yield from served_by(request.param, start_module_server, CONFIG, tmp_path_factory, env=ENV)
 
 
 def presence(server, channel: str, **query) -> httpx.Response:
@@ -162,7 +147,7 @@ def test_a_channel_without_presence_sends_no_join_or_leave(server):
 
 
 def test_presence_across_two_instances_on_one_redis(start_server, redis_server):
-    first, second = start_pair(start_server, redis_variant(CONFIG, redis_server.url), env=ENV)
+    first, second = start_pair(start_server, on_redis(CONFIG, redis_server.url), env=ENV)
 
     async def scenario():
         async with websockets.connect(first.channel_url("room-1", clientId="on-first")) as watcher:

@@ -12,5 +12,11 @@ def memory_config(**server: object) -> str:
     return "\n".join([*lines, "pubsub:", '  driver: "MEMORY"', "channels:"])
 
 
+def on_redis(config_text: str, url: str, *, prefix: str | None = None) -> str:
+    """``config_text`` (from ``memory_config``) with the REDIS driver pointed at ``url``."""
+    redis = f'driver: "REDIS"\n  redis:\n    url: "{url}"' + (f'\n    prefix: "{prefix}"' if prefix else "")
+    return config_text.replace('driver: "MEMORY"', redis)
+
+
 # The channels of a server that needs one of each transport: append it to ``memory_config(...)``.
 CHAT_AND_FEED = '\n  chat: {id: "chat-1", type: "WS"}\n  feed: {id: "feed-1", type: "SSE"}\n'

@@ -20,7 +20,9 @@ from pathlib import Path
 import httpx
 
 from channels_app.config import load_config
+from tests.support.configs import on_redis
 from tests.support.processes import ROOT, base_environment, free_port, manage, stop_process
+from tests.support.redisserver import RedisServer
 
 _TEMPLATE_DB: Path | None = None
 
@@ -189,3 +191,20 @@ def start_pair(start, config_text: str, **options) -> tuple[LiveServer, LiveServ
     the database and syncs the channels, the second serves the same database as it is."""
     first = start(config_text, **options)
     return first, start(config_text, database_path=first.database_path, sync=False, **options)
+
+
+def served_by(driver: str, start, config_text: str, tmp_path_factory, **options):
+    """For a fixture parametrized ``"memory"`` / ``"redis"``: ``yield from served_by(request.param, start, ...)``
+    yields a server of ``config_text`` under that driver, REDIS on a private redis-server (``server.redis``),
+    both stopped when the fixture ends."""
+    if driver == "memory":
+        yield start(config_text, **options)
+        return
+    redis_server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    live = start(on_redis(config_text, redis_server.url), **options)
+    live.redis = redis_server
+    try:
+        yield live
+    finally:
+        live.stop()
+        redis_server.stop()

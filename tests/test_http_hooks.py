@@ -120,6 +120,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(500, {"allow": True})
         if verb == "garbage":
             return self.answer(200, b"<html>not json</html>")
+        if verb == "huge":  # valid, but past what the service reads (6 x max_message_size + 64 KiB)
+            return self.answer(200, {"allow": True, "padding": "x" * 1_000_000})
         if verb == "badcode":
             return self.answer(200, {"allow": False, "code": 403})
         if verb == "info":
@@ -282,13 +284,13 @@ async def test_connect_url_admits_refuses_times_out_and_fails_over_websocket(ser
     assert body == {"control": "close", "code": 4451, "error": "hook_rejected", "message": "no entry"}
     body, code = await refused(server, "room-1", "slow-ws")
     assert (code, body["error"], body["hook"], body["reason"]) == (4500, "hook_failed", "on_connect", "timeout")
-    for client_id in ("fail-ws", "garbage-ws", "badcode-ws"):
+    for client_id in ("fail-ws", "garbage-ws", "badcode-ws", "huge-ws"):
         body, code = await refused(server, "room-1", client_id)
         assert (code, body["error"], body["reason"]) == (4500, "hook_failed", "error"), client_id
 
     assert metric(server, "realtime_hook_rejections_total", 'hook="connect_url"') - rejections == 1
     assert metric(server, failures[0], failures[1].format("timeout")) - before["timeout"] == 1
-    assert metric(server, failures[0], failures[1].format("error")) - before["error"] == 3
+    assert metric(server, failures[0], failures[1].format("error")) - before["error"] == 4
     assert backend.bad_signatures == 0
 
 

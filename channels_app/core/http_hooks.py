@@ -31,7 +31,9 @@ import httpx
 from .. import counters
 from ..channel import ChannelInfo
 from ..config import HooksConfig
+from ..errors import ApplicationError
 from ..hooks import ON_CONNECT, ON_PUBLISH, ConnectEvent, Hook, HookFailure, PublishEvent, Reject
+from ..jsoncodec import json_parse
 from ..stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -81,13 +83,15 @@ class HttpHooks:
     """The hooks over HTTP of one runtime, and the one ``httpx.AsyncClient`` they share (closed by
     ``aclose`` when the runtime stops)."""
 
-    def __init__(self, config: HooksConfig, secret: str, *, stats: Stats):
+    def __init__(self, config: HooksConfig, secret: str, *, stats: Stats, max_message_size: int = 65536):
         if not secret:
             raise ValueError("server.hooks has a URL but REALTIME_HOOKS_SECRET is empty: set the secret")
         self.config = config
         self.secret = secret
         self.stats = stats
         self.in_flight = 0
+        # Room for a replacement payload of max_message_size bytes, JSON escaping included (six-fold).
+        self.max_answer_bytes = 6 * max_message_size + 65_536
         self._client: httpx.AsyncClient | None = None
         self.events = HookEvents(self) if config.events_url else None
 
@@ -113,10 +117,21 @@ class HttpHooks:
             made.append(Hook(ON_PUBLISH, self.publish, label=PUBLISH_LABEL, timeout=self.config.timeout))
         return tuple(made)
 
-    async def post(self, url: str, document: dict) -> httpx.Response:
-        """POST ``document`` as signed JSON."""
+    async def post(self, url: str, document: dict) -> tuple[int, bytes]:
+        """POST ``document`` as signed JSON; the answer's status and body. ``HookFailure`` when the body
+        is larger than ``max_answer_bytes``: it is not read further."""
         body = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        return await self.client.post(url, content=body, headers=signed_headers(self.secret, body))
+        request = self.client.build_request("POST", url, content=body, headers=signed_headers(self.secret, body))
+        response = await self.client.send(request, stream=True)
+        try:
+            answer = bytearray()
+            async for chunk in response.aiter_raw():
+                answer += chunk
+                if len(answer) > self.max_answer_bytes:
+                    raise HookFailure("error", f"{url} answered more than {self.max_answer_bytes} bytes")
+            return response.status_code, bytes(answer)
+        finally:
+            await response.aclose()
 
     async def _decide(self, url: str, document: dict) -> dict:
         """The backend's answer, a JSON object with a boolean ``allow``; a ``Reject`` for a refusal;
@@ -125,19 +140,20 @@ class HttpHooks:
             raise HookFailure("busy", f"{self.in_flight} requests in flight (server.hooks.max_concurrency)")
         self.in_flight += 1
         try:
-            response = await self.post(url, document)
+            status, content = await self.post(url, document)
         except httpx.HTTPError as error:
             raise HookFailure("error", f"{url}: {type(error).__name__}: {error}") from None
         finally:
             self.in_flight -= 1
-        if not 200 <= response.status_code < 300:
-            raise HookFailure("error", f"{url} answered HTTP {response.status_code}")
+        if not 200 <= status < 300:
+            raise HookFailure("error", f"{url} answered HTTP {status}")
         try:
-            answer = json.loads(response.content)
-        except ValueError:
+            answer = json_parse(content)
+        except ApplicationError:
             raise HookFailure("error", f"{url} answered a body that is not JSON") from None
         if not isinstance(answer, dict) or not isinstance(answer.get("allow"), bool):
-            raise HookFailure("error", f'{url} answered without a boolean "allow": {response.text[:200]!r}')
+            shown = content[:200].decode("utf-8", "replace")
+            raise HookFailure("error", f'{url} answered without a boolean "allow": {shown!r}')
         if not answer["allow"]:
             code, reason = answer.get("code", 4403), answer.get("reason", "Refused by the server.")
             if not isinstance(code, int) or isinstance(code, bool) or not 4000 <= code <= 4999:
@@ -298,11 +314,13 @@ class HookEvents:
         stats = self.hooks.stats
         for attempt in range(self.attempts):
             try:
-                response = await self.hooks.post(url, {"events": batch})
-                if 200 <= response.status_code < 300:
+                status, _ = await self.hooks.post(url, {"events": batch})
+                if 200 <= status < 300:
                     stats.incr(counters.HOOK_EVENTS_SENT, len(batch))
                     return
-                problem, reason = f"HTTP {response.status_code}", "error"
+                problem, reason = f"HTTP {status}", "error"
+            except HookFailure as failure:
+                problem, reason = str(failure), failure.reason
             except httpx.TimeoutException as error:
                 problem, reason = repr(error), "timeout"
             except httpx.HTTPError as error:

@@ -94,7 +94,7 @@ def build_runtime(
     urls = config.server.hooks
     http_hooks = None
     if urls.connect_url or urls.publish_url or urls.events_url:
-        http_hooks = HttpHooks(urls, hooks_secret, stats=stats)
+        http_hooks = HttpHooks(urls, hooks_secret, stats=stats, max_message_size=config.server.max_message_size)
     if config.pubsub.driver != "REDIS":
         return Runtime(
             config=config,

@@ -145,6 +145,13 @@ class ServerConfig:
         "older one (closed with 4001 `replaced`).",
         choices=("refuse", "replace"),
     )
+    max_channels_per_connection: int = _key(
+        "int",
+        32,
+        "Channels one multiplexed connection may follow (`/api/v1/events`, `/api/v1/connect`).",
+        minimum=1,
+        check=lambda value: None if value <= 1000 else "must be at most 1000",
+    )
     hooks: HooksConfig
 
 

@@ -113,3 +113,15 @@ def publish_outcome_unknown() -> ApplicationError:
         status=504,
         close_code=4504,
     )
+
+
+def too_many_channels(limit: int) -> ApplicationError:
+    """A multiplexed connection asked for more than ``server.max_channels_per_connection`` channels (400 / 4400)."""
+    return ApplicationError(
+        "too_many_channels",
+        f"One connection may follow at most {limit} channels (server.max_channels_per_connection): "
+        "unsubscribe from one first, or open another connection.",
+        status=400,
+        close_code=4400,
+        extra={"limit": limit},
+    )

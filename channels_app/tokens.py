@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,14 +82,15 @@ def token_info_check(info: object) -> dict[str, Any] | None:
 
 def token_mint(
     *,
-    channel_id: str,
+    channel_id: str | Sequence[str],
     client_id: str,
     ttl: int = DEFAULT_TTL_SECONDS,
     can_publish: bool = False,
     info: Mapping[str, Any] | None = None,
 ) -> str:
-    """Sign a token letting ``client_id`` subscribe to ``channel_id`` for ``ttl`` seconds; ``info``
-    (a small JSON object, a display name say) is what presence shows about the subscriber."""
+    """Sign a token letting ``client_id`` subscribe to ``channel_id`` (or to each of several channel
+    ids, on one multiplexed connection) for ``ttl`` seconds; ``info`` (a small JSON object, a display
+    name say) is what presence shows about the subscriber."""
     if not MIN_TTL_SECONDS <= ttl <= MAX_TTL_SECONDS:
         raise ApplicationError(
             "bad_request",
@@ -98,7 +99,11 @@ def token_mint(
             close_code=4400,
         )
     now = int(time.time())
-    claims = {"channel": channel_id, "sub": client_id, "iat": now, "exp": now + ttl, "pub": bool(can_publish)}
+    claims = {"sub": client_id, "iat": now, "exp": now + ttl, "pub": bool(can_publish)}
+    if isinstance(channel_id, str):
+        claims["channel"] = channel_id
+    else:
+        claims["channels"] = list(channel_id)
     info = token_info_check(info)
     if info is not None:
         claims["info"] = info
@@ -111,12 +116,13 @@ def token_verify(token: str, *, channel_id: str) -> TokenClaims:
         # A JWT is ASCII; PyJWT would raise UnicodeEncodeError on a lone surrogate.
         raise token_invalid("it is not a token signed by this service")
     try:
-        claims = jwt.decode(token, _secret(), algorithms=[ALGORITHM], options={"require": ["exp", "sub", "channel"]})
+        claims = jwt.decode(token, _secret(), algorithms=[ALGORITHM], options={"require": ["exp", "sub"]})
     except jwt.ExpiredSignatureError as exc:
         raise token_invalid("it has expired; mint a new one") from exc
     except jwt.InvalidTokenError as exc:
         raise token_invalid("it is not a token signed by this service") from exc
-    if claims.get("channel") != channel_id:
+    covered = claims.get("channels")
+    if claims.get("channel") != channel_id and not (isinstance(covered, list) and channel_id in covered):
         raise token_forbidden(f"The token is for another channel, not {channel_id!r}.")
     if not isinstance(claims.get("sub"), str):
         raise token_invalid("its sub claim is not a clientId")

@@ -272,3 +272,18 @@ async def test_a_position_from_another_channel_gets_a_gap(history):
     replay = await history.since(ROOM, position_parse(theirs[1].position))
     assert replay.gap is not None and replay.gap.reason == "epoch_changed"
     assert [message.id for message in replay.messages] == [message.id for message in ours]
+
+
+async def test_current_is_the_newest_position_and_resuming_there_replays_nothing(history):
+    assert await history.current(ROOM) == Position(offset=0)
+    messages = await fill(history, ROOM, 3)
+    current = await history.current(ROOM)
+    assert current == Position(epoch=messages[0].epoch, offset=3)
+    assert (await history.since(ROOM, current)).messages == []
+    later = await history.append(ROOM, payload="after", client_id="writer")
+    assert [m.id for m in (await history.since(ROOM, current)).messages] == [later.id]
+
+
+async def test_current_of_a_recreated_channel_starts_over(history):
+    await fill(history, ROOM, 2)
+    assert await history.current(replace(ROOM, incarnation=ROOM.incarnation + 1)) == Position(offset=0)

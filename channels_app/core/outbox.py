@@ -3,7 +3,9 @@
 The hub never waits on a client: it puts an already encoded frame here and moves on. A client that
 cannot keep up overflows its bound and is disconnected (4408) and can resume from history, so a slow
 client neither slows the others nor grows the server's memory. A replay larger than the bound is
-queued in pages (``refill``), each once the server has drained its write buffer (``wait_drained``).
+queued in pages (``request_page``), each once the server has drained its write buffer (``wait_drained``).
+A multiplexed connection shares one outbox between its channels' subscriptions, so several replays
+may wait for a page at once; they take turns.
 The layout keeps the memory per connection small (docs/architecture.md, "Why the code is shaped this way").
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 logger = logging.getLogger(__name__)
@@ -31,12 +34,12 @@ class Outbox:
         "_max_bytes",
         "_max_messages",
         "_on_overflow",
+        "_pages",
         "_queued_bytes",
         "_sizes",
         "_wait_drained",
         "_write",
         "overflowed",
-        "refill",
         "writer",
     )
 
@@ -65,8 +68,8 @@ class Outbox:
         # The task writing queued frames, while there are any.
         self.writer: asyncio.Task | None = None
         self.overflowed = False
-        # Set while a replay is paced: queues the next page and clears itself after the last one.
-        self.refill: Callable[[], None] | None = None
+        # Replays waiting to queue their next page, in turn (``request_page``).
+        self._pages: deque[Callable[[], None]] = deque()
 
     def put(self, frame, size: int) -> bool:
         """Queue a frame of ``size`` bytes; on overflow mark the connection slow and return False."""
@@ -89,7 +92,7 @@ class Outbox:
     def start(self) -> None:
         """Start writing (once the connection is open): what is queued now, and whatever comes."""
         self._loop = asyncio.get_running_loop()
-        if self.writer is None and (not self.is_empty() or self.refill is not None):
+        if self.writer is None and (not self.is_empty() or self._pages):
             self._start_writer()
 
     def _start_writer(self) -> None:
@@ -116,7 +119,7 @@ class Outbox:
             while not self.overflowed:
                 if self._head < len(self._frames):
                     await self.flush()
-                elif self.refill is not None:
+                elif self._pages:
                     await self._next_page()
                 else:
                     return
@@ -155,14 +158,29 @@ class Outbox:
             self.overflowed = True
             self._on_overflow()
 
+    def request_page(self, queue_page: Callable[[], None]) -> None:
+        """Call ``queue_page`` once what is queued now has drained (a paced replay's next page)."""
+        self._pages.append(queue_page)
+        if self.writer is None and self._loop is not None:
+            self._start_writer()
+
+    def cancel_pages(self, queue_page: Callable[[], None]) -> None:
+        """Forget the pages ``queue_page`` asked for (its subscription ended mid-replay)."""
+        if queue_page in self._pages:
+            self._pages = deque(page for page in self._pages if page != queue_page)
+
+    @property
+    def paging(self) -> bool:
+        """Whether a replay still waits to queue a page."""
+        return bool(self._pages)
+
     async def _next_page(self) -> None:
         if self._wait_drained is not None:
             # A client that never reads leaves the writer here; the connection ends it (4408 when
             # its held live messages overflow, or daphne's ping timeout).
             await self._wait_drained()
-        refill = self.refill
-        if refill is not None and not self.overflowed:
-            refill()
+        if self._pages and not self.overflowed:
+            self._pages.popleft()()
 
     async def flush(self) -> None:
         """Write every queued frame now, unless the connection overflowed (its frames are dropped)."""

@@ -7,6 +7,7 @@ anything refused and never touch the ORM synchronously.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..channel import ChannelInfo
@@ -129,27 +130,32 @@ async def connection_open(
     reference: str,
     transport: str,
     client_id: str | None,
-    since: str | None,
+    since: str | Position | None,
     echo: bool = False,
-    token: str | None = None,
+    token: str | Sequence[str] | None = None,
     payload_format: str | None = None,
     headers=None,
+    multiplexed: bool = False,
     runtime: Runtime,
 ) -> Connection:
     """Admit a subscriber: validate the query, find the channel, check its token if the channel
     is private, ask the ``on_connect`` hooks, take a connection slot. ``payload_format`` is the
-    ``?payload=`` asked for (None: the channel's); ``headers``, the request's (ASGI pairs), for the hooks."""
+    ``?payload=`` asked for (None: the channel's); ``headers``, the request's (ASGI pairs), for the hooks.
+
+    ``token`` may be several tokens (a multiplexed stream's), one of which must cover the channel.
+    A ``multiplexed`` connection may follow channels of either type; it may publish only to WS
+    channels, and only over a WebSocket."""
     if runtime.draining:
         raise shutting_down()
-    position = position_parse(since)
+    position = since if isinstance(since, Position) else position_parse(since)
     channel = await runtime.registry.resolve(reference)
-    if channel.type != transport:
+    if channel.type != transport and not multiplexed:
         raise wrong_transport(channel.id, channel.type)
     payload_format = payload_format_parse(payload_format, default=channel.payload_format)
-    can_publish, claims, info = True, None, None
+    can_publish, claims, info = channel.type == transport == "WS" or not multiplexed, None, None
     if channel.private:
         claims = subscriber_authorize(channel_id=channel.id, token=token, client_id=client_id)
-        client_id, can_publish, info = claims.client_id, claims.can_publish, claims.info
+        client_id, can_publish, info = claims.client_id, can_publish and claims.can_publish, claims.info
     parsed_client_id = client_id_parse(client_id)
     if runtime.hooks.on_connect:
         # Before the slot is taken, so a slow hook holds none. A hook's info replaces the token's.
@@ -210,11 +216,21 @@ async def _close_replaced(runtime: Runtime, channel_id: str, client_id: str, hol
         logger.exception("could not ask the hubs to close the replaced connection of %s on %s", client_id, channel_id)
 
 
-def subscriber_authorize(*, channel_id: str, token: str | None, client_id: str | None) -> TokenClaims:
-    """A private channel's subscriber must bring a token for this channel (and this clientId)."""
-    if not token:
+def subscriber_authorize(*, channel_id: str, token: str | Sequence[str] | None, client_id: str | None) -> TokenClaims:
+    """A private channel's subscriber must bring a token for this channel (and this clientId); of
+    several tokens, the first that covers the channel counts."""
+    tokens = [token] if isinstance(token, str) else [each for each in token or () if each]
+    if not tokens or not tokens[0]:
         raise token_required(channel_id)
-    claims = token_verify(token, channel_id=channel_id)
+    refusal = None
+    for each in tokens:
+        try:
+            claims = token_verify(each, channel_id=channel_id)
+            break
+        except ApplicationError as error:
+            refusal = refusal or error
+    else:
+        raise refusal
     if client_id is not None and client_id != claims.client_id:
         raise token_forbidden(
             f"The token was minted for clientId {claims.client_id!r}, not {client_id!r}: "
@@ -230,8 +246,20 @@ def publish_forbidden(channel_id: str) -> ApplicationError:
     )
 
 
-async def subscription_start(*, connection: Connection, subscription: Subscription, runtime: Runtime) -> None:
-    """Join the hub, then replay what the client missed since its position, then go live."""
+async def subscription_start(
+    *,
+    connection: Connection,
+    subscription: Subscription,
+    from_current: bool = False,
+    on_position: Callable[[Position], None] | None = None,
+    runtime: Runtime,
+) -> Position | None:
+    """Join the hub, then replay what the client missed since its position, then go live.
+
+    With ``from_current`` (a multiplexed connection), a connection without a position starts at the
+    channel's newest one, read once the hub holds live messages for it. The position it starts from
+    is returned, and given to ``on_position`` before the replay is queued (a multiplexed WebSocket
+    answers the subscribe with it): resuming there later loses nothing and repeats nothing."""
     await runtime.hub.subscribe(subscription)
     if _replaces(runtime) and not await runtime.presence.holds(
         connection.channel.id, connection.client_id, connection.holder
@@ -243,12 +271,17 @@ async def subscription_start(*, connection: Connection, subscription: Subscripti
         members, _ = await runtime.presence.members(connection.channel.id, limit=PRESENCE_SNAPSHOT_LIMIT)
         for member in members:
             subscription.send_control({"control": JOIN, "clientId": member.client_id, "info": member.info})
-    replay = None
-    if connection.position is not None:
-        replay = await runtime.history.since(connection.channel, connection.position)
+    position, replay = connection.position, None
+    if from_current and position is None:
+        position = await runtime.history.current(connection.channel)
+    if position is not None:
+        replay = await runtime.history.since(connection.channel, position)
         if replay.gap is not None:
             runtime.stats.incr("resume_gaps")
-    subscription.replay(replay, connection.position)
+    if on_position is not None:
+        on_position(position)
+    subscription.replay(replay, position)
+    return position
 
 
 async def connection_close(*, connection: Connection, subscription: Subscription | None, runtime: Runtime) -> None:

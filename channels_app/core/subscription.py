@@ -5,7 +5,7 @@ missed from history, then releases the held live messages it has not already see
 reaches the connection exactly once and in offset order, whichever path brought it.
 
 A replay larger than half the outgoing bound is queued in pages, each when the outbox has drained
-the previous one (``Outbox.refill``), so a client far behind catches up at its own pace. Held live
+the previous one (``Outbox.request_page``), so a client far behind catches up at its own pace. Held live
 messages have their own bound (the outbox's): a client that stops reading is still cut off.
 """
 
@@ -129,15 +129,18 @@ class Subscription:
                     break
                 self._remember(message)
                 if not outbox.put(frame, size):
-                    outbox.refill = None  # cut off as slow: the rest would be dropped anyway
-                    return
+                    return  # cut off as slow: the rest would be dropped anyway
             index += 1
         self._replay_index = index
         if index < len(messages):
-            outbox.refill = self._queue_page
+            outbox.request_page(self._queue_page)
         else:
-            outbox.refill = None
             self._go_live()
+
+    def stop(self) -> None:
+        """Queue nothing more (a multiplexed connection unsubscribed while the outbox lives on)."""
+        self.outbox.cancel_pages(self._queue_page)
+        self._replaying, self._held, self._held_bytes = [], None, 0
 
     def _go_live(self) -> None:
         held, self._held, self._held_bytes = self._held or [], None, 0

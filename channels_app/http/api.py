@@ -36,6 +36,8 @@ MAX_BATCH_MESSAGES = 100
 BATCH_KEY_MAX_LENGTH = MAX_KEY_LENGTH - len(f"#{MAX_BATCH_MESSAGES - 1}")
 MAX_HISTORY_PAGE = 1000
 MAX_PRESENCE_PAGE = 1000
+# Channels one token may cover: a token travels in a URL, so it stays a few KB at most.
+MAX_TOKEN_CHANNELS = 32
 # The create body's whole-number fields (see whole_numbers).
 _CHANNEL_WHOLE_NUMBERS = tuple(field.api for field in CREATE_FIELDS if field.kind == "int")
 
@@ -314,13 +316,29 @@ async def channel_presence(request: HttpRequest, channel: str):
     )
 
 
+def _channel_list(value: object) -> bool:
+    """Whether ``value`` is a list of 1 to ``MAX_TOKEN_CHANNELS`` channel references."""
+    return (
+        isinstance(value, list)
+        and 1 <= len(value) <= MAX_TOKEN_CHANNELS
+        and all(isinstance(item, str) for item in value)
+    )
+
+
 @api_endpoint("POST")
 async def tokens_create(request: HttpRequest):
     """``POST /api/v1/tokens``: mint a subscriber token for a private channel."""
     body = whole_numbers(json_body(request), "ttl")
-    if not isinstance(body, dict) or not isinstance(body.get("channel"), str):
-        raise bad_request('The body must be {"channel": "...", "clientId": "...", "ttl": 3600, "publish": false}.')
-    channel = await request.realtime.registry.resolve(body["channel"])
+    if not isinstance(body, dict) or not (isinstance(body.get("channel"), str) or _channel_list(body.get("channels"))):
+        raise bad_request(
+            'The body must be {"channel": "...", "clientId": "...", "ttl": 3600, "publish": false}, '
+            'or name several channels as "channels": ["...", "..."].'
+        )
+    registry = request.realtime.registry
+    if "channel" in body:
+        channels = [await registry.resolve(body["channel"])]
+    else:
+        channels = [await registry.resolve(reference) for reference in body["channels"]]
     client_id = client_id_parse(body.get("clientId"))
     ttl = body.get("ttl", DEFAULT_TTL_SECONDS)
     if isinstance(ttl, bool) or not isinstance(ttl, int):
@@ -329,8 +347,11 @@ async def tokens_create(request: HttpRequest):
     if not isinstance(publish, bool):
         raise bad_request("publish must be true or false.", field="publish")
     info = token_info_check(body.get("info"))
-    token = token_mint(channel_id=channel.id, client_id=client_id, ttl=ttl, can_publish=publish, info=info)
-    answer = {"token": token, "channelId": channel.id, "clientId": client_id, "ttl": ttl, "publish": publish}
+    ids = list(dict.fromkeys(channel.id for channel in channels))
+    covered = ids[0] if "channel" in body else ids
+    token = token_mint(channel_id=covered, client_id=client_id, ttl=ttl, can_publish=publish, info=info)
+    answer = {"token": token, "clientId": client_id, "ttl": ttl, "publish": publish}
+    answer.update({"channelId": covered} if "channel" in body else {"channelIds": ids})
     if info is not None:
         answer["info"] = info
     return JsonResponse(answer, status=201)

@@ -31,6 +31,9 @@ class History(Protocol):
     async def head(self, channel_id: str) -> int:
         """The offset of the newest message published on the channel (0 when none)."""
 
+    async def current(self, channel: ChannelInfo) -> Position:
+        """The channel's newest position: resuming there replays nothing (a bare ``0`` before any message)."""
+
     async def forget(self, channel_id: str) -> None:
         """Drop a deleted channel's history; its next publish starts a new epoch."""
 

@@ -183,6 +183,13 @@ class MemoryHistory:
         log = self._logs.get(channel_id)
         return log.next_offset - 1 if log else 0
 
+    async def current(self, channel: ChannelInfo) -> Position:
+        """The channel's newest position: resuming there replays nothing (a bare ``0`` before any message)."""
+        log = self._current_log(channel)
+        if log is None or log.next_offset == 1:
+            return Position(offset=0)
+        return Position(epoch=log.epoch, offset=log.next_offset - 1)
+
     async def forget(self, channel_id: str) -> None:
         """Drop a deleted channel's history; its next publish starts a new epoch."""
         self._logs.pop(channel_id, None)

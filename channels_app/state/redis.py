@@ -382,6 +382,17 @@ class RedisHistory:
         return int(await self._redis.get(self._keys.seq(channel_id)) or 0)
 
     @translating_redis_errors
+    async def current(self, channel: ChannelInfo) -> Position:
+        """The channel's newest position: resuming there replays nothing (a bare ``0`` before any message)."""
+        keys = self._keys
+        incarnation, epoch, seq = await self._redis.mget(
+            keys.incarnation(channel.id), keys.epoch(channel.id), keys.seq(channel.id)
+        )
+        if epoch is None or not seq or (incarnation is not None and int(incarnation) != channel.incarnation):
+            return Position(offset=0)
+        return Position(epoch=epoch.decode(), offset=int(seq))
+
+    @translating_redis_errors
     async def forget(self, channel_id: str) -> None:
         """Drop a deleted channel's history (a later channel with the same id gets a new epoch)."""
         await self._redis.delete(

@@ -14,9 +14,13 @@ from ..http.security import SecurityHeadersMiddleware, host_allowed
 from ..http.urls import api_urlpatterns
 from .origins import header, origin_allowed, origin_not_allowed_body
 from .sse import ChannelStreamEndpoint
+from .sse_multi import EventsEndpoint
 from .websocket import ChannelConsumer
+from .websocket_multi import ConnectConsumer
 
 CHANNEL_PATH = r"^api/v1/channels/(?P<channel>[^/]+)/?$"
+EVENTS_PATH = r"^api/v1/events/?$"
+CONNECT_PATH = r"^api/v1/connect/?$"
 CLOSE_ORIGIN_NOT_ALLOWED = 4403
 CLOSE_HOST_NOT_ALLOWED = 4400
 CLOSE_NOT_FOUND = 4404
@@ -47,7 +51,8 @@ async def refuse_websocket(receive, send, code: int, body: dict) -> None:
 
 NOT_FOUND_BODY = {
     "error": "not_found",
-    "message": "No WebSocket is served at this path: connect to /api/v1/channels/<channel id or name>.",
+    "message": "No WebSocket is served at this path: connect to /api/v1/channels/<channel id or name>, "
+    "or to /api/v1/connect for several channels.",
 }
 
 
@@ -105,10 +110,12 @@ def http_router(django_app, runtime: Runtime):
     """The HTTP side: streams and preflights on the channel URL, the server API from ASGI, Django
     for everything else; security headers on every response."""
     stream = HostGuard(ChannelStreamEndpoint(runtime), runtime)
+    events = HostGuard(EventsEndpoint(runtime), runtime)
     return SecurityHeadersMiddleware(
         URLRouter(
             [
                 re_path(CHANNEL_PATH, MethodRouter(get=stream, other=django_app)),
+                re_path(EVENTS_PATH, MethodRouter(get=events, other=django_app)),
                 *direct_api_routes(runtime),
                 re_path(r"", django_app),
             ]
@@ -125,6 +132,7 @@ class WebSocketRouter:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
         self.channel_path = re.compile(CHANNEL_PATH)
+        self.connect_path = re.compile(CONNECT_PATH)
 
     async def __call__(self, scope, receive, send):
         host = header(scope, b"host")
@@ -135,8 +143,11 @@ class WebSocketRouter:
         if not origin_allowed(origin, host, self.runtime.server):
             self.runtime.stats.incr("refusals_origin_not_allowed")
             return await refuse_websocket(receive, send, CLOSE_ORIGIN_NOT_ALLOWED, origin_not_allowed_body(origin))
-        match = self.channel_path.match(_path_below_root(scope))
+        path_below_root = _path_below_root(scope)
+        match = self.channel_path.match(path_below_root)
         if match is None:
+            if self.connect_path.match(path_below_root):
+                return await ConnectConsumer(runtime=self.runtime)(scope, receive, send)
             return await refuse_websocket(receive, send, CLOSE_NOT_FOUND, NOT_FOUND_BODY)
         # The channel goes to the consumer itself: a copy of the scope with ``url_route`` in it
         # would be kept for the life of the connection.

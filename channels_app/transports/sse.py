@@ -19,18 +19,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from functools import partial
+from urllib.parse import quote
 
 from django_eventstream.utils import sse_encode_event
 
 from ..adapters.servers import connection_aborter
 from ..core.outbox import Outbox
 from ..core.runtime import Runtime
-from ..core.services import channel_describe, connection_close, connection_open, subscription_start
+from ..core.services import Connection, channel_describe, connection_close, connection_open, subscription_start
 from ..core.subscription import Subscription
 from ..errors import ApplicationError
 from ..messages import JSON, TEXT, Message
+from .multiplexing import refusal_naming, stream_id
 from .origins import cors_headers, header, origin_allowed, origin_not_allowed_body, refusal_cors_headers
-from .subscribing import flag, new_subscription, query_params
+from .subscribing import flag, new_outbox, query_params, subscription_for
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,24 @@ def encode_event_json(message: Message) -> tuple[bytes, int]:
 # One encoder per payload format: the hub encodes a message once per encoder (core/hub.py deliver).
 ENCODERS = {TEXT: encode_event, JSON: encode_event_json}
 
+_MESSAGE_EVENT = b"event: message\n"
+
+
+def encode_event_multiplexed(message: Message) -> tuple[tuple, int]:
+    """A message on a multiplexed stream: its channel, position and ``data:`` lines; each stream
+    writes the event with its own id (``EventStream._write_multiplexed``)."""
+    data = sse_encode_event("message", message.to_json()).encode("utf-8")[len(_MESSAGE_EVENT) :]
+    return (message.channel_id, message.position, data), len(data) + 64
+
+
+def encode_event_multiplexed_json(message: Message) -> tuple[tuple, int]:
+    """``encode_event_multiplexed`` in the ``json`` payload format."""
+    data = sse_encode_event("message", message.to_json_with_values()).encode("utf-8")[len(_MESSAGE_EVENT) :]
+    return (message.channel_id, message.position, data), len(data) + 64
+
+
+MULTIPLEXED_ENCODERS = {TEXT: encode_event_multiplexed, JSON: encode_event_multiplexed_json}
+
 
 def encode_control(body: dict) -> tuple[bytes, int]:
     """A control object as an SSE event named after its ``control`` field."""
@@ -59,6 +80,11 @@ def encode_control(body: dict) -> tuple[bytes, int]:
     event = control if control in ("gap", "join", "leave") else "stream-error"
     frame = sse_encode_event(event, json.dumps(body, separators=(",", ":"))).encode("utf-8")
     return frame, len(frame)
+
+
+def encode_channel_control(channel_id: str, body: dict) -> tuple[bytes, int]:
+    """A control object of one channel of a multiplexed stream, naming the channel."""
+    return encode_control({**body, "channelId": channel_id})
 
 
 async def send_json(send, status: int, body: dict, extra_headers=()) -> None:
@@ -74,6 +100,18 @@ async def send_json(send, status: int, body: dict, extra_headers=()) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+async def stream_cors(scope, send, runtime: Runtime) -> list | None:
+    """The CORS headers of a stream or preflight, or None once an origin that may not subscribe was
+    refused (403): before any channel is looked up, so the refusal is the same whether it exists or not."""
+    origin, host = header(scope, b"origin"), header(scope, b"host")
+    if not origin_allowed(origin, host, runtime.server):
+        runtime.stats.incr("refusals_origin_not_allowed")
+        logger.info("refused an SSE subscriber: origin_not_allowed (HTTP 403)")
+        await send_json(send, 403, origin_not_allowed_body(origin), refusal_cors_headers(origin))
+        return None
+    return cors_headers(origin, host, runtime.server)
+
+
 class ChannelStreamEndpoint:
     """ASGI app for ``GET /api/v1/channels/<channel>`` over plain HTTP."""
 
@@ -83,16 +121,11 @@ class ChannelStreamEndpoint:
     async def __call__(self, scope, receive, send):
         """Answer a preflight, refuse with JSON, or stream the channel's events until the client leaves."""
         runtime = self.runtime
-        origin, host = header(scope, b"origin"), header(scope, b"host")
-        if not origin_allowed(origin, host, runtime.server):
-            # Before the channel is looked up: the refusal is the same whether it exists or not.
-            runtime.stats.incr("refusals_origin_not_allowed")
-            logger.info("refused an SSE subscriber: origin_not_allowed (HTTP 403)")
-            await send_json(send, 403, origin_not_allowed_body(origin), refusal_cors_headers(origin))
+        cors = await stream_cors(scope, send, runtime)
+        if cors is None:
             return
         query = query_params(scope)
         reference = scope["url_route"]["kwargs"]["channel"]
-        cors = cors_headers(origin, host, runtime.server)
         if query.get("upgrade") == "0":
             await self._preflight(send, reference, query, cors)
             return
@@ -116,11 +149,12 @@ class ChannelStreamEndpoint:
             logger.info("refused an SSE subscriber: %s (HTTP %s)", error.code, error.status)
             await send_json(send, error.status, error.as_dict(), cors)
             return
-        stream = _Stream(scope, receive, send, connection, cors, runtime)
+        stream = EventStream(receive, send, [connection], cors, runtime)
         try:
             await stream.run()
         finally:
-            await connection_close(connection=connection, subscription=stream.subscription, runtime=runtime)
+            subscription = stream.subscriptions[0] if stream.subscriptions else None
+            await connection_close(connection=connection, subscription=subscription, runtime=runtime)
 
     async def _preflight(self, send, reference, query, cors) -> None:
         try:
@@ -133,16 +167,20 @@ class ChannelStreamEndpoint:
         await send_json(send, 200, description, cors)
 
 
-class _Stream:
-    """One open event stream: its outbox, keep-alives and end."""
+class EventStream:
+    """One open event stream of one channel, or of several (``multiplexed``): its outbox, keep-alives and end."""
 
-    def __init__(self, scope, receive, send, connection, cors, runtime: Runtime):
+    def __init__(self, receive, send, connections: list[Connection], cors, runtime: Runtime, *, multiplexed=False):
         self.runtime = runtime
         self.receive = receive
         self.send = send
-        self.connection = connection
+        self.connections = connections
         self.cors = cors
-        self.subscription: Subscription | None = None
+        self.multiplexed = multiplexed
+        self.subscriptions: list[Subscription] = []
+        # A multiplexed stream's position in each channel (in the order asked), for its event ids.
+        self.positions: dict[str, str] = {}
+        self._quoted: dict[str, str] = {}
         self.finished = asyncio.Event()
         self.final_frame: bytes | None = None
         self.overflowed = False
@@ -151,27 +189,31 @@ class _Stream:
         """Subscribe, open the response, then write events until the client leaves or is cut off."""
         runtime = self.runtime
         server = runtime.server
-        self.subscription = new_subscription(
+        outbox = new_outbox(
             runtime=runtime,
-            connection=self.connection,
             send=self.send,
-            write=self._write,
-            encode=ENCODERS[self.connection.payload_format],
-            encode_control=encode_control,
+            write=self._write_multiplexed if self.multiplexed else self._write,
             on_overflow=self._on_overflow,
-            on_close=self._close,
-            transport="SSE",
         )
-        outbox = self.subscription.outbox
-        try:
-            # Subscribe (and queue the replay) before the stream opens: once the client sees
-            # ``stream-open``, every message published after that reaches it.
-            await subscription_start(connection=self.connection, subscription=self.subscription, runtime=runtime)
-        except ApplicationError as error:
-            runtime.stats.incr(f"refusals_{error.code}")
-            logger.info("refused an SSE subscriber: %s (HTTP %s)", error.code, error.status)
-            await send_json(self.send, error.status, error.as_dict(), self.cors)
-            return
+        for connection in self.connections:
+            subscription = self._subscription(connection, outbox)
+            self.subscriptions.append(subscription)
+            try:
+                # Subscribe (and queue the replay) before the stream opens: once the client sees
+                # ``stream-open``, every message published after that reaches it.
+                position = await subscription_start(
+                    connection=connection, subscription=subscription, from_current=self.multiplexed, runtime=runtime
+                )
+            except ApplicationError as error:
+                runtime.stats.incr(f"refusals_{error.code}")
+                logger.info("refused an SSE subscriber: %s (HTTP %s)", error.code, error.status)
+                if self.multiplexed:
+                    error = refusal_naming(error, connection.channel.id)
+                await send_json(self.send, error.status, error.as_dict(), self.cors)
+                return
+            if self.multiplexed:
+                self.positions[connection.channel.id] = str(position)
+                self._quoted[connection.channel.id] = quote(connection.channel.id, safe="")
         await self.send(
             {
                 "type": "http.response.start",
@@ -184,12 +226,7 @@ class _Stream:
                 ],
             }
         )
-        opening = {
-            "channelId": self.connection.channel.id,
-            "clientId": self.connection.client_id,
-        }
-        first = f"retry: {server.sse_retry}\n\n" + sse_encode_event("stream-open", json.dumps(opening))
-        await self._write(first.encode("utf-8"))
+        await self._write(f"retry: {server.sse_retry}\n\n".encode() + self._opening())
         outbox.start()
         tasks = [
             asyncio.create_task(self._keepalive(outbox, server.sse_keepalive)),
@@ -218,7 +255,55 @@ class _Stream:
             # uvicorn's ClientDisconnected, once the abort has run.
             pass
 
+    def _subscription(self, connection: Connection, outbox: Outbox) -> Subscription:
+        if not self.multiplexed:
+            return subscription_for(
+                connection,
+                outbox,
+                encode=ENCODERS[connection.payload_format],
+                encode_control=encode_control,
+                on_close=self._close,
+                transport="SSE",
+            )
+        channel_id = connection.channel.id
+        return subscription_for(
+            connection,
+            outbox,
+            encode=MULTIPLEXED_ENCODERS[connection.payload_format],
+            encode_control=partial(encode_channel_control, channel_id),
+            on_close=lambda code, body: self._close(code, {**body, "channelId": channel_id}),
+            transport="SSE",
+        )
+
+    def _opening(self) -> bytes:
+        """The ``stream-open`` event: the channel and client; on a multiplexed stream every channel's
+        position, with the stream id, so that a reconnect before any message still resumes each one."""
+        first = self.connections[0]
+        if not self.multiplexed:
+            opening = {"channelId": first.channel.id, "clientId": first.client_id}
+            return sse_encode_event("stream-open", json.dumps(opening)).encode("utf-8")
+        opening = {
+            "clientId": first.client_id,
+            "channels": [
+                {"channelId": c.channel.id, "name": c.channel.name, "position": self.positions[c.channel.id]}
+                for c in self.connections
+            ],
+        }
+        return sse_encode_event("stream-open", json.dumps(opening), event_id=stream_id(self.positions)).encode("utf-8")
+
     async def _write(self, frame: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": frame, "more_body": True})
+
+    async def _write_multiplexed(self, frame) -> None:
+        if type(frame) is tuple:
+            # A message event: its id is the stream's position in every channel once it is written.
+            channel_id, position, data = frame
+            positions = self.positions
+            if position is not None:
+                positions[channel_id] = position
+            quoted = self._quoted
+            ids = ",".join([f"{quoted[each]}:{at}" for each, at in positions.items()])
+            frame = b"event: message\nid: " + ids.encode() + b"\n" + data
         await self.send({"type": "http.response.body", "body": frame, "more_body": True})
 
     async def _keepalive(self, outbox: Outbox, interval: float) -> None:
@@ -236,9 +321,9 @@ class _Stream:
     def _on_overflow(self) -> None:
         self.runtime.stats.incr("slow_consumer_disconnects")
         logger.info(
-            "ending the stream of slow SSE client %s on channel %s",
-            self.connection.client_id,
-            self.connection.channel.id,
+            "ending the stream of slow SSE client %s on channel(s) %s",
+            self.connections[0].client_id,
+            ", ".join(connection.channel.id for connection in self.connections),
         )
         self.overflowed = True
         self.finished.set()

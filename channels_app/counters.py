@@ -28,8 +28,8 @@ HOOK_EVENTS_SENT = "hook_events_sent"
 
 # Prefixes: the label value follows.
 REFUSALS = "refusals_"  # + the refusal's error code
-FRAMES_REFUSED = "frames_refused_"  # + binary, too_large, read_only, rate_limited or not_json
-CONNECTIONS_OPENED = "connections_opened_"  # + ws or sse
+FRAMES_REFUSED = "frames_refused_"  # + binary, too_large, read_only, rate_limited, not_json, bad_control or publish
+CONNECTIONS_OPENED = "connections_opened_"  # + ws or sse (each channel), or multiplexed (a /api/v1/connect socket)
 HOOK_REJECTIONS = "hook_rejections_"  # + on_connect or on_publish
 HOOK_FAILURES = "hook_failures_"  # + the hook's kind (or connect_url, publish_url, events_url), ":", the reason
 HOOK_EVENTS_DROPPED = "hook_events_dropped_"  # + overflow or undelivered

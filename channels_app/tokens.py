@@ -27,6 +27,8 @@ MAX_TTL_SECONDS = 7 * 24 * 3600
 # What a token may say about its subscriber (``info``, shown by presence): a JSON object this small
 # keeps tokens short enough for a URL.
 MAX_INFO_BYTES = 1024
+# Channels one token may cover: a token travels in a URL, so it stays a few KB at most.
+MAX_TOKEN_CHANNELS = 32
 
 
 @dataclass(frozen=True)

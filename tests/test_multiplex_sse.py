@@ -197,3 +197,29 @@ async def test_presence_joins_on_the_stream_name_their_channel(server):
         await events.event("stream-open")
         join = json.loads((await events.event("join"))["data"])
         assert join["clientId"] == "watcher" and join["channelId"] == "room-1"
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"channels": []}, 400),
+        ({"channels": ["vault-1", 5]}, 400),
+        ({"channels": [f"c{index}" for index in range(33)]}, 400),
+        ({"channels": ["vault-1", "nowhere"]}, 404),
+    ],
+)
+def test_a_token_for_several_channels_is_refused_when_its_list_is_not_one(server, body, status):
+    response = httpx.post(f"{server.http}/api/v1/tokens", json={**body, "clientId": "gil"}, headers=AUTH)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]
+
+
+def test_a_token_for_several_channels_answers_their_ids(server):
+    response = httpx.post(
+        f"{server.http}/api/v1/tokens",
+        json={"channels": ["vault", "safe-1", "vault-1"], "clientId": "hal"},
+        headers=AUTH,
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["channelIds"] == ["vault-1", "safe-1"]
+    assert "channelId" not in response.json()

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.auth import API_KEY, AUTH
 from tests.support.clients import closed_with, connected, recv_json
@@ -17,6 +18,7 @@ from tests.support.configs import memory_config
 from tests.support.liveserver import served_by
 
 SECRET = "a-token-secret-for-the-multiplexing-tests-0123456789"
+METRICS_TOKEN = "scrape-token-for-the-multiplexing-tests"
 CONFIG = (
     memory_config(publish_rate=100000, publish_burst=100000, max_channels_per_connection=3)
     + """
@@ -33,7 +35,7 @@ CONFIG = (
 @pytest.fixture(scope="module", params=[("memory", "daphne"), ("redis", "uvicorn")], ids=["memory", "redis"])
 def server(request, start_module_server, tmp_path_factory):
     driver, asgi = request.param
-    env = {"REALTIME_API_KEYS": API_KEY, "REALTIME_TOKEN_SECRET": SECRET}
+    env = {"REALTIME_API_KEYS": API_KEY, "REALTIME_TOKEN_SECRET": SECRET, "METRICS_TOKEN": METRICS_TOKEN}
     yield from served_by(driver, start_module_server, CONFIG, tmp_path_factory, env=env, server=asgi)
 
 
@@ -295,3 +297,32 @@ async def test_closing_the_socket_releases_every_channel(server):
         await asyncio.sleep(0.1)
     assert await connected(server, "news-1") == 0
     assert await connected(server, "sports-1") == 0
+
+
+async def scrape(server) -> dict[tuple[str, str], float]:
+    """Open subscriptions by (channel, transport) and sockets opened, from ``/metrics``."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(f"{server.http}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    assert response.status_code == 200, response.text
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == "realtime_connections":
+                samples[(sample.labels["channel"], sample.labels["transport"])] = sample.value
+            if sample.name == "realtime_connections_opened_total" and sample.labels["transport"] == "multiplexed":
+                samples[("sockets", "multiplexed")] = sample.value
+    return samples
+
+
+async def test_each_subscription_is_counted_in_metrics(server):
+    before = await scrape(server)
+    async with websockets.connect(connect_url(server, clientId="counted")) as ws:
+        await opened(ws)
+        await ask(ws, {"subscribe": "news"})
+        await ask(ws, {"subscribe": "feed"})
+        during = await scrape(server)
+        assert during.get(("news-1", "WS"), 0) == before.get(("news-1", "WS"), 0) + 1
+        assert during.get(("feed-1", "WS"), 0) == before.get(("feed-1", "WS"), 0) + 1
+        assert during[("sockets", "multiplexed")] == before.get(("sockets", "multiplexed"), 0) + 1
+        await ask(ws, {"unsubscribe": "feed"})
+        assert (await scrape(server)).get(("feed-1", "WS"), 0) == before.get(("feed-1", "WS"), 0)

@@ -42,6 +42,8 @@ class Hub:
         self._on_unsubscribe = on_unsubscribe
         self.channel_name: str | None = None
         self._local: dict[str, set[Subscription]] = {}
+        # The close of each local multiplexed socket: one that follows no channel has no subscription to close.
+        self._sockets: set[Callable[[int, dict], None]] = set()
         self._next_offset: dict[str, tuple[str, int]] = {}
         self._tasks: list[asyncio.Task] = []
         self._start_lock = asyncio.Lock()
@@ -126,8 +128,19 @@ class Hub:
         return self._close(replaced, error.close_code, body)
 
     def close_all(self, code: int, body: dict) -> int:
-        """Close every local subscription of every channel (graceful shutdown); return how many."""
+        """Close every local subscription of every channel, and every multiplexed socket (graceful
+        shutdown); return how many subscriptions."""
+        for close in list(self._sockets):
+            close(code, body)
         return self._close([s for local in self._local.values() for s in local], code, body)
+
+    def socket_opened(self, close: Callable[[int, dict], None]) -> None:
+        """Note a multiplexed socket, closed with ``close`` by ``close_all`` even when it follows no channel."""
+        self._sockets.add(close)
+
+    def socket_closed(self, close: Callable[[int, dict], None]) -> None:
+        """Forget a multiplexed socket (``socket_opened``)."""
+        self._sockets.discard(close)
 
     @staticmethod
     def _close(subscriptions: list[Subscription], code: int, body: dict) -> int:

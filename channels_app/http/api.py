@@ -26,7 +26,7 @@ from ..jsoncodec import json_parse, payload_of
 from ..messages import JSON, payload_format_parse, position_parse
 from ..naming import SERVER_CLIENT_ID, client_id_parse
 from ..state.idempotency import MAX_KEY_LENGTH
-from ..tokens import DEFAULT_TTL_SECONDS, token_info_check, token_mint
+from ..tokens import DEFAULT_TTL_SECONDS, MAX_TOKEN_CHANNELS, token_info_check, token_mint
 from .auth import WWW_AUTHENTICATE, api_key_check
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,6 @@ MAX_BATCH_MESSAGES = 100
 BATCH_KEY_MAX_LENGTH = MAX_KEY_LENGTH - len(f"#{MAX_BATCH_MESSAGES - 1}")
 MAX_HISTORY_PAGE = 1000
 MAX_PRESENCE_PAGE = 1000
-# Channels one token may cover: a token travels in a URL, so it stays a few KB at most.
-MAX_TOKEN_CHANNELS = 32
 # The create body's whole-number fields (see whole_numbers).
 _CHANNEL_WHOLE_NUMBERS = tuple(field.api for field in CREATE_FIELDS if field.kind == "int")
 

@@ -18,7 +18,7 @@ from ..identity import IDENTIFIER_JSON_PATTERN
 from ..messages import PAYLOAD_FORMATS, POSITION_JSON_PATTERN
 from ..naming import CLIENT_ID_JSON_PATTERN, SERVER_CLIENT_ID
 from ..state.idempotency import IDEMPOTENCY_WINDOW_SECONDS, MAX_KEY_LENGTH
-from ..tokens import MAX_INFO_BYTES, MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from ..tokens import MAX_INFO_BYTES, MAX_TOKEN_CHANNELS, MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from . import openapi_examples as examples
 from .api import (
     BATCH_KEY_MAX_LENGTH,
@@ -443,6 +443,14 @@ def _document() -> dict:
                     _object(
                         {
                             "channel": {"type": "string"},
+                            "channels": {
+                                "type": "array",
+                                "items": {"type": "string"},
+                                "minItems": 1,
+                                "maxItems": MAX_TOKEN_CHANNELS,
+                                "description": "Instead of channel: the channels one token covers, for one "
+                                "multiplexed connection (GET /api/v1/events, /api/v1/connect).",
+                            },
                             "clientId": {"type": "string"},
                             "ttl": {"type": "integer", "minimum": MIN_TTL_SECONDS, "maximum": MAX_TTL_SECONDS},
                             "publish": {"type": "boolean"},
@@ -452,7 +460,6 @@ def _document() -> dict:
                                 f"a JSON object of at most {MAX_INFO_BYTES} bytes, signed into the token.",
                             },
                         },
-                        required=["channel"],
                     ),
                     examples.TOKEN_REQUEST,
                 ),
@@ -462,6 +469,7 @@ def _document() -> dict:
                             {
                                 "token": {"type": "string"},
                                 "channelId": {"type": "string"},
+                                "channelIds": {"type": "array", "items": {"type": "string"}},
                                 "clientId": {"type": "string"},
                                 "ttl": {"type": "integer"},
                                 "publish": {"type": "boolean"},

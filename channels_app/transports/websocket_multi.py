@@ -122,6 +122,7 @@ class ConnectConsumer(SocketConsumer):
             return
         self.outbox = new_outbox(runtime=runtime, send=self.base_send, write=self._write, on_overflow=self._on_overflow)
         self._open = True
+        runtime.hub.socket_opened(self.close_soon)
         hold_close_reply(self.base_send, self._release)
         await self.accept()
         self._accepted = True
@@ -295,6 +296,8 @@ class ConnectConsumer(SocketConsumer):
 
     def _detach(self) -> tuple:
         """Take the connection's channels off the consumer."""
+        if self._open:
+            self.runtime.hub.socket_closed(self.close_soon)
         joined, self.joined, self._open = list(self.joined.values()), {}, False
         return (joined,)
 

@@ -300,3 +300,35 @@ async def test_on_disconnect_runs_after_the_slot_is_free_and_its_failure_is_coun
         within=5,
         message="the failing on_disconnect hooks were not counted",
     )
+
+
+async def test_hooks_judge_each_channel_and_frame_of_a_multiplexed_socket(server):
+    async with websockets.connect(f"{server.ws}/api/v1/connect?clientId=refuse-mux") as refused:
+        assert json.loads(await refused.recv())["control"] == "connected"
+        await refused.send(json.dumps({"subscribe": "plain", "ref": 1}))
+        answer = json.loads(await asyncio.wait_for(refused.recv(), 5))
+        assert (answer["code"], answer["error"], answer["channel"], answer["ref"]) == (
+            4403,
+            "hook_rejected",
+            "plain",
+            1,
+        )
+    async with (
+        websockets.connect(f"{server.ws}/api/v1/connect?clientId=mux-writer") as writer,
+        websockets.connect(server.channel_url("hooked-1", clientId="mux-reader")) as reader,
+    ):
+        assert json.loads(await writer.recv())["control"] == "connected"
+        await writer.send(json.dumps({"subscribe": "hooked"}))
+        assert json.loads(await asyncio.wait_for(writer.recv(), 5))["control"] == "subscribed"
+        await writer.send(json.dumps({"publish": "hooked", "payload": "upper:shout", "ref": "u"}))
+        ack = json.loads(await asyncio.wait_for(writer.recv(), 5))
+        assert (ack["control"], ack["ref"]) == ("published", "u")
+        assert json.loads(await asyncio.wait_for(reader.recv(), 5))["payload"] == "SHOUT"
+        await writer.send(json.dumps({"publish": "hooked", "payload": "refuse:", "ref": "r"}))
+        refusal = json.loads(await asyncio.wait_for(writer.recv(), 5))
+        assert (refusal["code"], refusal["error"], refusal["ref"], refusal["channel"]) == (
+            4451,
+            "hook_rejected",
+            "r",
+            "hooked-1",
+        )

@@ -26,8 +26,8 @@ from ..core.services import (
 from ..core.subscription import Subscription
 from ..errors import ApplicationError, bad_request, shutting_down, too_many_channels
 from ..hooks import ON_PUBLISH
-from ..jsoncodec import json_parse, payload_of
-from ..messages import PAYLOAD_FORMATS, Position, payload_format_parse
+from ..jsoncodec import json_parse, json_text, payload_of
+from ..messages import PAYLOAD_FORMATS, TEXT, Position, payload_format_parse
 from ..naming import client_id_parse
 from .subscribing import flag, new_outbox, query_params, subscription_for
 from .websocket import ENCODERS, SocketConsumer, encode_control
@@ -261,7 +261,9 @@ class ConnectConsumer(SocketConsumer):
         reply = {"channel": connection.channel.id, **reply}
         if self.rate_limited(reply):
             return
-        await self.publish_soon(connection, joined.publish_hooks, payload, (payload, payload_kind), reply)
+        # What on_publish hooks see as the frame: as a one-channel connection in this payload format would send it.
+        frame_text = payload if connection.payload_format == TEXT else json_text(frame["payload"])
+        await self.publish_soon(connection, joined.publish_hooks, frame_text, (payload, payload_kind), reply)
 
     def _channel_closed(self, channel_id: str, code: int, body: dict) -> None:
         """The hub ends one channel (deleted, this clientId replaced there), or all (shutting down)."""

@@ -333,7 +333,8 @@ async def tokens_create(request: HttpRequest):
             'or name several channels as "channels": ["...", "..."].'
         )
     registry = request.realtime.registry
-    if "channel" in body:
+    single = isinstance(body.get("channel"), str)
+    if single:
         channels = [await registry.resolve(body["channel"])]
     else:
         channels = [await registry.resolve(reference) for reference in body["channels"]]
@@ -346,10 +347,10 @@ async def tokens_create(request: HttpRequest):
         raise bad_request("publish must be true or false.", field="publish")
     info = token_info_check(body.get("info"))
     ids = list(dict.fromkeys(channel.id for channel in channels))
-    covered = ids[0] if "channel" in body else ids
+    covered = ids[0] if single else ids
     token = token_mint(channel_id=covered, client_id=client_id, ttl=ttl, can_publish=publish, info=info)
     answer = {"token": token, "clientId": client_id, "ttl": ttl, "publish": publish}
-    answer.update({"channelId": covered} if "channel" in body else {"channelIds": ids})
+    answer.update({"channelId": covered} if single else {"channelIds": ids})
     if info is not None:
         answer["info"] = info
     return JsonResponse(answer, status=201)

@@ -460,7 +460,8 @@ def _document() -> dict:
                                 f"a JSON object of at most {MAX_INFO_BYTES} bytes, signed into the token.",
                             },
                         },
-                    ),
+                    )
+                    | {"anyOf": [{"required": ["channel"]}, {"required": ["channels"]}]},
                     examples.TOKEN_REQUEST,
                 ),
                 "responses": {

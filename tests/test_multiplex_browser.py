@@ -39,6 +39,8 @@ CONFIG = (
   alerts: {id: "alerts-1", type: "SSE"}
   chat: {id: "chat-1", type: "WS"}
   room: {id: "room-1", type: "WS"}
+  digest: {id: "digest-1", type: "SSE"}
+  billing: {id: "billing-1", type: "SSE"}
 """
 )
 
@@ -57,7 +59,8 @@ HARNESS = """([options, channels]) => {
         body.dataset.mode = String(mux.mode);
     };
     window.follow = (channel, subscribeOptions) => {
-        const sub = mux.subscribe(channel, (message) => { got.messages.push(message); show(); }, subscribeOptions || {});
+        const onMessage = (message) => { got.messages.push(message); show(); };
+        const sub = mux.subscribe(channel, onMessage, subscribeOptions || {});
         sub.on("subscribed", show);
         sub.on("gap", (gap) => { got.gaps.push(gap); show(); });
         sub.on("error", (error) => { got.errors.push(error); show(); });
@@ -231,7 +234,8 @@ def test_every_channel_resumes_after_its_server_restarts_with_nothing_lost(
     messages = page.evaluate("got.messages.map((m) => `${m.channelId}:${m.payload}`)")
     assert sorted(messages) == sorted(expected) and len(messages) == len(set(messages))
     for channel_id in ids:
-        assert [m for m in messages if m.startswith(channel_id)] == [f"{channel_id}:{t}" for t in ("before", "away-1", "away-2")]
+        in_order = [f"{channel_id}:{text}" for text in ("before", "away-1", "away-2")]
+        assert [m for m in messages if m.startswith(channel_id)] == in_order
     assert page.evaluate("got.gaps") == []
     # Still one connection at a time: the first, then the reconnects, all multiplexed.
     assert set(traffic.paths()) == {"/api/v1/connect" if transport == "ws" else "/api/v1/events"}
@@ -254,15 +258,21 @@ def test_a_memory_restart_is_reported_as_a_gap_on_each_channel(transport, channe
     expect(body).to_have_attribute("data-gaps", " ".join(f"{c}:epoch_changed" for c in channels))
     expect(body).to_have_attribute("data-state", "open")
     push(server, f"{channels[1]}-1", "after")
-    expect(body).to_have_attribute("data-messages", " ".join([*(f"{c}-1:before" for c in channels), f"{channels[1]}-1:after"]))
+    expect(body).to_have_attribute(
+        "data-messages", " ".join([*(f"{c}-1:before" for c in channels), f"{channels[1]}-1:after"])
+    )
     page.evaluate("mux.close()")
     assert pages.problems == []
 
 
 def refuse_like_an_older_release(socket: WebSocketRoute) -> None:
     """What this service answered at /api/v1/connect before multiplexing: a close frame, then 4404."""
+    REFUSED_SOCKETS.append(socket.url)
     socket.send(json.dumps({"control": "close", "code": 4404, "error": "not_found", "message": "No WebSocket here."}))
     socket.close(code=4404, reason="")
+
+
+REFUSED_SOCKETS: list[str] = []
 
 
 @pytest.mark.parametrize(("transport", "channels"), [("ws", ["chat", "room"]), ("sse", ["news", "alerts"])])
@@ -280,8 +290,12 @@ def test_against_a_server_without_multiplexing_it_falls_back_to_one_channel_urls
     expect(body).to_have_attribute("data-state", "open")
     assert page.evaluate("got.fallback")
     one_channel = [f"/api/v1/channels/{channel}" for channel in channels]
-    multiplexed = "/api/v1/connect" if transport == "ws" else "/api/v1/events"
-    assert sorted(traffic.paths()) == sorted([multiplexed, *one_channel])
+    if transport == "ws":
+        # A routed WebSocket never reaches the page's network events.
+        assert [urlsplit(url).path for url in REFUSED_SOCKETS] == ["/api/v1/connect"]
+        assert sorted(traffic.paths()) == one_channel
+    else:
+        assert sorted(traffic.paths()) == sorted(["/api/v1/events", *one_channel])
     for channel in channels:
         push(server, f"{channel}-1", "hello")
     expect(body).to_have_attribute("data-messages", " ".join(f"{c}-1:hello" for c in channels))
@@ -304,38 +318,38 @@ def test_against_a_server_without_multiplexing_it_falls_back_to_one_channel_urls
 def test_the_notifications_page_follows_several_channels_on_one_stream(server, pages):
     page = pages.open(f"{server.http}/web/chat/")
     traffic = Traffic().watch(page)
-    page.goto(f"{server.http}/web/notifications/?channel=news&channel=alerts-1")
+    page.goto(f"{server.http}/web/notifications/?channel=digest&channel=billing-1")
     expect(page.locator("#following")).to_have_text(
-        "Following 2 channels on one stream: news, alerts. Pick one below to follow it alone."
+        "Following 2 channels on one stream: digest, billing. Pick one below to follow it alone."
     )
-    expect(page.get_by_role("status").first).to_have_text("Listening to news, alerts.")
-    push(server, "news-1", "Build 41 passed")
-    push(server, "alerts-1", "Disk almost full")
+    expect(page.get_by_role("status").first).to_have_text("Listening to digest, billing.")
+    push(server, "digest-1", "Build 41 passed")
+    push(server, "billing-1", "Disk almost full")
     expect(page.locator(".notification .text")).to_have_text(["Disk almost full", "Build 41 passed"])
-    expect(page.locator(".notification .channel")).to_have_text(["alerts", "news"])
+    expect(page.locator(".notification .channel")).to_have_text(["billing", "digest"])
     expect(page.locator("#unread-count")).to_have_text("2")
     # One event stream for both channels, and no one-channel stream.
     assert len(traffic.streams) == 1, traffic.streams
     stream = urlsplit(traffic.streams[0])
     assert stream.path == "/api/v1/events"
-    assert parse_qs(stream.query)["channel"] == ["news-1", "alerts-1"]
+    assert parse_qs(stream.query)["channel"] == ["digest-1", "billing-1"]
     counts = subscriptions(server)
-    assert counts[("news-1", "SSE")] == 1 and counts[("alerts-1", "SSE")] == 1
+    assert counts[("digest-1", "SSE")] == 1 and counts[("billing-1", "SSE")] == 1
 
     # Read marks are kept per channel: after a reload the history is back, read.
     page.get_by_role("button", name="Mark all as read").click()
     expect(page.locator("#unread-count")).to_have_text("0")
     page.reload()
-    expect(page.get_by_role("status").first).to_have_text("Listening to news, alerts.")
+    expect(page.get_by_role("status").first).to_have_text("Listening to digest, billing.")
     expect(page.locator(".notification .text")).to_have_text(["Disk almost full", "Build 41 passed"])
     expect(page.locator("#unread-count")).to_have_text("0")
-    push(server, "news-1", "Build 42 passed")
+    push(server, "digest-1", "Build 42 passed")
     expect(page.locator(".notification.unread .text")).to_have_text(["Build 42 passed"])
     assert all(urlsplit(url).path == "/api/v1/events" for url in traffic.streams)
 
     # One channel still opens the one-channel URL, as before.
-    page.goto(f"{server.http}/web/notifications/?channel=news")
-    expect(page.get_by_role("status").first).to_have_text("Listening to news.")
-    assert urlsplit(traffic.streams[-1]).path == "/api/v1/channels/news-1"
+    page.goto(f"{server.http}/web/notifications/?channel=digest")
+    expect(page.get_by_role("status").first).to_have_text("Listening to digest.")
+    assert urlsplit(traffic.streams[-1]).path == "/api/v1/channels/digest-1"
     assert page.locator("#following").count() == 0
     assert pages.problems == []

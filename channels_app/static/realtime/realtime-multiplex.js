@@ -114,8 +114,8 @@
     }
 
     _gap(body) {
-      // As on one channel: the whole history asked on the first subscription promises nothing.
-      if (!this._everSubscribed && this._history && body.requested === "0") return;
+      // The whole history asked ("0") promises nothing: history trimmed there is not a loss for this page.
+      if (this._history && body.requested === "0") return;
       this._emit("gap", { ...body, channel: this.channel });
     }
 

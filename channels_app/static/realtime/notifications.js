@@ -126,6 +126,8 @@
     reset();
     channel = channelSelect.value;
     labels = null;
+    // Picking one channel leaves the multiplexed stream for good (the address keeps that channel only).
+    document.getElementById("following")?.remove();
     rememberChannelInUrl(channel);
     const label = channelSelect.selectedOptions[0]?.textContent.trim() || channel;
     const current = Realtime.connect({ channel, transport: "sse", clientId, history: true, baseUrl: config.channelsUrl });

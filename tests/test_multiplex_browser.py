@@ -203,6 +203,21 @@ def test_one_event_stream_carries_several_channels_and_follows_subscribe_and_uns
     assert pages.problems == []
 
 
+@pytest.mark.parametrize(("transport", "followed"), [("ws", "chat"), ("sse", "news")])
+def test_a_channel_that_may_not_be_read_is_refused_alone_and_the_others_go_on(transport, followed, server, pages):
+    page, traffic = open_client(pages, server, {"transport": transport}, [followed, "nowhere"])
+    body = page.locator("body")
+    expect(body).to_have_attribute("data-errors", "nowhere:4404:channel_not_found")
+    expect(body).to_have_attribute("data-subscribed", followed)
+    assert page.evaluate("mux.channels") == [followed]
+    assert page.evaluate("got.errors[0].permanent") is True
+    push(server, f"{followed}-1", "still here")
+    expect(body).to_have_attribute("data-messages", f"{followed}-1:still here")
+    assert set(traffic.paths()) == {"/api/v1/connect" if transport == "ws" else "/api/v1/events"}
+    page.evaluate("mux.close()")
+    assert pages.problems == []
+
+
 @pytest.mark.parametrize(("transport", "channels"), [("ws", ["chat", "room"]), ("sse", ["news", "alerts"])])
 def test_every_channel_resumes_after_its_server_restarts_with_nothing_lost(
     transport, channels, start_server, redis_server, pages

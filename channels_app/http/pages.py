@@ -104,9 +104,9 @@ async def render_page(
     runtime = request.realtime
     registered = await runtime.registry.all()
     requested = [reference for reference in request.GET.getlist("channel") if reference]
-    channels, selected = channel_choices(
-        registered, transport=transport.upper(), requested=requested[0] if requested else None
-    )
+    # A page following several channels selects the first; otherwise the last ?channel= wins, as it always did.
+    preselected = requested[0] if multiplexed and requested else request.GET.get("channel")
+    channels, selected = channel_choices(registered, transport=transport.upper(), requested=preselected)
     config = page_config(server=runtime.server, transport=transport, channels=channels, selected=selected) | (
         extra_config or {}
     )

@@ -103,6 +103,8 @@
 
     _deliver(message) {
       if (!message || typeof message !== "object" || this.state === "closed") return;
+      // A one-channel fallback tells the channel's id only with its messages.
+      if (this.id === null && message.channelId) this.id = message.channelId;
       const position = positionOf(message);
       if (position) this.position = position;
       if (message.id) {

@@ -117,6 +117,9 @@ def test_pages_are_ready_for_a_strict_content_security_policy(pages_server, path
     assert page.style_elements == 0
     assert page.external_urls == [], "pages must work offline: no CDN"
     assert "/static/realtime/realtime.js" in page.script_sources
+    # The multiplexed client extends Realtime, so it loads after realtime.js.
+    sources = page.script_sources
+    assert sources.index("/static/realtime/realtime-multiplex.js") == sources.index("/static/realtime/realtime.js") + 1
     # Every form field has a label.
     for field_id in {"channel"} | ({"display-name", "message"} if "chat" in path else {"push-text", "api-key"}):
         assert field_id in page.ids and field_id in page.labels_for, field_id
@@ -125,6 +128,7 @@ def test_pages_are_ready_for_a_strict_content_security_policy(pages_server, path
 def test_static_files_are_served_by_the_app(pages_server):
     for name, kind in [
         ("realtime.js", "javascript"),
+        ("realtime-multiplex.js", "javascript"),
         ("pages.js", "javascript"),
         ("chat.js", "javascript"),
         ("notifications.js", "javascript"),
@@ -174,6 +178,26 @@ def test_notifications_lists_sse_channels_and_offers_the_push_form(pages_server)
     # APP_DEBUG=1 without keys: the API is open, so the key field is optional.
     assert config["apiKeyRequired"] is False
     assert "push-form" in page.ids
+
+
+def test_notifications_follow_several_channels_by_id_each_once(pages_server):
+    """``?channel=a&channel=b`` hands the page every channel to follow on one stream (by id, an unknown one kept
+    as given); the picker selects the first. One channel, or the chat page, follows no list."""
+    params = [("channel", "feed"), ("channel", "chat-1"), ("channel", "feed-1"), ("channel", "nope")]
+    page = parse(httpx.get(f"{pages_server.http}/web/notifications/", params=params).text)
+    config = page_config(page)
+    assert config["follow"] == [
+        {"id": "feed-1", "name": "feed"},
+        {"id": "chat-1", "name": "chat"},
+        {"id": "nope", "name": "nope"},
+    ]
+    assert config["selected"] == "feed-1"
+    assert "following" in page.ids
+    single = parse(httpx.get(f"{pages_server.http}/web/notifications/", params={"channel": "feed"}).text)
+    assert "follow" not in page_config(single) and "following" not in single.ids
+    chat = parse(httpx.get(f"{pages_server.http}/web/chat/", params=[("channel", "chat"), ("channel", "chat-2")]).text)
+    assert "follow" not in page_config(chat)
+    assert page_config(chat)["selected"] == "chat-2"
 
 
 def test_pages_answer_only_get_and_head(pages_server):

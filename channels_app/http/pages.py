@@ -40,6 +40,20 @@ def channel_choices(channels: list[ChannelInfo], *, transport: str, requested: s
     return choices, choices[0]["id"] if choices else ""
 
 
+def followed_channels(channels: list[ChannelInfo], requested: list[str]) -> list[dict]:
+    """The channels a page follows on one multiplexed stream (``?channel=a&channel=b``), each once, by id.
+
+    As in ``channel_choices``, a channel naming none of the listed ones is kept as given, so the
+    page shows the server's refusal of it in words.
+    """
+    followed: dict[str, dict] = {}
+    for reference in requested:
+        match = next((channel for channel in channels if reference in (channel.id, channel.name)), None)
+        entry = {"id": match.id, "name": match.name} if match else {"id": reference, "name": reference}
+        followed.setdefault(entry["id"], entry)
+    return list(followed.values())
+
+
 def page_config(*, server, transport: str, channels: list[dict], selected: str) -> dict:
     """What every page's script needs: where channels live and which ones to offer."""
     messages_url = reverse("channel-messages", kwargs={"channel": "__channel__"})
@@ -78,20 +92,27 @@ async def render_page(
     switched_on: bool,
     transport: str,
     extra_config: dict | None = None,
+    multiplexed: bool = False,
 ) -> HttpResponse:
     """Render ``realtime/<page>.html`` offering the channels of ``transport``, or 404 when the page is off.
 
-    ``extra_config`` adds the page's own settings to what its script receives (and the template reads).
+    ``extra_config`` adds the page's own settings to what its script receives (and the template reads);
+    ``multiplexed`` pages follow every ``?channel=`` given, when there are several, on one connection.
     """
     if not switched_on:
         raise Http404(f"The {page} page is off: set server.render_{page}_html: true.")
     runtime = request.realtime
-    channels, selected = channel_choices(
-        await runtime.registry.all(), transport=transport.upper(), requested=request.GET.get("channel")
-    )
+    registered = await runtime.registry.all()
+    requested = [reference for reference in request.GET.getlist("channel") if reference]
+    # A page following several channels selects the first; otherwise the last ?channel= wins, as it always did.
+    preselected = requested[0] if multiplexed and requested else request.GET.get("channel")
+    channels, selected = channel_choices(registered, transport=transport.upper(), requested=preselected)
     config = page_config(server=runtime.server, transport=transport, channels=channels, selected=selected) | (
         extra_config or {}
     )
+    followed = followed_channels(registered, requested) if multiplexed else []
+    if len(followed) > 1:
+        config["follow"] = followed
     context = {
         "config": config,
         "channels": channels,
@@ -112,7 +133,8 @@ async def chat(request: HttpRequest) -> HttpResponse:
 
 @require_safe
 async def notifications(request: HttpRequest) -> HttpResponse:
-    """``GET /web/notifications/``: follow an SSE channel, and push test notifications when allowed."""
+    """``GET /web/notifications/``: follow an SSE channel (or several on one stream: ``?channel=a&channel=b``),
+    and push test notifications when allowed."""
     server = request.realtime.server
     push_settings = {"allowPush": server.allow_push_server_messages, "apiKeyRequired": not api_open_for_debug()}
     return await render_page(
@@ -122,6 +144,7 @@ async def notifications(request: HttpRequest) -> HttpResponse:
         switched_on=server.render_notifications_html,
         transport="sse",
         extra_config=push_settings,
+        multiplexed=True,
     )
 
 

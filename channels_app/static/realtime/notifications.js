@@ -1,5 +1,7 @@
 /*
- * The notifications page: follow an SSE channel, newest first, with an unread count.
+ * The notifications page: follow an SSE channel, newest first, with an unread count. Opened with
+ * several channels (?channel=a&channel=b), it follows them all on one multiplexed event stream
+ * (Realtime.multiplex, realtime-multiplex.js), each notification labelled with its channel.
  *
  * What has been read is remembered per channel as the position of the newest notification
  * marked read (localStorage), so a reload shows the recent history without counting it again.
@@ -12,7 +14,8 @@
   const { pageConfig, element, timeElement, showStatus, gapText, errorText, Notices, tabTag, rememberChannelInUrl } = RealtimePage;
   const config = pageConfig();
   const form = document.getElementById("channel-form");
-  if (!form) return;
+  const followed = config.follow || [];
+  if (!form && followed.length < 2) return;
 
   const READ_KEY = "realtime.notifications.read.";
   const API_KEY_KEY = "realtime.apiKey";
@@ -31,7 +34,9 @@
   let subscription = null;
   let channel = null;
   let unread = new Set();
-  let newest = null;
+  // The newest notification's position, by channel id: what "Mark all as read" remembers.
+  let newest = new Map();
+  let labels = null;
 
   function storage(kind) {
     try {
@@ -41,8 +46,8 @@
     }
   }
 
-  function readMark() {
-    const raw = storage("local")?.getItem(READ_KEY + channel);
+  function readMark(channelId) {
+    const raw = storage("local")?.getItem(READ_KEY + channelId);
     const match = raw && /^(.+)-(\d+)$/.exec(raw);
     return match ? { epoch: match[1], offset: Number(match[2]) } : null;
   }
@@ -70,15 +75,18 @@
   }
 
   function renderNotification(message) {
-    const fresh = isUnread(message, readMark());
+    const channelId = message.channelId || channel;
+    const fresh = isUnread(message, readMark(channelId));
     const item = element("li", { className: `notification${fresh ? " unread" : ""}` });
     item.dataset.id = message.id || "";
+    item.dataset.channel = channelId;
     const meta = element("p", { className: "meta" });
     meta.append(timeElement(message.createdAt));
+    if (labels) meta.append(" ", element("span", { className: "channel", text: labels.get(channelId) || channelId }));
     if (fresh) meta.append(" ", element("span", { className: "tag", text: "Unread" }));
     item.append(meta, element("p", { className: "text", text: message.payload }));
     prepend(item);
-    if (message.offset !== undefined && message.offset !== null) newest = `${message.epoch}-${message.offset}`;
+    if (message.offset !== undefined && message.offset !== null) newest.set(channelId, `${message.epoch}-${message.offset}`);
     if (fresh) {
       unread.add(item.dataset.id);
       showUnread();
@@ -86,7 +94,7 @@
   }
 
   function markAllRead() {
-    if (newest) storage("local")?.setItem(READ_KEY + channel, newest);
+    for (const [channelId, position] of newest) storage("local")?.setItem(READ_KEY + channelId, position);
     for (const item of list.querySelectorAll(".notification.unread")) {
       item.classList.remove("unread");
       item.querySelector(".tag")?.remove();
@@ -95,38 +103,74 @@
     showUnread();
   }
 
-  function listen() {
+  function reset() {
     if (subscription) subscription.close();
-    channel = channelSelect.value;
     unread = new Set();
-    newest = null;
+    newest = new Map();
     list.replaceChildren();
     empty.hidden = false;
     notices.clear();
     showUnread();
+  }
+
+  function showGap(gap) {
+    notices.show("gap", gapText(gap));
+    prepend(element("li", { className: "divider", text: "Some notifications may be missing here." }));
+  }
+
+  function showError(error) {
+    notices.show(error.permanent ? "error" : "refusal", errorText(error));
+  }
+
+  function listen() {
+    reset();
+    channel = channelSelect.value;
+    labels = null;
+    // Picking one channel leaves the multiplexed stream for good (the address keeps that channel only).
+    document.getElementById("following")?.remove();
     rememberChannelInUrl(channel);
     const label = channelSelect.selectedOptions[0]?.textContent.trim() || channel;
     const current = Realtime.connect({ channel, transport: "sse", clientId, history: true, baseUrl: config.channelsUrl });
     subscription = current;
     current.on("message", renderNotification);
-    current.on("gap", (gap) => {
-      notices.show("gap", gapText(gap));
-      prepend(element("li", { className: "divider", text: "Some notifications may be missing here." }));
-    });
+    current.on("gap", showGap);
     current.on("status", (detail) => {
       if (current !== subscription) return;
       showStatus(statusLine, detail, { connectedText: `Listening to ${label}.` });
       if (detail.state === "open") notices.clear("refusal");
     });
-    current.on("error", (error) => notices.show(error.permanent ? "error" : "refusal", errorText(error)));
+    current.on("error", showError);
   }
 
-  form.addEventListener("submit", (event) => {
+  /** Every channel of ?channel=a&channel=b on one event stream. */
+  function listenToAll() {
+    reset();
+    channel = channelSelect?.value || followed[0].id;
+    labels = new Map(followed.map((each) => [each.id, each.name]));
+    const baseUrl = config.channelsUrl.replace(/channels\/$/, "");
+    const current = Realtime.multiplex({ transport: "sse", clientId, baseUrl });
+    subscription = current;
+    const connectedText = `Listening to ${followed.map((each) => each.name).join(", ")}.`;
+    current.on("status", (detail) => {
+      if (current !== subscription) return;
+      showStatus(statusLine, detail, { connectedText });
+      if (detail.state === "open") notices.clear("refusal");
+    });
+    current.on("error", showError);
+    for (const each of followed) {
+      const followedChannel = current.subscribe(each.id, renderNotification, { history: true });
+      followedChannel.on("gap", showGap);
+      followedChannel.on("error", showError);
+    }
+  }
+
+  form?.addEventListener("submit", (event) => {
     event.preventDefault();
     listen();
   });
   markReadButton.addEventListener("click", markAllRead);
-  listen();
+  if (followed.length > 1) listenToAll();
+  else listen();
 
   const pushForm = document.getElementById("push-form");
   if (!pushForm) return;

@@ -9,7 +9,8 @@
  *   sub.send("hello");
  *
  * Plain script, no build step: load it with <script src=".../realtime.js"> and use the global
- * `Realtime`. Documented in docs/javascript-client.md.
+ * `Realtime`. Several channels on one connection: realtime-multiplex.js, loaded after this file,
+ * adds `Realtime.multiplex`. Documented in docs/javascript-client.md.
  */
 (function (global) {
   "use strict";
@@ -390,5 +391,10 @@
     Subscription,
     describe,
     positionOf,
+    /** The close code matching an HTTP refusal's status (404 becomes 4404), as the subscription reports it. */
+    codeOfStatus(status) {
+      return STATUS_TO_CODE[status] || status;
+    },
+    PERMANENT,
   };
 })(typeof window !== "undefined" ? window : globalThis);

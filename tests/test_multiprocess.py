@@ -45,6 +45,7 @@ channels:
     max_of_channel_connections: 1000
 """
 MEMORY = 'driver: "MEMORY"'
+LOW_SOFT_LIMIT = 256
 
 
 def redis_pubsub(url: str) -> str:
@@ -111,9 +112,17 @@ class Instance:
     def __init__(self, tmp_path: Path, env: dict[str, str]):
         self.port = int(env["PORT"])
         self.log_path = tmp_path / "entrypoint.log"
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [str(ENTRYPOINT)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                [str(ENTRYPOINT)],
+                cwd=tmp_path,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # A low soft limit, as many hosts give: the supervisor raises it to the hard one.
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_SOFT_LIMIT, hard)),
             )
         self.seen: set[int] = set()
 
@@ -198,7 +207,7 @@ async def test_two_processes_share_the_port_and_the_channel(tmp_path, server, re
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         for pid in (first, second):
             assert open_file_limits(pid) == (hard, hard)
-        assert f"hard limit {hard}" in log
+        assert f"open files: soft limit {hard} (was {LOW_SOFT_LIMIT}), hard limit {hard}" in log
 
         # Connections land on both processes (the kernel hashes them over the two sockets).
         sockets = await connect_spread(port, 16)
@@ -270,6 +279,16 @@ def test_memory_driver_with_several_processes_is_refused(tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "REALTIME_PROCESSES=2 needs pubsub.driver REDIS" in result.stderr
     assert 'Write REALTIME_PROCESSES=1, or set pubsub.driver: "REDIS"' in result.stderr
+
+
+def test_several_processes_need_one_signing_key():
+    postgres = {"DATABASE_URL": "postgres://realtime@db/realtime"}
+    with pytest.raises(supervisor.SupervisorError, match="set DJANGO_SECRET_KEY"):
+        supervisor.check_shared_key(postgres, 2)
+    supervisor.check_shared_key(postgres, 1)
+    supervisor.check_shared_key({**postgres, "DJANGO_SECRET_KEY": "k"}, 2)
+    supervisor.check_shared_key({**postgres, "REALTIME_DATA_DIR": "/data"}, 2)
+    supervisor.check_shared_key({"DATABASE_URL": "sqlite:////data/db.sqlite3"}, 2)  # the key file in /data
 
 
 def test_bad_settings_are_refused_with_the_fix(tmp_path):

@@ -157,6 +157,23 @@ def check_driver(driver: str, processes: int) -> None:
         )
 
 
+def check_shared_key(env: dict[str, str], processes: int) -> None:
+    """Refuse several processes that would each make up their own signing key (tokens, sessions).
+
+    Without ``DJANGO_SECRET_KEY`` the key is kept in the data folder, which the processes share; with
+    PostgreSQL and no ``REALTIME_DATA_DIR`` there is none, and a token one process signs would be
+    refused by the others.
+    """
+    if processes == 1 or env.get("DJANGO_SECRET_KEY") or env.get("REALTIME_DATA_DIR"):
+        return
+    if env.get("DATABASE_URL", "sqlite:").startswith("sqlite:"):
+        return
+    raise SupervisorError(
+        f"{PROCESSES_VAR}={processes} needs one signing key for every process: set DJANGO_SECRET_KEY (or "
+        "REALTIME_DATA_DIR, a folder they share), or write REALTIME_PROCESSES=1"
+    )
+
+
 def listening_sockets(host: str, port: int, count: int, backlog: int) -> list[socket.socket]:
     """``count`` sockets listening on ``host:port`` with ``SO_REUSEPORT``, inheritable by children."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -306,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         backlog = listen_backlog(env.get(BACKLOG_VAR))
         config = _configuration(env)
         check_driver(config.pubsub.driver, processes)
+        check_shared_key(env, processes)
     except SupervisorError as exc:
         logger.error("%s", exc)
         return 2

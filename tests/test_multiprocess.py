@@ -12,7 +12,9 @@ import asyncio
 import os
 import re
 import resource
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -340,6 +342,31 @@ def test_available_cores_follows_the_cgroup_quota(tmp_path):
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert supervisor.available_cores(tmp_path) == 1
+
+
+@pytest.mark.parametrize("nodelay", [True, False])
+def test_listening_sockets_share_the_port(nodelay):
+    port = free_port()
+    sockets = supervisor.listening_sockets("127.0.0.1", port, 2, 100, nodelay=nodelay)
+    try:
+        for sock in sockets:
+            assert sock.getsockname() == ("127.0.0.1", port) and sock.get_inheritable()
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        # What a server accepts carries the listener's TCP_NODELAY (uvicorn's, without --fd).
+        client = socket.create_connection(("127.0.0.1", port))
+        ready, _, _ = select.select(sockets, [], [], 5)
+        accepted, _ = ready[0].accept()
+        assert bool(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)) is nodelay
+        accepted.close()
+        client.close()
+    finally:
+        for sock in sockets:
+            sock.close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(supervisor.SupervisorError, match="cannot listen on 127.0.0.1"):
+            supervisor.listening_sockets("127.0.0.1", taken.getsockname()[1], 2, 100, nodelay=False)
 
 
 def test_file_limit_warning_names_the_need():

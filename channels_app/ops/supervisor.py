@@ -174,8 +174,13 @@ def check_shared_key(env: dict[str, str], processes: int) -> None:
     )
 
 
-def listening_sockets(host: str, port: int, count: int, backlog: int) -> list[socket.socket]:
-    """``count`` sockets listening on ``host:port`` with ``SO_REUSEPORT``, inheritable by children."""
+def listening_sockets(host: str, port: int, count: int, backlog: int, *, nodelay: bool) -> list[socket.socket]:
+    """``count`` sockets listening on ``host:port`` with ``SO_REUSEPORT``, inheritable by children.
+
+    ``nodelay``: accepted connections inherit ``TCP_NODELAY`` from the listener. uvicorn sets it on
+    the connections of a socket it opens itself, not on one it is handed (``--fd``), so the
+    listener carries it for uvicorn; daphne (Twisted) sets it on neither, and gets neither here.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sockets = []
     try:
@@ -184,6 +189,8 @@ def listening_sockets(host: str, port: int, count: int, backlog: int) -> list[so
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if nodelay:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((host.strip("[]"), port))
             sock.listen(backlog)
             sock.set_inheritable(True)
@@ -339,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         os.execvpe(command[0], command, env)
     host, port = env.get("HOST", "0.0.0.0"), int(env.get("PORT", "8080"))
     try:
-        sockets = listening_sockets(host, port, processes, backlog)
+        nodelay = env.get("REALTIME_SERVER") == "uvicorn"
+        sockets = listening_sockets(host, port, processes, backlog, nodelay=nodelay)
     except SupervisorError as exc:
         logger.error("%s", exc)
         return 2

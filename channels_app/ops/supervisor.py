@@ -36,6 +36,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import ConfigError, load_config
+
 logger = logging.getLogger(__name__)
 
 PROCESSES_VAR = "REALTIME_PROCESSES"
@@ -309,12 +311,6 @@ def _configure_logging() -> None:
     logger.propagate = False
 
 
-def _configuration(env: dict[str, str]):
-    from channels_app.config import load_config
-
-    return load_config(env.get("CONFIG_FOLDER_PATH"))
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m channels_app.ops.supervisor -- COMMAND...``: see the module's docstring."""
     _configure_logging()
@@ -328,10 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         processes = process_count(env.get(PROCESSES_VAR))
         backlog = listen_backlog(env.get(BACKLOG_VAR))
-        config = _configuration(env)
+        config = load_config(env.get("CONFIG_FOLDER_PATH"))
         check_driver(config.pubsub.driver, processes)
         check_shared_key(env, processes)
-    except SupervisorError as exc:
+    except (SupervisorError, ConfigError) as exc:
         logger.error("%s", exc)
         return 2
 

@@ -90,6 +90,8 @@ fi
 
 if [ -z "${REALTIME_SUPERVISED:-}" ]; then
     echo "realtime: configuration from $CONFIG_FOLDER_PATH"
+    # REALTIME_PROCESSES against the driver and the signing key, before anything is migrated.
+    python -m channels_app.ops.supervisor --check || exit $?
     python manage.py migrate --noinput
     python manage.py sync_channels
     echo "realtime: listening on $HOST:$PORT ($REALTIME_SERVER)"

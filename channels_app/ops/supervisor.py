@@ -312,12 +312,17 @@ def _configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m channels_app.ops.supervisor -- COMMAND...``: see the module's docstring."""
+    """``python -m channels_app.ops.supervisor -- COMMAND...``: see the module's docstring.
+
+    ``--check`` only checks the settings (status 2 and the fix when one is wrong), so that the entry
+    point stops before it migrates.
+    """
     _configure_logging()
     command = list(sys.argv[1:] if argv is None else argv)
-    if command[:1] == ["--"]:
+    check_only = command[:1] == ["--check"]
+    if command[:1] in (["--"], ["--check"]):
         command = command[1:]
-    if not command:
+    if not command and not check_only:
         logger.error("usage: python -m channels_app.ops.supervisor -- COMMAND [ARGS...] (the command runs one server)")
         return 2
     env = dict(os.environ)
@@ -330,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     except (SupervisorError, ConfigError) as exc:
         logger.error("%s", exc)
         return 2
+    if check_only:
+        return 0
 
     limit = raise_file_limit()
     logger.info("open files: soft limit %s (was %s), hard limit %s", limit.soft, limit.soft_before, limit.hard)

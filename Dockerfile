@@ -37,7 +37,15 @@ RUN python -m compileall -q channels_app realtime_project
 # to the host names clients use (behind a load balancer: its public name), comma-separated.
 # CONFIG_FOLDER_PATH: unset means configs/memory.config.yaml; a relative path is looked for from
 # "/" first (mount the file at /configs/...), then from /app (the copies baked in here).
+# REALTIME_PROCESSES: server processes behind PORT (one uses one core; "auto" = one per core the
+# container may use; more than one needs pubsub.driver REDIS). REALTIME_LISTEN_BACKLOG: each
+# listening socket's accept queue, capped by the host's net.core.somaxconn. Give the container the
+# open-file limit its connections need: docker run --ulimit nofile=65536:65536 (the entry point
+# raises the soft limit to the hard one). docs/deployment.md, "Several processes per instance"
+# and "Limits: files, backlog, ports".
 ENV REALTIME_SERVER=daphne \
+    REALTIME_PROCESSES=1 \
+    REALTIME_LISTEN_BACKLOG=2048 \
     PORT=8080 \
     DATABASE_URL=sqlite:////data/db.sqlite3 \
     DJANGO_ALLOWED_HOSTS=localhost,127.0.0.1,[::1]

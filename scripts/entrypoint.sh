@@ -3,9 +3,13 @@
 #
 #   1. resolves CONFIG_FOLDER_PATH (see below) and exports it as an absolute path;
 #   2. applies migrations and writes the YAML's channels into the registry;
-#   3. execs the server REALTIME_SERVER names on $HOST:$PORT (default 0.0.0.0:8080), so the server
-#      receives SIGTERM directly: daphne (the default) or uvicorn (see docs/deployment.md,
-#      "Choosing the server").
+#   3. execs channels_app/ops/supervisor.py, which raises the open-file limit and, for
+#      REALTIME_PROCESSES=1 (the default), execs this script again as the server REALTIME_SERVER
+#      names on $HOST:$PORT (default 0.0.0.0:8080), so the server receives SIGTERM directly: daphne
+#      (the default) or uvicorn (see docs/deployment.md, "Choosing the server"). For N processes it
+#      listens on N SO_REUSEPORT sockets and runs this script once per socket (REALTIME_LISTEN_FD),
+#      restarting a process that dies and passing SIGTERM on (docs/deployment.md, "Several
+#      processes per instance").
 #
 # Arguments: options starting with "-" are passed to the server (docker run IMAGE --proxy-headers);
 # anything else is run instead of the server, with the same configuration, and without
@@ -31,6 +35,13 @@ HOST="${HOST:-0.0.0.0}"
 case "$PORT" in
     '' | *[!0-9]*) fail "PORT=$PORT is not a port number: write for example PORT=8080" ;;
 esac
+
+# The listen backlog of each listening socket; the kernel caps it at net.core.somaxconn.
+REALTIME_LISTEN_BACKLOG="${REALTIME_LISTEN_BACKLOG:-2048}"
+case "$REALTIME_LISTEN_BACKLOG" in
+    '' | *[!0-9]* | 0) fail "REALTIME_LISTEN_BACKLOG=$REALTIME_LISTEN_BACKLOG is not a queue length: write for example REALTIME_LISTEN_BACKLOG=4096" ;;
+esac
+backlog="$REALTIME_LISTEN_BACKLOG"
 
 REALTIME_SERVER="${REALTIME_SERVER:-daphne}"
 case "$REALTIME_SERVER" in
@@ -77,10 +88,17 @@ if [ "$#" -gt 0 ]; then
     esac
 fi
 
-echo "realtime: configuration from $CONFIG_FOLDER_PATH"
-python manage.py migrate --noinput
-python manage.py sync_channels
-echo "realtime: listening on $HOST:$PORT ($REALTIME_SERVER)"
+if [ -z "${REALTIME_SUPERVISED:-}" ]; then
+    echo "realtime: configuration from $CONFIG_FOLDER_PATH"
+    # REALTIME_PROCESSES against the driver and the signing key, before anything is migrated.
+    python -m channels_app.ops.supervisor --check || exit $?
+    python manage.py migrate --noinput
+    python manage.py sync_channels
+    echo "realtime: listening on $HOST:$PORT ($REALTIME_SERVER)"
+    exec python -m channels_app.ops.supervisor -- "$APP_DIR/scripts/entrypoint.sh" "$@"
+fi
+# One server process. Under a supervisor of several, on the socket it holds open for this process.
+fd="${REALTIME_LISTEN_FD:-}"
 if [ "$REALTIME_SERVER" = uvicorn ]; then
     # From the configuration: a message limit above server.max_message_size, so that an oversized
     # frame still reaches our check and gets its documented close (at least daphne's 1 MiB), and
@@ -95,14 +113,36 @@ print(max(1 << 20, 2 * load_config().server.max_message_size), max(math.ceil(gra
     # --http: deadlines for a request's head and body (channels_app/adapters/uvicorn_http.py).
     # --ws: uvicorn's websockets-sansio, answering a client's close frame once its slot is free
     # (channels_app/adapters/uvicorn_ws.py).
-    exec uvicorn realtime_project.asgi:application --host "$HOST" --port "$PORT" \
+    if [ -n "$fd" ]; then
+        set -- --fd "$fd" "$@"
+    else
+        set -- --host "$HOST" --port "$PORT" "$@"
+    fi
+    exec uvicorn realtime_project.asgi:application \
         --ws channels_app.adapters.uvicorn_ws:WebSocketProtocol --ws-max-size "${limits% *}" --ws-per-message-deflate false \
-        --ws-ping-interval 20 --ws-ping-timeout 30 --lifespan off --backlog 2048 \
+        --ws-ping-interval 20 --ws-ping-timeout 30 --lifespan off --backlog "$backlog" \
         --http channels_app.adapters.uvicorn_http:LimitedH11Protocol \
         --timeout-graceful-shutdown "${limits#* }" "$@"
 fi
 # daphne's own listen backlog is 50: connection storms overflow it. An endpoint string sets it
 # (and replaces -b/-p, which daphne would open as a second listener). Twisted wants the colons
-# of an IPv6 address escaped.
-interface=$(printf '%s' "$HOST" | sed 's/:/\\:/g')
-exec daphne -e "tcp:port=$PORT:interface=$interface:backlog=1024" "$@" realtime_project.asgi:application
+# of an IPv6 address escaped. A socket from the supervisor already listens with the backlog: daphne
+# adopts it through Twisted's systemd endpoint (socket activation's convention: descriptor 3, and
+# LISTEN_PID is this process, which exec keeps; daphne's own --fd names an endpoint Twisted lacks).
+if [ -n "$fd" ]; then
+    if [ "$fd" != 3 ]; then
+        exec 3<&"$fd"
+    fi
+    LISTEN_FDS=1
+    LISTEN_FDNAMES=realtime
+    LISTEN_PID=$$
+    export LISTEN_FDS LISTEN_FDNAMES LISTEN_PID
+    case "$HOST" in
+        *:*) endpoint="systemd:domain=INET6:index=0" ;;
+        *) endpoint="systemd:domain=INET:index=0" ;;
+    esac
+else
+    interface=$(printf '%s' "$HOST" | sed 's/:/\\:/g')
+    endpoint="tcp:port=$PORT:interface=$interface:backlog=$backlog"
+fi
+exec daphne -e "$endpoint" "$@" realtime_project.asgi:application

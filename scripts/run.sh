@@ -2,7 +2,9 @@
 # Sets everything up and starts the service on the embedded default: SQLite, the in-memory
 # channel layer and configs/memory.config.yaml (override with CONFIG_FOLDER_PATH, PORT, HOST).
 # REALTIME_SERVER=uvicorn serves it with uvicorn instead of daphne; options starting with "-" go
-# to the server. scripts/entrypoint.sh migrates, syncs the channels and starts the server.
+# to the server. REALTIME_PROCESSES=N (or auto) runs N server processes behind the port, with a
+# REDIS configuration (docs/deployment.md, "Several processes per instance").
+# scripts/entrypoint.sh migrates, syncs the channels and starts the server(s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${REALTIME_SERVER:-daphne}" in

@@ -5,7 +5,8 @@
 - Dockerfile: hadolint is clean, and its layout is what the docs promise.
 - ``scripts/entrypoint.sh`` runs outside Docker, with daphne and with uvicorn (REALTIME_SERVER):
   it migrates, syncs, serves ``/healthz``, ``/readyz`` and the channel preflight, listens with the
-  backlog it promises, passes the Dockerfile's HEALTHCHECK and stops on SIGTERM.
+  backlog ``REALTIME_LISTEN_BACKLOG`` asks for, raises the open-file limit, passes the Dockerfile's
+  HEALTHCHECK and stops on SIGTERM (several processes: tests/test_multiprocess.py).
 - Kubernetes manifests: ``kubernetes-validate --strict`` (schemas ship in the package, so it works
   offline), plus the cross-references a schema cannot check.
 
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from resource import RLIMIT_NOFILE, getrlimit, setrlimit
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,8 +33,9 @@ import pytest
 import yaml
 
 from channels_app.config import parse_config
+from channels_app.ops.supervisor import DEFAULT_BACKLOG
 from realtime_project.settings import request_body_limit
-from tests.support.liveserver import DAPHNE_BACKLOG, SERVERS, UVICORN_BACKLOG
+from tests.support.liveserver import SERVERS
 from tests.support.processes import base_environment, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,6 +245,7 @@ def test_dockerfile_layout():
     env = " ".join(arguments for keyword, arguments in instructions if keyword == "ENV")
     assert "PORT=8080" in env
     assert "REALTIME_SERVER=daphne" in env
+    assert "REALTIME_PROCESSES=1" in env and f"REALTIME_LISTEN_BACKLOG={DEFAULT_BACKLOG}" in env
     assert "DATABASE_URL=sqlite:////data/db.sqlite3" in env
     assert re.search(r"DJANGO_ALLOWED_HOSTS=(\S+)", env).group(1) == "localhost,127.0.0.1,[::1]"
     assert json.loads(find["VOLUME"]) == ["/data"]
@@ -314,7 +318,10 @@ channels:
 # Variables the entry point reads: a test sets them explicitly or not at all.
 ENTRYPOINT_VARIABLES = (
     "CONFIG_FOLDER_PATH", "DATABASE_URL", "PORT", "HOST", "DJANGO_ALLOWED_HOSTS", "APP_DEBUG", "REALTIME_SERVER",
+    "REALTIME_PROCESSES", "REALTIME_LISTEN_BACKLOG", "REALTIME_SUPERVISED", "REALTIME_LISTEN_FD",
 )  # fmt: skip
+# A backlog no server has as its own default, so the test sees the setting reach the socket.
+TEST_BACKLOG = 1536
 
 
 def entrypoint_env(**overrides: str) -> dict[str, str]:
@@ -355,11 +362,20 @@ def test_entrypoint_serves_and_stops_on_sigterm(tmp_path, server):
         DJANGO_ALLOWED_HOSTS=f"{host},localhost",
         REALTIME_SHUTDOWN_GRACE_SECONDS="5",
         REALTIME_SERVER=server,
+        REALTIME_LISTEN_BACKLOG=str(TEST_BACKLOG),
     )
     log_path = tmp_path / "entrypoint.log"
+    hard = getrlimit(RLIMIT_NOFILE)[1]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(ENTRYPOINT)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [str(ENTRYPOINT)],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # A low soft limit, as many hosts give: the entry point raises it to the hard one.
+            preexec_fn=lambda: setrlimit(RLIMIT_NOFILE, (256, hard)),
         )
     base = f"http://127.0.0.1:{port}"
     headers = {"Host": host}
@@ -395,10 +411,15 @@ def test_entrypoint_serves_and_stops_on_sigterm(tmp_path, server):
         assert f"configuration from {config}" in log
         assert f"listening on 0.0.0.0:{port} ({server})" in log
 
-        # The accept queue takes a connection storm: not daphne's own 50 (the kernel caps it at somaxconn).
-        promised = DAPHNE_BACKLOG if server == "daphne" else UVICORN_BACKLOG
+        # The accept queue takes a connection storm: REALTIME_LISTEN_BACKLOG, not daphne's own 50 (the
+        # kernel caps it at somaxconn).
         somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
-        assert listen_backlog(port) == min(promised, somaxconn) > 50
+        assert listen_backlog(port) == min(TEST_BACKLOG, somaxconn) > 50
+
+        # The soft open-file limit was raised to the hard one, in the server (PID of the entry point, exec'd).
+        assert f"open files: soft limit {hard} (was 256), hard limit {hard}" in log
+        limits = Path(f"/proc/{process.pid}/limits").read_text()
+        assert re.search(rf"Max open files\s+{hard}\s+{hard}\s", limits), limits
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -456,6 +477,11 @@ def test_entrypoint_refuses_what_cannot_work(tmp_path):
 
     no_folder = resolved_config(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/missing/db.sqlite3")
     assert no_folder.returncode == 2 and "not writable" in no_folder.stderr
+
+    for value in ("0", "many", "-5"):
+        bad_backlog = resolved_config(tmp_path, REALTIME_LISTEN_BACKLOG=value)
+        assert bad_backlog.returncode == 2, value
+        assert f"REALTIME_LISTEN_BACKLOG={value} is not a queue length" in bad_backlog.stderr
 
     for value in ("gunicorn", "Uvicorn", " daphne"):
         bad_server = resolved_config(tmp_path, REALTIME_SERVER=value)
@@ -550,6 +576,17 @@ def test_realtime_deployment(kube):
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= container["resources"][kind].keys()
 
+    # Several server processes, one core each (the ConfigMap's REDIS driver allows more than one).
+    processes = int(env["REALTIME_PROCESSES"]["value"])
+    assert processes >= 2
+    for kind in ("requests", "limits"):
+        assert _cores(container["resources"][kind]["cpu"]) >= processes, kind
+    # The backlog fits under the default net.core.somaxconn (4096), which the pod does not raise
+    # (an unsafe sysctl); the pod sets only sysctls of Kubernetes' safe set.
+    assert int(env["REALTIME_LISTEN_BACKLOG"]["value"]) <= 4096
+    sysctls = pod["securityContext"]["sysctls"]
+    assert sysctls and {sysctl["name"] for sysctl in sysctls} <= SAFE_SYSCTLS
+
     # Shutdown budget: preStop sleep + the drain must fit in the grace period, with a margin.
     grace = pod["terminationGracePeriodSeconds"]
     command = container["lifecycle"]["preStop"]["exec"]["command"]
@@ -570,20 +607,33 @@ def test_realtime_deployment(kube):
     assert {"/data", "/tmp"} <= {mount["mountPath"] for mount in mounts.values()}
 
 
+# Sysctls every kubelet allows (Kubernetes 1.29+ "safe" set); any other makes the pod SysctlForbidden.
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range",
+    "net.ipv4.ip_unprivileged_port_start", "net.ipv4.ip_local_reserved_ports", "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes",
+}  # fmt: skip
+
+
+def _cores(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
 def _mebibytes(quantity: str) -> float:
     number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", quantity).groups()
     return int(number) * {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}[unit]
 
 
 def test_the_pod_leaves_room_for_the_largest_requests_it_accepts(kube):
-    """Memory: an idle instance (~85 MiB) plus 64 of the largest accepted bodies being read at once,
-    each measured at up to 1.8x the body limit (docs/deployment.md). Bodies never go to /tmp
+    """Memory: per server process, an idle instance (~85 MiB) plus 64 of the largest accepted bodies being
+    read at once, each measured at up to 1.8x the body limit (docs/deployment.md). Bodies never go to /tmp
     (tests/test_request_limits.py)."""
     (container,) = kube[("Deployment", "realtime")]["spec"]["template"]["spec"]["containers"]
+    processes = int(container_env(container)["REALTIME_PROCESSES"]["value"])
     text = kube[("ConfigMap", "realtime-config")]["data"]["config.yaml"]
     server = parse_config(text, path="configmap.yaml", environ={"REDIS_PASSWORD": "x"}).server
     body_limit = request_body_limit(server.max_message_size) / (1 << 20)
-    assert 128 + 64 * 2 * body_limit <= _mebibytes(container["resources"]["limits"]["memory"])
+    assert processes * (128 + 64 * 2 * body_limit) <= _mebibytes(container["resources"]["limits"]["memory"])
 
 
 def test_services_and_budget_select_the_pods(kube):

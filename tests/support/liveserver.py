@@ -28,7 +28,7 @@ _TEMPLATE_DB: Path | None = None
 
 SERVERS = ("daphne", "uvicorn")
 # Listen backlogs scripts/entrypoint.sh asks for (daphne's own is 50).
-DAPHNE_BACKLOG = 1024
+DAPHNE_BACKLOG = 2048
 UVICORN_BACKLOG = 2048
 # What scripts/entrypoint.sh passes to uvicorn besides the address and the two options it derives
 # from the configuration (tests/test_uvicorn.py checks the script says the same).

@@ -17,7 +17,8 @@ def channel_as_dict(channel: ChannelInfo, connections: int, *, preflight: bool =
 
 
 async def channels_with_counts(*, runtime: Runtime) -> list[tuple[ChannelInfo, int]]:
-    """Every active channel, ordered by name, with its live connection count."""
+    """Every active channel, ordered by name, with its live connection count; read from the database, so
+    the registry cache holds only the channels in use."""
     channels = await runtime.registry.all()
     counts = await runtime.presence.counts([channel.id for channel in channels])
     return [(channel, counts.get(channel.id, 0)) for channel in channels]
@@ -35,7 +36,9 @@ async def channels_by_local_connections(*, runtime: Runtime) -> list[tuple[str, 
     for (channel_id, transport), count in runtime.hub.local_counts().items():
         local.setdefault(channel_id, {})[transport] = count
     try:
-        channels = {channel.id: channel for channel in await runtime.registry.all()}
+        # Only these channels: they have subscribers here, so they are cached and this asks nothing of
+        # the database, whatever the number of channels in the registry.
+        channels = await runtime.registry.find(local)
     except Exception:
         # Metrics still count connections while the database is down; they are labelled by id then.
         logger.warning("could not read the channel registry; channels are labelled by id")

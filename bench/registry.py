@@ -147,8 +147,8 @@ def bulk_insert(database: str, *, template_id: str, first: int, last: int) -> fl
         identifier = "'user-' || lpad(g::text, 7, '0')"
         connection.execute(
             f"INSERT INTO channels_app_channel (name, public_id, {copied}) "
-            f"SELECT {identifier}, {identifier}, {copied} FROM channels_app_channel t, generate_series(%s::int, %s::int) g "
-            "WHERE t.public_id = %s",
+            f"SELECT {identifier}, {identifier}, {copied} "
+            "FROM channels_app_channel t, generate_series(%s::int, %s::int) g WHERE t.public_id = %s",
             [first, last, template_id],
         )
         connection.execute("ANALYZE channels_app_channel")
@@ -329,6 +329,7 @@ def _run(args: argparse.Namespace, work: Path, database: str) -> dict:
         results.append(measurement.summary())
         print(json.dumps(results[-1]), flush=True)
     report = {
+        "database": database,
         "channels": args.channels,
         "api_channels": api_count,
         "api_create_per_second": round(api_count / api_seconds, 1),

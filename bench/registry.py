@@ -6,8 +6,9 @@ its rate), the rest in one ``INSERT ... SELECT`` copying an API-made row (the AP
 channels would take over an hour here). Then, for each configuration, it starts a real daphne on
 that database and measures:
 
-- start-up: from spawning the server to the first subscriber accepted on a channel (the old cache
-  loads every channel on the first lookup, so ``/readyz`` alone would hide the cost);
+- start-up: from spawning the server to the first channel looked up (a preflight) and the first
+  subscriber accepted (the old cache loads every channel on the first lookup, so ``/readyz`` alone
+  would hide the cost);
 - RSS after start-up and after the lookups;
 - connect time of a real WebSocket handshake, uncached (a channel this process never looked up)
   and cached (the same channel again), in pairs, p50 and p99, and their difference;
@@ -259,6 +260,13 @@ async def measure(
 ) -> None:
     """Fill ``measurement`` from the running ``server``."""
     measurement.listening_s = server.wait_listening()
+    # The first lookup through the preflight (GET ...?upgrade=0): daphne drops a WebSocket handshake the
+    # application has not answered within 5 s, and while the old registry loads every channel each
+    # dropped connect cancels the load it was waiting for, so a WebSocket alone might never get in.
+    async with httpx.AsyncClient(base_url=server.http, timeout=START_TIMEOUT) as client:
+        preflight = await client.get(f"/api/v1/channels/{channel_id(0)}?upgrade=0")
+    if preflight.status_code != 200:
+        raise RuntimeError(f"preflight of {channel_id(0)}: {preflight.status_code} {preflight.text[:200]}")
     await connect_ms(server, channel_id(0))
     measurement.start_up_s = time.perf_counter() - server.started
     measurement.rss_start_mib = server.rss_mib()
@@ -281,6 +289,8 @@ async def measure(
 def run(args: argparse.Namespace) -> dict:
     """Create the registry, measure each configuration, print the report; return the results."""
     work = work_directory(args.keep)
+    if args.reuse_database:
+        return _run(args, work, args.reuse_database)
     database = create_database()
     try:
         return _run(args, work, database)
@@ -288,17 +298,26 @@ def run(args: argparse.Namespace) -> dict:
         drop_database(database)
 
 
-def _run(args: argparse.Namespace, work: Path, database: str) -> dict:
+def fill(work: Path, database: str, *, api_count: int, channels: int) -> tuple[float, float]:
+    """Migrate ``database`` and create its channels: ``api_count`` through the API, the rest in bulk; the
+    seconds each part took."""
     env = server_environment(work, database, None)
     manage("migrate", "--noinput", env=env)
-    api_count = min(args.api_channels, args.channels)
     creator = Server(code=ROOT, env=env, log_path=work / "create.log")
     try:
         creator.wait_listening()
         api_seconds = asyncio.run(create_through_api(creator.http, api_count))
     finally:
         creator.stop()
-    bulk_seconds = bulk_insert(database, template_id=channel_id(0), first=api_count, last=args.channels - 1)
+    return api_seconds, bulk_insert(database, template_id=channel_id(0), first=api_count, last=channels - 1)
+
+
+def _run(args: argparse.Namespace, work: Path, database: str) -> dict:
+    api_count = min(args.api_channels, args.channels)
+    if args.reuse_database:
+        api_seconds = bulk_seconds = float("nan")
+    else:
+        api_seconds, bulk_seconds = fill(work, database, api_count=api_count, channels=args.channels)
     print(
         f"registry: {args.channels:,} channels; {api_count:,} through the API in {api_seconds:.1f} s "
         f"({api_count / api_seconds:,.0f}/s), {args.channels - api_count:,} in bulk in {bulk_seconds:.1f} s",
@@ -402,6 +421,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unknown", type=int, default=10, help="connects to unknown names")
     parser.add_argument("--baseline-ref", default=OLD_REGISTRY_REF, help="git ref of the old registry ('' skips it)")
     parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument(
+        "--reuse-database", metavar="NAME", help="measure a database an earlier run filled (and left: not dropped)"
+    )
     parser.add_argument("--keep", type=Path, help="keep configs and logs in this folder")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)

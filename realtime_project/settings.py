@@ -340,7 +340,7 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 REALTIME_METRICS_MAX_CHANNELS = _env_count("REALTIME_METRICS_MAX_CHANNELS", "100")
 
 # Channels the registry cache keeps in each process (channels_app/registry/cache.py), the least recently
-# used leaving first: about 1 KiB each (docs/performance-registry.md).
+# used leaving first: about 360 bytes each (docs/performance-registry.md).
 REALTIME_REGISTRY_CACHE_SIZE = _env_count("REALTIME_REGISTRY_CACHE_SIZE", "100000")
 
 # REDIS driver: how long a connection slot survives without its instance renewing it, i.e. how

@@ -80,6 +80,7 @@ class Measurement:
     burst_uncached_ms: list[float] = field(default_factory=list)
     burst_cached_ms: list[float] = field(default_factory=list)
     unknown_ms: list[float] = field(default_factory=list)
+    unknown_dropped: int = 0
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -106,6 +107,7 @@ class Measurement:
             "unknown_p50_ms": percentile(self.unknown_ms, 50),
             "unknown_max_ms": round(max(self.unknown_ms), 3) if self.unknown_ms else 0.0,
             "unknown_samples": len(self.unknown_ms),
+            "unknown_dropped": self.unknown_dropped,
             "errors": self.errors[:5],
         }
 
@@ -223,19 +225,23 @@ async def connect_ms(server: Server, channel: str) -> float:
     return elapsed
 
 
-async def refused_ms(server: Server, channel: str) -> float:
-    """Milliseconds until a connect to an unknown ``channel`` is refused (close 4404)."""
+async def refused_ms(server: Server, channel: str) -> tuple[float, bool]:
+    """Milliseconds until a connect to an unknown ``channel`` is refused (close 4404), and whether it was
+    dropped instead: daphne drops a handshake the application has not answered within 5 s."""
     started = time.perf_counter()
-    async with websockets.connect(server.url(channel), open_timeout=START_TIMEOUT, close_timeout=5) as socket:
-        try:
-            while True:
-                frame = await asyncio.wait_for(socket.recv(), START_TIMEOUT)
-                if '"close"' in frame:
-                    break
-        except websockets.ConnectionClosed as closed:
-            if closed.rcvd is None or closed.rcvd.code != 4404:
-                raise RuntimeError(f"expected close 4404 for {channel!r}, got {closed.rcvd}") from None
-    return (time.perf_counter() - started) * 1000
+    try:
+        async with websockets.connect(server.url(channel), open_timeout=START_TIMEOUT, close_timeout=5) as socket:
+            try:
+                while True:
+                    frame = await asyncio.wait_for(socket.recv(), START_TIMEOUT)
+                    if '"close"' in frame:
+                        break
+            except websockets.ConnectionClosed as closed:
+                if closed.rcvd is None or closed.rcvd.code != 4404:
+                    raise RuntimeError(f"expected close 4404 for {channel!r}, got {closed.rcvd}") from None
+    except websockets.InvalidMessage:
+        return (time.perf_counter() - started) * 1000, True
+    return (time.perf_counter() - started) * 1000, False
 
 
 async def create_through_api(http: str, count: int, concurrency: int = 8) -> float:
@@ -280,7 +286,9 @@ async def measure(
         if time.perf_counter() > deadline:
             measurement.errors.append(f"unknown names: stopped after {attempt} within {UNKNOWN_BUDGET_SECONDS:.0f} s")
             break
-        measurement.unknown_ms.append(await refused_ms(server, f"nobody-{uuid.uuid4().hex[:12]}"))
+        elapsed, dropped = await refused_ms(server, f"nobody-{uuid.uuid4().hex[:12]}")
+        measurement.unknown_ms.append(elapsed)
+        measurement.unknown_dropped += dropped
         # Past the old registry's once-a-second reload limit, so each name is a first miss.
         await asyncio.sleep(1.05)
     measurement.rss_end_mib = server.rss_mib()
@@ -379,6 +387,7 @@ def print_report(report: dict) -> None:
         (f"burst of {report['burst']}, cached p99 (ms)", "burst_cached_p99_ms"),
         ("unknown name refused p50 (ms)", "unknown_p50_ms"),
         ("unknown name refused max (ms)", "unknown_max_ms"),
+        ("unknown names dropped, not refused", "unknown_dropped"),
     ]
     print(f"\nregistry at {report['channels']:,} channels ({report['samples']} connect pairs per configuration)")
     for index, result in enumerate(results):

@@ -38,7 +38,7 @@ def test_bench_registry_smoke_run(tmp_path):
         assert result["rss_start_mib"] > 0 and result["rss_end_mib"] > 0
         assert result["cached_p50_ms"] > 0 and result["uncached_p99_ms"] > 0
         assert result["burst_uncached_p99_ms"] > 0 and result["burst_cached_p99_ms"] > 0
-        assert result["unknown_samples"] == 1 and result["unknown_p50_ms"] > 0
+        assert result["unknown_samples"] == 1 and result["unknown_p50_ms"] > 0 and result["unknown_dropped"] == 0
     for line in ("registry at 400 channels", "start-up to first subscriber (s)", "targets (this registry, lazy"):
         assert line in done.stdout, done.stdout
     assert done.stdout.count("PASS") + done.stdout.count("FAIL") == 3

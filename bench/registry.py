@@ -332,13 +332,14 @@ def _run(args: argparse.Namespace, work: Path, database: str) -> dict:
         flush=True,
     )
     configurations: list[tuple[str, Path, int | None]] = []
-    if args.baseline_ref:
+    if args.baseline_ref and not args.lazy_only:
         try:
             commit = snapshot(args.baseline_ref, work / "old")
             configurations.append((f"old registry ({commit[:7]}), loads every channel", work / "old", None))
         except subprocess.CalledProcessError:
             print(f"registry: {args.baseline_ref} is not in this clone; the old registry is not measured")
-    configurations.append(("this registry, cache above the channel count", ROOT, args.channels + 1))
+    if not args.lazy_only:
+        configurations.append(("this registry, cache above the channel count", ROOT, args.channels + 1))
     configurations.append((f"this registry, lazy LRU of {args.cache_size:,}", ROOT, args.cache_size))
     picker = random.Random(args.seed)
     chosen = picker.sample(range(1, args.channels), min(args.samples + args.burst, args.channels - 1))
@@ -430,6 +431,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unknown", type=int, default=10, help="connects to unknown names")
     parser.add_argument("--baseline-ref", default=OLD_REGISTRY_REF, help="git ref of the old registry ('' skips it)")
     parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument(
+        "--lazy-only", action="store_true", help="measure the lazy cache alone (a light run: no baselines, no ratios)"
+    )
     parser.add_argument(
         "--reuse-database", metavar="NAME", help="measure a database an earlier run filled (and left: not dropped)"
     )

@@ -326,11 +326,14 @@ def _run(args: argparse.Namespace, work: Path, database: str) -> dict:
         api_seconds = bulk_seconds = float("nan")
     else:
         api_seconds, bulk_seconds = fill(work, database, api_count=api_count, channels=args.channels)
-    print(
-        f"registry: {args.channels:,} channels; {api_count:,} through the API in {api_seconds:.1f} s "
-        f"({api_count / api_seconds:,.0f}/s), {args.channels - api_count:,} in bulk in {bulk_seconds:.1f} s",
-        flush=True,
-    )
+    if args.reuse_database:
+        print(f"registry: {args.channels:,} channels in {database}, filled by an earlier run", flush=True)
+    else:
+        print(
+            f"registry: {args.channels:,} channels; {api_count:,} through the API in {api_seconds:.1f} s "
+            f"({api_count / api_seconds:,.0f}/s), {args.channels - api_count:,} in bulk in {bulk_seconds:.1f} s",
+            flush=True,
+        )
     configurations: list[tuple[str, Path, int | None]] = []
     if args.baseline_ref and not args.lazy_only:
         try:

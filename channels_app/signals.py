@@ -9,20 +9,22 @@ from django.db.models.signals import post_delete, post_save
 logger = logging.getLogger(__name__)
 
 
-def _invalidate_registry(sender, **kwargs):
+def _invalidate_registry(sender, instance, **kwargs):
     from .composition import process_runtime
 
-    process_runtime().registry.invalidate()
+    # The row, and its id and name: a rename also drops the old name, which the row was cached under.
+    pk, references = instance.pk, (instance.public_id, instance.name)
+    process_runtime().registry.invalidate(pk=pk, references=references)
     # Other instances hear of it through the channel layer once the change is committed.
-    transaction.on_commit(_broadcast_registry_change)
+    transaction.on_commit(lambda: _broadcast_registry_change(pk, references))
 
 
-def _broadcast_registry_change() -> None:
+def _broadcast_registry_change(pk: int, references: tuple[str, ...]) -> None:
     from .composition import process_runtime
     from .core.hub import broadcast_registry_change
 
     try:
-        async_to_sync(broadcast_registry_change)(process_runtime().layer)
+        async_to_sync(broadcast_registry_change)(process_runtime().layer, pk=pk, references=references)
     except Exception:
         # The periodic fingerprint check (registry/cache.py) still catches the change within seconds.
         logger.exception("could not tell other instances that the channel registry changed")

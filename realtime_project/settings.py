@@ -23,6 +23,8 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
 - ``METRICS_TOKEN``: when set, ``/metrics`` requires ``Authorization: Bearer <token>``.
 - ``REALTIME_METRICS_MAX_CHANNELS``: how many channels ``/metrics`` labels one by one (default 100,
   the busiest here); the rest are summed under ``channel="_other"``.
+- ``REALTIME_REGISTRY_CACHE_SIZE``: how many channels each process keeps cached, the least recently
+  used leaving first (default 100,000; a registry no larger is loaded whole at start).
 - ``REALTIME_PRESENCE_LEASE_SECONDS``: REDIS driver; a dead instance's connection slots are
   released after this long (default 30).
 - ``REALTIME_REQUEST_HEAD_TIMEOUT_SECONDS`` / ``REALTIME_REQUEST_BODY_TIMEOUT_SECONDS``: a request's
@@ -336,6 +338,10 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # Channels /metrics labels one by one, the busiest on this instance first; the rest are summed
 # under channel="_other", so a thousand channels do not make a thousand series per metric.
 REALTIME_METRICS_MAX_CHANNELS = _env_count("REALTIME_METRICS_MAX_CHANNELS", "100")
+
+# Channels the registry cache keeps in each process (channels_app/registry/cache.py), the least recently
+# used leaving first: about 360 bytes each (docs/performance-registry.md).
+REALTIME_REGISTRY_CACHE_SIZE = _env_count("REALTIME_REGISTRY_CACHE_SIZE", "100000")
 
 # REDIS driver: how long a connection slot survives without its instance renewing it, i.e. how
 # soon the slots of an instance that died without closing its connections are released.

@@ -1,20 +1,33 @@
-"""The channel registry (channels_app/registry/cache.py) while the database is away, against a real daphne on
-PostgreSQL: existing channels keep serving from the cache, writes fail clearly (503 ``database_unavailable``),
-readiness says so, and all is back once the database returns. Moved from test_hardening_faults.py.
+"""The channel registry (channels_app/registry/cache.py).
+
+In this process, on the test database: the bounded LRU evicts the least recently used channel, misses that
+come together share one query, unknown names are remembered for a second, and invalidation drops exactly
+the channel changed (by row, id and name). Across two daphnes on one database with Redis: a channel
+cached, evicted or known missing on one instance is seen as it is now right after the other changes it.
+Against a real daphne on PostgreSQL while the database is away: existing channels keep serving from the
+cache, writes fail clearly (503 ``database_unavailable``), readiness says so, and all is back once the
+database returns (moved from test_hardening_faults.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 
 import httpx
 import pytest
+import websockets
 
+from channels_app.channel import ChannelInfo
+from channels_app.errors import ApplicationError
+from channels_app.registry import cache
+from channels_app.registry.cache import ChannelRegistry
 from tests.conftest import psql as psql_on
 from tests.support.auth import API_KEY
-from tests.support.liveserver import LiveServer
+from tests.support.configs import memory_config, on_redis
+from tests.support.liveserver import LiveServer, start_pair
 from tests.support.processes import base_environment, free_port, manage
 
 
@@ -119,3 +132,232 @@ def test_an_unknown_channel_during_a_database_outage_does_not_take_the_others_do
         assert client.post("/api/v1/channels/nope/messages", json={"payload": "x"}).status_code in (404, 503)
         after = client.post("/api/v1/channels/chat-1/messages", json={"payload": "after"})
     assert after.status_code == 201, after.text
+
+
+# --- the bounded lazy cache, in this process -------------------------------------------------------------
+
+
+async def _create(*names: str):
+    from channels_app.models import Channel
+
+    return [await Channel.objects.acreate(name=name, public_id=f"{name}-id", type="WS", source="api") for name in names]
+
+
+@pytest.fixture
+def fetches(monkeypatch):
+    """The reference lists the registry asked the database for, one list per query (the real query runs)."""
+    asked: list[list[str]] = []
+    real = cache._fetch
+
+    def counted(references):
+        asked.append(list(references))
+        return real(references)
+
+    monkeypatch.setattr(cache, "_fetch", counted)
+    return asked
+
+
+async def _missing(registry: ChannelRegistry, reference: str) -> bool:
+    try:
+        await registry.resolve(reference)
+    except ApplicationError as error:
+        assert error.code == "channel_not_found"
+        return True
+    return False
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_registry_larger_than_the_cache_keeps_the_most_recently_used_channels(fetches):
+    rows = await _create("one", "two", "three")
+    registry = ChannelRegistry(capacity=2)
+    assert (await registry.resolve("one-id")) == ChannelInfo.from_model(rows[0])
+    await registry.resolve("two")  # by name
+    await registry.resolve("one-id")  # "one" is now the most recently used, "two" the least
+    await registry.resolve("three-id")
+    assert len(registry) == 2
+    asked = len(fetches)
+    await registry.resolve("one-id")
+    await registry.resolve("three-id")
+    assert len(fetches) == asked, "cached channels were asked for again"
+    await registry.resolve("two")
+    assert fetches[-1] == ["two"], "the evicted channel was served from memory"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_registry_within_the_cache_is_loaded_whole_and_asks_nothing_more(fetches):
+    await _create("one", "two")
+    registry = ChannelRegistry(capacity=10)
+    for reference in ("one", "one-id", "two", "two-id"):
+        await registry.resolve(reference)
+    assert fetches == [] and len(registry) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_misses_that_come_together_share_one_query(fetches):
+    await _create(*(f"c{index}" for index in range(40)))
+    registry = ChannelRegistry(capacity=5)
+    await registry.resolve("c0")
+    fetches.clear()
+    references = [f"c{index}-id" for index in range(1, 40)] + ["c1-id", "nobody"]
+    found = await asyncio.gather(*(registry.resolve(reference) for reference in references[:-1]))
+    assert [channel.id for channel in found] == references[:-1]
+    # The first miss leaves at once; the 38 others arrive while it runs and go together.
+    assert len(fetches) <= 2 and sorted(sum(fetches, [])) == sorted(set(references[:-2]))
+    assert await registry.find(["c3-id", "nobody", "c4-id"]) == {
+        "c3-id": found[2],
+        "c4-id": found[3],
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_unknown_name_is_asked_for_once_a_second(fetches, monkeypatch):
+    await _create("one", "two")
+    registry = ChannelRegistry(capacity=1)
+    await registry.resolve("one")
+    fetches.clear()
+    for _ in range(50):
+        assert await _missing(registry, "nobody")
+    assert fetches == [["nobody"]]
+    monkeypatch.setattr(cache, "NEGATIVE_SECONDS", 0.0)
+    assert await _missing(registry, "other")
+    assert await _missing(registry, "other")
+    assert fetches[1:] == [["other"], ["other"]]
+    # Longer than any id or name can be: refused without a query.
+    assert await _missing(registry, "x" * 101) and len(fetches) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_invalidation_drops_exactly_the_changed_channel_cached_evicted_or_known_missing(fetches):
+    one, two, three = await _create("one", "two", "three")
+    registry = ChannelRegistry(capacity=2)
+    await registry.resolve("one")
+    await registry.resolve("two-id")
+    assert await _missing(registry, "four")
+    # Renamed (as the signal reports it: the row, its id and its new name): the old name goes with the row.
+    one.name = "uno"
+    await one.asave()
+    registry.invalidate(pk=one.pk, references=(one.public_id, one.name))
+    assert await _missing(registry, "one")
+    assert (await registry.resolve("uno")).name == "uno"
+    # Known missing, then created: found at once, not a second later.
+    (four,) = await _create("four")
+    registry.invalidate(pk=four.pk, references=(four.public_id, four.name))
+    assert (await registry.resolve("four")).id == "four-id"
+    # Evicted, then deleted: asked for again, and gone.
+    assert "three-id" not in registry._pk_by_reference
+    await three.adelete()
+    assert await _missing(registry, "three-id")
+    # Only the changed channel is dropped: "four" is still served from memory.
+    fetches.clear()
+    registry.invalidate(pk=two.pk, references=(two.public_id, two.name))
+    await registry.resolve("four")
+    assert fetches == []
+    # Everything, from a change the registry cannot pin down.
+    registry.invalidate()
+    assert (await registry.resolve("four")).id == "four-id"
+    assert fetches == [["four"]] and len(registry) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_invalidation_during_a_lookup_is_not_undone_by_its_answer(fetches, monkeypatch):
+    (one,) = await _create("one")
+    await _create("two", "three")
+    registry = ChannelRegistry(capacity=1)
+    await registry.resolve("two")
+    real = cache._fetch
+
+    def changed_meanwhile(references):
+        found = real(references)
+        registry.invalidate(pk=one.pk, references=("one-id", "one"))
+        return found
+
+    monkeypatch.setattr(cache, "_fetch", changed_meanwhile)
+    assert (await registry.resolve("one")).name == "one"
+    monkeypatch.setattr(cache, "_fetch", real)
+    assert "one" not in registry._pk_by_reference, "an answer older than the change was kept"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_change_made_by_another_process_is_noticed_by_the_fingerprint(monkeypatch):
+    from django.utils import timezone
+
+    from channels_app.models import Channel
+
+    async def checked():
+        # A hit starts the check off the hot path; wait for it.
+        await registry.resolve("one")
+        if registry._revalidation is not None:
+            await registry._revalidation
+
+    monkeypatch.setattr(cache, "REVALIDATE_SECONDS", 0.0)
+    monkeypatch.setattr(cache, "REVALIDATE_COST_FACTOR", 0)
+    one, two = await _create("one", "two")
+    registry = ChannelRegistry(capacity=10)
+    await checked()
+    # Saved as another process would (its signal reaches only that process's registry).
+    await Channel.objects.filter(pk=one.pk).aupdate(max_connections=7, updated_at=timezone.now())
+    await checked()
+    assert (await registry.resolve("one")).max_connections == 7
+    await Channel.objects.filter(pk=two.pk).adelete()
+    await checked()
+    assert await _missing(registry, "two")
+
+
+# --- two instances with Redis ------------------------------------------------------------------------------
+
+TWO_INSTANCES = memory_config(allow_create_new_channels=True) + '\n  y: {id: "y", type: "WS"}\n'
+
+
+async def _outcome(server: LiveServer, channel: str) -> str:
+    """``accepted`` or the close code a subscriber to ``channel`` gets."""
+    async with websockets.connect(server.channel_url(channel, clientId="probe"), open_timeout=10) as socket:
+        try:
+            frame = await asyncio.wait_for(socket.recv(), 0.3)
+        except TimeoutError:
+            return "accepted"
+        except websockets.ConnectionClosed as closed:
+            return str(closed.rcvd.code if closed.rcvd else None)
+        body = json.loads(frame)
+        return str(body["code"]) if body.get("control") == "close" else "accepted"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_two_instances_see_each_others_changes_at_once(start_server, redis_server):
+    env = {"REALTIME_API_KEYS": API_KEY, "REALTIME_REGISTRY_CACHE_SIZE": "2"}
+    first, second = start_pair(start_server, on_redis(TWO_INSTANCES, redis_server.url), env=env)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+
+    async def scenario() -> dict[str, str]:
+        seen: dict[str, str] = {}
+        async with httpx.AsyncClient(base_url=first.http, headers=auth, timeout=10) as api:
+            # Known missing on the second instance, then created on the first.
+            seen["unknown"] = await _outcome(second, "late")
+            assert (await api.post("/api/v1/channels", json={"id": "late", "type": "WS"})).status_code == 201
+            seen["created"] = await _outcome(second, "late")
+            for channel in ("a", "b", "c"):
+                assert (await api.post("/api/v1/channels", json={"id": channel, "type": "WS"})).status_code == 201
+            # Cached on the second instance, then deleted on the first.
+            seen["cached"] = await _outcome(second, "a")
+            assert (await api.delete("/api/v1/channels/a")).status_code in (200, 204)
+            seen["deleted while cached"] = await _outcome(second, "a")
+            # Evicted on the second instance (its cache holds two channels), then deleted on the first.
+            seen["b"] = await _outcome(second, "b")
+            await _outcome(second, "late")
+            await _outcome(second, "c")
+            assert (await api.delete("/api/v1/channels/b")).status_code in (200, 204)
+            seen["deleted while evicted"] = await _outcome(second, "b")
+        return seen
+
+    started = time.monotonic()
+    seen = asyncio.run(scenario())
+    # Well within the fingerprint check's interval and the unknown names' second: the broadcast did it.
+    assert time.monotonic() - started < 2 * cache.REVALIDATE_SECONDS + 2, seen
+    assert seen == {
+        "unknown": "4404",
+        "created": "accepted",
+        "cached": "accepted",
+        "deleted while cached": "4404",
+        "b": "accepted",
+        "deleted while evicted": "4404",
+    }

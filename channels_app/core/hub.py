@@ -201,7 +201,8 @@ class Hub:
         elif kind == "realtime.presence":
             self.deliver_controls(event.get("events", ()), self._local.get(event["channel_id"], ()))
         elif kind == "realtime.registry_changed":
-            self.runtime.registry.invalidate()
+            # Without a channel (an older instance's event) the whole cache is forgotten.
+            self.runtime.registry.invalidate(pk=event.get("pk"), references=event.get("references", ()))
         else:
             logger.warning("hub ignored a channel-layer event of unknown type %r", kind)
             self.stats.incr(counters.HUB_UNKNOWN_EVENTS)
@@ -291,9 +292,12 @@ class Hub:
                 subscription.outbox.put(frame[0], frame[1])
 
 
-async def broadcast_registry_change(layer) -> None:
-    """Tell every instance's hub to reload its channel registry cache."""
-    await layer.group_send(REGISTRY_GROUP, {"type": "realtime.registry_changed"})
+async def broadcast_registry_change(layer, *, pk: int | None = None, references: tuple[str, ...] = ()) -> None:
+    """Tell every instance's hub to forget channel ``pk`` and ``references`` (all channels without them)."""
+    event = {"type": "realtime.registry_changed", "references": list(references)}
+    if pk is not None:
+        event["pk"] = pk
+    await layer.group_send(REGISTRY_GROUP, event)
 
 
 def _messages_in(event: dict) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..channel import DESCRIPTION, PREFLIGHT_DESCRIPTION, ChannelInfo
+from ..models import Channel
 from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -16,16 +17,26 @@ def channel_as_dict(channel: ChannelInfo, connections: int, *, preflight: bool =
     return {key: connections if field is None else getattr(channel, field.attr) for key, field in keys}
 
 
-async def channels_with_counts(*, runtime: Runtime) -> list[tuple[ChannelInfo, int]]:
-    """Every active channel, ordered by name, with its live connection count."""
-    channels = await runtime.registry.all()
+async def channels_with_counts(
+    *, runtime: Runtime, after: str | None = None, limit: int | None = None
+) -> list[tuple[ChannelInfo, int]]:
+    """The active channels, ordered by name, with their live connection counts: those named after ``after``,
+    at most ``limit`` of them (a page). Read from the database: the registry cache holds only channels in use."""
+    rows = Channel.objects.filter(active=True).order_by("name")
+    if after is not None:
+        rows = rows.filter(name__gt=after)
+    if limit is not None:
+        rows = rows[:limit]
+    channels = [ChannelInfo.from_model(row) async for row in rows]
     counts = await runtime.presence.counts([channel.id for channel in channels])
     return [(channel, counts.get(channel.id, 0)) for channel in channels]
 
 
-async def channel_list(*, runtime: Runtime) -> list[dict]:
-    """Every active channel's description, with its live connection count."""
-    return [channel_as_dict(channel, count) for channel, count in await channels_with_counts(runtime=runtime)]
+async def channel_list(*, runtime: Runtime, after: str | None = None, limit: int | None = None) -> list[dict]:
+    """The active channels' descriptions with their live connection counts, a page at a time as
+    ``channels_with_counts`` reads them."""
+    page = await channels_with_counts(runtime=runtime, after=after, limit=limit)
+    return [channel_as_dict(channel, count) for channel, count in page]
 
 
 async def channels_by_local_connections(*, runtime: Runtime) -> list[tuple[str, ChannelInfo | None, dict[str, int]]]:
@@ -35,7 +46,9 @@ async def channels_by_local_connections(*, runtime: Runtime) -> list[tuple[str, 
     for (channel_id, transport), count in runtime.hub.local_counts().items():
         local.setdefault(channel_id, {})[transport] = count
     try:
-        channels = {channel.id: channel for channel in await runtime.registry.all()}
+        # Only these channels: they have subscribers here, so they are cached and this asks nothing of
+        # the database, whatever the number of channels in the registry.
+        channels = await runtime.registry.find(local)
     except Exception:
         # Metrics still count connections while the database is down; they are labelled by id then.
         logger.warning("could not read the channel registry; channels are labelled by id")

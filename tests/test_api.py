@@ -206,6 +206,28 @@ def test_create_list_use_and_delete_a_channel(api_server):
     assert httpx.delete(f"{api_server.http}/api/v1/channels/nope", headers=AUTH).status_code == 404
 
 
+def test_the_channel_list_pages_by_name_and_unpaged_lists_everything(api_server):
+    everything = httpx.get(f"{api_server.http}/api/v1/channels", headers=AUTH).json()
+    names = [channel["name"] for channel in everything["channels"]]
+    assert "next" not in everything and len(names) >= 3 and names == sorted(names)
+
+    pages, after = [], None
+    while True:
+        query = {"limit": "2"} | ({"after": after} if after is not None else {})
+        page = httpx.get(f"{api_server.http}/api/v1/channels", params=query, headers=AUTH).json()
+        assert len(page["channels"]) <= 2
+        pages.append([channel["name"] for channel in page["channels"]])
+        after = page["next"]
+        if after is None:
+            break
+    assert [name for page in pages for name in page] == names
+    assert all(len(page) == 2 for page in pages[:-1])
+
+    for bad in ("0", "1001", "x", "²"):
+        refused = httpx.get(f"{api_server.http}/api/v1/channels", params={"limit": bad}, headers=AUTH)
+        assert refused.status_code == 400 and refused.json()["field"] == "limit", bad
+
+
 def test_history_read_since_a_position(api_server):
     url = f"{api_server.http}/api/v1/channels/chat-1/messages"
     receipts = [httpx.post(url, json={"payload": f"m{i}"}, headers=AUTH).json() for i in range(3)]

@@ -36,6 +36,7 @@ MAX_BATCH_MESSAGES = 100
 BATCH_KEY_MAX_LENGTH = MAX_KEY_LENGTH - len(f"#{MAX_BATCH_MESSAGES - 1}")
 MAX_HISTORY_PAGE = 1000
 MAX_PRESENCE_PAGE = 1000
+MAX_CHANNEL_PAGE = 1000
 # The create body's whole-number fields (see whole_numbers).
 _CHANNEL_WHOLE_NUMBERS = tuple(field.api for field in CREATE_FIELDS if field.kind == "int")
 
@@ -240,7 +241,7 @@ async def messages_push_batch(request: HttpRequest):
 async def channels_collection(request: HttpRequest):
     """``GET /api/v1/channels`` lists channels; ``POST`` creates one (the Go service's body)."""
     if request.method == "GET":
-        return JsonResponse({"channels": await channel_list(runtime=request.realtime)})
+        return await _channel_page(request)
     server = request.realtime.server
     if not server.allow_create_new_channels:
         raise ApplicationError(
@@ -260,6 +261,29 @@ async def channel_item(request: HttpRequest, channel: str):
     return JsonResponse({"id": deleted.id, "name": deleted.name, "deleted": True})
 
 
+def page_limit(request: HttpRequest, most: int, default: int | None = None) -> int:
+    """The ``limit`` query parameter: a whole number from 1 to ``most`` (``default`` when absent, else ``most``)."""
+    raw = request.GET.get("limit")
+    if raw is None:
+        return most if default is None else default
+    # isascii(): isdigit() alone accepts digits int() refuses, such as "²".
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= most:
+        raise bad_request(f"limit must be a whole number from 1 to {most}.", field="limit")
+    return int(raw)
+
+
+async def _channel_page(request: HttpRequest) -> JsonResponse:
+    """The channel list: all of it, as the Go service answers, or a page when ``limit`` or ``after`` is given."""
+    runtime = request.realtime
+    if "limit" not in request.GET and "after" not in request.GET:
+        return JsonResponse({"channels": await channel_list(runtime=runtime)})
+    limit = page_limit(request, MAX_CHANNEL_PAGE)
+    # One more than asked tells whether another page follows without counting the registry.
+    channels = await channel_list(runtime=runtime, after=request.GET.get("after"), limit=limit + 1)
+    page = channels[:limit]
+    return JsonResponse({"channels": page, "next": page[-1]["name"] if len(channels) > limit else None})
+
+
 async def _history(request: HttpRequest, channel: str) -> JsonResponse:
     runtime = request.realtime
     channel_info = await runtime.registry.resolve(channel)
@@ -267,11 +291,7 @@ async def _history(request: HttpRequest, channel: str) -> JsonResponse:
     json_payload = payload_format_parse(request.GET.get("payload"), default=channel_info.payload_format) == JSON
     replay = await runtime.history.since(channel_info, since or position_parse("0"))
     gap = replay.gap if since is not None else None
-    limit_raw = request.GET.get("limit", str(MAX_HISTORY_PAGE))
-    # isascii(): isdigit() alone accepts digits int() refuses, such as "²".
-    if not (limit_raw.isascii() and limit_raw.isdigit()) or not 1 <= int(limit_raw) <= MAX_HISTORY_PAGE:
-        raise bad_request(f"limit must be a whole number from 1 to {MAX_HISTORY_PAGE}.", field="limit")
-    messages = replay.messages[: int(limit_raw)]
+    messages = replay.messages[: page_limit(request, MAX_HISTORY_PAGE)]
     return JsonResponse(
         {
             "channelId": channel_info.id,
@@ -298,12 +318,10 @@ async def channel_presence(request: HttpRequest, channel: str):
     channel_info = await runtime.registry.resolve(channel)
     if not channel_info.presence:
         raise presence_disabled(channel_info.id)
-    limit_raw = request.GET.get("limit", str(MAX_PRESENCE_PAGE))
-    if not (limit_raw.isascii() and limit_raw.isdigit()) or not 1 <= int(limit_raw) <= MAX_PRESENCE_PAGE:
-        raise bad_request(f"limit must be a whole number from 1 to {MAX_PRESENCE_PAGE}.", field="limit")
+    limit = page_limit(request, MAX_PRESENCE_PAGE)
     cursor = request.GET.get("cursor", "")
     count = await runtime.presence.count(channel_info.id)
-    members, more = await runtime.presence.members(channel_info.id, after=cursor, limit=int(limit_raw))
+    members, more = await runtime.presence.members(channel_info.id, after=cursor, limit=limit)
     return JsonResponse(
         {
             "channelId": channel_info.id,

@@ -23,6 +23,7 @@ from . import openapi_examples as examples
 from .api import (
     BATCH_KEY_MAX_LENGTH,
     MAX_BATCH_MESSAGES,
+    MAX_CHANNEL_PAGE,
     MAX_HISTORY_PAGE,
     MAX_PRESENCE_PAGE,
     api_endpoint,
@@ -207,10 +208,33 @@ def _document() -> dict:
                 "summary": "List channels with live connection counts",
                 "tags": ["Channels"],
                 "security": _BEARER,
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": f"Channels per page (most: {MAX_CHANNEL_PAGE}). Without limit or after, "
+                        "every channel is listed in one answer, as the Go service does.",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_CHANNEL_PAGE},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "The next of the previous page: channels are listed by name, after this one.",
+                        "schema": {"type": "string"},
+                    },
+                ],
                 "responses": {
                     "200": _json(
-                        _object({"channels": {"type": "array", "items": _ref("Channel")}}),
-                        "The active channels.",
+                        _object(
+                            {
+                                "channels": {"type": "array", "items": _ref("Channel")},
+                                "next": {
+                                    "type": ["string", "null"],
+                                    "description": "Paged answers only: the after of the next page (null: none).",
+                                },
+                            }
+                        ),
+                        "The active channels, by name.",
                         examples.LIST_ANSWER,
                     ),
                     **_errors(401),

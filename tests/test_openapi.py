@@ -10,6 +10,7 @@ import pytest
 import schemathesis
 from django.urls import URLPattern, URLResolver, get_resolver
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from channels_app.channel import ChannelInfo
 from channels_app.core.channel_services import channel_draft_parse
@@ -342,6 +343,7 @@ FUZZED_CONFIG = (
 )
 
 schema = schemathesis.openapi.from_dict(openapi_document())
+QUERY_PARAMETERS_OF_LENIENT_OPERATIONS = {("GET", "/api/v1/channels"): {"limit", "after"}}
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +360,18 @@ def fuzzed_server(api_server):
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @pytest.mark.timeout(120)
 def test_api_conforms_to_its_document(case, api_server):
-    case.call_and_validate(base_url=api_server.http, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+    excluded = []
+    known = QUERY_PARAMETERS_OF_LENIENT_OPERATIONS.get((case.method, case.path))
+    if known is not None and set(case.query or {}) - known:
+        # The channel list ignores query parameters it does not know (a cache buster, say), as the Go
+        # service's does: such a request is not refused, though the document lists no such parameter.
+        excluded = [negative_data_rejection]
+    case.call_and_validate(
+        base_url=api_server.http,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        excluded_checks=excluded,
+        timeout=10,
+    )
 
 
 @schema.include(path="/api/v1/channels/{channel}", method="GET").parametrize()

@@ -237,7 +237,7 @@ def _document() -> dict:
                         "The active channels, by name.",
                         examples.LIST_ANSWER,
                     ),
-                    **_errors(401),
+                    **_errors(400, 401),
                 },
             },
             "post": {

@@ -342,7 +342,8 @@ def parse_config(text: str, *, path: str = "<string>", environ: Mapping[str, str
 
 
 def _check_redis_source(values: dict[str, Any], *, driver: str | None, problems: list[tuple[str, str]]) -> None:
-    """The REDIS driver names exactly one source: a ``url``, ``shards`` or ``sentinels`` (with ``master_name``)."""
+    """The REDIS driver names a ``url``, ``shards`` or ``sentinels`` (with ``master_name``); ``shards`` stands
+    alone (a ``url`` beside ``sentinels`` is accepted, as before shards: Sentinel is used)."""
     sources = [name for name in ("url", "shards", "sentinels") if values.get(name)]
     reported = any(
         where.startswith(("pubsub.redis.url", "pubsub.redis.shards", "pubsub.redis.sentinels")) for where, _ in problems
@@ -354,11 +355,12 @@ def _check_redis_source(values: dict[str, Any], *, driver: str | None, problems:
                 'the REDIS driver needs a url: add  redis: { url: "redis://host:6379/0" }  under pubsub',
             )
         )
-    if len(sources) > 1:
+    others = [name for name in sources if name != "shards"]
+    if "shards" in sources and others:
         problems.append(
             (
-                f"pubsub.redis.{sources[1]}",
-                f"cannot be combined with {sources[0]}: keep one of them ({_REDIS_SOURCES})",
+                "pubsub.redis.shards",
+                f"cannot be combined with {' or '.join(others)}: keep one of them ({_REDIS_SOURCES})",
             )
         )
     if values.get("sentinels") and not values.get("master_name"):

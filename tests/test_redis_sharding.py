@@ -337,8 +337,8 @@ def test_shards_are_read_as_a_list_or_from_one_comma_separated_variable():
         ),
         (
             '    shards: ["redis://b:6379/0", "redis://c:6379/0"]\n    sentinels: ["s:26379"]\n    master_name: m\n',
-            "pubsub.redis.sentinels",
-            "cannot be combined with shards",
+            "pubsub.redis.shards",
+            "cannot be combined with sentinels: keep one of them",
         ),
     ],
 )

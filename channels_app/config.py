@@ -55,6 +55,21 @@ def _check_redis_url(value: str) -> str | None:
     return None
 
 
+def _check_shards(value: list[str]) -> str | None:
+    if len(value) == 1:
+        return f'lists one Redis: write it as  url: "{value[0]}"  or add the other shards\' URLs'
+    for url in value:
+        if not url:
+            return "has an empty entry: write each shard as redis://host:port/db"
+        problem = _check_redis_url(url)
+        if problem is not None:
+            return problem
+    duplicates = sorted({url for url in value if value.count(url) > 1})
+    if duplicates:
+        return f"lists {duplicates[0]!r} twice: each shard is a different Redis, remove the repeat"
+    return None
+
+
 def _check_sentinels(value: list[str]) -> str | None:
     for address in value:
         host, _, port = address.rpartition(":")
@@ -178,6 +193,13 @@ class RedisConfig:
     """The ``pubsub.redis`` section."""
 
     url: str = _key("str", "", "`redis://[user:password@]host:port/db` or `rediss://` for TLS.", check=_check_redis_url)
+    shards: tuple[str, ...] = _key(
+        "str_list",
+        (),
+        "Two or more Redis URLs to spread the channel layer and channels' state over, instead of `url`; "
+        "see docs/scaling.md.",
+        check=_check_shards,
+    )
     sentinels: tuple[str, ...] = _key(
         "str_list", (), "Sentinel addresses as `host:port`; use with `master_name`.", check=_check_sentinels
     )
@@ -306,21 +328,7 @@ def parse_config(text: str, *, path: str = "<string>", environ: Mapping[str, str
     pubsub_raw = reader.mapping("pubsub", document.get("pubsub"))
     pubsub_values = reader.section("pubsub", pubsub_raw, PUBSUB_KEYS, extra=("redis",))
     redis_values = reader.section("pubsub.redis", reader.mapping("pubsub.redis", pubsub_raw.get("redis")), REDIS_KEYS)
-    redis_reported = any(where.startswith(("pubsub.redis.url", "pubsub.redis.sentinels")) for where, _ in problems)
-    if (
-        pubsub_values.get("driver") == "REDIS"
-        and not redis_values.get("url")
-        and not redis_values.get("sentinels")
-        and not redis_reported
-    ):
-        problems.append(
-            (
-                "pubsub.redis.url",
-                'the REDIS driver needs a url: add  redis: { url: "redis://host:6379/0" }  under pubsub',
-            )
-        )
-    if redis_values.get("sentinels") and not redis_values.get("master_name"):
-        problems.append(("pubsub.redis.master_name", "sentinels need the master's name: add master_name: mymaster"))
+    _check_redis_source(redis_values, driver=pubsub_values.get("driver"), problems=problems)
 
     channels = _read_channels(reader, document.get("channels"), server_values)
     if problems:
@@ -331,6 +339,38 @@ def parse_config(text: str, *, path: str = "<string>", environ: Mapping[str, str
         pubsub=PubSubConfig(driver=pubsub_values["driver"], redis=RedisConfig(**redis_values)),
         channels=tuple(channels),
     )
+
+
+def _check_redis_source(values: dict[str, Any], *, driver: str | None, problems: list[tuple[str, str]]) -> None:
+    """The REDIS driver names a ``url``, ``shards`` or ``sentinels`` (with ``master_name``); ``shards`` stands
+    alone (a ``url`` beside ``sentinels`` is accepted, as before shards: Sentinel is used)."""
+    sources = [name for name in ("url", "shards", "sentinels") if values.get(name)]
+    reported = any(
+        where.startswith(("pubsub.redis.url", "pubsub.redis.shards", "pubsub.redis.sentinels")) for where, _ in problems
+    )
+    if driver == "REDIS" and not sources and not reported:
+        problems.append(
+            (
+                "pubsub.redis.url",
+                'the REDIS driver needs a url: add  redis: { url: "redis://host:6379/0" }  under pubsub',
+            )
+        )
+    others = [name for name in sources if name != "shards"]
+    if "shards" in sources and others:
+        problems.append(
+            (
+                "pubsub.redis.shards",
+                f"cannot be combined with {' or '.join(others)}: keep one of them ({_REDIS_SOURCES})",
+            )
+        )
+    if values.get("sentinels") and not values.get("master_name"):
+        problems.append(("pubsub.redis.master_name", "sentinels need the master's name: add master_name: mymaster"))
+
+
+# How each way of naming Redis is written, for the message that refuses two of them.
+_REDIS_SOURCES = (
+    "url for one Redis, shards: [url, url, ...] for several, sentinels with master_name for one Redis behind Sentinel"
+)
 
 
 def _read_channels(reader: Reader, raw: Any, server_values: dict[str, Any]) -> list[ChannelSpec]:

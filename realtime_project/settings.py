@@ -291,25 +291,31 @@ def _channel_layers(config) -> dict:
         return {"default": {"BACKEND": "channels_app.state.layers.InMemoryChannelLayer", "CONFIG": memory_config}}
     redis = config.pubsub.redis
     if redis.sentinels:
-        host = {
-            "sentinels": [(host, int(port)) for host, port in (s.rsplit(":", 1) for s in redis.sentinels)],
-            "master_name": redis.master_name,
-        }
+        hosts = [
+            {
+                "sentinels": [(host, int(port)) for host, port in (s.rsplit(":", 1) for s in redis.sentinels)],
+                "master_name": redis.master_name,
+            }
+        ]
     else:
-        host = {"address": redis.url}
-    # Fail fast when Redis is away instead of hanging the publisher.
-    host.update({"socket_connect_timeout": 2, "socket_keepalive": True})
+        # With several shards channels-redis places each group and channel on one of them by a hash
+        # of its name; state/shards.py homes each channel's keys on its group's shard.
+        hosts = [{"address": url} for url in (redis.shards or (redis.url,))]
     backend = {
         "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "core": "channels_redis.core.RedisChannelLayer",
     }[redis.layer]
-    layer_config = {"hosts": [host], "prefix": redis.prefix, "capacity": 1000}
+    for host in hosts:
+        # Fail fast when Redis is away instead of hanging the publisher.
+        host.update({"socket_connect_timeout": 2, "socket_keepalive": True})
+        if redis.layer == "core":
+            # The hub's receive blocks in BZPOPMIN for RedisChannelLayer.brpop_timeout (5 s); redis-py
+            # 8 also gives up reading after 5 s by default, so an idle hub's receive failed (and its
+            # connection was dropped) every 5 s. Read timeouts must outlast the blocking pop.
+            host["socket_timeout"] = 10
+    layer_config = {"hosts": hosts, "prefix": redis.prefix, "capacity": 1000}
     if redis.layer == "core":
         layer_config["channel_capacity"] = {"realtime-hub*": hub_capacity}
-        # The hub's receive blocks in BZPOPMIN for RedisChannelLayer.brpop_timeout (5 s); redis-py
-        # 8 also gives up reading after 5 s by default, so an idle hub's receive failed (and its
-        # connection was dropped) every 5 s. Read timeouts must outlast the blocking pop.
-        host["socket_timeout"] = 10
     return {"default": {"BACKEND": backend, "CONFIG": layer_config}}
 
 

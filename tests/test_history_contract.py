@@ -1,5 +1,5 @@
 """One contract for both history stores (``state/base.py`` ``History``): the MEMORY driver's
-``MemoryHistory`` and the REDIS driver's ``RedisHistory`` on a real redis-server.
+``MemoryHistory`` and the REDIS driver's ``RedisHistory`` on a real redis-server, and on two as shards.
 
 Stamping (consecutive offsets in one epoch), resume from a position (and the gaps when history no
 longer covers it), bounds by size and age, idempotency keys recorded with their message, and the
@@ -19,10 +19,15 @@ from channels_app.messages import JSON, TEXT, Message, Position, position_parse
 from channels_app.state.history import Draft, MemoryHistory, Replayed
 from channels_app.state.idempotency import idempotency_key_parse
 from channels_app.state.redis import RedisHistory
+from channels_app.state.shards import RedisShards
 
 ROOM = ChannelInfo(
     id="room-1", name="room", type="WS", max_connections=10, history_size=100, history_ttl=3600, incarnation=7
 )
+
+
+# The layer prefix whose placement homes ROOM on the second of two shards.
+SHARDED_PREFIX = "sh"
 
 
 class Clock:
@@ -33,28 +38,38 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-sharded"])
 async def stores(request, tmp_path_factory):
-    """``stores(clock=None)``: a new history of the parametrized kind (on a private redis-server for Redis)."""
+    """``stores(clock=None)``: a new history of the parametrized kind (on private redis-servers for Redis:
+    one, or two shards with the channels of these tests homed on the second)."""
     clients = []
-    server = None
-    if request.param == "redis":
+    servers = []
+    if request.param != "memory":
         from tests.support.redisserver import RedisServer
 
-        server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+        count = 2 if request.param == "redis-sharded" else 1
+        servers = [RedisServer.start(tmp_path_factory.mktemp("redis")) for _ in range(count)]
 
     def make(clock=None):
-        if server is None:
+        if not servers:
             return MemoryHistory(clock=clock) if clock else MemoryHistory()
-        client = redis.from_url(server.url)
-        clients.append(client)
-        return RedisHistory(client, "t", clock=clock) if clock else RedisHistory(client, "t")
+        shard_clients = [redis.from_url(server.url) for server in servers]
+        clients.extend(shard_clients)
+        store = shard_clients[0] if len(servers) == 1 else sharded(shard_clients)
+        return RedisHistory(store, "t", clock=clock) if clock else RedisHistory(store, "t")
 
     yield make
     for client in clients:
         await client.aclose()
-    if server is not None:
+    for server in servers:
         server.stop()
+
+
+def sharded(clients) -> RedisShards:
+    """``clients`` as shards placed so that ROOM (and room-2) are homed on the second, not the first."""
+    shards = RedisShards(clients, prefix=SHARDED_PREFIX)
+    assert shards.home(ROOM.id) == shards.home("room-2") == 1
+    return shards
 
 
 @pytest.fixture

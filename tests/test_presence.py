@@ -13,19 +13,30 @@ from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
 from channels_app.state.presence import Member, MemoryPresence, new_holder
 from channels_app.state.redis_presence import RedisPresence
+from channels_app.state.shards import RedisShards
+from tests.support.redisserver import RedisServer
 
 ROOM = ChannelInfo(id="room-1", name="room", type="WS", max_connections=2, history_size=10, history_ttl=3600)
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def presence(request):
+@pytest.fixture(params=["memory", "redis", "redis-sharded"])
+async def presence(request, tmp_path_factory):
+    """Each kind of slot store: in memory, on one redis-server, on two as shards (ROOM homed on the second)."""
     if request.param == "memory":
         yield MemoryPresence()
         return
     server = request.getfixturevalue("redis_server")
     client = redis.from_url(server.url)
-    yield RedisPresence(client, "t", lease=30)
-    await client.aclose()
+    if request.param == "redis":
+        yield RedisPresence(client, "t", lease=30)
+        await client.aclose()
+        return
+    second = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    shards = RedisShards([client, redis.from_url(second.url)], prefix="sh")
+    assert shards.home(ROOM.id) == 1
+    yield RedisPresence(shards, "t", lease=30)
+    await shards.aclose()
+    second.stop()
 
 
 async def refused(acquiring) -> str:

@@ -77,7 +77,7 @@ async def test_a_slot_taken_again_during_a_renewal_is_kept(presence, monkeypatch
 
 async def test_a_renewal_puts_back_slots_lost_in_a_redis_restart(presence, redis_server):
     await presence.acquire(ROOM, "survivor", "h-survivor")
-    await presence._redis.flushall()  # what a restart without persistence leaves
+    redis_server.client().flushall()  # what a restart without persistence leaves
     await presence.renew()
     assert await presence.holds("room-1", "survivor", "h-survivor")
     assert await presence.count("room-1") == 1
@@ -124,16 +124,18 @@ async def test_connections_pooled_before_a_redis_restart_do_not_fail_a_command_a
         server.stop()
 
 
-def _history_on(url: str, *, connections: int = 4, read_timeout: float = 0.5) -> RedisHistory:
+def _history_on(url: str, *, connections: int = 4, read_timeout: float = 0.5) -> tuple[RedisHistory, redis.Redis]:
+    """A history on its own small pool, and the client of that pool."""
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=connections, timeout=0.3, socket_timeout=read_timeout
     )
-    return RedisHistory(redis.Redis(connection_pool=pool), "t")
+    client = redis.Redis(connection_pool=pool)
+    return RedisHistory(client, "t"), client
 
 
 async def test_an_append_that_could_not_be_sent_says_nothing_was_published(redis_server):
-    history = _history_on(redis_server.url, connections=1)
-    pool = history._redis.connection_pool
+    history, client = _history_on(redis_server.url, connections=1)
+    pool = client.connection_pool
     busy = await pool.get_connection()  # every pooled connection is taken
     with pytest.raises(ApplicationError) as refused:
         await history.append(ROOM, payload="never", client_id="c")
@@ -147,13 +149,13 @@ async def test_an_append_that_could_not_be_sent_says_nothing_was_published(redis
     with pytest.raises(ApplicationError) as down:
         await history.append(ROOM, payload="never", client_id="c")
     assert (down.value.status, down.value.code) == (503, "redis_unavailable")
-    await history._redis.aclose()
+    await client.aclose()
 
 
 async def test_an_append_sent_to_a_stalled_redis_has_an_unknown_outcome_and_its_key_replays_it(redis_server):
     """The issue's case: Redis paused with the call written to its socket. The answer cannot say
     "not published", because the call runs when Redis resumes; a retry with the key finds it."""
-    history = _history_on(redis_server.url)
+    history, client = _history_on(redis_server.url)
     await history.append(ROOM, payload="before", client_id="c")  # a pooled connection, the script known
     draft = Draft("paid", "server-message", idempotency_key_parse("order-7", payload="paid"))
     os.kill(redis_server.pid, signal.SIGSTOP)
@@ -172,4 +174,4 @@ async def test_an_append_sent_to_a_stalled_redis_has_an_unknown_outcome_and_its_
     (retried,) = await history.append_many(ROOM, [Draft("paid", "server-message", draft.idempotency)])
     assert isinstance(retried, Replayed) and retried.message.id == draft.id
     assert await history.head(ROOM.id) == 2
-    await history._redis.aclose()
+    await client.aclose()

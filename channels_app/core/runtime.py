@@ -55,7 +55,7 @@ class Runtime:
         self.http_hooks = http_hooks
         if http_hooks is not None:
             self.hooks = Hooks((*self.hooks.hooks, *http_hooks.hooks()), timeout=self.hooks.timeout)
-        # The Redis client the stores share (REDIS driver), probed by /readyz; None under MEMORY.
+        # The Redis clients the stores share, one per shard (REDIS driver), probed by /readyz; None under MEMORY.
         self.redis = redis
         self.hub = Hub(self, on_unsubscribe=on_unsubscribe)
         self.registry.before_load = self.hub.start
@@ -106,18 +106,18 @@ def build_runtime(
             hooks=hooks,
             http_hooks=http_hooks,
         )
-    from ..state.redis import RedisHistory, redis_client
+    from ..state.redis import RedisHistory, redis_shards
     from ..state.redis_presence import RedisPresence
 
     redis_config = config.pubsub.redis
-    client = redis_client(redis_config)
+    shards = redis_shards(redis_config)
     return Runtime(
         config=config,
         layer=layer,
-        history=RedisHistory(client, redis_config.prefix, stats=stats),
-        presence=RedisPresence(client, redis_config.prefix, lease=presence_lease, stats=stats),
+        history=RedisHistory(shards, redis_config.prefix, stats=stats),
+        presence=RedisPresence(shards, redis_config.prefix, lease=presence_lease, stats=stats),
         stats=stats,
-        redis=client,
+        redis=shards,
         on_unsubscribe=on_unsubscribe,
         hooks=hooks,
         http_hooks=http_hooks,

@@ -2,10 +2,11 @@
 key layout (connection slots and presence members: ``state/redis_presence.py``).
 
 Same interfaces as the in-memory classes (``MemoryHistory``, ``MemoryPresence``), so the realtime
-path does not know which driver runs. Every instance talks to one bounded connection pool; each
-operation has short timeouts, so when Redis is away callers get an error at once (turned into 503 /
-a WebSocket error frame) instead of hanging. A history append is never retried by the client
-library: a retried script would publish twice.
+path does not know which driver runs. Every instance talks to one bounded connection pool per
+Redis (``pubsub.redis.shards`` lists several: a channel's keys all live on its home shard,
+``state/shards.py``); each operation has short timeouts, so when Redis is away callers get an
+error at once (turned into 503 / a WebSocket error frame) instead of hanging. A history append is
+never retried by the client library: a retried script would publish twice.
 
 Keys (``<prefix>`` is ``pubsub.redis.prefix``; ``{id}`` keeps a channel's keys in one slot):
 - ``<prefix>:h:{id}:epoch`` and ``:seq``: the history's epoch and last offset (kept 30 days idle);
@@ -45,6 +46,7 @@ from ..messages import JSON, TEXT, Message, Position, utc_timestamp
 from ..stats import Stats
 from .history import Draft, Recorded, Replay, Replayed, new_epoch, replay_after
 from .idempotency import IDEMPOTENCY_WINDOW_SECONDS, idempotency_key_reused
+from .shards import RedisShards, as_shards
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +80,9 @@ def translating_redis_errors(method):
     return wrapper
 
 
-def redis_client(config) -> redis.Redis:
-    """One client with a bounded, blocking connection pool for this process."""
+def redis_client(config, url: str | None = None) -> redis.Redis:
+    """One client with a bounded, blocking connection pool for this process: to ``url`` (one shard),
+    else to ``config``'s Sentinel master or url."""
     options = {
         "socket_connect_timeout": 2,
         "socket_timeout": 3,
@@ -91,12 +94,20 @@ def redis_client(config) -> redis.Redis:
         # next command (a 503) although Redis was back.
         "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
-    if config.sentinels:
+    if url is None and config.sentinels:
         sentinels = [(host, int(port)) for host, port in (address.rsplit(":", 1) for address in config.sentinels)]
         sentinel = Sentinel(sentinels, socket_connect_timeout=2, socket_timeout=2)
         return sentinel.master_for(config.master_name, max_connections=MAX_POOL_CONNECTIONS, **options)
-    pool = redis.BlockingConnectionPool.from_url(config.url, max_connections=MAX_POOL_CONNECTIONS, timeout=2, **options)
+    pool = redis.BlockingConnectionPool.from_url(
+        url or config.url, max_connections=MAX_POOL_CONNECTIONS, timeout=2, **options
+    )
     return redis.Redis(connection_pool=pool)
+
+
+def redis_shards(config) -> RedisShards:
+    """A client per Redis of the ``pubsub.redis`` section: each of ``shards``, or the one ``url`` / Sentinel master."""
+    clients = [redis_client(config, url) for url in config.shards] if config.shards else [redis_client(config)]
+    return RedisShards(clients, layer=config.layer, prefix=config.prefix)
 
 
 class Keys:
@@ -203,13 +214,14 @@ return results
 
 
 class RedisHistory:
-    """Per-channel history shared by every instance."""
+    """Per-channel history shared by every instance, each channel's on its home shard."""
 
-    def __init__(self, client: redis.Redis, prefix: str, *, stats: Stats | None = None, clock=time.time):
-        self._redis = client
+    def __init__(self, store: RedisShards | redis.Redis, prefix: str, *, stats: Stats | None = None, clock=time.time):
+        self._shards = as_shards(store)
         self._stats = stats or Stats()
         self._keys = Keys(prefix)
-        self._append = client.register_script(_APPEND)
+        # Only the script's text and SHA are used: it runs on the connection of the channel's shard.
+        self._append = self._shards.clients[0].register_script(_APPEND)
         self._clock = clock
 
     async def append(self, channel: ChannelInfo, *, payload: str, client_id: str, payload_kind: str = TEXT) -> Message:
@@ -251,7 +263,7 @@ class RedisHistory:
             fingerprint = draft.idempotency.fingerprint if draft.idempotency is not None else ""
             kind = "" if draft.payload_kind == TEXT else draft.payload_kind
             args += [draft.id, draft.client_id, draft.payload, key_index, fingerprint, kind]
-        epoch, *outcomes = await self._run_once(self._append, keys, args)
+        epoch, *outcomes = await self._run_once(self._shards.for_channel(channel.id), self._append, keys, args)
         epoch = epoch.decode()
         return [
             self._recorded(channel, draft, outcome, epoch, created_at, now)
@@ -290,10 +302,10 @@ class RedisHistory:
             )
         )
 
-    async def _run_once(self, script, keys: list[str], args: list) -> list:
-        """Run ``script`` once on one pooled connection, never retried, telling apart a failure
-        before the call was sent from one after it (see ``append_many``)."""
-        pool = self._redis.connection_pool
+    async def _run_once(self, client: redis.Redis, script, keys: list[str], args: list) -> list:
+        """Run ``script`` once on one of ``client``'s pooled connections, never retried, telling apart a
+        failure before the call was sent from one after it (see ``append_many``)."""
+        pool = client.connection_pool
         try:
             connection = await pool.get_connection()
         except (redis.RedisError, OSError) as exc:
@@ -326,7 +338,7 @@ class RedisHistory:
 
     async def _state(self, channel: ChannelInfo, first: int | None = None) -> tuple[str | None, int, list[Message]]:
         start = f"{first}-1" if first is not None else "-"
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._shards.for_channel(channel.id).pipeline(transaction=True) as pipe:
             pipe.get(self._keys.incarnation(channel.id))
             pipe.get(self._keys.epoch(channel.id))
             pipe.get(self._keys.seq(channel.id))
@@ -379,13 +391,13 @@ class RedisHistory:
     @translating_redis_errors
     async def head(self, channel_id: str) -> int:
         """The offset of the newest message published on the channel (0 when none)."""
-        return int(await self._redis.get(self._keys.seq(channel_id)) or 0)
+        return int(await self._shards.for_channel(channel_id).get(self._keys.seq(channel_id)) or 0)
 
     @translating_redis_errors
     async def current(self, channel: ChannelInfo) -> Position:
         """The channel's newest position: resuming there replays nothing (a bare ``0`` before any message)."""
         keys = self._keys
-        incarnation, epoch, seq = await self._redis.mget(
+        incarnation, epoch, seq = await self._shards.for_channel(channel.id).mget(
             keys.incarnation(channel.id), keys.epoch(channel.id), keys.seq(channel.id)
         )
         if epoch is None or not seq or (incarnation is not None and int(incarnation) != channel.incarnation):
@@ -395,7 +407,7 @@ class RedisHistory:
     @translating_redis_errors
     async def forget(self, channel_id: str) -> None:
         """Drop a deleted channel's history (a later channel with the same id gets a new epoch)."""
-        await self._redis.delete(
+        await self._shards.for_channel(channel_id).delete(
             self._keys.epoch(channel_id),
             self._keys.seq(channel_id),
             self._keys.log(channel_id),

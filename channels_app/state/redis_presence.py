@@ -3,7 +3,8 @@ their holders, and the members of presence channels kept and swept with them (th
 ``<prefix>:p:``, ``:ph:`` and ``:pm:`` described in ``state/redis.py``).
 
 Same interface as ``MemoryPresence`` (``state/base.py`` ``Presence``), held to it by
-``tests/test_presence.py``.
+``tests/test_presence.py``. A channel's keys live on its home shard (``state/shards.py``), so each
+script touches one Redis.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..errors import channel_full, client_id_taken
 from ..stats import Stats
 from .presence import Member, page_after
 from .redis import Keys, translating_redis_errors
+from .shards import RedisShards, as_shards
 
 logger = logging.getLogger(__name__)
 
@@ -132,15 +134,23 @@ class RedisPresence:
     """Connection slots counted across every instance, with leases renewed by their holders."""
 
     def __init__(
-        self, client: redis.Redis, prefix: str, *, lease: float = 30.0, stats: Stats | None = None, clock=time.time
+        self,
+        store: RedisShards | redis.Redis,
+        prefix: str,
+        *,
+        lease: float = 30.0,
+        stats: Stats | None = None,
+        clock=time.time,
     ):
-        self._redis = client
+        self._shards = as_shards(store)
         self._stats = stats or Stats()
         self._keys = Keys(prefix)
         self._lease = lease
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
-        self._renew = client.register_script(_RENEW)
+        # Registered once; each call names the client of the channel's home shard.
+        registry = self._shards.clients[0]
+        self._acquire = registry.register_script(_ACQUIRE)
+        self._release = registry.register_script(_RELEASE)
+        self._renew = registry.register_script(_RENEW)
         self._clock = clock
         # (channel id, clientId) -> holder, for the connections this instance holds.
         self._held: dict[tuple[str, str], str] = {}
@@ -183,6 +193,7 @@ class RedisPresence:
                 "replace" if replace else "refuse",
                 "" if member is None else _member_json(member),
             ],
+            client=self._shards.for_channel(channel.id),
         )
         self._swept(channel.id, outcome[2])
         outcome = [part.decode() if isinstance(part, bytes) else part for part in outcome[:2]]
@@ -199,7 +210,13 @@ class RedisPresence:
         if self._held.get((channel_id, client_id)) == holder:
             del self._held[(channel_id, client_id)]
         try:
-            return bool(await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder]))
+            return bool(
+                await self._release(
+                    keys=self._slot_keys(channel_id),
+                    args=[client_id, holder],
+                    client=self._shards.for_channel(channel_id),
+                )
+            )
         except redis.RedisError:
             logger.warning(
                 "could not release slot of %s on %s; its lease expires in %ss", client_id, channel_id, self._lease
@@ -210,29 +227,32 @@ class RedisPresence:
     async def members(self, channel_id: str, *, after: str = "", limit: int) -> tuple[list[Member], bool]:
         """Live slots across every instance sorted by clientId, up to ``limit`` after ``after``, with
         their members, and whether more follow."""
-        live = await self._redis.zrangebyscore(self._keys.presence(channel_id), f"({self._clock()!r}", "+inf")
+        client = self._shards.for_channel(channel_id)
+        live = await client.zrangebyscore(self._keys.presence(channel_id), f"({self._clock()!r}", "+inf")
         page, more = page_after((client_id.decode() for client_id in live), after, limit)
         if not page:
             return [], more
-        details = await self._redis.hmget(self._keys.presence_members(channel_id), page)
+        details = await client.hmget(self._keys.presence_members(channel_id), page)
         return [_member_from_json(client_id, raw) for client_id, raw in zip(page, details, strict=True)], more
 
     @translating_redis_errors
     async def holds(self, channel_id: str, client_id: str, holder: str) -> bool:
         """Whether ``holder`` still has the slot of ``client_id`` (it was not replaced)."""
-        owner = await self._redis.hget(self._keys.presence_holders(channel_id), client_id)
+        owner = await self._shards.for_channel(channel_id).hget(self._keys.presence_holders(channel_id), client_id)
         return owner is not None and owner.decode() == holder
 
     @translating_redis_errors
     async def contains(self, channel_id: str, client_id: str) -> bool:
         """Whether ``client_id`` holds a live slot on the channel on any instance."""
-        score = await self._redis.zscore(self._keys.presence(channel_id), client_id)
+        score = await self._shards.for_channel(channel_id).zscore(self._keys.presence(channel_id), client_id)
         return score is not None and score > self._clock()
 
     @translating_redis_errors
     async def count(self, channel_id: str) -> int:
         """Live connections on one channel across every instance."""
-        return await self._redis.zcount(self._keys.presence(channel_id), f"({self._clock()!r}", "+inf")
+        return await self._shards.for_channel(channel_id).zcount(
+            self._keys.presence(channel_id), f"({self._clock()!r}", "+inf"
+        )
 
     @translating_redis_errors
     async def counts(self, channel_ids=None) -> dict[str, int]:
@@ -241,11 +261,14 @@ class RedisPresence:
             channel_ids = sorted({channel_id for channel_id, _ in self._held})
         channel_ids = list(channel_ids)
         now = f"({self._clock()!r}"
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for channel_id in channel_ids:
-                pipe.zcount(self._keys.presence(channel_id), now, "+inf")
-            results = await pipe.execute()
-        return {channel_id: count for channel_id, count in zip(channel_ids, results, strict=True) if count}
+        counts: dict[str, int] = {}
+        for shard, homed in self._shards.by_home(channel_ids).items():
+            async with self._shards.clients[shard].pipeline(transaction=False) as pipe:
+                for channel_id in homed:
+                    pipe.zcount(self._keys.presence(channel_id), now, "+inf")
+                results = await pipe.execute()
+            counts.update((channel_id, count) for channel_id, count in zip(homed, results, strict=True) if count)
+        return {channel_id: counts[channel_id] for channel_id in channel_ids if channel_id in counts}
 
     def _ensure_renewal(self) -> None:
         if self._renewal is None or self._renewal.done():
@@ -269,7 +292,8 @@ class RedisPresence:
         Slots lost in a Redis restart are put back, so they count against the limit again. Slots
         another connection took over (``replace``) are not, and are forgotten here, so that they
         are not put back once their new holder leaves. A slot released while the renewal was in
-        flight may have been put back too; such slots are released again at once.
+        flight may have been put back too; such slots are released again at once. Each shard is
+        renewed on its own: one that is away fails the call only after the others are renewed.
         """
         held = dict(self._held)
         if not held:
@@ -277,11 +301,22 @@ class RedisPresence:
         by_channel: dict[str, list[str]] = {}
         for (channel_id, client_id), holder in held.items():
             by_channel.setdefault(channel_id, []).extend((client_id, holder))
+        failure: redis.RedisError | None = None
+        for shard, channel_ids in self._shards.by_home(by_channel).items():
+            try:
+                await self._renew_on(self._shards.clients[shard], {cid: by_channel[cid] for cid in channel_ids}, held)
+            except redis.RedisError as exc:
+                failure = exc
+        if failure is not None:
+            raise failure
+
+    async def _renew_on(self, client: redis.Redis, by_channel: dict[str, list[str]], held: dict) -> None:
+        """``renew`` for the channels homed on ``client``'s shard: one pipeline, then the releases it undid."""
         calls: list[str] = []
         now = self._clock()
         expiry = repr(now + self._lease)
         key_expiry = int(self._lease * 4) + 1
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             for channel_id, pairs in by_channel.items():
                 for start in range(0, len(pairs), 2 * RENEWALS_PER_CALL):
                     chunk = pairs[start : start + 2 * RENEWALS_PER_CALL]
@@ -296,9 +331,10 @@ class RedisPresence:
                 key = (channel_id, client_id.decode())
                 if self._held.get(key) == held[key]:
                     del self._held[key]
-        for (channel_id, client_id), holder in held.items():
-            if self._held.get((channel_id, client_id)) != holder:
-                await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder])
+        for channel_id, pairs in by_channel.items():
+            for client_id, holder in zip(pairs[::2], pairs[1::2], strict=True):
+                if self._held.get((channel_id, client_id)) != holder:
+                    await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder], client=client)
 
 
 def _member_json(member: Member) -> str:

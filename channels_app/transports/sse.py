@@ -56,6 +56,7 @@ def encode_event_json(message: Message) -> tuple[bytes, int]:
 ENCODERS = {TEXT: encode_event, JSON: encode_event_json}
 
 _MESSAGE_EVENT = b"event: message\n"
+_MESSAGE_ID = b"event: message\nid: "
 
 
 def id_segment(channel_id: str, position: str) -> bytes:
@@ -196,7 +197,8 @@ class EventStream:
         self._segments: list[bytes] = []
         self._index: dict[str, int] = {}
         self._hot = -1
-        self._head = self._tail = b""
+        self._head: bytes | None = None
+        self._tail = b""
         self.finished = asyncio.Event()
         self.final_frame: bytes | None = None
         self.overflowed = False
@@ -321,11 +323,16 @@ class EventStream:
                 self.positions[channel_id] = position
                 segments[index] = segment
             if index != self._hot:
-                # Another channel's event came last: the bytes around this channel's segment changed.
+                # Another channel's event came last: join every segment (one call in C), and keep the
+                # bytes around this channel's segment for when its next event follows.
                 self._hot = index
-                self._head = b"event: message\nid: " + b"".join([each + b"," for each in segments[:index]])
-                self._tail = b"".join([b"," + each for each in segments[index + 1 :]]) + b"\n"
-            frame = b"".join((self._head, segments[index], self._tail, data))
+                self._head = None
+                frame = b"".join((_MESSAGE_ID, b",".join(segments), b"\n", data))
+            else:
+                if self._head is None:
+                    self._head = _MESSAGE_ID + b"".join([each + b"," for each in segments[:index]])
+                    self._tail = b"".join([b"," + each for each in segments[index + 1 :]]) + b"\n"
+                frame = b"".join((self._head, segments[index], self._tail, data))
         await self.send({"type": "http.response.body", "body": frame, "more_body": True})
 
     async def _keepalive(self, outbox: Outbox, interval: float) -> None:

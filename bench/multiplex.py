@@ -310,7 +310,7 @@ def assert_control(body: dict, control: str) -> None:
 def churn(ctx: Context, server: MultiplexServer, redis: RedisServer | None, layer: str, cycles: int) -> dict:
     """The churn measurement on ``server``: state after the warm-up and after ``cycles`` more cycles."""
     channels = churn_ids()
-    warmup = max(100, cycles // 10)
+    warmup = max(100, cycles // 20)
     ws = server.base_url().replace("http", "ws", 1)
     snapshots: dict[str, dict] = {}
 
@@ -374,38 +374,55 @@ def scenario_multiplex(ctx: Context) -> dict:
     redis = RedisServer(ctx.work_dir)
     try:
         redis.start()
-        for index, server_cmd in enumerate(asgi_servers):
-            # REDIS: the pubsub layer (the default) for everything; the core layer (its groups are sorted
-            # sets) for churn only, under the first server (its churn is as slow as the pubsub layer's).
-            drivers = [("memory", None, True), ("redis", "pubsub", True)]
-            if index == 0 and not ctx.quick:
-                drivers.append(("redis", "core", False))
-            for driver, layer, measure_deliveries in drivers:
-                label = f"{server_cmd}-{driver}" + (f"-{layer}" if layer else "")
-                on_redis = redis if driver == "redis" else None
-                server = MultiplexServer(
-                    ctx.work_dir,
-                    capacity=n + 50,
-                    max_connections=n + 50,
-                    source=ctx.source,
-                    name=f"mux-{label}",
-                    server_cmd=server_cmd,
-                    redis_url=on_redis.url() if on_redis else None,
-                    layer=layer or "pubsub",
-                    prefix=f"bench{label.replace('-', '')}",
-                )
-                try:
-                    server.start()
-                    if measure_deliveries:
-                        for transport in TRANSPORTS:
-                            ctx.log(f"multiplex: {label} {transport}, N={n} per group")
-                            row = deliveries(ctx, server, transport, n)
-                            rows.append({"asgi_server": server_cmd, "driver": driver, "layer": layer, **row})
-                    churned = churn(ctx, server, on_redis, layer or "memory", cycles)
-                    churned["returned"] = returned(churned)
-                    churns.append({"asgi_server": server_cmd, "driver": driver, **churned})
-                finally:
-                    server.stop()
+        # REDIS: the pubsub layer (the default) for everything; the core layer (its groups are sorted
+        # sets) for churn only, under the first server (its churn is as slow as the pubsub layer's), last.
+        plan = [
+            (server_cmd, driver, layer, True)
+            for server_cmd in asgi_servers
+            for driver, layer in (("memory", None), ("redis", "pubsub"))
+        ]
+        if not ctx.quick:
+            plan.append((asgi_servers[0], "redis", "core", False))
+        for server_cmd, driver, layer, measure_deliveries in plan:
+            label = f"{server_cmd}-{driver}" + (f"-{layer}" if layer else "")
+            on_redis = redis if driver == "redis" else None
+            server = MultiplexServer(
+                ctx.work_dir,
+                capacity=n + 50,
+                max_connections=n + 50,
+                source=ctx.source,
+                name=f"mux-{label}",
+                server_cmd=server_cmd,
+                redis_url=on_redis.url() if on_redis else None,
+                layer=layer or "pubsub",
+                prefix=f"bench{label.replace('-', '')}",
+            )
+            try:
+                server.start()
+                if measure_deliveries:
+                    for transport in TRANSPORTS:
+                        ctx.log(f"multiplex: {label} {transport}, N={n} per group")
+                        row = deliveries(ctx, server, transport, n)
+                        ctx.log(
+                            f"  => {label} {transport}: cost mux/single "
+                            + ", ".join(
+                                f"{group} {_num(r['cost_ratio'], '.3f')} {r['verdict']} "
+                                f"(rounds {' '.join(_num(x, '.3f') for x in r['round_ratios'])})"
+                                for group, r in row["ratios"].items()
+                            )
+                            + ", us/delivery "
+                            + " ".join(
+                                f"{group} {_num(g['server_us_per_delivery'], '.2f')}"
+                                for group, g in row["groups"].items()
+                            )
+                            + f", lost {sum(g['lost'] for g in row['groups'].values())}"
+                        )
+                        rows.append({"asgi_server": server_cmd, "driver": driver, "layer": layer, **row})
+                churned = churn(ctx, server, on_redis, layer or "memory", cycles)
+                churned["returned"] = returned(churned)
+                churns.append({"asgi_server": server_cmd, "driver": driver, **churned})
+            finally:
+                server.stop()
     finally:
         redis.stop()
     return {"subscribers": n, "channels_per_connection": MUX_CHANNELS, "limit": LIMIT, "rows": rows, "churn": churns}

@@ -7,6 +7,7 @@ Examples:
     python -m bench --subscribers 100,1000,5000 --json var/bench/fanout.json
     python -m bench --scenario all --quick         # every scenario, each well under a minute
     python -m bench --scenario channels,publish,connect,procs --service-ref HEAD
+    python -m bench --scenario multiplex --subscribers 500   # multiplexed vs one-channel cost, churn
 
 Everything runs on 127.0.0.1; every process the benchmark starts is stopped when it ends.
 """

@@ -50,6 +50,10 @@ CHURN_CHANNELS = 4
 CHURN_HELD = 2  # churn channels with a one-channel holder connection
 MUX_IMPL = "bench.muxclient:MuxSubscriber"
 TRANSPORTS = ("ws", "sse")
+# Concurrent pushes coalesce into runs per channel (one layer event, one write per connection for
+# several messages), so every channel gets the same number of pushing connections in every group:
+# with 8 on one channel against 2 on each of four, REDIS-mode spread cost 2x per delivery, mux or not.
+PUSHERS_PER_CHANNEL = 2
 
 
 def channel_ids(transport: str) -> dict[str, list[str]]:
@@ -131,13 +135,13 @@ class MultiplexServer(ServiceServer):
         return found
 
 
-def spread_publisher(server: MultiplexServer, channels: list[str], concurrency: int = 8):
-    """A ``Setup.burst`` publisher dealing the messages round-robin over ``channels`` (HTTP push)."""
+def spread_publisher(server: MultiplexServer, channels: list[str], per_channel: int):
+    """A ``Setup.burst`` publisher dealing the messages round-robin over ``channels`` (HTTP push,
+    ``per_channel`` keep-alive connections to each channel)."""
 
     def publish(phase: str, messages: int, size: int) -> dict:
         bodies = [make_payload(phase, seq, size) for seq in range(messages)]
         path_headers = [server.push_target(channel) for channel in channels]
-        per_channel = max(1, concurrency // len(channels))
 
         async def all_channels():
             return await asyncio.gather(
@@ -213,7 +217,7 @@ def deliveries(ctx: Context, server: MultiplexServer, transport: str, n: int) ->
         )
         for group, kind in zip(names, impl, strict=True)
     ]
-    spread = spread_publisher(server, names["mux-spread"])
+    spread = spread_publisher(server, names["mux-spread"], PUSHERS_PER_CHANNEL)
     messages = 20 if ctx.quick else max(10, min(2000, 50_000 // n))
     timeout = 30.0 if ctx.quick else 120.0
     results: dict[str, list[dict]] = {group: [] for group in names}
@@ -226,7 +230,8 @@ def deliveries(ctx: Context, server: MultiplexServer, transport: str, n: int) ->
             ctx.log(f" {server.name} {transport} round {index + 1}/{ctx.rounds}")
             for group, setup in zip(names, setups, strict=True):
                 publisher = spread if group == "mux-spread" else None
-                results[group].append(setup.burst(messages, 100, timeout, publisher=publisher))
+                burst = setup.burst(messages, 100, timeout, concurrency=PUSHERS_PER_CHANNEL, publisher=publisher)
+                results[group].append(burst)
     finally:
         for setup in setups:
             setup.close()

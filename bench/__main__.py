@@ -7,6 +7,7 @@ Examples:
     python -m bench --subscribers 100,1000,5000 --json var/bench/fanout.json
     python -m bench --scenario all --quick         # every scenario, each well under a minute
     python -m bench --scenario channels,publish,connect,procs --service-ref HEAD
+    python -m bench --scenario multiplex --subscribers 500   # multiplexed vs one-channel cost, churn
 
 Everything runs on 127.0.0.1; every process the benchmark starts is stopped when it ends.
 """
@@ -23,12 +24,24 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import report, servers, suite
+from . import multiplex, report, servers, suite
 from .clients import ClientPool
 from .fanout import FanoutSettings, run_fanout
 from .sysstat import machine_info
 
-SCENARIOS = ("fanout", "sse", "memory", "push", "redis", "channels", "publish", "connect", "procs", "hooks")
+SCENARIOS = (
+    "fanout",
+    "sse",
+    "memory",
+    "push",
+    "redis",
+    "channels",
+    "publish",
+    "connect",
+    "procs",
+    "hooks",
+    "multiplex",
+)
 
 
 def subscriber_counts(text: str) -> list[int]:
@@ -225,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                 connect_cap=args.connect_cap,
             )
             try:
-                extra[name] = suite.SCENARIOS[name](context)
+                run = multiplex.scenario_multiplex if name == "multiplex" else suite.SCENARIOS[name]
+                extra[name] = run(context)
             except Exception as error:  # noqa: BLE001 - reported, the other scenarios still run
                 extra[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
                 print(f"! scenario {name} failed: {extra[name]['error']}", flush=True)
@@ -250,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         print(report.render(doc))
     print(report.render_suite(doc["scenarios"]))
+    if "multiplex" in extra:
+        print(multiplex.render(extra["multiplex"]))
     print(f"\n(run took {meta['duration_s']:.0f} s)")
     if args.json:
         report.write_json(doc, args.json)

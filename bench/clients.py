@@ -28,6 +28,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import importlib
 import multiprocessing
 import os
 import resource
@@ -387,6 +388,15 @@ class SSESubscriber(_StreamClient):
 SUBSCRIBER_IMPLS = {"raw": RawSubscriber, "websockets": LibrarySubscriber, "sse": SSESubscriber}
 
 
+def subscriber_impl(name: str):
+    """A subscriber class by name, or by ``module:Class`` for one defined in another bench module
+    (imported here: client processes are spawned and import only this module)."""
+    if name in SUBSCRIBER_IMPLS:
+        return SUBSCRIBER_IMPLS[name]
+    module, _, attribute = name.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 class SubscriberRole:
     """Commands of a subscriber process; connections are kept in named groups (one per server)."""
 
@@ -406,7 +416,7 @@ class SubscriberRole:
         tally = self.tally(group)
         limit = asyncio.Semaphore(concurrency)
         errors: dict[str, int] = {}
-        kind = SUBSCRIBER_IMPLS[impl]
+        kind = subscriber_impl(impl)
 
         async def one(url: str) -> None:
             async with limit:

@@ -56,19 +56,31 @@ def encode_event_json(message: Message) -> tuple[bytes, int]:
 ENCODERS = {TEXT: encode_event, JSON: encode_event_json}
 
 _MESSAGE_EVENT = b"event: message\n"
+_MESSAGE_ID = b"event: message\nid: "
+
+
+def id_segment(channel_id: str, position: str) -> bytes:
+    """One channel's part of a multiplexed stream id: ``<channel id, URL-encoded>:<position>``."""
+    return f"{quote(channel_id, safe='')}:{position}".encode()
+
+
+def _multiplexed(message: Message, text: str) -> tuple[tuple, int]:
+    # The channel's id segment is encoded here, once per message, not once per stream.
+    data = sse_encode_event("message", text).encode("utf-8")[len(_MESSAGE_EVENT) :]
+    position = message.position
+    segment = None if position is None else id_segment(message.channel_id, position)
+    return (message.channel_id, position, segment, data), len(data) + 64
 
 
 def encode_event_multiplexed(message: Message) -> tuple[tuple, int]:
-    """A message on a multiplexed stream: its channel, position and ``data:`` lines; each stream
-    writes the event with its own id (``EventStream._write_multiplexed``)."""
-    data = sse_encode_event("message", message.to_json()).encode("utf-8")[len(_MESSAGE_EVENT) :]
-    return (message.channel_id, message.position, data), len(data) + 64
+    """A message on a multiplexed stream: its channel, position, id segment and ``data:`` lines;
+    each stream writes the event with its own id (``EventStream._write_multiplexed``)."""
+    return _multiplexed(message, message.to_json())
 
 
 def encode_event_multiplexed_json(message: Message) -> tuple[tuple, int]:
     """``encode_event_multiplexed`` in the ``json`` payload format."""
-    data = sse_encode_event("message", message.to_json_with_values()).encode("utf-8")[len(_MESSAGE_EVENT) :]
-    return (message.channel_id, message.position, data), len(data) + 64
+    return _multiplexed(message, message.to_json_with_values())
 
 
 MULTIPLEXED_ENCODERS = {TEXT: encode_event_multiplexed, JSON: encode_event_multiplexed_json}
@@ -180,7 +192,13 @@ class EventStream:
         self.subscriptions: list[Subscription] = []
         # A multiplexed stream's position in each channel (in the order asked), for its event ids.
         self.positions: dict[str, str] = {}
-        self._quoted: dict[str, str] = {}
+        # The id as bytes: a segment per channel (in that order), and the bytes before and after the
+        # segment of the channel written last, so a run of events on one channel re-encodes nothing.
+        self._segments: list[bytes] = []
+        self._index: dict[str, int] = {}
+        self._hot = -1
+        self._head: bytes | None = None
+        self._tail = b""
         self.finished = asyncio.Event()
         self.final_frame: bytes | None = None
         self.overflowed = False
@@ -213,7 +231,8 @@ class EventStream:
                 return
             if self.multiplexed:
                 self.positions[connection.channel.id] = str(position)
-                self._quoted[connection.channel.id] = quote(connection.channel.id, safe="")
+                self._index[connection.channel.id] = len(self._segments)
+                self._segments.append(id_segment(connection.channel.id, str(position)))
         await self.send(
             {
                 "type": "http.response.start",
@@ -297,13 +316,23 @@ class EventStream:
     async def _write_multiplexed(self, frame) -> None:
         if type(frame) is tuple:
             # A message event: its id is the stream's position in every channel once it is written.
-            channel_id, position, data = frame
-            positions = self.positions
+            channel_id, position, segment, data = frame
+            index = self._index[channel_id]
+            segments = self._segments
             if position is not None:
-                positions[channel_id] = position
-            quoted = self._quoted
-            ids = ",".join([f"{quoted[each]}:{at}" for each, at in positions.items()])
-            frame = b"event: message\nid: " + ids.encode() + b"\n" + data
+                self.positions[channel_id] = position
+                segments[index] = segment
+            if index != self._hot:
+                # Another channel's event came last: join every segment (one call in C), and keep the
+                # bytes around this channel's segment for when its next event follows.
+                self._hot = index
+                self._head = None
+                frame = b"".join((_MESSAGE_ID, b",".join(segments), b"\n", data))
+            else:
+                if self._head is None:
+                    self._head = _MESSAGE_ID + b"".join([each + b"," for each in segments[:index]])
+                    self._tail = b"".join([b"," + each for each in segments[index + 1 :]]) + b"\n"
+                frame = b"".join((self._head, segments[index], self._tail, data))
         await self.send({"type": "http.response.body", "body": frame, "more_body": True})
 
     async def _keepalive(self, outbox: Outbox, interval: float) -> None:

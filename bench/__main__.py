@@ -23,12 +23,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import report, servers, suite
+from . import report, scale, servers, suite
 from .clients import ClientPool
 from .fanout import FanoutSettings, run_fanout
 from .sysstat import machine_info
 
-SCENARIOS = ("fanout", "sse", "memory", "push", "redis", "channels", "publish", "connect", "procs", "hooks")
+SCENARIOS = ("fanout", "sse", "memory", "push", "redis", "channels", "publish", "connect", "procs", "hooks", "scale")
 
 
 def subscriber_counts(text: str) -> list[int]:
@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                 connect_cap=args.connect_cap,
             )
             try:
-                extra[name] = suite.SCENARIOS[name](context)
+                runner = scale.scenario_scale if name == "scale" else suite.SCENARIOS[name]
+                extra[name] = runner(context)
             except Exception as error:  # noqa: BLE001 - reported, the other scenarios still run
                 extra[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
                 print(f"! scenario {name} failed: {extra[name]['error']}", flush=True)

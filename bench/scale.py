@@ -257,7 +257,13 @@ def _measure(pool: ClientPool, part: Part, settings: ScaleSettings, log) -> dict
 def _service(settings: ScaleSettings, work_dir: Path, source: Path, name: str, **kwargs) -> ServiceServer:
     limit = max(settings.total, settings.per_process) * 2
     return ServiceServer(
-        work_dir, source=source, name=name, server_cmd=settings.asgi_server, max_connections=limit, **kwargs
+        work_dir,
+        source=source,
+        name=name,
+        server_cmd=settings.asgi_server,
+        max_connections=limit,
+        as_deployed=True,
+        **kwargs,
     )
 
 
@@ -286,7 +292,14 @@ def run(settings: ScaleSettings, work_dir: Path, source: Path = servers.ROOT, lo
             try:
                 for server in group:
                     server.start()
+                startup = {server.name: server.problems() for server in group}
+                for server in group:
+                    # Connecting must log nothing: count from here; what the start logged is reported apart.
+                    server.log_offset = len(server.log_text())
                 results[name] = _measure(pool, part, settings, log)
+                results[name]["startup_log_examples"] = sorted(
+                    {line for found in startup.values() for line in found["examples"]}
+                )
             except Exception as error:  # noqa: BLE001 - reported; the next part still runs
                 logger.exception("scale part %s failed", name)
                 results[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
@@ -373,6 +386,8 @@ def render(results: dict) -> str:
         )
         for example in part["server_log_examples"][:3]:
             lines.append(f"         log: {example[:200]}")
+        for example in part.get("startup_log_examples", [])[:2]:
+            lines.append(f"         at start-up (not counted): {example[:200]}")
     lines.append("")
     for verdict in results.get("verdicts", []):
         lines.append(f"{'PASS' if verdict['pass'] else 'FAIL'}  {verdict['target']}: {verdict['value']}")

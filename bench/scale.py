@@ -32,6 +32,7 @@ import math
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -74,6 +75,7 @@ class ScaleSettings:
     def quick(cls, **changes) -> ScaleSettings:
         """A scaled-down run: 200 per process, 400 over 2 processes, 3 s idle."""
         base = {"per_process": 200, "total": 400, "per_server": 200, "client_procs": 2, "idle_seconds": 3.0}
+        base["settle_seconds"] = 1.0
         return cls(**{**base, **changes})
 
     def servers_needed(self) -> int:
@@ -268,6 +270,16 @@ def _service(settings: ScaleSettings, work_dir: Path, source: Path, name: str, *
     )
 
 
+def _start(group: list[ServiceServer]) -> None:
+    """Start ``group``: the slow part (migrate, sync_channels) in parallel once the first has migrated."""
+    group[0].prepare()
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        list(executor.map(ServiceServer.prepare, group[1:]))
+    # Launched one by one: spawn() sets PR_SET_PDEATHSIG in preexec_fn, which is unsafe with threads.
+    for server in group:
+        server.start()
+
+
 def run(settings: ScaleSettings, work_dir: Path, source: Path = servers.ROOT, log=print) -> dict:
     """Run the parts of ``settings``; every process started here is stopped when it returns or raises."""
     results: dict = {"settings": asdict(settings)}
@@ -282,6 +294,7 @@ def run(settings: ScaleSettings, work_dir: Path, source: Path = servers.ROOT, lo
                 redis = RedisServer(work_dir)
                 started.append(redis)
                 redis.start()
+                results.setdefault("redis_pids", []).append(redis.pid)
                 group = [
                     _service(settings, work_dir, source, f"scale-{i}", redis_url=redis.url(), prefix="scale")
                     for i in range(settings.servers_needed())
@@ -292,8 +305,7 @@ def run(settings: ScaleSettings, work_dir: Path, source: Path = servers.ROOT, lo
                 part = Part(name, group, "sse" if name == "sse" else "raw", settings.per_process)
             started.extend(group)
             try:
-                for server in group:
-                    server.start()
+                _start(group)
                 startup = {server.name: server.problems() for server in group}
                 for server in group:
                     # Connecting must log nothing: count from here; what the start logged is reported apart.

@@ -237,8 +237,12 @@ def _measure(pool: ClientPool, part: Part, settings: ScaleSettings, log) -> dict
         f"  {part.name}: broadcast {broadcast['received']:,}/{broadcast['expected']:,}, last after "
         f"{broadcast['to_last_delivery_s']} s, p50 {lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms"
     )
-    closed = pool.call_all("close", timeout=120 + part.count / 200, group=part.name, close_timeout=5.0)
     problems = {server.name: server.problems() for server in part.servers}
+    for server in part.servers:
+        server.log_offset = len(server.log_text())
+    closed = pool.call_all("close", timeout=120 + part.count / 200, group=part.name, close_timeout=5.0)
+    time.sleep(1.0)
+    on_close = {server.name: server.problems() for server in part.servers}
     return {
         "asgi_server": settings.asgi_server,
         "servers": len(part.servers),
@@ -252,6 +256,9 @@ def _measure(pool: ClientPool, part: Part, settings: ScaleSettings, log) -> dict
         "closed_by_server": sum(sum(reply["closed_by_server"].values()) for reply in closed),
         "server_log_problems": sum(found["count"] for found in problems.values()),
         "server_log_examples": [line for found in problems.values() for line in found["examples"]][:8],
+        # Closing everyone at once is not part of the targets: what it logs is reported apart.
+        "close_log_problems": sum(found["count"] for found in on_close.values()),
+        "close_log_examples": sorted({line for found in on_close.values() for line in found["examples"]})[:4],
         "servers_alive": all(server.alive() for server in part.servers),
         "server_pids": list(server_pids.values()),
     }
@@ -400,6 +407,9 @@ def render(results: dict) -> str:
         )
         for example in part["server_log_examples"][:3]:
             lines.append(f"         log: {example[:200]}")
+        if part.get("close_log_problems"):
+            lines.append(f"         {part['close_log_problems']} problem lines while all closed at once (not counted):")
+            lines += [f"           {example[:200]}" for example in part["close_log_examples"][:2]]
         for example in part.get("startup_log_examples", [])[:2]:
             lines.append(f"         at start-up (not counted): {example[:200]}")
     lines.append("")

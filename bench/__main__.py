@@ -24,7 +24,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import multiplex, report, servers, suite
+from . import multiplex, report, scale, servers, suite
 from .clients import ClientPool
 from .fanout import FanoutSettings, run_fanout
 from .sysstat import machine_info
@@ -41,7 +41,10 @@ SCENARIOS = (
     "procs",
     "hooks",
     "multiplex",
+    "scale",
 )
+# Scenarios with a module of their own; the others are in bench/suite.py.
+OWN_MODULE_SCENARIOS = {"multiplex": multiplex.scenario_multiplex, "scale": scale.scenario_scale}
 
 
 def subscriber_counts(text: str) -> list[int]:
@@ -238,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 connect_cap=args.connect_cap,
             )
             try:
-                run = multiplex.scenario_multiplex if name == "multiplex" else suite.SCENARIOS[name]
-                extra[name] = run(context)
+                extra[name] = (OWN_MODULE_SCENARIOS.get(name) or suite.SCENARIOS[name])(context)
             except Exception as error:  # noqa: BLE001 - reported, the other scenarios still run
                 extra[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
                 print(f"! scenario {name} failed: {extra[name]['error']}", flush=True)

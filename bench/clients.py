@@ -149,8 +149,9 @@ class _StreamClient(asyncio.Protocol):
 
     close_code = 1006
 
-    def __init__(self, tally: Tally, idx: int, url: str):
+    def __init__(self, tally: Tally, idx: int, url: str, local_host: str | None = None):
         parts = urlsplit(url)
+        self.local_host = local_host  # the source address (127.0.0.2, ...): each has its own ephemeral ports
         self.tally = tally
         self.idx = idx
         self.host = parts.hostname or "127.0.0.1"
@@ -175,7 +176,10 @@ class _StreamClient(asyncio.Protocol):
 
     async def start(self, within: float) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.wait_for(loop.create_connection(lambda: self, self.host, self.port), within)
+        local_addr = (self.local_host, 0) if self.local_host else None
+        await asyncio.wait_for(
+            loop.create_connection(lambda: self, self.host, self.port, local_addr=local_addr), within
+        )
         await asyncio.wait_for(self.opened, within)
 
     def connection_made(self, transport) -> None:
@@ -309,18 +313,20 @@ def _apply_mask(payload: bytes, mask: bytes) -> bytes:
 class LibrarySubscriber:
     """A receive-only subscriber on the ``websockets`` library's asyncio client."""
 
-    def __init__(self, tally: Tally, idx: int, url: str):
+    def __init__(self, tally: Tally, idx: int, url: str, local_host: str | None = None):
         self.tally = tally
         self.idx = idx
         self.url = url
+        self.local_host = local_host
         self.connection = None
         self.task: asyncio.Task | None = None
 
     async def start(self, within: float) -> None:
         from websockets.asyncio.client import connect
 
+        local = {"local_addr": (self.local_host, 0)} if self.local_host else {}
         self.connection = await connect(
-            self.url, compression=None, ping_interval=None, open_timeout=within, close_timeout=2, max_size=None
+            self.url, compression=None, ping_interval=None, open_timeout=within, close_timeout=2, max_size=None, **local
         )
         self.tally.on_open(self.idx)
         self.task = asyncio.create_task(self._receive())
@@ -411,8 +417,16 @@ class SubscriberRole:
             self.connections[group] = []
         return self.tallies[group]
 
-    async def cmd_connect(self, group: str, urls: list[str], impl: str, concurrency: int, open_timeout: float) -> dict:
-        """Open one connection per URL, at most ``concurrency`` handshakes at a time."""
+    async def cmd_connect(
+        self,
+        group: str,
+        urls: list[str],
+        impl: str,
+        concurrency: int,
+        open_timeout: float,
+        local_host: str | None = None,
+    ) -> dict:
+        """Open one connection per URL, at most ``concurrency`` handshakes at a time (from ``local_host``)."""
         tally = self.tally(group)
         limit = asyncio.Semaphore(concurrency)
         errors: dict[str, int] = {}
@@ -420,7 +434,7 @@ class SubscriberRole:
 
         async def one(url: str) -> None:
             async with limit:
-                subscriber = kind(tally, tally.add_connection(), url)
+                subscriber = kind(tally, tally.add_connection(), url, local_host)
                 try:
                     await subscriber.start(open_timeout)
                     self.connections[group].append(subscriber)

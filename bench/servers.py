@@ -34,6 +34,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.liveserver import server_command
 from tests.support.processes import ROOT, base_environment, free_port, stop_process
 
 CHANNEL_ID = "bench-fanout"
@@ -204,6 +205,7 @@ class ServiceServer(_Server):
         server_cmd: str = "daphne",
         rooms: int = 0,
         room_connections: int = 100,
+        as_deployed: bool = False,
     ):
         super().__init__(work_dir)
         if name:
@@ -215,6 +217,9 @@ class ServiceServer(_Server):
         self.server_cmd = server_cmd
         self.rooms = rooms
         self.room_connections = room_connections
+        # True: the exact command line of scripts/entrypoint.sh (uvicorn with the service's own
+        # protocol classes and keep-alive pings), as tests/support/liveserver.py runs it.
+        self.as_deployed = as_deployed
         self.source = source  # the project tree to run: the working tree, or a snapshot of a commit
         self.config_path = work_dir / f"{self.name}.config.yaml"
         self.database_path = work_dir / f"{self.name}.sqlite3"
@@ -283,7 +288,10 @@ pubsub:
     def start(self) -> None:
         """Start the server and wait until the channel's preflight answers."""
         self.prepare()
-        args = asgi_server_args(self.server_cmd, "realtime_project.asgi:application")
+        if self.as_deployed:
+            args = server_command(self.server_cmd, port="{port}", env=self.env, extra_args=[])  # type: ignore[arg-type]
+        else:
+            args = asgi_server_args(self.server_cmd, "realtime_project.asgi:application")
         self._launch(args, env=self.env, cwd=self.source, ready=self._answers)
 
     def _answers(self) -> bool:

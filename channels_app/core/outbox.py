@@ -68,8 +68,9 @@ class Outbox:
         # The task writing queued frames, while there are any.
         self.writer: asyncio.Task | None = None
         self.overflowed = False
-        # Replays waiting to queue their next page, in turn (``request_page``).
-        self._pages: deque[Callable[[], None]] = deque()
+        # Replays waiting to queue their next page, in turn (``request_page``); made on first use:
+        # an empty deque is 760 bytes, about 3% of an idle connection (docs/performance-scale.md).
+        self._pages: deque[Callable[[], None]] | None = None
 
     def put(self, frame, size: int) -> bool:
         """Queue a frame of ``size`` bytes; on overflow mark the connection slow and return False."""
@@ -160,13 +161,15 @@ class Outbox:
 
     def request_page(self, queue_page: Callable[[], None]) -> None:
         """Call ``queue_page`` once what is queued now has drained (a paced replay's next page)."""
+        if self._pages is None:
+            self._pages = deque()
         self._pages.append(queue_page)
         if self.writer is None and self._loop is not None:
             self._start_writer()
 
     def cancel_pages(self, queue_page: Callable[[], None]) -> None:
         """Forget the pages ``queue_page`` asked for (its subscription ended mid-replay)."""
-        if queue_page in self._pages:
+        if self._pages and queue_page in self._pages:
             self._pages = deque(page for page in self._pages if page != queue_page)
 
     @property

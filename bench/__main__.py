@@ -23,12 +23,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import report, servers, suite
+from . import many, report, servers, suite
 from .clients import ClientPool
 from .fanout import FanoutSettings, run_fanout
 from .sysstat import machine_info
 
-SCENARIOS = ("fanout", "sse", "memory", "push", "redis", "channels", "publish", "connect", "procs", "hooks")
+SCENARIOS = ("fanout", "sse", "memory", "push", "redis", "channels", "publish", "connect", "procs", "hooks", "many")
 
 
 def subscriber_counts(text: str) -> list[int]:
@@ -106,6 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="count the servers' system calls in every burst with perf stat (needs perf, and root or\n"
         "kernel.perf_event_paranoid <= 1); printed per delivery",
     )
+    many.add_arguments(parser)
     parser.add_argument("--work-dir", type=Path, help="keep configs and server logs here (default: temp, removed)")
     args = parser.parse_args(argv)
     args.scenarios = list(SCENARIOS) if args.scenario == "all" else [p.strip() for p in args.scenario.split(",") if p]
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 connect_cap=args.connect_cap,
             )
             try:
-                extra[name] = suite.SCENARIOS[name](context)
+                extra[name] = many.scenario_many(context, args) if name == "many" else suite.SCENARIOS[name](context)
             except Exception as error:  # noqa: BLE001 - reported, the other scenarios still run
                 extra[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
                 print(f"! scenario {name} failed: {extra[name]['error']}", flush=True)

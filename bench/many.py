@@ -287,6 +287,9 @@ def run_case(
             "server_us_per_delivery": round(1e6 * server_cpu_s / max(deliveries, 1), 1),
             "server_us_per_message": round(1e6 * server_cpu_s / max(sent["accepted"], 1), 1),
         }
+        result["pids"] = {**pids, **{f"load-{i}": load.pid for i, load in enumerate(loads)}}
+        if redis_server is not None:
+            result["pids"]["redis"] = redis_server.pid
         result["problems"] = {service.name: service.problems() for service in services}
         result["targets"] = targets_met(result)
         if profile:

@@ -35,7 +35,8 @@ def many_points(doc: dict) -> dict[str, list[tuple[int, float]]]:
     """(channels, server us per delivery) of each many case, by mode and rate."""
     series: dict[str, list[tuple[int, float]]] = {}
     for case in (doc.get("scenarios", {}).get("many") or {}).get("cases", []):
-        label = f"{case['mode'].upper()} mode, 2 subscribers/channel, {case['rate']:g} msg/s"
+        via = "apublish()" if case.get("publisher") == "django" else "HTTP batch"
+        label = f"{case['mode'].upper()} mode, {case['rate']:g} msg/s, {via}"
         series.setdefault(label, []).append((case["channels"], case["cpu"]["server_us_per_delivery"]))
     return series
 

@@ -58,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--many-profile", action="store_true", help="many scenario: servers under cProfile (stats in the work dir)"
     )
+    parser.add_argument(
+        "--many-publisher",
+        choices=("http", "django"),
+        default="http",
+        help="many scenario: POST /api/v1/messages batches (http), or channels_app.apublish() from a\n"
+        "separate Django process, as a backend would (django; REDIS mode only) (default http)",
+    )
     parser.add_argument("--many-procs", type=int, default=2, help="many scenario: subscriber processes (default 2)")
 
 
@@ -190,7 +197,16 @@ def create_channels(service: ManyService, n: int) -> float:
 
 
 def run_case(
-    *, mode: str, n: int, rate: float, seconds: float, procs: int, work_dir: Path, log, profile: bool = False
+    *,
+    mode: str,
+    n: int,
+    rate: float,
+    seconds: float,
+    procs: int,
+    work_dir: Path,
+    log,
+    profile: bool = False,
+    publisher_kind: str = "http",
 ) -> dict:
     """One case: ``n`` channels in ``mode`` (memory: one instance; redis: two), publish, check."""
     label = f"{mode}-{n}"
@@ -199,7 +215,9 @@ def run_case(
     redis_server = None
     services: list[ManyService] = []
     loads: list[LoadProcess] = []
-    result: dict = {"mode": mode, "channels": n, "rate": rate, "seconds": seconds}
+    if publisher_kind == "django" and mode != "redis":
+        raise ValueError("--many-publisher django needs REDIS mode: a MEMORY-mode instance hears only itself")
+    result: dict = {"mode": mode, "channels": n, "rate": rate, "seconds": seconds, "publisher": publisher_kind}
     try:
         if mode == "redis":
             redis_server = RedisServer(case_dir)
@@ -267,6 +285,9 @@ def run_case(
         sampler = RssSampler(pids)
         window = CpuWindow({**pids, **{f"load-{i}": load.pid for i, load in enumerate(loads)}})
         targets = [(service.base_url(), service.push_target()[1]) for service in services]
+        if publisher_kind == "django":
+            publisher.call("django_setup", {"env": services[0].env, "source": str(services[0].source)})
+            targets = [("django", {})]
         sampler.start()
         publish_started = time.monotonic()
         with window:
@@ -402,6 +423,7 @@ def scenario_many(ctx, args: argparse.Namespace) -> dict:
                     work_dir=ctx.work_dir,
                     log=ctx.log,
                     profile=args.many_profile,
+                    publisher_kind=args.many_publisher if mode == "redis" else "http",
                 )
             )
     result = {"cases": cases, "batch": BATCH, "channels_per_connection": CHANNELS_PER_CONNECTION}
@@ -415,7 +437,8 @@ def render(result: dict) -> list[str]:
     lines = [
         "",
         "Many channels (2 subscribers each, multiplexed WebSockets; HTTP batch publish to random channels):",
-        f"{'mode':<7}{'channels':>9}{'create s':>9}{'subscr s':>9}{'msg/s':>8}{'received/expected':>22}"
+        f"{'mode':<7}{'publisher':<11}{'channels':>9}{'create s':>9}{'subscr s':>9}{'msg/s':>8}"
+        f"{'received/expected':>22}"
         f"{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'us/deliv':>9}  RSS start->end MB (slope KB/s)   p99 lost flat",
     ]
     for case in result["cases"]:
@@ -425,7 +448,8 @@ def render(result: dict) -> list[str]:
         )
         met = case["targets"]
         lines.append(
-            f"{case['mode']:<7}{case['channels']:>9,}{case['create_s']:>9.1f}{case['subscribe_s']:>9.1f}"
+            f"{case['mode']:<7}{case.get('publisher', 'http'):<11}{case['channels']:>9,}"
+            f"{case['create_s']:>9.1f}{case['subscribe_s']:>9.1f}"
             f"{case['publish']['rate_achieved']:>8.0f}{case['received']:>11,}/{case['expected']:<10,}"
             f"{_f(case['latency_ms']['p50'])}{_f(case['latency_ms']['p99'])}{_f(case['latency_ms']['max'])}"
             f"{case['cpu']['server_us_per_delivery']:>9.1f}  {rss}   "

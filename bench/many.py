@@ -294,7 +294,7 @@ def run_case(
             sent = publisher.call(
                 "publish",
                 {"targets": targets, "channels": channels, "rate": rate, "seconds": seconds, "batch": BATCH},
-                timeout=seconds + 300,
+                timeout=seconds + 200,
             )
         cpu = window.stop()
         published = sent.pop("published")

@@ -225,7 +225,7 @@ async def publish(
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             sent += batch
-        await asyncio.gather(*tasks)
+        await _finish(tasks, failures)
     finally:
         for client in clients:
             await client.aclose()
@@ -242,6 +242,21 @@ async def publish(
         "t_first": t_first,
         "published": published,
     }
+
+
+DRAIN_SECONDS = 60.0  # after the schedule, publishes still unanswered this long are given up
+
+
+async def _finish(tasks: set[asyncio.Task], failures: dict[str, int]) -> None:
+    """Wait for the publishes in flight, at most ``DRAIN_SECONDS``; cancel and count the rest."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(set(tasks), timeout=DRAIN_SECONDS)
+    for task in pending:
+        task.cancel()
+    if pending:
+        failures["not answered within the drain time (batches or messages)"] = len(pending)
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def django_setup(env: dict[str, str], source: str) -> dict:
@@ -294,7 +309,7 @@ async def publish_django(*, channels: list[str], rate: float, seconds: float, ba
             task = asyncio.create_task(one(channels[rng.randrange(len(channels))], f"{seq}~{stamp:.6f}"))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-    await asyncio.gather(*tasks)
+    await _finish(tasks, failures)
     return {
         "sent": seq,
         "accepted": sum(published.values()),

@@ -36,7 +36,7 @@ def many_points(doc: dict) -> dict[str, list[tuple[int, float]]]:
     series: dict[str, list[tuple[int, float]]] = {}
     for case in (doc.get("scenarios", {}).get("many") or {}).get("cases", []):
         via = "apublish()" if case.get("publisher") == "django" else "HTTP batch"
-        label = f"{case['mode'].upper()} mode, {case['rate']:g} msg/s, {via}"
+        label = f"{case['mode'].upper()} mode, {case['rate']:g} msg/s asked, {via}"
         series.setdefault(label, []).append((case["channels"], case["cpu"]["server_us_per_delivery"]))
     return series
 

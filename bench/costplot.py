@@ -28,7 +28,9 @@ def fanout_points(doc: dict) -> dict[str, list[tuple[int, float]]]:
         per_cpu = ((row.get("results") or {}).get("service") or {}).get("burst", {}).get("deliveries_per_server_cpu_s")
         if per_cpu:
             points.append((row["subscribers"], 1e6 / per_cpu))
-    return {f"one channel, N subscribers ({server}, burst)": points} if points else {}
+    source = (doc.get("meta") or {}).get("source")  # figures copied from a document say so
+    label = f"one channel, N subscribers ({server}, burst{', ' + source if source else ''})"
+    return {label: points} if points else {}
 
 
 def many_points(doc: dict) -> dict[str, list[tuple[int, float]]]:

@@ -24,7 +24,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import multiplex, report, scale, servers, suite
+from . import many, multiplex, report, scale, servers, suite
 from .clients import ClientPool
 from .fanout import FanoutSettings, run_fanout
 from .sysstat import machine_info
@@ -42,9 +42,14 @@ SCENARIOS = (
     "hooks",
     "multiplex",
     "scale",
+    "many",
 )
 # Scenarios with a module of their own; the others are in bench/suite.py.
-OWN_MODULE_SCENARIOS = {"multiplex": multiplex.scenario_multiplex, "scale": scale.scenario_scale}
+OWN_MODULE_SCENARIOS = {
+    "multiplex": multiplex.scenario_multiplex,
+    "scale": scale.scenario_scale,
+    "many": many.scenario_many,
+}
 
 
 def subscriber_counts(text: str) -> list[int]:
@@ -122,6 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="count the servers' system calls in every burst with perf stat (needs perf, and root or\n"
         "kernel.perf_event_paranoid <= 1); printed per delivery",
     )
+    many.add_arguments(parser)
     parser.add_argument("--work-dir", type=Path, help="keep configs and server logs here (default: temp, removed)")
     args = parser.parse_args(argv)
     args.scenarios = list(SCENARIOS) if args.scenario == "all" else [p.strip() for p in args.scenario.split(",") if p]
@@ -239,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                 channels=args.channels,
                 channel_subscribers=args.channel_subscribers,
                 connect_cap=args.connect_cap,
+                options=args,
             )
             try:
                 extra[name] = (OWN_MODULE_SCENARIOS.get(name) or suite.SCENARIOS[name])(context)

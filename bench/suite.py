@@ -26,6 +26,7 @@ Every scenario takes one ``Context`` (the pool, the work dir, the options of the
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -65,6 +66,7 @@ class Context:
     channels: int = 1000
     channel_subscribers: int = 5
     connect_cap: int = 10_000
+    options: argparse.Namespace | None = None  # the whole command line, for scenarios with options of their own
 
     @property
     def asgi_server(self) -> str:

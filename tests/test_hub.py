@@ -112,6 +112,27 @@ async def test_a_message_the_layer_dropped_is_recovered_from_history(hub):
     assert counters["layer_recovered"] == 1
 
 
+async def test_messages_heard_out_of_order_before_the_first_one_are_all_delivered(hub):
+    # Two instances publish to the channel at once: offset 2 reaches this hub before offset 1.
+    reader = make_reader(encode_payload)
+    await hub.subscribe(reader.subscription)
+    first = await publish(hub, "first", send=False)
+    await publish(hub, "second")
+    await hub.layer.group_send(channel_group(ROOM.id), first.to_event())
+    await publish(hub, "third")
+    assert await reader.until_written(3) == [("message", "first", 1), ("message", "second", 2), ("message", "third", 3)]
+    assert hub.stats.counters()["hub_duplicates"] == 1
+
+
+async def test_messages_published_before_the_subscribe_are_not_delivered_live(hub):
+    await publish(hub, "before", send=False)
+    reader = make_reader(encode_payload)
+    await hub.subscribe(reader.subscription)
+    await publish(hub, "after")
+    assert await reader.until_written(1) == [("message", "after", 2)]
+    assert hub.stats.counters().get("layer_gaps", 0) == 0
+
+
 async def test_a_dropped_message_no_longer_in_history_is_announced_as_a_gap(hub):
     reader = make_reader(encode_payload)
     await hub.subscribe(reader.subscription)

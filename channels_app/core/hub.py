@@ -81,8 +81,22 @@ class Hub:
             local = self._local[channel_id] = set()
             local.add(subscription)
             await self.layer.group_add(channel_group(channel_id), self.channel_name)
+            await self._start_sequence(channel_id)
         else:
             local.add(subscription)
+
+    async def _start_sequence(self, channel_id: str) -> None:
+        """Expect the offset after the channel's newest, read once the group is joined.
+
+        Without it the first message heard would set the sequence, and an earlier one published
+        through another instance and heard after it would be dropped as a repeat."""
+        try:
+            channel = await self.runtime.registry.resolve(channel_id)
+            current = await self.runtime.history.current(channel)
+        except Exception:
+            logger.exception("could not read where channel %s stands; its first message sets it", channel_id)
+            return
+        self._next_offset.setdefault(channel_id, (current.epoch, (current.offset or 0) + 1))
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         """Stop delivering to ``subscription``; leave the group when it was the last one here."""

@@ -2,7 +2,7 @@
 
 ``ServiceServer`` runs the project under daphne (or uvicorn) the way tests/support/liveserver.py does
 (temp YAML config, SQLite copied from a migrated database, ``sync_channels``, then
-``python -m daphne -e tcp:port=PORT:interface=127.0.0.1:backlog=1024 realtime_project.asgi:application``).
+``python -m daphne -e tcp:port=PORT:interface=127.0.0.1:backlog=2048 realtime_project.asgi:application``).
 ``BaselineServer`` runs ``python -m bench.baseline``; ``AsgiWsBaselineServer`` and
 ``SSEBaselineServer`` run the bare ASGI apps (bench/asgi_ws_baseline.py, bench/sse_baseline.py)
 under the same server as the service. WebSocket servers have ``start()``, ``stop()``, ``pid``,
@@ -92,7 +92,7 @@ def asgi_server_args(server_cmd: str, app: str) -> list[str]:
     if server_cmd != "daphne":
         raise ValueError(f"unknown ASGI server {server_cmd!r}: choose from {', '.join(ASGI_SERVERS)}")
     # The listen backlog scripts/entrypoint.sh gives daphne (Twisted's default of 50 refuses storms).
-    return [sys.executable, "-m", "daphne", "-e", "tcp:port={port}:interface=127.0.0.1:backlog=1024", app]
+    return [sys.executable, "-m", "daphne", "-e", "tcp:port={port}:interface=127.0.0.1:backlog=2048", app]
 
 
 # Log lines worth showing in a report: errors, tracebacks, warnings and slow-consumer cut-offs.

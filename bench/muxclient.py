@@ -44,9 +44,9 @@ class _Confirmations:
 class MuxSubscriber(RawSubscriber):
     """A receive-only ``/api/v1/connect`` socket subscribed to the channels in its URL's fragment."""
 
-    def __init__(self, tally, idx: int, url: str):
+    def __init__(self, tally, idx: int, url: str, local_host: str | None = None):
         self.channels = [unquote(part) for part in urlsplit(url).fragment.split(",") if part]
-        super().__init__(tally, idx, url)
+        super().__init__(tally, idx, url, local_host)
         self.waiting = len(self.channels)
         self.subscribed = asyncio.get_running_loop().create_future()
         if not self.waiting:

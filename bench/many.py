@@ -75,17 +75,7 @@ class ManyService(ServiceServer):
         limit = f"server:\n  max_channels_per_connection: {CHANNELS_PER_CONNECTION}\n"
         return super().config_text().replace("server:\n", limit, 1)
 
-    def _manage(self, command: list[str], database: Path) -> None:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *command],
-            cwd=self.source,
-            env=dict(self.env, DATABASE_URL=f"sqlite:///{database}"),
-            capture_output=True,
-            text=True,
-            timeout=3600,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"manage.py {' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+    manage_timeout = 3600  # sync_channels of 100,000 channels
 
     profile_path: Path | None = None  # run the server under cProfile, stats written here at exit
 

@@ -273,6 +273,8 @@ pubsub:
         self._manage(["sync_channels"], self.database_path)
         self._prepared = True
 
+    manage_timeout = 120  # seconds a manage.py command (migrate, sync_channels) may take
+
     def _manage(self, command: list[str], database: Path) -> None:
         done = subprocess.run(
             [sys.executable, "manage.py", *command],
@@ -280,7 +282,7 @@ pubsub:
             env=dict(self.env, DATABASE_URL=f"sqlite:///{database}"),
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=self.manage_timeout,
         )
         if done.returncode != 0:
             raise RuntimeError(f"manage.py {' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")

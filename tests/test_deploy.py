@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from resource import RLIMIT_NOFILE, getrlimit, setrlimit
+from resource import RLIMIT_NOFILE, getrlimit
 from urllib.parse import urlsplit
 
 import httpx
@@ -36,11 +36,10 @@ from channels_app.config import parse_config
 from channels_app.ops.supervisor import DEFAULT_BACKLOG
 from realtime_project.settings import request_body_limit
 from tests.support.liveserver import SERVERS
-from tests.support.processes import base_environment, free_port
+from tests.support.processes import ENTRYPOINT, LOW_SOFT_FILE_LIMIT, base_environment, entrypoint_started, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-ENTRYPOINT = ROOT / "scripts" / "entrypoint.sh"
 DOCKERFILE = ROOT / "Dockerfile"
 KUBE_DIR = ROOT / "deploy" / "kubernetes"
 COMPOSE_FILES = ("docker-compose.memory.yml", "docker-compose.redis.yml")
@@ -366,17 +365,7 @@ def test_entrypoint_serves_and_stops_on_sigterm(tmp_path, server):
     )
     log_path = tmp_path / "entrypoint.log"
     hard = getrlimit(RLIMIT_NOFILE)[1]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(ENTRYPOINT)],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            # A low soft limit, as many hosts give: the entry point raises it to the hard one.
-            preexec_fn=lambda: setrlimit(RLIMIT_NOFILE, (256, hard)),
-        )
+    process = entrypoint_started(tmp_path, env, log_path)
     base = f"http://127.0.0.1:{port}"
     headers = {"Host": host}
     try:
@@ -417,7 +406,7 @@ def test_entrypoint_serves_and_stops_on_sigterm(tmp_path, server):
         assert listen_backlog(port) == min(TEST_BACKLOG, somaxconn) > 50
 
         # The soft open-file limit was raised to the hard one, in the server (PID of the entry point, exec'd).
-        assert f"open files: soft limit {hard} (was 256), hard limit {hard}" in log
+        assert f"open files: soft limit {hard} (was {LOW_SOFT_FILE_LIMIT}), hard limit {hard}" in log
         limits = Path(f"/proc/{process.pid}/limits").read_text()
         assert re.search(rf"Max open files\s+{hard}\s+{hard}\s", limits), limits
     finally:

@@ -27,13 +27,19 @@ import websockets
 from channels_app.ops import supervisor
 from tests.support.clients import closed_with, recv_json
 from tests.support.liveserver import SERVERS
-from tests.support.processes import ROOT, base_environment, free_port
+from tests.support.processes import (
+    ENTRYPOINT,
+    LOW_SOFT_FILE_LIMIT,
+    ROOT,
+    base_environment,
+    entrypoint_started,
+    free_port,
+)
 from tests.support.redisserver import RedisServer
 from tests.support.waiting import wait_until, wait_until_sync
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
-ENTRYPOINT = ROOT / "scripts" / "entrypoint.sh"
 VENV_BIN = Path(sys.executable).parent
 CHANNEL_CONFIG = """
 server:
@@ -47,7 +53,6 @@ channels:
     max_of_channel_connections: 1000
 """
 MEMORY = 'driver: "MEMORY"'
-LOW_SOFT_LIMIT = 256
 
 
 def redis_pubsub(url: str) -> str:
@@ -114,18 +119,7 @@ class Instance:
     def __init__(self, tmp_path: Path, env: dict[str, str]):
         self.port = int(env["PORT"])
         self.log_path = tmp_path / "entrypoint.log"
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [str(ENTRYPOINT)],
-                cwd=tmp_path,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                # A low soft limit, as many hosts give: the supervisor raises it to the hard one.
-                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_SOFT_LIMIT, hard)),
-            )
+        self.process = entrypoint_started(tmp_path, env, self.log_path)
         self.seen: set[int] = set()
 
     def log(self) -> str:
@@ -209,7 +203,7 @@ async def test_two_processes_share_the_port_and_the_channel(tmp_path, server, re
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         for pid in (first, second):
             assert open_file_limits(pid) == (hard, hard)
-        assert f"open files: soft limit {hard} (was {LOW_SOFT_LIMIT}), hard limit {hard}" in log
+        assert f"open files: soft limit {hard} (was {LOW_SOFT_FILE_LIMIT}), hard limit {hard}" in log
 
         # Connections land on both processes (the kernel hashes them over the two sockets).
         sockets = await connect_spread(port, 16)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -11,6 +12,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+ENTRYPOINT = ROOT / "scripts" / "entrypoint.sh"
+# The soft open-file limit many hosts give; the entry point raises it to the hard one.
+LOW_SOFT_FILE_LIMIT = 256
 
 
 def free_port() -> int:
@@ -67,3 +71,19 @@ def resident_kib(pid: int) -> int:
 def open_fds(pid: int) -> int:
     """How many file descriptors a process holds open."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def entrypoint_started(cwd: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """``scripts/entrypoint.sh`` started in a session of its own, logging to ``log_path``, under
+    ``LOW_SOFT_FILE_LIMIT`` open files (soft; the hard limit stays)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [str(ENTRYPOINT)],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_SOFT_FILE_LIMIT, hard)),
+        )

@@ -218,7 +218,8 @@ def deliveries(ctx: Context, server: MultiplexServer, transport: str, n: int) ->
         for group, kind in zip(names, impl, strict=True)
     ]
     spread = spread_publisher(server, names["mux-spread"], PUSHERS_PER_CHANNEL)
-    messages = 20 if ctx.quick else max(10, min(2000, 50_000 // n))
+    asked = ctx.options.messages if ctx.options is not None else None
+    messages = asked or (20 if ctx.quick else max(10, min(2000, 50_000 // n)))
     timeout = 30.0 if ctx.quick else 120.0
     results: dict[str, list[dict]] = {group: [] for group in names}
     connected: dict[str, int] = {}
@@ -228,7 +229,10 @@ def deliveries(ctx: Context, server: MultiplexServer, transport: str, n: int) ->
             setup.warmup()
         for index in range(ctx.rounds):
             ctx.log(f" {server.name} {transport} round {index + 1}/{ctx.rounds}")
-            for group, setup in zip(names, setups, strict=True):
+            # Each round starts with the next group: a burst's cost may depend on what ran before it
+            # (garbage collections, buffers still draining), so no group is always first.
+            turns = list(zip(names, setups, strict=True))
+            for group, setup in turns[index % len(turns) :] + turns[: index % len(turns)]:
                 publisher = spread if group == "mux-spread" else None
                 burst = setup.burst(messages, 100, timeout, concurrency=PUSHERS_PER_CHANNEL, publisher=publisher)
                 results[group].append(burst)

@@ -269,6 +269,7 @@ class RedisPresence:
         self._stats = stats or Stats()
         self._keys = Keys(prefix)
         self._lease = lease
+        # This process's number, the score of its slots: random, so instances need no coordination.
         self.instance = str(1 + secrets.randbelow(INSTANCE_NUMBERS - 1))
         # Registered once; each call names the client of the channel's home shard.
         registry = self._shards.clients[0]

@@ -120,6 +120,12 @@ async def test_redis_sweeps_the_members_of_expired_slots_and_reports_them(redis_
     await dead.acquire(ROOM, "ghost", new_holder(), member=member)
     now[0] += 31
     assert await alive.members("room-1", limit=10) == ([], False)
+    assert await alive.count("room-1") == 0
+    assert not await alive.contains("room-1", "ghost")
     await alive.acquire(ROOM, "fresh", new_holder())
+    assert expired == []  # the sweep is the renewal's, once per dead instance, not each acquire's
+    await alive.renew()
     assert expired == [("room-1", [member])]
+    assert await client.zrange("sweep:s:{room-1}", 0, -1) == [b"fresh"]
+    assert await client.zrange("sweep:live", 0, -1) == [alive.instance.encode()]
     await client.aclose()

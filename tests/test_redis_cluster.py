@@ -234,9 +234,9 @@ def test_connection_churn_does_not_grow_redis_connections_or_memory(start_server
     assert max(growth[-2:]) < 512, f"memory kept growing by {growth} KiB per 500 connections"
     assert len(client.client_list()) <= connections_before + 2
     deadline = time.monotonic() + 5
-    while client.zcard("rt:p:{chat-1}") and time.monotonic() < deadline:
+    while client.zcard("rt:s:{chat-1}") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert client.zcard("rt:p:{chat-1}") == 0
+    assert client.zcard("rt:s:{chat-1}") == 0
 
 
 def test_channel_created_or_deleted_on_one_instance_is_seen_by_the_other_within_a_second(cluster):

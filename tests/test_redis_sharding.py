@@ -173,7 +173,7 @@ def test_each_channel_keeps_its_state_and_its_group_on_its_home_shard_only(deplo
         held_here = {key for key in keys[home] if f"{{{channel_id}}}" in key}
         # History (epoch, seq, log, incarnation) and the connection slots, all on the home shard.
         assert {f"{PREFIX}:h:{{{channel_id}}}:{part}" for part in ("epoch", "seq", "log", "inc")} <= held_here
-        assert f"{PREFIX}:p:{{{channel_id}}}" in held_here
+        assert f"{PREFIX}:s:{{{channel_id}}}" in held_here
         assert not [key for key in keys[away] if f"{{{channel_id}}}" in key]
         group = channel_group(channel_id)
         assert group in snapshots[home], (deployment.layer, home, snapshots)

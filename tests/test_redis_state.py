@@ -1,12 +1,14 @@
-"""Redis state: a run of messages is recorded in one step; a lease renewal brings back slots a
-Redis restart lost, but never a released or replaced one (the rest of the slot contract, shared with
-MEMORY mode, is in test_presence.py)."""
+"""Redis state: a run of messages is recorded in one step; an instance's slots live while its
+heartbeat does, whatever their number, and a renewal brings back slots a Redis restart lost, but
+never a released or replaced one (the rest of the slot contract, shared with MEMORY mode, is in
+test_presence.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import sys
 
 import pytest
 import redis.asyncio as redis
@@ -16,8 +18,10 @@ from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
 from channels_app.state.history import Draft, Replayed
 from channels_app.state.idempotency import idempotency_key_parse
+from channels_app.state.presence import Member, new_holder
 from channels_app.state.redis import RedisHistory
 from channels_app.state.redis_presence import RedisPresence
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -50,9 +54,10 @@ def _while_renewing(monkeypatch, action):
     monkeypatch.setattr(Pipeline, "execute", execute_after_action)
 
 
-async def test_a_slot_released_during_a_renewal_stays_released(presence, monkeypatch):
+async def test_a_slot_released_while_slots_are_put_back_stays_released(presence, redis_server, monkeypatch):
     await presence.acquire(ROOM, "leaving", "h-leaving")
     await presence.acquire(ROOM, "staying", "h-staying")
+    redis_server.client().flushall()  # the renewal finds its heartbeat gone and puts its slots back
     _while_renewing(monkeypatch, lambda: presence.release("room-1", "leaving", "h-leaving"))
     await presence.renew()
     monkeypatch.undo()
@@ -61,8 +66,9 @@ async def test_a_slot_released_during_a_renewal_stays_released(presence, monkeyp
     await presence.acquire(ROOM, "leaving", "h-again")  # the client may come straight back
 
 
-async def test_a_slot_taken_again_during_a_renewal_is_kept(presence, monkeypatch):
+async def test_a_slot_taken_again_while_slots_are_put_back_is_kept(presence, redis_server, monkeypatch):
     await presence.acquire(ROOM, "back", "h-first")
+    redis_server.client().flushall()
 
     async def leave_and_return():
         await presence.release("room-1", "back", "h-first")
@@ -97,6 +103,162 @@ async def test_a_renewal_never_brings_back_a_replaced_slot(presence, redis_serve
     assert not await presence.contains("room-1", "laptop")
     assert await presence.count("room-1") == 0
     await other_client.aclose()
+
+
+def _room(index: int) -> ChannelInfo:
+    return ChannelInfo(id=f"room-{index}", name="room", type="WS", max_connections=5, history_size=10, history_ttl=3600)
+
+
+async def _commands_run(client: redis.Redis) -> int:
+    """Commands Redis ran so far, Lua's inner ones included (``INFO commandstats``)."""
+    return sum(stat["calls"] for stat in (await client.info("commandstats")).values())
+
+
+_KILLED_INSTANCE = """
+import asyncio, sys
+import redis.asyncio as redis
+from channels_app.channel import ChannelInfo
+from channels_app.state.presence import Member
+from channels_app.state.redis_presence import RedisPresence
+
+async def main():
+    presence = RedisPresence(redis.from_url(sys.argv[1]), "k", lease=float(sys.argv[2]))
+    for index in range(3):
+        room = ChannelInfo(id=f"room-{index}", name="room", type="WS", max_connections=5, history_size=10,
+                           history_ttl=3600)
+        await presence.acquire(room, "ghost", f"h-{index}", member=Member("ghost", "WS"))
+    print(presence.instance, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_instance_s_slots_count_while_it_renews_and_are_swept_a_lease_after_it_dies(redis_server):
+    """An instance in another process holds a slot on three channels and is SIGKILLed: no release.
+    Its slots count for several leases while it lives, stop counting within a lease of its death,
+    and the renewal of an instance still alive removes them and reports their members."""
+    lease = 1.5
+    client = redis.from_url(redis_server.url)
+    alive = RedisPresence(client, "k", lease=lease)
+    expired = []
+    alive.on_expired = lambda channel_id, members: expired.append((channel_id, [m.client_id for m in members]))
+    await alive.acquire(_room(0), "fresh", new_holder())
+    killed = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _KILLED_INSTANCE, redis_server.url, str(lease), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        instance = (await killed.stdout.readline()).decode().strip()
+        for _ in range(8):  # four leases of no traffic
+            await asyncio.sleep(lease / 2)
+            assert await alive.counts([_room(index).id for index in range(3)]) == {
+                "room-0": 2,
+                "room-1": 1,
+                "room-2": 1,
+            }
+    finally:
+        killed.kill()
+        await killed.wait()
+
+    async def only_fresh_counts() -> bool:
+        return await alive.count("room-0") == 1
+
+    assert await wait_until(only_fresh_counts, within=lease + 0.2, interval=0.02)
+    assert await alive.members("room-1", limit=10) == ([], False)
+    await wait_until(lambda: len(expired) == 3, within=lease)  # the next renewal of ``alive``
+    assert sorted(expired) == [(f"room-{index}", ["ghost"]) for index in range(3)]
+    assert sorted(await client.keys("k:s*")) == [b"k:s:{room-0}", b"k:sh:{room-0}"]
+    assert await client.zrange("k:live", 0, -1) == [alive.instance.encode()]
+    assert not await client.exists(f"k:held:{instance}")
+    await alive.release("room-0", "fresh", (await client.hget("k:sh:{room-0}", "fresh")).decode())
+    await client.aclose()
+
+
+async def test_renewing_costs_the_same_commands_for_one_channel_held_as_for_500(redis_server):
+    """Liveness is one heartbeat per instance: over ten leases with no traffic the slots stay, and
+    each renewal costs Redis the same few commands whatever the number of channels held."""
+    client = redis.from_url(redis_server.url)
+    now = [1000.0]
+
+    async def commands_per_renewal(channels: int) -> float:
+        presence = RedisPresence(client, f"c{channels}", lease=30, clock=lambda: now[0])
+        observer = RedisPresence(client, f"c{channels}", lease=30, clock=lambda: now[0])
+        for index in range(channels):
+            await presence.acquire(_room(index), "alice", new_holder())
+        await presence.renew()  # Redis learns the script
+        before = await _commands_run(client)
+        for _ in range(30):
+            now[0] += 10
+            await presence.renew()
+        used = (await _commands_run(client) - before - 1) / 30  # less the INFO that read ``before``
+        counts = await observer.counts([_room(index).id for index in range(channels)])
+        assert counts == {_room(index).id: 1 for index in range(channels)}
+        return used
+
+    one, many = await commands_per_renewal(1), await commands_per_renewal(500)
+    # EVALSHA with ZSCORE, ZADD and ZRANGEBYSCORE inside; it was 8 per channel (4,000 for 500).
+    assert one == many == 4
+    await client.aclose()
+
+
+async def test_an_instance_away_longer_than_its_lease_puts_its_slots_back_when_it_returns(redis_server):
+    """Its slots stop counting and are swept (their members reported) as for a dead instance; its
+    next renewal finds its heartbeat gone and puts back those no other connection took."""
+    client = redis.from_url(redis_server.url)
+    now = [1000.0]
+    away = RedisPresence(client, "a", lease=30, clock=lambda: now[0])
+    other = RedisPresence(client, "a", lease=30, clock=lambda: now[0])
+    await away.acquire(ROOM, "stays", "h-stays", member=Member("stays", "WS"))
+    await away.acquire(ROOM, "moves", "h-moves")
+    await other.acquire(ROOM, "other", "h-other")
+    now[0] += 31
+    await other.renew()
+    await other.acquire(ROOM, "moves", "h-moved")  # that client reconnected to the other instance
+    assert await other.count("room-1") == 2
+    await away.renew()
+    assert await other.count("room-1") == 3
+    assert await other.members("room-1", limit=10) == (
+        [Member("moves"), Member("other"), Member("stays", "WS")],
+        False,
+    )
+    assert await other.holds("room-1", "moves", "h-moved")
+    assert ("room-1", "moves") not in away._held  # taken over: not put back again
+    await client.aclose()
+
+
+async def test_slots_and_members_are_put_back_after_redis_restarts_empty(tmp_path):
+    """A private redis-server is killed and restarted without persistence: the instance notices
+    its heartbeat is gone (here first at an acquire) and its next renewal puts every slot back,
+    with its member; after that a renewal is cheap again."""
+    from types import SimpleNamespace
+
+    from channels_app.state.redis import redis_client
+    from tests.support.redisserver import RedisServer
+
+    server = RedisServer.start(tmp_path)
+    client = redis_client(SimpleNamespace(sentinels=(), url=server.url))
+    try:
+        presence = RedisPresence(client, "r", lease=30)
+        alice = Member("alice", "WS", "2026-12-04T20:00:00.000Z", {"name": "Alice"})
+        for index in range(3):
+            await presence.acquire(_room(index), "alice", f"h-alice-{index}", member=alice)
+            await presence.acquire(_room(index), "bob", f"h-bob-{index}")
+        server.stop(signal.SIGKILL)
+        server.run()
+        await asyncio.sleep(0.2)
+        assert await presence.count("room-0") == 0
+        await presence.acquire(_room(3), "carol", "h-carol")  # rewrites the heartbeat: the loss is still seen
+        await presence.renew()
+        for index in range(3):
+            assert await presence.members(f"room-{index}", limit=10) == ([alice, Member("bob")], False)
+            assert await presence.holds(f"room-{index}", "bob", f"h-bob-{index}")
+        assert await presence.counts() == {"room-0": 2, "room-1": 2, "room-2": 2, "room-3": 1}
+        before = await _commands_run(client)
+        await presence.renew()
+        assert await _commands_run(client) - before - 1 == 4
+        await client.aclose()
+    finally:
+        server.stop()
 
 
 @pytest.mark.redis

@@ -384,6 +384,6 @@ def test_redis_driver_churn_gives_back_redis_connections_and_slots(start_server,
     again = run_churn(server, cycles, rounds=2, warmup=0)
     assert_back_to_baseline(again, cycles, memory=False)
     assert len(client.client_list()) <= redis_clients + 2, (redis_clients, len(client.client_list()))
-    for key in ("churn:p:{churn-1}", "churn:p:{churn-feed-1}", "churn:p:{tiny-1}"):
+    for key in ("churn:s:{churn-1}", "churn:s:{churn-feed-1}", "churn:s:{tiny-1}"):
         assert client.zcard(key) == 0, key
     assert again["fds"] <= result["fds"] + 3

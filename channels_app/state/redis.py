@@ -1,5 +1,5 @@
 """Cluster-wide state for the REDIS driver: history, idempotency keys, the shared client and the
-key layout (connection slots and presence members: ``state/redis_presence.py``).
+key layout (connection slots, presence members and heartbeats: ``state/redis_presence.py``).
 
 Same interfaces as the in-memory classes (``MemoryHistory``, ``MemoryPresence``), so the realtime
 path does not know which driver runs. Every instance talks to one bounded connection pool per
@@ -15,14 +15,20 @@ Keys (``<prefix>`` is ``pubsub.redis.prefix``; ``{id}`` keeps a channel's keys i
   than ``history_ttl`` are skipped on read and the stream expires when idle that long. An entry's
   fields: ``i`` id, ``c`` clientId, ``p`` payload, ``t`` createdAt, ``ts`` publish time, and ``k``
   ``json`` for a payload published as a JSON value (absent: text, as in entries written before).
-- ``<prefix>:p:{id}``: a sorted set of connected clientIds scored by lease expiry. Each instance
-  renews its connections' leases every third of the lease; the connections of an instance that
-  died without closing them stop counting when the lease runs out
-  (``REALTIME_PRESENCE_LEASE_SECONDS``, default 30 s).
-- ``<prefix>:ph:{id}``: a hash from each connected clientId to its connection's holder token, so
-  that only that connection releases or renews the slot (``server.duplicate_client_id``).
-- ``<prefix>:pm:{id}``: on a ``presence: true`` channel, a hash from each connected clientId to its
+- ``<prefix>:s:{id}``: a sorted set of connected clientIds, each scored by the number of the
+  instance holding its connection. A slot counts while that instance's heartbeat is alive.
+- ``<prefix>:sh:{id}``: a hash from each connected clientId to its connection's holder token, so
+  that only that connection releases the slot (``server.duplicate_client_id``).
+- ``<prefix>:sm:{id}``: on a ``presence: true`` channel, a hash from each connected clientId to its
   member's transport, connectedAt and info (JSON), written, swept and removed with its slot.
+- ``<prefix>:live``: a sorted set of instance numbers scored by heartbeat expiry. Each instance
+  renews its own every third of the lease; the slots of an instance that died without closing its
+  connections stop counting when the lease runs out (``REALTIME_PRESENCE_LEASE_SECONDS``,
+  default 30 s), and the instances still alive sweep them.
+- ``<prefix>:held:<instance>``: the ids of the channels an instance holds slots on, read only to
+  sweep them once it is dead. ``live`` and ``held`` exist on each shard, for the channels homed there.
+  (Versions before these keys kept lease-scored slots in ``:p:``, ``:ph:`` and ``:pm:``; they expire
+  on their own, four leases after their last renewal.)
 - ``<prefix>:idem:{id}:<incarnation>:<key>``: the receipt of a push made with an ``Idempotency-Key``,
   written by the same script that records the message (24 h).
 """
@@ -125,20 +131,26 @@ class Keys:
     def log(self, channel_id: str) -> str:
         return f"{self.prefix}:h:{{{channel_id}}}:log"
 
-    def presence(self, channel_id: str) -> str:
-        return f"{self.prefix}:p:{{{channel_id}}}"
-
     def incarnation(self, channel_id: str) -> str:
         return f"{self.prefix}:h:{{{channel_id}}}:inc"
 
     def idempotency(self, channel_id: str, incarnation: int, key: str) -> str:
         return f"{self.prefix}:idem:{{{channel_id}}}:{incarnation}:{key}"
 
-    def presence_holders(self, channel_id: str) -> str:
-        return f"{self.prefix}:ph:{{{channel_id}}}"
+    def slots(self, channel_id: str) -> str:
+        return f"{self.prefix}:s:{{{channel_id}}}"
 
-    def presence_members(self, channel_id: str) -> str:
-        return f"{self.prefix}:pm:{{{channel_id}}}"
+    def slot_holders(self, channel_id: str) -> str:
+        return f"{self.prefix}:sh:{{{channel_id}}}"
+
+    def slot_members(self, channel_id: str) -> str:
+        return f"{self.prefix}:sm:{{{channel_id}}}"
+
+    def heartbeats(self) -> str:
+        return f"{self.prefix}:live"
+
+    def held(self, instance: str) -> str:
+        return f"{self.prefix}:held:{instance}"
 
 
 # Stamping and recording are one atomic step, so offsets are gapless and history never lags them;

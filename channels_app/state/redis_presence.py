@@ -1,10 +1,17 @@
-"""Connection slots counted across every instance for the REDIS driver, with leases renewed by
-their holders, and the members of presence channels kept and swept with them (the keys
-``<prefix>:p:``, ``:ph:`` and ``:pm:`` described in ``state/redis.py``).
+"""Connection slots counted across every instance for the REDIS driver, and the members of
+presence channels kept and swept with them (the keys ``<prefix>:s:``, ``:sh:``, ``:sm:``,
+``:live`` and ``:held:`` described in ``state/redis.py``).
+
+Liveness is per instance, not per slot: each slot names the instance holding it (its score), and
+each instance keeps one heartbeat per shard, renewed every third of the lease. A slot counts while
+its instance's heartbeat has not run out, so a dead instance's slots stop counting when its lease
+would have, and the renewal costs a constant number of Redis commands whatever the number of
+channels held. The slots of an instance whose heartbeat ran out are swept, and their members
+reported, by the renewals of the instances still alive, from the set of channels it held.
 
 Same interface as ``MemoryPresence`` (``state/base.py`` ``Presence``), held to it by
-``tests/test_presence.py``. A channel's keys live on its home shard (``state/shards.py``), so each
-script touches one Redis.
+``tests/test_presence.py``. A channel's keys live on its home shard (``state/shards.py``), with a
+heartbeat and a set of held channels per instance on each shard, so each script touches one Redis.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import contextvars
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 
@@ -27,111 +35,226 @@ from .shards import RedisShards, as_shards
 
 logger = logging.getLogger(__name__)
 
-
-def _sweep_expired(*, now: str) -> str:
-    """Lua that removes up to 256 slots whose lease ended before ``now`` (an ARGV reference) and
-    collects each swept member's clientId and JSON in ``swept``: the start of both scripts below."""
-    return (
-        """
-local swept = {}
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', """
-        + now
-        + """, 'LIMIT', 0, 256)
-if #expired > 0 then
-  local details = redis.call('HMGET', KEYS[3], unpack(expired))
-  for i = 1, #expired do
-    if details[i] then
-      table.insert(swept, expired[i])
-      table.insert(swept, details[i])
+# Whether the instance a slot names (an ARGV or local reference) is alive: its heartbeat in
+# KEYS[4] (instance -> heartbeat expiry) ends after ``now``. The start of the channel scripts.
+_ALIVE = """
+local now = tonumber(ARGV[1])
+local function alive(instance)
+  local beat = redis.call('ZSCORE', KEYS[4], instance)
+  return beat ~= false and tonumber(beat) > now
+end
+local function live_instances()
+  local instances = {}
+  local cursor = '-inf'
+  while true do
+    local first = redis.call('ZRANGEBYSCORE', KEYS[1], cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if #first == 0 then
+      return instances
     end
+    if alive(first[2]) then
+      table.insert(instances, first[2])
+    end
+    cursor = '(' .. first[2]
   end
-  redis.call('ZREM', KEYS[1], unpack(expired))
-  redis.call('HDEL', KEYS[2], unpack(expired))
-  redis.call('HDEL', KEYS[3], unpack(expired))
-end"""
-    )
+end
+"""
 
-
-# KEYS: the channel's slots (clientId -> lease expiry), holders (clientId -> holder token) and
-# members (clientId -> a presence channel's Member as JSON). ARGV: now, clientId, max connections,
-# lease expiry, key expiry, holder, "replace" or "refuse", the Member's JSON ('' when none).
-# Returns the outcome, the replaced holder, and the clientId and JSON of each member swept.
-# Expired slots (an instance that died) go first, a bounded number per call; the rest are not
-# counted (ZCOUNT above now) and go on later calls.
+# KEYS: the channel's slots (clientId -> instance), holders (clientId -> holder token), members
+# (clientId -> a presence channel's Member as JSON), the heartbeats (instance -> expiry) and this
+# instance's held channels. ARGV: now, clientId, max connections, instance, heartbeat expiry,
+# holder, "replace" or "refuse", the Member's JSON ('' when none), channel id.
+# Returns the outcome, the replaced holder, and whether this instance's heartbeat was alive (when
+# it was not, Redis may have forgotten this instance's other slots: they are put back).
+# Live slots are counted one instance at a time (a slot's score is its instance), so a dead
+# instance's slots neither count nor block their clientIds: they are overwritten here.
 _ACQUIRE = (
-    _sweep_expired(now="ARGV[1]")
+    _ALIVE
     + """
+local was_alive = alive(ARGV[4]) and 1 or 0
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
 local previous = ''
-local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if score and tonumber(score) > tonumber(ARGV[1]) then
+local current = redis.call('ZSCORE', KEYS[1], ARGV[2])
+local held = current and alive(current)
+if held then
   if ARGV[7] ~= 'replace' then
-    return {'taken', '', swept}
+    return {'taken', '', was_alive}
   end
   previous = redis.call('HGET', KEYS[2], ARGV[2]) or ''
-elseif redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf') >= tonumber(ARGV[3]) then
-  return {'full', '', swept}
+else
+  local live = 0
+  for _, instance in ipairs(live_instances()) do
+    live = live + redis.call('ZCOUNT', KEYS[1], instance, instance)
+  end
+  if live >= tonumber(ARGV[3]) then
+    return {'full', '', was_alive}
+  end
 end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[6])
 if ARGV[8] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[2], ARGV[8])
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
 else
   redis.call('HDEL', KEYS[3], ARGV[2])
 end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
-if score and tonumber(score) > tonumber(ARGV[1]) then
-  return {'replaced', previous, swept}
+redis.call('SADD', KEYS[5], ARGV[9])
+if held then
+  return {'replaced', previous, was_alive}
 end
-return {'ok', '', swept}
+return {'ok', '', was_alive}
 """
 )
 
 # Removes a slot only while it carries the holder's token: a replaced connection's late release
-# leaves its successor's slot alone. ARGV: clientId, holder.
+# leaves its successor's slot alone. Forgets the channel among this instance's held ones when it
+# has no slot left there. KEYS: slots, holders, members, this instance's held channels.
+# ARGV: clientId, holder, instance, channel id.
 _RELEASE = """
+local removed = 0
 if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[3], ARGV[1])
-  return redis.call('ZREM', KEYS[1], ARGV[1])
+  removed = redis.call('ZREM', KEYS[1], ARGV[1])
+end
+if redis.call('ZCOUNT', KEYS[1], ARGV[3], ARGV[3]) == 0 then
+  redis.call('SREM', KEYS[4], ARGV[4])
+end
+return removed
+"""
+
+# KEYS: slots, holders, members, heartbeats. ARGV: now. The live clientIds of the channel.
+_LIVE = (
+    _ALIVE
+    + """
+local client_ids = {}
+for _, instance in ipairs(live_instances()) do
+  for _, client_id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], instance, instance)) do
+    table.insert(client_ids, client_id)
+  end
+end
+return client_ids
+"""
+)
+
+# KEYS: slots, holders, members, heartbeats. ARGV: now. How many live slots the channel has.
+_COUNT = (
+    _ALIVE
+    + """
+local live = 0
+for _, instance in ipairs(live_instances()) do
+  live = live + redis.call('ZCOUNT', KEYS[1], instance, instance)
+end
+return live
+"""
+)
+
+# KEYS: slots, holders, members, heartbeats. ARGV: now, clientId. 1 if it holds a live slot.
+_CONTAINS = (
+    _ALIVE
+    + """
+local instance = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if instance and alive(instance) then
+  return 1
 end
 return 0
 """
+)
 
-# Extends the leases of this instance's slots on one channel. A slot still carrying its holder's
-# token is renewed; one that is gone entirely (Redis restarted, or it expired while Redis was
-# away) is put back, so it counts against the limit again; one another connection took over
-# (``replace``) is left to it and returned; expired slots are swept, as by an acquire, and their
-# members returned. ARGV: lease expiry, key expiry, now, then clientId and holder of each.
-_RENEW = (
-    _sweep_expired(now="ARGV[3]")
-    + """
+# This instance's heartbeat on one shard. KEYS: heartbeats. ARGV: instance, now, its new expiry.
+# Returns whether the heartbeat was still alive (if not, Redis restarted or lost it, or this
+# instance was away longer than the lease: its slots are put back), and up to 8 instances whose
+# heartbeat ran out, whose slots are to be swept.
+_HEARTBEAT = """
+local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+local alive = 0
+if beat and tonumber(beat) > tonumber(ARGV[2]) then
+  alive = 1
+end
+return {alive, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, 8)}
+"""
+
+# Puts back this instance's slots on one channel after Redis forgot its heartbeat. A slot still
+# carrying its holder's token is kept; one that is gone entirely (Redis restarted, or it was swept
+# while this instance was away) is put back with its member, so it counts against the limit again;
+# one another connection took over (``replace``) is left to it and returned.
+# KEYS: slots, holders, members, this instance's held channels. ARGV: instance, channel id, then
+# clientId, holder and Member JSON ('' when none) of each.
+_REASSERT = """
 local taken = {}
-for i = 4, #ARGV, 2 do
+local kept = 0
+for i = 3, #ARGV, 3 do
   local owner = redis.call('HGET', KEYS[2], ARGV[i])
   if owner == ARGV[i + 1] or (not owner and not redis.call('ZSCORE', KEYS[1], ARGV[i])) then
     redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    if ARGV[i + 2] ~= '' then
+      redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
+    end
+    kept = kept + 1
   elseif owner then
     table.insert(taken, ARGV[i])
   end
 end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+if kept > 0 then
+  redis.call('SADD', KEYS[4], ARGV[2])
 end
-return {taken, swept}
+return taken
+"""
+
+# Removes up to 256 slots of a dead instance on one channel, and the channel from its held ones
+# once none is left. KEYS: slots, holders, members, heartbeats, the dead instance's held channels.
+# ARGV: now, the dead instance, channel id. Returns 1 if that instance is alive again (nothing is
+# swept), else 0, then the clientId and JSON of each swept member.
+_SWEEP = (
+    _ALIVE
+    + """
+if alive(ARGV[2]) then
+  return {1, {}}
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[2], 'LIMIT', 0, 256)
+local swept = {}
+if #gone > 0 then
+  local details = redis.call('HMGET', KEYS[3], unpack(gone))
+  for i = 1, #gone do
+    if details[i] then
+      table.insert(swept, gone[i])
+      table.insert(swept, details[i])
+    end
+  end
+  redis.call('ZREM', KEYS[1], unpack(gone))
+  redis.call('HDEL', KEYS[2], unpack(gone))
+  redis.call('HDEL', KEYS[3], unpack(gone))
+end
+if #gone < 256 then
+  redis.call('SREM', KEYS[5], ARGV[3])
+end
+return {0, swept}
 """
 )
 
-# Slots renewed per script call: a renewal holds Redis for the whole call.
+# Forgets a dead instance once it holds no channel. KEYS: heartbeats, its held channels.
+# ARGV: now, the instance.
+_FORGET = """
+local beat = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if redis.call('SCARD', KEYS[2]) == 0 and (not beat or tonumber(beat) <= tonumber(ARGV[1])) then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# Slots put back per script call: a script holds Redis for the whole call.
 RENEWALS_PER_CALL = 500
+# Channels of dead instances swept per renewal and shard, in pipelines of SWEEPS_PER_CALL: a dead
+# instance's slots stop counting at once; this only bounds how soon their members' leave is sent.
+SWEEPS_PER_PERIOD = 10_000
+SWEEPS_PER_CALL = 500
+# Instance numbers are slot scores: below 2**40 a double holds them exactly and Redis and Lua
+# print them as plain integers.
+INSTANCE_NUMBERS = 2**40
 
 
 class RedisPresence:
-    """Connection slots counted across every instance, with leases renewed by their holders."""
+    """Connection slots counted across every instance, alive while their instance's heartbeat is."""
 
     def __init__(
         self,
@@ -146,23 +269,34 @@ class RedisPresence:
         self._stats = stats or Stats()
         self._keys = Keys(prefix)
         self._lease = lease
+        # This process's number, the score of its slots: random, so instances need no coordination.
+        self.instance = str(1 + secrets.randbelow(INSTANCE_NUMBERS - 1))
         # Registered once; each call names the client of the channel's home shard.
         registry = self._shards.clients[0]
         self._acquire = registry.register_script(_ACQUIRE)
         self._release = registry.register_script(_RELEASE)
-        self._renew = registry.register_script(_RENEW)
+        self._live = registry.register_script(_LIVE)
+        self._count = registry.register_script(_COUNT)
+        self._contains = registry.register_script(_CONTAINS)
+        self._heartbeat = registry.register_script(_HEARTBEAT)
+        self._reassert = registry.register_script(_REASSERT)
+        self._sweep = registry.register_script(_SWEEP)
+        self._forget = registry.register_script(_FORGET)
         self._clock = clock
-        # (channel id, clientId) -> holder, for the connections this instance holds.
-        self._held: dict[tuple[str, str], str] = {}
+        # (channel id, clientId) -> (holder, Member JSON or ''), for the connections this instance holds.
+        self._held: dict[tuple[str, str], tuple[str, str]] = {}
+        # Shards where this instance's slots are to be put back (Redis forgot its heartbeat).
+        self._forgotten: set[int] = set()
         self._renewal: asyncio.Task | None = None
         # Told of the members whose slots expired (their instance died), when a sweep removes them.
         self.on_expired: Callable[[str, list[Member]], None] | None = None
 
     def _slot_keys(self, channel_id: str) -> list[str]:
         return [
-            self._keys.presence(channel_id),
-            self._keys.presence_holders(channel_id),
-            self._keys.presence_members(channel_id),
+            self._keys.slots(channel_id),
+            self._keys.slot_holders(channel_id),
+            self._keys.slot_members(channel_id),
+            self._keys.heartbeats(),
         ]
 
     def _swept(self, channel_id: str, swept) -> None:
@@ -181,77 +315,95 @@ class RedisPresence:
         """Take a cluster-wide slot (with its ``member``); refuse when the channel is full or the id is
         connected anywhere, unless ``replace``: then take the id's slot and return the holder it had."""
         now = self._clock()
+        member_json = "" if member is None else _member_json(member)
+        shard = self._shards.home(channel.id)
         outcome = await self._acquire(
-            keys=self._slot_keys(channel.id),
+            keys=[*self._slot_keys(channel.id), self._keys.held(self.instance)],
             args=[
                 repr(now),
                 client_id,
                 channel.max_connections,
+                self.instance,
                 repr(now + self._lease),
-                int(self._lease * 4) + 1,
                 holder,
                 "replace" if replace else "refuse",
-                "" if member is None else _member_json(member),
+                member_json,
+                channel.id,
             ],
-            client=self._shards.for_channel(channel.id),
+            client=self._shards.clients[shard],
         )
-        self._swept(channel.id, outcome[2])
-        outcome = [part.decode() if isinstance(part, bytes) else part for part in outcome[:2]]
-        if outcome[0] == "taken":
+        status, previous, was_alive = (part.decode() if isinstance(part, bytes) else part for part in outcome)
+        if not was_alive and self._holds_on(shard):
+            self._forget_noticed(shard)
+        if status == "taken":
             raise client_id_taken(channel.id, client_id)
-        if outcome[0] == "full":
+        if status == "full":
             raise channel_full(channel.id, channel.max_connections)
-        self._held[(channel.id, client_id)] = holder
+        self._held[(channel.id, client_id)] = (holder, member_json)
         self._ensure_renewal()
-        return outcome[1] if outcome[0] == "replaced" else None
+        return previous if status == "replaced" else None
+
+    def _holds_on(self, shard: int) -> bool:
+        return any(self._shards.home(channel_id) == shard for channel_id, _ in self._held)
+
+    def _forget_noticed(self, shard: int) -> None:
+        if shard not in self._forgotten:
+            logger.warning("Redis shard %s forgot this instance's heartbeat; its slots there are put back", shard)
+            self._forgotten.add(shard)
 
     async def release(self, channel_id: str, client_id: str, holder: str) -> bool:
         """Give the slot back if ``holder`` still has it (True); if Redis is away the lease simply runs out."""
-        if self._held.get((channel_id, client_id)) == holder:
+        if self._held.get((channel_id, client_id), ("",))[0] == holder:
             del self._held[(channel_id, client_id)]
         try:
-            return bool(
-                await self._release(
-                    keys=self._slot_keys(channel_id),
-                    args=[client_id, holder],
-                    client=self._shards.for_channel(channel_id),
-                )
-            )
+            return bool(await self._release_slot(self._shards.for_channel(channel_id), channel_id, client_id, holder))
         except redis.RedisError:
             logger.warning(
                 "could not release slot of %s on %s; its lease expires in %ss", client_id, channel_id, self._lease
             )
             return False
 
+    async def _release_slot(self, client: redis.Redis, channel_id: str, client_id: str, holder: str):
+        return await self._release(
+            keys=[*self._slot_keys(channel_id)[:3], self._keys.held(self.instance)],
+            args=[client_id, holder, self.instance, channel_id],
+            client=client,
+        )
+
     @translating_redis_errors
     async def members(self, channel_id: str, *, after: str = "", limit: int) -> tuple[list[Member], bool]:
         """Live slots across every instance sorted by clientId, up to ``limit`` after ``after``, with
         their members, and whether more follow."""
         client = self._shards.for_channel(channel_id)
-        live = await client.zrangebyscore(self._keys.presence(channel_id), f"({self._clock()!r}", "+inf")
+        live = await self._live(keys=self._slot_keys(channel_id), args=[repr(self._clock())], client=client)
         page, more = page_after((client_id.decode() for client_id in live), after, limit)
         if not page:
             return [], more
-        details = await client.hmget(self._keys.presence_members(channel_id), page)
+        details = await client.hmget(self._keys.slot_members(channel_id), page)
         return [_member_from_json(client_id, raw) for client_id, raw in zip(page, details, strict=True)], more
 
     @translating_redis_errors
     async def holds(self, channel_id: str, client_id: str, holder: str) -> bool:
         """Whether ``holder`` still has the slot of ``client_id`` (it was not replaced)."""
-        owner = await self._shards.for_channel(channel_id).hget(self._keys.presence_holders(channel_id), client_id)
+        owner = await self._shards.for_channel(channel_id).hget(self._keys.slot_holders(channel_id), client_id)
         return owner is not None and owner.decode() == holder
 
     @translating_redis_errors
     async def contains(self, channel_id: str, client_id: str) -> bool:
         """Whether ``client_id`` holds a live slot on the channel on any instance."""
-        score = await self._shards.for_channel(channel_id).zscore(self._keys.presence(channel_id), client_id)
-        return score is not None and score > self._clock()
+        return bool(
+            await self._contains(
+                keys=self._slot_keys(channel_id),
+                args=[repr(self._clock()), client_id],
+                client=self._shards.for_channel(channel_id),
+            )
+        )
 
     @translating_redis_errors
     async def count(self, channel_id: str) -> int:
         """Live connections on one channel across every instance."""
-        return await self._shards.for_channel(channel_id).zcount(
-            self._keys.presence(channel_id), f"({self._clock()!r}", "+inf"
+        return await self._count(
+            keys=self._slot_keys(channel_id), args=[repr(self._clock())], client=self._shards.for_channel(channel_id)
         )
 
     @translating_redis_errors
@@ -260,12 +412,12 @@ class RedisPresence:
         if channel_ids is None:
             channel_ids = sorted({channel_id for channel_id, _ in self._held})
         channel_ids = list(channel_ids)
-        now = f"({self._clock()!r}"
+        now = repr(self._clock())
         counts: dict[str, int] = {}
         for shard, homed in self._shards.by_home(channel_ids).items():
             async with self._shards.clients[shard].pipeline(transaction=False) as pipe:
                 for channel_id in homed:
-                    pipe.zcount(self._keys.presence(channel_id), now, "+inf")
+                    await self._count(keys=self._slot_keys(channel_id), args=[now], client=pipe)
                 results = await pipe.execute()
             counts.update((channel_id, count) for channel_id, count in zip(homed, results, strict=True) if count)
         return {channel_id: counts[channel_id] for channel_id in channel_ids if channel_id in counts}
@@ -287,54 +439,88 @@ class RedisPresence:
 
     @translating_redis_errors
     async def renew(self) -> None:
-        """Extend the leases of every connection this instance holds.
+        """Renew this instance's heartbeat on every shard it holds slots on, put its slots back where
+        Redis forgot it, and sweep the slots of instances whose heartbeat ran out.
 
-        Slots lost in a Redis restart are put back, so they count against the limit again. Slots
-        another connection took over (``replace``) are not, and are forgotten here, so that they
-        are not put back once their new holder leaves. A slot released while the renewal was in
-        flight may have been put back too; such slots are released again at once. Each shard is
-        renewed on its own: one that is away fails the call only after the others are renewed.
+        With nothing forgotten and nobody dead this is one script per shard, whatever the number of
+        slots held. Slots another connection took over (``replace``) while Redis had forgotten are
+        not put back, and are forgotten here. A slot released while they were being put back may
+        have been put back too; such slots are released again at once. Each shard is renewed on its
+        own: one that is away fails the call only after the others are renewed.
         """
         held = dict(self._held)
         if not held:
             return
         by_channel: dict[str, list[str]] = {}
-        for (channel_id, client_id), holder in held.items():
-            by_channel.setdefault(channel_id, []).extend((client_id, holder))
+        for (channel_id, client_id), (holder, member_json) in held.items():
+            by_channel.setdefault(channel_id, []).extend((client_id, holder, member_json))
         failure: redis.RedisError | None = None
         for shard, channel_ids in self._shards.by_home(by_channel).items():
             try:
-                await self._renew_on(self._shards.clients[shard], {cid: by_channel[cid] for cid in channel_ids}, held)
+                await self._renew_on(shard, {channel_id: by_channel[channel_id] for channel_id in channel_ids}, held)
             except redis.RedisError as exc:
                 failure = exc
         if failure is not None:
             raise failure
 
-    async def _renew_on(self, client: redis.Redis, by_channel: dict[str, list[str]], held: dict) -> None:
-        """``renew`` for the channels homed on ``client``'s shard: one pipeline, then the releases it undid."""
-        calls: list[str] = []
+    async def _renew_on(self, shard: int, by_channel: dict[str, list[str]], held: dict) -> None:
+        client = self._shards.clients[shard]
         now = self._clock()
-        expiry = repr(now + self._lease)
-        key_expiry = int(self._lease * 4) + 1
+        alive, dead = await self._heartbeat(
+            keys=[self._keys.heartbeats()], args=[self.instance, repr(now), repr(now + self._lease)], client=client
+        )
+        if not alive:
+            self._forget_noticed(shard)
+        if shard in self._forgotten:
+            await self._reassert_on(client, by_channel, held)
+            self._forgotten.discard(shard)
+        for instance in dead:
+            await self._sweep_instance(client, instance.decode(), now)
+
+    async def _reassert_on(self, client: redis.Redis, by_channel: dict[str, list[str]], held: dict) -> None:
+        """Put back this instance's slots on ``client``'s shard: one pipeline, then the releases it undid."""
+        calls: list[str] = []
         async with client.pipeline(transaction=False) as pipe:
-            for channel_id, pairs in by_channel.items():
-                for start in range(0, len(pairs), 2 * RENEWALS_PER_CALL):
-                    chunk = pairs[start : start + 2 * RENEWALS_PER_CALL]
-                    await self._renew(
-                        keys=self._slot_keys(channel_id), args=[expiry, key_expiry, repr(now), *chunk], client=pipe
+            for channel_id, triples in by_channel.items():
+                for start in range(0, len(triples), 3 * RENEWALS_PER_CALL):
+                    await self._reassert(
+                        keys=[*self._slot_keys(channel_id)[:3], self._keys.held(self.instance)],
+                        args=[self.instance, channel_id, *triples[start : start + 3 * RENEWALS_PER_CALL]],
+                        client=pipe,
                     )
                     calls.append(channel_id)
             results = await pipe.execute()
-        for channel_id, (taken, swept) in zip(calls, results, strict=True):
-            self._swept(channel_id, swept)
+        for channel_id, taken in zip(calls, results, strict=True):
             for client_id in taken:
                 key = (channel_id, client_id.decode())
                 if self._held.get(key) == held[key]:
                     del self._held[key]
-        for channel_id, pairs in by_channel.items():
-            for client_id, holder in zip(pairs[::2], pairs[1::2], strict=True):
-                if self._held.get((channel_id, client_id)) != holder:
-                    await self._release(keys=self._slot_keys(channel_id), args=[client_id, holder], client=client)
+        for channel_id, triples in by_channel.items():
+            for client_id, holder in zip(triples[::3], triples[1::3], strict=True):
+                if self._held.get((channel_id, client_id), ("",))[0] != holder:
+                    await self._release_slot(client, channel_id, client_id, holder)
+
+    async def _sweep_instance(self, client: redis.Redis, instance: str, now: float) -> None:
+        """Remove the slots of ``instance``, whose heartbeat ran out, channel by channel (up to
+        ``SWEEPS_PER_PERIOD``), reporting their members; forget it once none is left."""
+        held_key = self._keys.held(instance)
+        for _ in range(SWEEPS_PER_PERIOD // SWEEPS_PER_CALL):
+            channel_ids = [channel_id.decode() for channel_id in await client.srandmember(held_key, SWEEPS_PER_CALL)]
+            if not channel_ids:
+                await self._forget(keys=[self._keys.heartbeats(), held_key], args=[repr(now), instance], client=client)
+                return
+            async with client.pipeline(transaction=False) as pipe:
+                for channel_id in channel_ids:
+                    await self._sweep(
+                        keys=[*self._slot_keys(channel_id), held_key],
+                        args=[repr(now), instance, channel_id],
+                        client=pipe,
+                    )
+                results = await pipe.execute()
+            for channel_id, (came_back, swept) in zip(channel_ids, results, strict=True):
+                if came_back:
+                    return
+                self._swept(channel_id, swept)
 
 
 def _member_json(member: Member) -> str:
@@ -342,7 +528,7 @@ def _member_json(member: Member) -> str:
 
 
 def _member_from_json(client_id, raw) -> Member:
-    """The member stored for ``client_id``: only its clientId when its details are gone (Redis restarted)."""
+    """The member stored for ``client_id``: only its clientId when its details are gone."""
     client_id = client_id.decode() if isinstance(client_id, bytes) else client_id
     if raw is None:
         return Member(client_id)

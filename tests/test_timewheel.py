@@ -52,3 +52,20 @@ async def test_an_item_can_schedule_itself_again_and_a_failing_call_does_not_sto
         assert loop.time() - started < 2
         await asyncio.sleep(0.02)
     assert calls.count("bad") == 1
+
+
+async def test_an_item_scheduled_again_at_once_from_its_call_still_comes_due():
+    calls: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def on_due(item):
+        calls.append(loop.time())
+        if len(calls) < 3:
+            wheel.schedule(item, 0.0)
+
+    wheel = TimingWheel(on_due, tick=0.02)
+    wheel.schedule(Item("zero"), 0.0)
+    started = loop.time()
+    while len(calls) < 3:
+        assert loop.time() - started < 1, calls
+        await asyncio.sleep(0.01)

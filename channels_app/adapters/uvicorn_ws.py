@@ -37,7 +37,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     close_reply_hold: Callable[[], Awaitable[None]] | None = None
     held_reply: HeldReply | None = None
     # This connection's place in KEEPALIVES, and whether what is due there is a pong's deadline.
-    wheel_slot: int | None = None
+    wheel_slot: set | None = None
     awaiting_pong = False
 
     def handle_close(self, event) -> None:

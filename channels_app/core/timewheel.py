@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 class TimingWheel:
     """Calls ``on_due(item)`` once an item's time has come: never early, at most one ``tick`` late.
 
-    Items carry their slot in a ``wheel_slot`` attribute (None when not scheduled), so that
-    cancelling one costs no search.
+    Items carry their slot's set in a ``wheel_slot`` attribute (None when not scheduled), so that
+    cancelling one costs no search, and no int object is kept per item.
     """
 
     def __init__(self, on_due: Callable[[object], None], *, tick: float = 1.0):
@@ -46,21 +46,16 @@ class TimingWheel:
         if members is None:
             members = self.slots[slot] = set()
         members.add(item)
-        item.wheel_slot = slot
+        item.wheel_slot = members
         if self._timer is None:
             self._timer = loop.call_at(slot * self.tick, self._run)
 
     def cancel(self, item) -> None:
-        """Forget ``item``'s time, if it has one."""
-        slot = item.wheel_slot
-        if slot is None:
-            return
-        item.wheel_slot = None
-        members = self.slots.get(slot)
+        """Forget ``item``'s time, if it has one (an emptied set goes when its slot comes)."""
+        members = item.wheel_slot
         if members is not None:
+            item.wheel_slot = None
             members.discard(item)
-            if not members:
-                del self.slots[slot]
 
     def __len__(self) -> int:
         return sum(len(members) for members in self.slots.values())
@@ -69,7 +64,10 @@ class TimingWheel:
         loop = self._loop
         self._timer = None
         now_slot = math.floor(loop.time() / self.tick)
-        for slot in range(self._checked + 1, now_slot + 1):
+        due_slots = range(self._checked + 1, now_slot + 1)
+        # Before the calls: an item they schedule again goes to a later slot, never to one popped here.
+        self._checked = max(self._checked, now_slot)
+        for slot in due_slots:
             members = self.slots.pop(slot, None)
             if not members:
                 continue
@@ -79,7 +77,6 @@ class TimingWheel:
                     self.on_due(item)
                 except Exception:
                     logger.exception("a timed call for %r failed", item)
-        self._checked = max(self._checked, now_slot)
         if self.slots:
             # A few dozen slots at most (the longest interval over the tick): min() is cheap.
             self._timer = loop.call_at(min(self.slots) * self.tick, self._run)

@@ -204,7 +204,7 @@ class EventStream:
         self.overflowed = False
         self.outbox: Outbox | None = None
         # This stream's next keep-alive in the runtime's wheel (core/timewheel.py).
-        self.wheel_slot: int | None = None
+        self.wheel_slot: set | None = None
 
     async def run(self) -> None:
         """Subscribe, open the response, then write events until the client leaves or is cut off."""

@@ -2,7 +2,7 @@
 
 daphne's ``Server.application_checker`` (every second) and ``Server.timeout_checker`` (every 2 s,
 which also sends the keep-alive pings) each walk every connection; with 19,000 idle WebSockets
-they were about 40% of the server's idle CPU (docs/performance-scale.md, "Idle CPU"). These
+walking was about 40% of an idle server's profile samples (docs/performance-scale.md, "Idle CPU"). These
 replacements keep daphne's rules and periods and only change which connections are looked at:
 
 - ``application_checker`` looks at the connections that have disconnected or whose application has

@@ -4,9 +4,10 @@ here in seconds rather than in an end-to-end test.
 
 Where each is used: adapters/servers.py (write buffers, close frames, aborts, holding the close
 reply), adapters/daphne_limits.py and adapters/uvicorn_http.py (request limits and deadlines),
-adapters/uvicorn_ws.py, ops/shutdown.py (SIGTERM under each server), ops/logredact.py (daphne's
-access log), state/layers.py (channels' in-memory layer), state/redis.py (one un-retried script call
-per history append), publishing.py (asgiref's record of the server's event loop).
+adapters/daphne_checks.py (daphne's periodic checks), adapters/uvicorn_ws.py, ops/shutdown.py (SIGTERM
+under each server), ops/logredact.py (daphne's access log), state/layers.py (channels' in-memory
+layer), state/redis.py (one un-retried script call per history append), publishing.py (asgiref's
+record of the server's event loop).
 """
 
 from __future__ import annotations
@@ -84,6 +85,30 @@ def test_the_server_internals_hold_close_reply_relies_on_still_exist():
         assert callable(getattr(WebSocketsSansIOProtocol, name))
     init = inspect.getsource(WebSocketsSansIOProtocol.__init__)
     assert all(f"self.{name}" in init for name in ("close_sent", "transport", "conn"))
+
+
+def test_the_daphne_internals_the_connection_checks_replace_are_still_there():
+    """adapters/daphne_checks.py replaces five methods of daphne's Server and reads what its checks read."""
+    import daphne.server
+    from daphne.ws_protocol import WebSocketProtocol as DaphneProtocol
+
+    from channels_app.adapters import daphne_checks
+
+    server = daphne.server.Server
+    # The loops it narrows, and the hooks that tell it which connections to look at.
+    for name in ("application_checker", "timeout_checker", "protocol_connected", "protocol_disconnected"):
+        assert callable(getattr(server, name))
+    assert {"application_checker", "timeout_checker"} <= _names(server.run)
+    original_create = daphne_checks._original.get("create_application", server.create_application)
+    assert "ensure_future" in _names(original_create)
+    # What daphne's check_timeouts reads, so the next check can be computed from it.
+    check = inspect.getsource(DaphneProtocol.check_timeouts)
+    for name in ("websocket_timeout", "websocket_connect_timeout", "ping_interval", "last_ping", "_sendAutoPing"):
+        assert name in check
+    assert "self.last_ping = time.time()" in inspect.getsource(DaphneProtocol.onMessage)
+    # The body daphne_checks._check_application repeats for one connection.
+    loop = inspect.getsource(daphne_checks._original.get("application_checker", server.application_checker))
+    assert "application_close_timeout" in loop and 'del self.connections[protocol]["application_instance"]' in loop
 
 
 def test_daphne_still_has_the_access_log_writer_we_wrap():

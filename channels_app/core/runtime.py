@@ -24,6 +24,7 @@ from .http_hooks import HttpHooks
 from .hub import Hub
 from .inflight import InFlight
 from .presence_events import LEAVE, PresenceEvents
+from .timewheel import TimingWheel
 
 
 class Runtime:
@@ -66,6 +67,9 @@ class Runtime:
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
         self.draining = False
         self.in_flight = InFlight()
+        # The keep-alive comments of this process's event streams, one timer for all (transports/sse.py);
+        # a tick well under the interval keeps each comment's lateness small against it.
+        self.sse_keepalives = TimingWheel(_keepalive_due, tick=min(1.0, config.server.sse_keepalive / 5))
         # Per channel id, the queue that sends this process's publishes in runs, in offset order.
         self.publish_queues: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
@@ -122,3 +126,7 @@ def build_runtime(
         hooks=hooks,
         http_hooks=http_hooks,
     )
+
+
+def _keepalive_due(stream) -> None:
+    stream.keepalive()

@@ -202,6 +202,9 @@ class EventStream:
         self.finished = asyncio.Event()
         self.final_frame: bytes | None = None
         self.overflowed = False
+        self.outbox: Outbox | None = None
+        # This stream's next keep-alive in the runtime's wheel (core/timewheel.py).
+        self.wheel_slot: set | None = None
 
     async def run(self) -> None:
         """Subscribe, open the response, then write events until the client leaves or is cut off."""
@@ -247,16 +250,16 @@ class EventStream:
         )
         await self._write(f"retry: {server.sse_retry}\n\n".encode() + self._opening())
         outbox.start()
-        tasks = [
-            asyncio.create_task(self._keepalive(outbox, server.sse_keepalive)),
-            asyncio.create_task(self._watch_disconnect()),
-        ]
+        self.outbox = outbox
+        keepalives = runtime.sse_keepalives
+        keepalives.schedule(self, server.sse_keepalive)
+        watch = asyncio.create_task(self._watch_disconnect())
         try:
             await self.finished.wait()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            keepalives.cancel(self)
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             await outbox.stop()
         if self.final_frame is not None:
             await outbox.flush()
@@ -335,10 +338,10 @@ class EventStream:
                 frame = b"".join((self._head, segments[index], self._tail, data))
         await self.send({"type": "http.response.body", "body": frame, "more_body": True})
 
-    async def _keepalive(self, outbox: Outbox, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            outbox.put(KEEPALIVE, len(KEEPALIVE))
+    def keepalive(self) -> None:
+        """Queue a keep-alive comment and set the next one (called by the runtime's ``sse_keepalives``)."""
+        if self.outbox.put(KEEPALIVE, len(KEEPALIVE)):
+            self.runtime.sse_keepalives.schedule(self, self.runtime.server.sse_keepalive)
 
     async def _watch_disconnect(self) -> None:
         while True:

@@ -321,6 +321,25 @@ async def _outcome(server: LiveServer, channel: str) -> str:
         return str(body["code"]) if body.get("control") == "close" else "accepted"
 
 
+async def _changes_heard(server: LiveServer) -> int:
+    """The registry changes ``server``'s hub has heard of through the layer (its /metrics counter)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        text = (await client.get(f"{server.http}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("realtime_registry_changes_heard_total "):
+            return int(float(line.split()[1]))
+    raise AssertionError("realtime_registry_changes_heard_total is missing from /metrics")
+
+
+async def _until_heard(server: LiveServer, count: int) -> float:
+    """Wait until ``server`` has heard of ``count`` registry changes; the seconds it took."""
+    started = time.monotonic()
+    while await _changes_heard(server) < count:
+        assert time.monotonic() - started < 5, "the registry change never reached the other instance"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_two_instances_see_each_others_changes_at_once(start_server, redis_server):
@@ -328,31 +347,41 @@ def test_two_instances_see_each_others_changes_at_once(start_server, redis_serve
     first, second = start_pair(start_server, on_redis(TWO_INSTANCES, redis_server.url), env=env)
     auth = {"Authorization": f"Bearer {API_KEY}"}
 
-    async def scenario() -> dict[str, str]:
+    async def scenario() -> tuple[dict[str, str], list[float]]:
         seen: dict[str, str] = {}
+        delays: list[float] = []
+
+        async def change(request) -> None:
+            # The broadcast is sent before the API answers but heard asynchronously: a connect that
+            # raced it would test the scheduler, so each check waits for the second instance to hear it.
+            heard = await _changes_heard(second)
+            assert (await request).status_code in (200, 201, 204)
+            delays.append(await _until_heard(second, heard + 1))
+
         async with httpx.AsyncClient(base_url=first.http, headers=auth, timeout=10) as api:
             # Known missing on the second instance, then created on the first.
             seen["unknown"] = await _outcome(second, "late")
-            assert (await api.post("/api/v1/channels", json={"id": "late", "type": "WS"})).status_code == 201
+            await change(api.post("/api/v1/channels", json={"id": "late", "type": "WS"}))
             seen["created"] = await _outcome(second, "late")
             for channel in ("a", "b", "c"):
-                assert (await api.post("/api/v1/channels", json={"id": channel, "type": "WS"})).status_code == 201
+                await change(api.post("/api/v1/channels", json={"id": channel, "type": "WS"}))
             # Cached on the second instance, then deleted on the first.
             seen["cached"] = await _outcome(second, "a")
-            assert (await api.delete("/api/v1/channels/a")).status_code in (200, 204)
+            await change(api.delete("/api/v1/channels/a"))
             seen["deleted while cached"] = await _outcome(second, "a")
             # Evicted on the second instance (its cache holds two channels), then deleted on the first.
             seen["b"] = await _outcome(second, "b")
             await _outcome(second, "late")
             await _outcome(second, "c")
-            assert (await api.delete("/api/v1/channels/b")).status_code in (200, 204)
+            await change(api.delete("/api/v1/channels/b"))
             seen["deleted while evicted"] = await _outcome(second, "b")
-        return seen
+        return seen, delays
 
     started = time.monotonic()
-    seen = asyncio.run(scenario())
+    seen, delays = asyncio.run(scenario())
     # Well within the fingerprint check's interval and the unknown names' second: the broadcast did it.
-    assert time.monotonic() - started < 2 * cache.REVALIDATE_SECONDS + 2, seen
+    assert time.monotonic() - started < 2 * cache.REVALIDATE_SECONDS + 2, (seen, delays)
+    assert max(delays) < cache.NEGATIVE_SECONDS, delays
     assert seen == {
         "unknown": "4404",
         "created": "accepted",

@@ -217,6 +217,7 @@ class Hub:
         elif kind == "realtime.registry_changed":
             # Without a channel (an older instance's event) the whole cache is forgotten.
             self.runtime.registry.invalidate(pk=event.get("pk"), references=event.get("references", ()))
+            self.stats.incr(counters.REGISTRY_CHANGES_HEARD)
         else:
             logger.warning("hub ignored a channel-layer event of unknown type %r", kind)
             self.stats.incr(counters.HUB_UNKNOWN_EVENTS)

@@ -59,6 +59,10 @@ _PLAIN_COUNTERS = {
         "realtime_hub_unknown_events_total",
         "Channel-layer events of a type the hub does not know, ignored (logged as a warning).",
     ),
+    counters.REGISTRY_CHANGES_HEARD: (
+        "realtime_registry_changes_heard_total",
+        "Channel registry changes announced through the layer (by any instance); each left this instance's cache.",
+    ),
     counters.PUBLISH_ERRORS: ("realtime_publish_errors_total", "Publishes the channel layer refused."),
     counters.PUBLISH_OUTCOMES_UNKNOWN: (
         "realtime_publish_outcomes_unknown_total",

@@ -20,7 +20,7 @@ from django.conf import settings
 from .core.runtime import Runtime, build_runtime
 from .hooks import hooks_load
 from .http.limits import RequestLimitMiddleware
-from .ops.gctuning import connection_closed
+from .ops.gctuning import connection_closed, connection_opened
 from .ops.logformat import RequestIdMiddleware
 from .transports.routing import http_router, websocket_router
 
@@ -46,6 +46,7 @@ def process_runtime() -> Runtime:
             config=settings.REALTIME,
             layer=get_channel_layer(),
             presence_lease=settings.REALTIME_PRESENCE_LEASE_SECONDS,
+            on_subscribe=connection_opened,
             on_unsubscribe=connection_closed,
             # The project's hooks module is imported here, at start-up, not when channels_app is.
             hooks=hooks_load(settings.REALTIME_HOOKS, timeout=settings.REALTIME_HOOK_TIMEOUT_SECONDS),

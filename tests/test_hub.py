@@ -355,3 +355,27 @@ async def test_a_layer_event_without_a_payload_kind_is_text(hub):
     await hub.layer.group_send(channel_group(ROOM.id), event)
     (frame,) = await reader.until_written(1)
     assert json.loads(frame)["payload"] == "[1]"
+
+
+async def test_the_hub_tells_its_owner_of_every_subscription_that_starts_and_ends():
+    events: list[str] = []
+    runtime = memory_runtime(layer=InMemoryChannelLayer(capacity=100_000), registry=Registry())
+    hub = Hub(runtime, on_subscribe=lambda: events.append("+"), on_unsubscribe=lambda: events.append("-"))
+    first, second = make_reader(encode_payload), make_reader(encode_payload)
+    try:
+        await hub.subscribe(first.subscription)
+        await hub.subscribe(second.subscription)
+        await hub.unsubscribe(first.subscription)
+        await hub.unsubscribe(first.subscription)  # already gone: not counted twice
+    finally:
+        await hub.stop()
+    assert events == ["+", "+", "-"]
+
+
+def test_the_process_runtime_counts_subscriptions_for_the_collector():
+    from channels_app import composition
+    from channels_app.ops import gctuning
+
+    hub = composition.process_runtime().hub
+    assert hub._on_subscribe is gctuning.connection_opened
+    assert hub._on_unsubscribe is gctuning.connection_closed

@@ -32,13 +32,21 @@ GROUP_REFRESH_SECONDS = 3600
 class Hub:
     """Joins channel groups for this instance and fans messages out to local subscriptions."""
 
-    def __init__(self, runtime, *, on_unsubscribe: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        runtime,
+        *,
+        on_subscribe: Callable[[], None] | None = None,
+        on_unsubscribe: Callable[[], None] | None = None,
+    ):
         """``runtime`` supplies the layer, history, registry and counters, read when used (so the hub
-        always works with the runtime's own); ``on_unsubscribe`` runs for every subscription that ends."""
+        always works with the runtime's own); ``on_subscribe`` and ``on_unsubscribe`` run for every
+        subscription that starts and ends."""
         self.runtime = runtime
         self.layer = runtime.layer
         self.stats = runtime.stats
         self.events_per_turn = events_per_turn(runtime.server)
+        self._on_subscribe = on_subscribe
         self._on_unsubscribe = on_unsubscribe
         self.channel_name: str | None = None
         self._local: dict[str, set[Subscription]] = {}
@@ -75,6 +83,8 @@ class Hub:
     async def subscribe(self, subscription: Subscription) -> None:
         """Start fanning the channel's messages out to ``subscription``."""
         await self.start()
+        if self._on_subscribe is not None:
+            self._on_subscribe()
         channel_id = subscription.channel_id
         local = self._local.get(channel_id)
         if local is None:

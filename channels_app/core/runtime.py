@@ -40,6 +40,7 @@ class Runtime:
         stats: Stats | None = None,
         registry: ChannelRegistry | None = None,
         redis=None,
+        on_subscribe: Callable[[], None] | None = None,
         on_unsubscribe: Callable[[], None] | None = None,
         hooks: Hooks | None = None,
         http_hooks: HttpHooks | None = None,
@@ -58,7 +59,7 @@ class Runtime:
             self.hooks = Hooks((*self.hooks.hooks, *http_hooks.hooks()), timeout=self.hooks.timeout)
         # The Redis clients the stores share, one per shard (REDIS driver), probed by /readyz; None under MEMORY.
         self.redis = redis
-        self.hub = Hub(self, on_unsubscribe=on_unsubscribe)
+        self.hub = Hub(self, on_subscribe=on_subscribe, on_unsubscribe=on_unsubscribe)
         self.registry.before_load = self.hub.start
         self.fanout_repair = FanoutRepair(self)
         # Join and leave notices of presence channels; members swept with their expired slots leave too.
@@ -88,6 +89,7 @@ def build_runtime(
     config: RealtimeConfig,
     layer,
     presence_lease: float,
+    on_subscribe: Callable[[], None] | None = None,
     on_unsubscribe: Callable[[], None] | None = None,
     hooks: Hooks | None = None,
     hooks_secret: str = "",
@@ -106,6 +108,7 @@ def build_runtime(
             history=MemoryHistory(),
             presence=MemoryPresence(),
             stats=stats,
+            on_subscribe=on_subscribe,
             on_unsubscribe=on_unsubscribe,
             hooks=hooks,
             http_hooks=http_hooks,
@@ -122,6 +125,7 @@ def build_runtime(
         presence=RedisPresence(shards, redis_config.prefix, lease=presence_lease, stats=stats),
         stats=stats,
         redis=shards,
+        on_subscribe=on_subscribe,
         on_unsubscribe=on_unsubscribe,
         hooks=hooks,
         http_hooks=http_hooks,

@@ -100,7 +100,11 @@ def test_the_daphne_internals_the_connection_checks_replace_are_still_there():
         assert callable(getattr(server, name))
     assert {"application_checker", "timeout_checker"} <= _names(server.run)
     original_create = daphne_checks._original.get("create_application", server.create_application)
-    assert "ensure_future" in _names(original_create)
+    # The body daphne_checks.create_application repeats with its own queue.
+    assert {"Queue", "ensure_future", "handle_reply", "setdefault"} <= _names(original_create)
+    body = inspect.getsource(original_create)
+    assert "receive=input_queue.get" in body and 'self.connections[protocol]["application_instance"]' in body
+    assert "return input_queue" in body
     # What daphne's check_timeouts reads, so the next check can be computed from it.
     check = inspect.getsource(DaphneProtocol.check_timeouts)
     for name in ("websocket_timeout", "websocket_connect_timeout", "ping_interval", "last_ping", "_sendAutoPing"):

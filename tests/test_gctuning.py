@@ -94,3 +94,43 @@ def test_untuned_processes_are_left_alone(collector):
     asyncio.run(burst())
     assert gctuning._collector.settled == 0
     assert gctuning._collector.settling is None
+
+
+def test_closes_are_collected_every_500_while_few_are_open(collector):
+    async def churn() -> None:
+        for _ in range(100):
+            gctuning.connection_opened()
+        collector.clear()
+        for _ in range(gctuning.COLLECT_EVERY_CLOSED - 1):
+            gctuning.request_finished()
+        assert 2 not in collector
+        gctuning.connection_closed()
+        assert 2 in collector
+
+    asyncio.run(churn())
+    assert gctuning._collector.live == 99
+
+
+def test_with_many_open_a_full_collection_waits_for_a_quarter_of_them_to_close(collector, monkeypatch):
+    full_collections = []
+    real_collect = gc.collect
+
+    def counted_collect(generation=2):
+        if generation == 2:
+            full_collections.append(gctuning._collector.live)
+        return real_collect(generation)
+
+    monkeypatch.setattr(gctuning.gc, "collect", counted_collect)
+
+    async def mass_disconnect() -> None:
+        for _ in range(20_000):
+            gctuning.connection_opened()
+        for _ in range(20_000):
+            gctuning.connection_closed()
+        # The first waits for 4,000 closes (a quarter of the 16,000 then still open), each next for a
+        # quarter of fewer, down to 500: 14 in all, where one per 500 would have made 40.
+        assert full_collections[0] == 16_000
+        assert len(full_collections) <= 15, full_collections
+
+    asyncio.run(mass_disconnect())
+    assert gctuning._collector.live == 0

@@ -2,10 +2,11 @@
 
 With ``REALTIME_PROCESSES`` above 1 the supervisor gives its server processes a private directory
 (``REALTIME_METRICS_DIR``). Each process writes a snapshot of its metrics there as ``<pid>.json``
-every ``WRITE_INTERVAL_SECONDS`` (``SnapshotWriter``), and a scrape of any process sums the
-snapshots of all (``snapshots_read``, ``snapshots_sum``), so that it describes the instance. A
-snapshot older than ``STALE_SECONDS`` is a process that hangs: it is left out and counted. The
-supervisor removes the snapshot of a process that exits, and the directory when it stops.
+every ``WRITE_INTERVAL_SECONDS`` (``SnapshotWriter``, from its hub's start or its first scrape), and
+a scrape of any process sums the snapshots of all (``snapshots_read``, ``snapshots_sum``), so that
+it describes the instance. A snapshot older than ``STALE_SECONDS`` is a process that hangs: it is
+left out and counted. The supervisor removes the snapshot of a process that exits, and the
+directory when it stops.
 """
 
 from __future__ import annotations

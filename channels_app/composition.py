@@ -22,6 +22,7 @@ from .hooks import hooks_load
 from .http.limits import RequestLimitMiddleware
 from .ops.gctuning import connection_closed, connection_opened
 from .ops.logformat import RequestIdMiddleware
+from .ops.metrics_snapshots import SnapshotWriter
 from .transports.routing import http_router, websocket_router
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ def process_runtime() -> Runtime:
             hooks=hooks_load(settings.REALTIME_HOOKS, timeout=settings.REALTIME_HOOK_TIMEOUT_SECONDS),
             hooks_secret=settings.REALTIME_HOOKS_SECRET,
         )
+        if settings.REALTIME_METRICS_DIR is not None:
+            _process.runtime.metrics_snapshots = SnapshotWriter(
+                _process.runtime, directory=settings.REALTIME_METRICS_DIR
+            )
     return _process.runtime
 
 

@@ -10,8 +10,17 @@ from collections import Counter
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+def cumulative(counts: list[int], bounds: tuple[float, ...] = LATENCY_BUCKETS) -> list[tuple[str, int]]:
+    """``(le, count)`` pairs of per-bucket ``counts`` (as ``Histogram.counts``), the last being ``+Inf``."""
+    pairs, running = [], 0
+    for bound, count in zip((*map(str, bounds), "+Inf"), counts, strict=True):
+        running += count
+        pairs.append((bound, running))
+    return pairs
+
+
 class Histogram:
-    """Cumulative-on-read bucket counts, a sum and a count."""
+    """Per-bucket counts (``cumulative`` adds them up for Prometheus), a sum and a count."""
 
     def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS):
         self.bounds = bounds
@@ -24,14 +33,6 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
         self.count += 1
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """``(le, count)`` pairs, the last being ``+Inf``."""
-        pairs, running = [], 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
-            running += count
-            pairs.append((bound, running))
-        return pairs
 
 
 class Stats:

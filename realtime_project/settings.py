@@ -23,6 +23,8 @@ embedded run (SQLite, in-memory channel layer, ``configs/memory.config.yaml``):
 - ``METRICS_TOKEN``: when set, ``/metrics`` requires ``Authorization: Bearer <token>``.
 - ``REALTIME_METRICS_MAX_CHANNELS``: how many channels ``/metrics`` labels one by one (default 100,
   the busiest here); the rest are summed under ``channel="_other"``.
+- ``REALTIME_METRICS_DIR``: set by the supervisor of several server processes (not by hand): the
+  private folder where each keeps its metrics snapshot, so ``/metrics`` sums them.
 - ``REALTIME_REGISTRY_CACHE_SIZE``: how many channels each process keeps cached, the least recently
   used leaving first (default 100,000; a registry no larger is loaded whole at start).
 - ``REALTIME_PRESENCE_LEASE_SECONDS``: REDIS driver; a dead instance's connection slots are
@@ -344,6 +346,9 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # Channels /metrics labels one by one, the busiest on this instance first; the rest are summed
 # under channel="_other", so a thousand channels do not make a thousand series per metric.
 REALTIME_METRICS_MAX_CHANNELS = _env_count("REALTIME_METRICS_MAX_CHANNELS", "100")
+# Several server processes (channels_app/ops/supervisor.py): where each writes the snapshot of its metrics
+# that /metrics sums (channels_app/ops/metrics_snapshots.py). Unset with one process.
+REALTIME_METRICS_DIR = Path(os.environ["REALTIME_METRICS_DIR"]) if os.environ.get("REALTIME_METRICS_DIR") else None
 
 # Channels the registry cache keeps in each process (channels_app/registry/cache.py), the least recently
 # used leaving first: about 360 bytes each (docs/performance-registry.md).

@@ -318,6 +318,7 @@ channels:
 ENTRYPOINT_VARIABLES = (
     "CONFIG_FOLDER_PATH", "DATABASE_URL", "PORT", "HOST", "DJANGO_ALLOWED_HOSTS", "APP_DEBUG", "REALTIME_SERVER",
     "REALTIME_PROCESSES", "REALTIME_LISTEN_BACKLOG", "REALTIME_SUPERVISED", "REALTIME_LISTEN_FD",
+    "REALTIME_METRICS_DIR",
 )  # fmt: skip
 # A backlog no server has as its own default, so the test sees the setting reach the socket.
 TEST_BACKLOG = 1536

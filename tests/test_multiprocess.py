@@ -3,7 +3,8 @@
 The real entry point is started with two processes on the REDIS driver (a private redis-server),
 under daphne and under uvicorn: connections land on both processes (``ss -tnp`` names the process
 holding each accepted socket), a message published on one reaches subscribers on the other, a killed
-process is replaced, SIGTERM drains both (clients get 1001), and the open-file limit is raised.
+process is replaced, SIGTERM drains both (clients get 1001), and the open-file limit is raised. A scrape
+of /metrics, whichever process answers it, sums the figures of both, and drops a process that died.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import resource
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +39,7 @@ from tests.support.processes import (
 )
 from tests.support.redisserver import RedisServer
 from tests.support.waiting import wait_until, wait_until_sync
+from tests.test_observability import scraped, the_value
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -70,7 +73,10 @@ def entrypoint_env(tmp_path: Path, config_text: str, **overrides: str) -> dict[s
         **overrides,
     )
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
-    for key in ("REALTIME_SUPERVISED", "REALTIME_LISTEN_FD", "REALTIME_PROCESSES", "REALTIME_LISTEN_BACKLOG"):
+    for key in (
+        "REALTIME_SUPERVISED", "REALTIME_LISTEN_FD", "REALTIME_PROCESSES", "REALTIME_LISTEN_BACKLOG",
+        "REALTIME_METRICS_DIR",
+    ):  # fmt: skip
         if key not in overrides:
             env.pop(key, None)
     return env
@@ -267,6 +273,153 @@ async def test_two_processes_share_the_port_and_the_channel(tmp_path, server, re
         for ws in sockets:
             await ws.close()
         instance.stop()
+
+
+def metrics_folder(pid: int) -> Path:
+    """The folder of the metrics snapshots that server process ``pid`` was given (its environment in /proc)."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    folder = Path(dict(entry.decode().split("=", 1) for entry in entries if b"=" in entry)["REALTIME_METRICS_DIR"])
+    assert folder.stat().st_mode & 0o777 == 0o700, "the folder is private"
+    return folder
+
+
+def snapshot_files(folder: Path) -> list[str] | None:
+    """The names of the snapshots in ``folder``, sorted; None once the folder is gone."""
+    return sorted(path.name for path in folder.glob("*.json")) if folder.exists() else None
+
+
+def scrape_metrics(port: int) -> tuple[int | None, dict[str, list[tuple[dict, float]]]]:
+    """``GET /metrics`` on a connection of its own (so the kernel picks the process): the PID that answered,
+    from ``ss`` while the connection is still open, and the samples."""
+    with httpx.Client(timeout=10) as client:
+        response = client.get(f"http://127.0.0.1:{port}/metrics")
+        client_port = response.extensions["network_stream"].get_extra_info("client_addr")[1]
+        owner = accepting_pids(port).get(client_port)
+    assert response.status_code == 200, response.text
+    return owner, scraped(response.text)
+
+
+def chat_connections(samples: dict) -> float:
+    """The WebSocket subscriptions to the chat channel that a scrape reports."""
+    (value,) = [value for labels, value in samples["realtime_connections"] if labels["channel"] == "chat-1"]
+    return value
+
+
+async def frames_with_payload(ws, count: int) -> list[str]:
+    """The payloads of the next ``count`` messages ``ws`` receives (control frames skipped)."""
+    payloads = []
+    while len(payloads) < count:
+        frame = await recv_json(ws, within=10)
+        if "payload" in frame:
+            payloads.append(frame["payload"])
+    return payloads
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("server", SERVERS)
+async def test_every_scrape_describes_every_process(tmp_path, server, redis_server):
+    port = free_port()
+    env = entrypoint_env(
+        tmp_path, CHANNEL_CONFIG.format(pubsub=redis_pubsub(redis_server.url)),
+        PORT=str(port), REALTIME_SERVER=server, REALTIME_PROCESSES="2",
+    )  # fmt: skip
+    instance = Instance(tmp_path, env)
+    sockets: list = []
+    try:
+        first, second = await asyncio.to_thread(instance.wait_serving, 2)
+        metrics_dir = metrics_folder(first)
+        assert metrics_folder(second) == metrics_dir
+
+        # Subscribers on both processes; one message published through each.
+        sockets = await connect_spread(port, 16)
+        owner: dict = {}
+
+        async def all_owned() -> bool:
+            pids = await asyncio.to_thread(accepting_pids, port)
+            owner.update({ws: pids.get(ws.local_address[1]) for ws in sockets})
+            return all(owner.values())
+
+        await wait_until(all_owned, within=10)
+        assert set(owner.values()) == {first, second}, owner
+        senders = [next(ws for ws in sockets if owner[ws] == pid) for pid in (first, second)]
+        for sender, pid in zip(senders, (first, second), strict=True):
+            await sender.send(f"from {pid}")
+        received = await asyncio.gather(*(frames_with_payload(ws, 1 if ws in senders else 2) for ws in sockets))
+        delivered = sum(map(len, received))
+        assert delivered == 2 * (len(sockets) - 1)
+
+        # Every scrape, whichever process answers it, reports both processes' figures summed.
+        async def settled() -> bool:
+            _, samples = await asyncio.to_thread(scrape_metrics, port)
+            return the_value(samples, "realtime_deliveries_total") == delivered
+
+        await wait_until(settled, within=10)
+        answered = set()
+        for _ in range(24):
+            pid, samples = await asyncio.to_thread(scrape_metrics, port)
+            answered.add(pid)
+            assert the_value(samples, "realtime_server_processes") == 2, pid
+            assert the_value(samples, "realtime_server_processes_stale") == 0, pid
+            assert chat_connections(samples) == len(sockets), pid
+            assert samples["realtime_connections_opened_total"] == [({"transport": "ws"}, len(sockets))], pid
+            assert the_value(samples, "realtime_messages_published_total") == 2, pid
+            assert the_value(samples, "realtime_deliveries_total") == delivered, pid
+            # Each process handed each message to its subscribers once: one observation each, summed.
+            assert the_value(samples, "realtime_publish_to_deliver_seconds_count") == 4, pid
+            assert the_value(samples, "realtime_redis_up") == 1, pid
+        assert answered == {first, second}
+        assert snapshot_files(metrics_dir) == sorted([f"{first}.json", f"{second}.json"])
+
+        # A killed process leaves the sums at once: the supervisor removes its snapshot, long before
+        # it would be stale; the connections it held and the message it published are gone with it.
+        os.kill(second, signal.SIGKILL)
+        await asyncio.to_thread(
+            wait_until_sync, lambda: f"{second}.json" not in snapshot_files(metrics_dir), 3, message=instance.log()
+        )
+
+        def replaced() -> bool:
+            current = instance.servers()
+            return len(current) == 2 and first in current and second not in current
+
+        await asyncio.to_thread(wait_until_sync, replaced, 30, message=instance.log())
+        (third,) = set(instance.servers()) - {first}
+        await asyncio.to_thread(wait_until_sync, lambda: third in instance.listeners(), 30, message=instance.log())
+        survivors = [ws for ws in sockets if owner[ws] == first]
+        for _ in range(12):
+            pid, samples = await asyncio.to_thread(scrape_metrics, port)
+            assert pid in (first, third)
+            assert the_value(samples, "realtime_server_processes") in (1, 2), pid  # 2 once the replacement wrote
+            assert the_value(samples, "realtime_server_processes_stale") == 0, pid
+            assert chat_connections(samples) == len(survivors), pid
+            assert the_value(samples, "realtime_messages_published_total") == 1, pid
+        assert f"{second}.json" not in snapshot_files(metrics_dir)
+
+        # SIGTERM: the supervisor removes the folder when it stops.
+        instance.process.send_signal(signal.SIGTERM)
+        status = await asyncio.to_thread(instance.process.wait, 20)
+        assert status == 0, instance.log()
+        assert snapshot_files(metrics_dir) is None
+    finally:
+        for ws in sockets:
+            await ws.close()
+        instance.stop()
+
+
+def test_a_supervisor_of_several_processes_shares_a_metrics_folder(tmp_path):
+    folder = supervisor.metrics_dir_create()
+    try:
+        assert folder.is_dir() and folder.stat().st_mode & 0o777 == 0o700
+        for name in ("41.json", ".41.x1y2.tmp", "42.json", ".42.z3.tmp"):
+            (folder / name).write_text("{}")
+        supervisor.metrics_snapshot_remove(folder, 41)
+        supervisor.metrics_snapshot_remove(folder, 43)  # nothing written yet: nothing to remove
+        assert sorted(path.name for path in folder.iterdir()) == [".42.z3.tmp", "42.json"]
+    finally:
+        shutil.rmtree(folder)
+    with socket.socket() as sock:
+        run = supervisor.Supervisor(["true"], [sock], grace=1, env={"A": "1"}, metrics_dir=tmp_path)
+        assert run.env == {"A": "1", supervisor.METRICS_DIR_VAR: str(tmp_path)}
+        assert supervisor.Supervisor(["true"], [sock], grace=1, env={"A": "1"}).env == {"A": "1"}
 
 
 def test_memory_driver_with_several_processes_is_refused(tmp_path):

@@ -71,6 +71,8 @@ class Hub:
                 asyncio.create_task(self._receive_loop(), name="realtime-hub-receive", context=contextvars.Context()),
                 asyncio.create_task(self._refresh_loop(), name="realtime-hub-refresh", context=contextvars.Context()),
             ]
+            if self.runtime.metrics_snapshots is not None:
+                self.runtime.metrics_snapshots.start()
             logger.info("hub listening on %s", self.channel_name)
 
     async def stop(self) -> None:
@@ -79,6 +81,8 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self.runtime.metrics_snapshots is not None:
+            await self.runtime.metrics_snapshots.stop()
 
     async def subscribe(self, subscription: Subscription) -> None:
         """Start fanning the channel's messages out to ``subscription``."""

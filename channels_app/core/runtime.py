@@ -65,6 +65,9 @@ class Runtime:
         # Join and leave notices of presence channels; members swept with their expired slots leave too.
         self.presence_events = PresenceEvents(self)
         presence.on_expired = self._members_expired
+        # With several server processes, writes this one's metrics where the others' scrapes read them
+        # (ops/metrics_snapshots.py), set by the composition root and started with the hub. None with one process.
+        self.metrics_snapshots = None
         # Set when the instance starts shutting down: readiness fails, new connections are refused.
         self.draining = False
         self.in_flight = InFlight()

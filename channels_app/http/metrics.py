@@ -5,6 +5,10 @@ live connections per channel and transport (from the hub) with each channel's na
 the latency histogram, whether Redis answers (REDIS driver), and prometheus-client's process and
 platform collectors. Set ``METRICS_TOKEN`` to require ``Authorization: Bearer <token>``.
 
+With several server processes (``REALTIME_PROCESSES``), the counters, connections and latency are
+summed over all of them from their snapshots (``ops/metrics_snapshots.py``), so a scrape of any one
+describes the instance; the process and platform families stay the answering process's own.
+
 At most ``REALTIME_METRICS_MAX_CHANNELS`` channels are labelled one by one, the busiest on this
 instance; the others are summed under ``channel="_other"`` (docs/deployment.md, "Observability").
 """
@@ -21,9 +25,9 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .. import counters
-from ..channel import ChannelInfo
 from ..core.runtime import Runtime
-from ..core.selectors import channels_by_local_connections
+from ..ops.metrics_snapshots import STALE_SECONDS, MetricsSnapshot, snapshot_take
+from ..stats import cumulative
 from .auth import bearer_token
 
 logger = logging.getLogger(__name__)
@@ -115,27 +119,22 @@ _LABELLED_COUNTERS = {
 }
 
 
-class RuntimeCollector:
-    """Turns a runtime's counters, its channels' connections and Redis's state into metric families."""
+class RealtimeCollector:
+    """Turns a snapshot's counters, connections and latency (``ops/metrics_snapshots.py``) and Redis's state
+    into metric families."""
 
-    def __init__(
-        self,
-        runtime: Runtime,
-        *,
-        channels: list[tuple[str, ChannelInfo | None, dict[str, int]]],
-        max_channels: int,
-        redis_up: bool | None = None,
-    ):
-        """``channels`` as ``core/selectors.py`` ``channels_by_local_connections`` gives them, busiest first;
-        ``redis_up`` is None when no Redis is used."""
-        self.runtime = runtime
-        self.labelled = channels[:max_channels]
-        self.others = channels[max_channels:]
+    def __init__(self, figures: MetricsSnapshot, *, max_channels: int, redis_up: bool | None = None, summed: bool):
+        """``figures`` of this process, or ``summed`` over the instance's server processes; ``redis_up`` is
+        None when no Redis is used."""
+        self.figures = figures
+        self.labelled = figures.channels[:max_channels]
+        self.others = figures.channels[max_channels:]
         self.redis_up = redis_up
+        self.summed = summed
 
     def collect(self):
         """Every family, read now."""
-        counters = self.runtime.stats.counters()
+        counters = self.figures.counters
         for name, (metric, documentation) in _PLAIN_COUNTERS.items():
             yield CounterMetricFamily(metric, documentation, value=counters.get(name, 0))
         for prefix, (metric, documentation, labels) in _LABELLED_COUNTERS.items():
@@ -145,15 +144,25 @@ class RuntimeCollector:
                     family.add_metric(name[len(prefix) :].split(":", len(labels) - 1), value)
             yield family
         yield from self._channel_families()
-        latency = self.runtime.stats.latency
         histogram = HistogramMetricFamily(
             "realtime_publish_to_deliver_seconds", "Time from publish until the message reached its subscribers."
         )
-        histogram.add_metric([], latency.cumulative(), sum_value=latency.total)
+        histogram.add_metric([], cumulative(self.figures.latency_buckets), sum_value=self.figures.latency_sum)
         yield histogram
         if self.redis_up is not None:
             yield GaugeMetricFamily(
                 "realtime_redis_up", "1 when Redis answered PING during this scrape, else 0.", value=int(self.redis_up)
+            )
+        if self.summed:
+            yield GaugeMetricFamily(
+                "realtime_server_processes",
+                "Server processes of this instance (REALTIME_PROCESSES) whose metrics this scrape sums.",
+                value=self.figures.processes,
+            )
+            yield GaugeMetricFamily(
+                "realtime_server_processes_stale",
+                f"Server processes left out of this scrape's sums: no snapshot for {STALE_SECONDS:.0f}s (hung).",
+                value=self.figures.stale,
             )
 
     def _channel_families(self):
@@ -168,15 +177,15 @@ class RuntimeCollector:
             "Live connections the channel accepts (maxOfChannelConnections), for the channels labelled one by one.",
             labels=["channel", "channel_name"],
         )
-        for channel_id, channel, counts in sorted(self.labelled, key=lambda item: item[0]):
-            name = channel.name if channel is not None else channel_id
-            for transport, count in sorted(counts.items()):
-                connections.add_metric([channel_id, transport, name], count)
-            if channel is not None:
-                limits.add_metric([channel_id, name], channel.max_connections)
+        for channel in sorted(self.labelled, key=lambda channel: channel.id):
+            name = channel.name if channel.name is not None else channel.id
+            for transport, count in sorted(channel.connections.items()):
+                connections.add_metric([channel.id, transport, name], count)
+            if channel.limit is not None:
+                limits.add_metric([channel.id, name], channel.limit)
         others: dict[str, int] = {}
-        for _, _, counts in self.others:
-            for transport, count in counts.items():
+        for channel in self.others:
+            for transport, count in channel.connections.items():
                 others[transport] = others.get(transport, 0) + count
         for transport, count in sorted(others.items()):
             connections.add_metric([OTHER_CHANNELS, transport, OTHER_CHANNELS], count)
@@ -195,20 +204,26 @@ async def _redis_answers(runtime: Runtime) -> bool | None:
     return True
 
 
-def metrics_registry(
-    runtime: Runtime, *, channels: list[tuple[str, ChannelInfo | None, dict[str, int]]], redis_up: bool | None
-) -> CollectorRegistry:
-    """A registry of this scrape's own: the runtime's collector, and the process and platform collectors."""
+def metrics_registry(figures: MetricsSnapshot, *, redis_up: bool | None, summed: bool) -> CollectorRegistry:
+    """A registry of this scrape's own: the figures' collector, and this process's process and platform collectors."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        RuntimeCollector(
-            runtime, channels=channels, max_channels=settings.REALTIME_METRICS_MAX_CHANNELS, redis_up=redis_up
+        RealtimeCollector(
+            figures, max_channels=settings.REALTIME_METRICS_MAX_CHANNELS, redis_up=redis_up, summed=summed
         )
     )
-    # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... and python_info.
+    # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... and python_info:
+    # the answering process's own, even when the realtime_* families describe the whole instance.
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry
+
+
+async def _figures(runtime: Runtime) -> MetricsSnapshot:
+    """The instance's figures when its server processes share snapshots, else this process's."""
+    if runtime.metrics_snapshots is None:
+        return await snapshot_take(runtime=runtime)
+    return await runtime.metrics_snapshots.instance()
 
 
 async def metrics(request: HttpRequest) -> HttpResponse:
@@ -222,6 +237,6 @@ async def metrics(request: HttpRequest) -> HttpResponse:
                 status=401,
             )
     runtime = request.realtime
-    channels, redis_up = await asyncio.gather(channels_by_local_connections(runtime=runtime), _redis_answers(runtime))
-    registry = metrics_registry(runtime, channels=channels, redis_up=redis_up)
+    figures, redis_up = await asyncio.gather(_figures(runtime), _redis_answers(runtime))
+    registry = metrics_registry(figures, redis_up=redis_up, summed=runtime.metrics_snapshots is not None)
     return HttpResponse(generate_latest(registry), content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -14,7 +14,10 @@ entry point migrates, then execs ``python -m channels_app.ops.supervisor -- scri
    all would hand most connections to whichever process wakes first. The supervisor keeps every
    socket open, so a child that dies leaves its queue of pending connections for its successor.
    It restarts a child that dies, gives up (status 1) when children keep dying, and passes SIGTERM
-   on to every child, which drains as a single server does.
+   on to every child, which drains as a single server does;
+5. with N, also makes a private folder (``REALTIME_METRICS_DIR``) where each child keeps a snapshot of
+   its metrics, so that ``/metrics`` of any child sums them (``metrics_snapshots.py``); it removes a
+   child's snapshot when the child exits, and the folder when it stops.
 
 The MEMORY driver keeps messages, history and connection slots in the process: N processes would be
 N separate services behind one port, so more than one is refused (status 2) with the fix.
@@ -27,10 +30,12 @@ import logging
 import math
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -42,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 PROCESSES_VAR = "REALTIME_PROCESSES"
 BACKLOG_VAR = "REALTIME_LISTEN_BACKLOG"
+METRICS_DIR_VAR = "REALTIME_METRICS_DIR"
 DEFAULT_BACKLOG = 2048
 # Open files a process holds besides its connections: Redis and database pools, logs, the
 # interpreter's own files (about 30 at rest; the margin is for pools under load).
@@ -203,6 +209,23 @@ def listening_sockets(host: str, port: int, count: int, backlog: int, *, nodelay
     return sockets
 
 
+def metrics_dir_create() -> Path | None:
+    """A folder only this user may read (0700) for the children's metrics snapshots; None (logged) when
+    none can be made, and each scrape then describes the process that answers it."""
+    try:
+        return Path(tempfile.mkdtemp(prefix="realtime-metrics-"))
+    except OSError as exc:
+        logger.warning("no folder for the metrics snapshots (%s): each /metrics describes one server process", exc)
+        return None
+
+
+def metrics_snapshot_remove(directory: Path, pid: int) -> None:
+    """Remove what the server process ``pid`` wrote in ``directory``: its snapshot (``<pid>.json``, the
+    name ``metrics_snapshots.py`` writes under) and a temporary file left by a write cut short."""
+    for path in (directory / f"{pid}.json", *directory.glob(f".{pid}.*.tmp")):
+        path.unlink(missing_ok=True)
+
+
 @dataclass
 class Child:
     """One server process and the listening socket it serves."""
@@ -216,11 +239,20 @@ class Child:
 class Supervisor:
     """Runs one server process per listening socket, restarts them, and stops them on SIGTERM."""
 
-    def __init__(self, command: list[str], sockets: list[socket.socket], *, grace: float, env: dict[str, str]):
+    def __init__(
+        self,
+        command: list[str],
+        sockets: list[socket.socket],
+        *,
+        grace: float,
+        env: dict[str, str],
+        metrics_dir: Path | None = None,
+    ):
         self.command = command
         self.children = [Child(index, sock) for index, sock in enumerate(sockets)]
         self.grace = grace
-        self.env = env
+        self.env = env if metrics_dir is None else {**env, METRICS_DIR_VAR: str(metrics_dir)}
+        self.metrics_dir = metrics_dir
         self.stopping: int | None = None
         self.deaths: deque[float] = deque()
 
@@ -249,6 +281,7 @@ class Supervisor:
                 if child.process is None and now >= child.restart_at:
                     self.start(child)
                 elif child.process is not None and child.process.poll() is not None:
+                    self._forget_metrics(child.process.pid)
                     if not self._restart_allowed(child):
                         return self._shutdown(signal.SIGTERM, status=1)
                     child.process, child.restart_at = None, now + RESTART_DELAY_SECONDS
@@ -270,6 +303,11 @@ class Supervisor:
             return False
         logger.warning("server process %d (pid %d) exited with status %s: restarting it", child.index, pid, status)
         return True
+
+    def _forget_metrics(self, pid: int) -> None:
+        # An exited process's counts leave the instance's sums now, not once its snapshot is stale.
+        if self.metrics_dir is not None:
+            metrics_snapshot_remove(self.metrics_dir, pid)
 
     def _on_signal(self, signum, frame) -> None:
         if self.stopping is None:
@@ -300,6 +338,8 @@ class Supervisor:
                 process.wait()
         for child in self.children:
             child.sock.close()
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return status
 
 
@@ -345,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("%s", warning)
 
     env["REALTIME_SUPERVISED"] = "1"
+    # Only this supervisor's children share snapshots; one process describes itself.
+    env.pop(METRICS_DIR_VAR, None)
     if processes == 1:
         os.execvpe(command[0], command, env)
     host, port = env.get("HOST", "0.0.0.0"), int(env.get("PORT", "8080"))
@@ -356,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logger.info("%d server processes on %s:%s (SO_REUSEPORT, backlog %d each)", processes, host, port, backlog)
     grace = float(env.get("REALTIME_SHUTDOWN_GRACE_SECONDS", "20"))
-    return Supervisor(command, sockets, grace=grace, env=env).run()
+    return Supervisor(command, sockets, grace=grace, env=env, metrics_dir=metrics_dir_create()).run()
 
 
 if __name__ == "__main__":

@@ -69,3 +69,36 @@ async def test_an_item_scheduled_again_at_once_from_its_call_still_comes_due():
     while len(calls) < 3:
         assert loop.time() - started < 1, calls
         await asyncio.sleep(0.01)
+
+
+def _pending_timers(loop) -> int:
+    return sum(1 for handle in loop._scheduled if not handle.cancelled())
+
+
+async def test_items_that_reschedule_themselves_keep_one_timer():
+    loop = asyncio.get_running_loop()
+    wheel: TimingWheel
+
+    def again(item):
+        wheel.schedule(item, 0.01)
+
+    wheel = TimingWheel(again, tick=0.01)
+    for name in "abc":
+        wheel.schedule(Item(name), 0.01)
+    await asyncio.sleep(0.05)
+    before = _pending_timers(loop)
+    await asyncio.sleep(0.5)
+    # Fifty ticks later: still the one timer (a leaked timer per tick would have added about fifty).
+    assert _pending_timers(loop) <= max(before, 1), (before, _pending_timers(loop))
+
+
+async def test_an_earlier_time_moves_the_timer_earlier():
+    loop = asyncio.get_running_loop()
+    due: dict[str, float] = {}
+    started = loop.time()
+    wheel = TimingWheel(lambda item: due.setdefault(item.name, loop.time() - started), tick=0.05)
+    wheel.schedule(Item("late"), 5.0)
+    wheel.schedule(Item("soon"), 0.1)
+    await asyncio.sleep(0.3)
+    assert "soon" in due and due["soon"] <= 0.2, due
+    assert "late" not in due

@@ -29,7 +29,9 @@ class TimingWheel:
         self.tick = tick
         self.slots: dict[int, set] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The one timer, and the slot it is set for: always the earliest slot scheduled.
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_slot = 0
         self._checked = 0
 
     def schedule(self, item, delay: float) -> None:
@@ -47,8 +49,8 @@ class TimingWheel:
             members = self.slots[slot] = set()
         members.add(item)
         item.wheel_slot = members
-        if self._timer is None:
-            self._timer = loop.call_at(slot * self.tick, self._run)
+        if self._timer is None or slot < self._timer_slot:
+            self._arm(slot)
 
     def cancel(self, item) -> None:
         """Forget ``item``'s time, if it has one (an emptied set goes when its slot comes)."""
@@ -79,4 +81,13 @@ class TimingWheel:
                     logger.exception("a timed call for %r failed", item)
         if self.slots:
             # A few dozen slots at most (the longest interval over the tick): min() is cheap.
-            self._timer = loop.call_at(min(self.slots) * self.tick, self._run)
+            earliest = min(self.slots)
+            if self._timer is None or earliest != self._timer_slot:
+                self._arm(earliest)
+
+    def _arm(self, slot: int) -> None:
+        """Set the one timer for ``slot``, replacing the one set before."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_slot = slot
+        self._timer = self._loop.call_at(slot * self.tick, self._run)

@@ -55,7 +55,9 @@ def process_runtime() -> Runtime:
         )
         if settings.REALTIME_METRICS_DIR is not None:
             _process.runtime.metrics_snapshots = SnapshotWriter(
-                _process.runtime, directory=settings.REALTIME_METRICS_DIR
+                _process.runtime,
+                directory=settings.REALTIME_METRICS_DIR,
+                labelled=settings.REALTIME_METRICS_MAX_CHANNELS,
             )
     return _process.runtime
 

@@ -69,3 +69,17 @@ def test_one_process_exports_no_process_count():
     assert samples["realtime_connections"] == [({"channel": "a", "transport": "SSE", "channel_name": "a"}, 1.0)]
     assert "realtime_channel_connections_limit" not in samples  # the registry did not know the channel
     assert samples["realtime_redis_up"] == [({}, 1.0)]
+
+
+def test_channels_a_process_summed_join_the_instance_other_series():
+    first = figures(pid=1, published=1, channels=[ChannelConnections("a", "alpha", 10, {"WS": 5})])
+    first.other_connections = {"WS": 7}
+    second = figures(pid=2, published=1, channels=[ChannelConnections("a", "alpha", 10, {"WS": 1})])
+    second.other_connections = {"SSE": 2}
+    samples = exported(RealtimeCollector(snapshots_sum([first, second]), max_channels=1, summed=True))
+    series = sorted(samples["realtime_connections"], key=lambda sample: (sample[0]["channel"], sample[0]["transport"]))
+    assert series == [
+        ({"channel": OTHER_CHANNELS, "transport": "SSE", "channel_name": OTHER_CHANNELS}, 2.0),
+        ({"channel": OTHER_CHANNELS, "transport": "WS", "channel_name": OTHER_CHANNELS}, 7.0),
+        ({"channel": "a", "transport": "WS", "channel_name": "alpha"}, 6.0),
+    ]

@@ -160,7 +160,7 @@ async def test_a_process_snapshot_holds_its_counters_latency_and_connections():
             await runtime.hub.subscribe(reader.subscription)
         runtime.stats.incr(counters.MESSAGES_PUBLISHED, 4)
         runtime.stats.observe_latency(0.003)
-        taken = await snapshot_take(runtime=runtime)
+        taken = await snapshot_take(runtime=runtime, keep=10)
     finally:
         await runtime.hub.stop()
     assert taken.counters == {counters.MESSAGES_PUBLISHED: 4}
@@ -172,7 +172,7 @@ async def test_a_process_snapshot_holds_its_counters_latency_and_connections():
 async def test_the_writer_starts_with_the_hub_and_keeps_the_snapshot_fresh(tmp_path, monkeypatch):
     monkeypatch.setattr(metrics_snapshots, "WRITE_INTERVAL_SECONDS", 0.05)
     runtime = memory_runtime(layer=InMemoryChannelLayer(), registry=Registry())
-    runtime.metrics_snapshots = SnapshotWriter(runtime, directory=tmp_path)
+    runtime.metrics_snapshots = SnapshotWriter(runtime, directory=tmp_path, labelled=100)
     path = snapshot_path(tmp_path, os.getpid())
     reader = FakeConnection(channel_id=ROOM.id).start()
     try:
@@ -193,7 +193,7 @@ async def test_the_writer_starts_with_the_hub_and_keeps_the_snapshot_fresh(tmp_p
 
 async def test_the_instance_sums_this_process_and_the_others(tmp_path):
     runtime = memory_runtime(layer=InMemoryChannelLayer(), registry=Registry())
-    writer = SnapshotWriter(runtime, directory=tmp_path)
+    writer = SnapshotWriter(runtime, directory=tmp_path, labelled=100)
     runtime.stats.incr(counters.DELIVERIES, 1)
     snapshot_write(tmp_path, snapshot(pid=os.getpid() + 1, counters={counters.DELIVERIES: 10}))
     snapshot_write(tmp_path, snapshot(pid=os.getpid() + 2, counters={counters.DELIVERIES: 100}, written_at=0.0))
@@ -209,7 +209,7 @@ async def test_the_instance_sums_this_process_and_the_others(tmp_path):
 async def test_a_write_that_fails_is_logged_and_the_scrape_goes_on(tmp_path, caplog):
     runtime = memory_runtime(layer=InMemoryChannelLayer(), registry=Registry())
     runtime.stats.incr(counters.DELIVERIES, 1)
-    writer = SnapshotWriter(runtime, directory=tmp_path / "removed")
+    writer = SnapshotWriter(runtime, directory=tmp_path / "removed", labelled=100)
     try:
         with caplog.at_level(logging.WARNING, logger=metrics_snapshots.__name__):
             total = await writer.instance()
@@ -217,3 +217,21 @@ async def test_a_write_that_fails_is_logged_and_the_scrape_goes_on(tmp_path, cap
         await writer.stop()
     assert total.counters == {counters.DELIVERIES: 1} and total.processes == 1
     assert "could not write this process's snapshot" in caplog.text
+
+
+async def test_a_snapshot_names_the_busiest_channels_and_sums_the_rest():
+    runtime = memory_runtime(layer=InMemoryChannelLayer(), registry=Registry())
+    readers = [FakeConnection(channel_id=ROOM.id, client_id=f"r{index}").start() for index in range(3)]
+    readers += [FakeConnection(channel_id=f"quiet-{index}", client_id="q").start() for index in range(5)]
+    try:
+        for reader in readers:
+            await runtime.hub.subscribe(reader.subscription)
+        taken = await snapshot_take(runtime=runtime, keep=2)
+    finally:
+        await runtime.hub.stop()
+    assert [channel.id for channel in taken.channels] == [ROOM.id, "quiet-0"]
+    assert taken.other_connections == {"WS": 4}
+    back = MetricsSnapshot.from_json(taken.as_json())
+    assert back.other_connections == {"WS": 4}
+    summed = snapshots_sum([back, snapshot(pid=2, other_connections={"WS": 1, "SSE": 2})])
+    assert summed.other_connections == {"WS": 5, "SSE": 2}

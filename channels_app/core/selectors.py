@@ -39,19 +39,30 @@ async def channel_list(*, runtime: Runtime, after: str | None = None, limit: int
     return [channel_as_dict(channel, count) for channel, count in page]
 
 
-async def channels_by_local_connections(*, runtime: Runtime) -> list[tuple[str, ChannelInfo | None, dict[str, int]]]:
-    """``(channel id, its channel, {transport: subscriptions})`` for every channel with subscriptions on this
-    instance, the busiest first; the channel is None when the registry no longer has it (or cannot be read)."""
+async def channels_by_local_connections(
+    *, runtime: Runtime, limit: int | None = None
+) -> tuple[list[tuple[str, ChannelInfo | None, dict[str, int]]], dict[str, int]]:
+    """``(channel id, its channel, {transport: subscriptions})`` for the ``limit`` busiest channels with
+    subscriptions on this instance (all without a limit), the busiest first, and the subscriptions of the
+    rest summed per transport. The channel is None when the registry no longer has it (or cannot be read)."""
     local: dict[str, dict[str, int]] = {}
     for (channel_id, transport), count in runtime.hub.local_counts().items():
         local.setdefault(channel_id, {})[transport] = count
+    busiest = sorted(local.items(), key=lambda item: (-sum(item[1].values()), item[0]))
+    if limit is not None:
+        busiest, rest = busiest[:limit], busiest[limit:]
+    else:
+        rest = []
+    others: dict[str, int] = {}
+    for _, counts in rest:
+        for transport, count in counts.items():
+            others[transport] = others.get(transport, 0) + count
     try:
         # Only these channels: they have subscribers here, so they are cached and this asks nothing of
         # the database, whatever the number of channels in the registry.
-        channels = await runtime.registry.find(local)
+        channels = await runtime.registry.find(channel_id for channel_id, _ in busiest)
     except Exception:
         # Metrics still count connections while the database is down; they are labelled by id then.
         logger.warning("could not read the channel registry; channels are labelled by id")
         channels = {}
-    busiest = sorted(local.items(), key=lambda item: (-sum(item[1].values()), item[0]))
-    return [(channel_id, channels.get(channel_id), counts) for channel_id, counts in busiest]
+    return [(channel_id, channels.get(channel_id), counts) for channel_id, counts in busiest], others

@@ -183,7 +183,7 @@ class RealtimeCollector:
                 connections.add_metric([channel.id, transport, name], count)
             if channel.limit is not None:
                 limits.add_metric([channel.id, name], channel.limit)
-        others: dict[str, int] = {}
+        others = dict(self.figures.other_connections)
         for channel in self.others:
             for transport, count in channel.connections.items():
                 others[transport] = others.get(transport, 0) + count
@@ -222,7 +222,7 @@ def metrics_registry(figures: MetricsSnapshot, *, redis_up: bool | None, summed:
 async def _figures(runtime: Runtime) -> MetricsSnapshot:
     """The instance's figures when its server processes share snapshots, else this process's."""
     if runtime.metrics_snapshots is None:
-        return await snapshot_take(runtime=runtime)
+        return await snapshot_take(runtime=runtime, keep=settings.REALTIME_METRICS_MAX_CHANNELS)
     return await runtime.metrics_snapshots.instance()
 
 

@@ -28,6 +28,10 @@ from ..stats import LATENCY_BUCKETS
 logger = logging.getLogger(__name__)
 
 WRITE_INTERVAL_SECONDS = 1.0
+# Channels a snapshot names one by one, as a multiple of those /metrics labels: a channel busiest on
+# the instance but not on one process is still named by that process. The rest are summed, so a
+# snapshot stays small (and cheap to take every second) with 100,000 channels.
+KEEP_FACTOR = 4
 # Ten missed writes: the process is hung (or gone without the supervisor noticing yet).
 STALE_SECONDS = 10.0
 
@@ -53,6 +57,8 @@ class MetricsSnapshot:
     latency_count: int
     # The busiest first.
     channels: list[ChannelConnections]
+    # The subscriptions of the channels past those kept, summed per transport.
+    other_connections: dict[str, int] = field(default_factory=dict)
     processes: int = 1
     # Snapshots older than STALE_SECONDS, left out of a sum.
     stale: int = 0
@@ -70,6 +76,7 @@ class MetricsSnapshot:
                 "channels": [
                     {"id": c.id, "name": c.name, "limit": c.limit, "connections": c.connections} for c in self.channels
                 ],
+                "other": self.other_connections,
             }
         )
 
@@ -93,6 +100,7 @@ class MetricsSnapshot:
                     )
                     for channel in data["channels"]
                 ],
+                other_connections={str(transport): int(count) for transport, count in data.get("other", {}).items()},
                 pid=int(data["pid"]),
                 written_at=float(data["written_at"]),
             )
@@ -103,9 +111,10 @@ class MetricsSnapshot:
         return snapshot
 
 
-async def snapshot_take(*, runtime: Runtime) -> MetricsSnapshot:
-    """This process's figures, read now."""
+async def snapshot_take(*, runtime: Runtime, keep: int) -> MetricsSnapshot:
+    """This process's figures, read now: the ``keep`` busiest channels one by one, the rest summed."""
     latency = runtime.stats.latency
+    busiest, others = await channels_by_local_connections(runtime=runtime, limit=keep)
     channels = [
         ChannelConnections(
             id=channel_id,
@@ -113,7 +122,7 @@ async def snapshot_take(*, runtime: Runtime) -> MetricsSnapshot:
             limit=channel.max_connections if channel is not None else None,
             connections=counts,
         )
-        for channel_id, channel, counts in await channels_by_local_connections(runtime=runtime)
+        for channel_id, channel, counts in busiest
     ]
     return MetricsSnapshot(
         counters=runtime.stats.counters(),
@@ -121,6 +130,7 @@ async def snapshot_take(*, runtime: Runtime) -> MetricsSnapshot:
         latency_sum=latency.total,
         latency_count=latency.count,
         channels=channels,
+        other_connections=others,
     )
 
 
@@ -168,7 +178,10 @@ def snapshots_sum(snapshots: list[MetricsSnapshot], *, stale: int = 0) -> Metric
     counters: dict[str, int] = {}
     buckets = [0] * (len(LATENCY_BUCKETS) + 1)
     channels: dict[str, ChannelConnections] = {}
+    others: dict[str, int] = {}
     for snapshot in snapshots:
+        for transport, count in snapshot.other_connections.items():
+            others[transport] = others.get(transport, 0) + count
         for name, value in snapshot.counters.items():
             counters[name] = counters.get(name, 0) + value
         buckets = [total + count for total, count in zip(buckets, snapshot.latency_buckets, strict=True)]
@@ -185,6 +198,7 @@ def snapshots_sum(snapshots: list[MetricsSnapshot], *, stale: int = 0) -> Metric
         latency_sum=sum(snapshot.latency_sum for snapshot in snapshots),
         latency_count=sum(snapshot.latency_count for snapshot in snapshots),
         channels=busiest,
+        other_connections=others,
         processes=len(snapshots),
         stale=stale,
     )
@@ -193,9 +207,11 @@ def snapshots_sum(snapshots: list[MetricsSnapshot], *, stale: int = 0) -> Metric
 class SnapshotWriter:
     """Keeps this process's snapshot in ``directory`` fresh, every ``WRITE_INTERVAL_SECONDS``."""
 
-    def __init__(self, runtime: Runtime, *, directory: Path):
+    def __init__(self, runtime: Runtime, *, directory: Path, labelled: int):
+        """``labelled``: the channels /metrics names one by one (``REALTIME_METRICS_MAX_CHANNELS``)."""
         self.runtime = runtime
         self.directory = directory
+        self.keep = labelled * KEEP_FACTOR
         self._task: asyncio.Task | None = None
         # One write at a time, in order: a slower, older write must not replace a newer snapshot.
         self._lock = asyncio.Lock()
@@ -217,7 +233,7 @@ class SnapshotWriter:
     async def write(self) -> MetricsSnapshot:
         """Take this process's snapshot, write it (a failure is logged), and return it."""
         async with self._lock:
-            snapshot = await snapshot_take(runtime=self.runtime)
+            snapshot = await snapshot_take(runtime=self.runtime, keep=self.keep)
             try:
                 await asyncio.to_thread(snapshot_write, self.directory, snapshot)
             except OSError as exc:

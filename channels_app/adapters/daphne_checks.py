@@ -135,7 +135,8 @@ def create_application(self, protocol, scope):
     """daphne's, with a lean input queue (adapters/application_queue.py); the application's end puts
     the connection in front of the next application check."""
     # daphne 4's body, but for the queue.
-    assert "application_instance" not in self.connections[protocol]
+    if "application_instance" in self.connections[protocol]:
+        raise RuntimeError(f"daphne asked for a second application for connection {protocol!r}")
     input_queue = ApplicationQueue()
     scope.setdefault("asgi", {"version": "3.0"})
     application_instance = self.application(

@@ -191,14 +191,19 @@ async def connect_spread(port: int, count: int) -> list:
     return sockets
 
 
-@pytest.mark.parametrize("server", SERVERS)
-async def test_two_processes_share_the_port_and_the_channel(tmp_path, server, redis_server):
+def two_processes(tmp_path, server: str, redis_url: str) -> tuple[Instance, int]:
+    """The entry point started with two ``server`` processes on Redis, and its port."""
     port = free_port()
     env = entrypoint_env(
-        tmp_path, CHANNEL_CONFIG.format(pubsub=redis_pubsub(redis_server.url)),
+        tmp_path, CHANNEL_CONFIG.format(pubsub=redis_pubsub(redis_url)),
         PORT=str(port), REALTIME_SERVER=server, REALTIME_PROCESSES="2",
     )  # fmt: skip
-    instance = Instance(tmp_path, env)
+    return Instance(tmp_path, env), port
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_two_processes_share_the_port_and_the_channel(tmp_path, server, redis_server):
+    instance, port = two_processes(tmp_path, server, redis_server.url)
     sockets: list = []
     try:
         first, second = await asyncio.to_thread(instance.wait_serving, 2)
@@ -318,12 +323,7 @@ async def frames_with_payload(ws, count: int) -> list[str]:
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("server", SERVERS)
 async def test_every_scrape_describes_every_process(tmp_path, server, redis_server):
-    port = free_port()
-    env = entrypoint_env(
-        tmp_path, CHANNEL_CONFIG.format(pubsub=redis_pubsub(redis_server.url)),
-        PORT=str(port), REALTIME_SERVER=server, REALTIME_PROCESSES="2",
-    )  # fmt: skip
-    instance = Instance(tmp_path, env)
+    instance, port = two_processes(tmp_path, server, redis_server.url)
     sockets: list = []
     try:
         first, second = await asyncio.to_thread(instance.wait_serving, 2)

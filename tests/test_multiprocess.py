@@ -131,6 +131,18 @@ class Instance:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_replaced(self, kept: int, killed: int) -> int:
+        """Wait until the supervisor has replaced ``killed`` beside ``kept`` and the replacement listens; its PID."""
+
+        def replaced() -> bool:
+            current = self.servers()
+            return len(current) == 2 and kept in current and killed not in current
+
+        wait_until_sync(replaced, 30, message=self.log())
+        (replacement,) = set(self.servers()) - {kept}
+        wait_until_sync(lambda: replacement in self.listeners(), 30, message=self.log())
+        return replacement
+
     def servers(self) -> list[int]:
         """The PIDs of the server processes now running under the supervisor."""
         found = children(self.process.pid)
@@ -246,14 +258,7 @@ async def test_two_processes_share_the_port_and_the_channel(tmp_path, server, re
         for ws in receivers:
             await ws.close()
         os.kill(second, signal.SIGKILL)
-
-        def replaced() -> bool:
-            current = instance.servers()
-            return len(current) == 2 and first in current and second not in current
-
-        await asyncio.to_thread(wait_until_sync, replaced, 30, message=instance.log())
-        (third,) = set(instance.servers()) - {first}
-        await asyncio.to_thread(wait_until_sync, lambda: third in instance.listeners(), 30, message=instance.log())
+        third = await asyncio.to_thread(instance.wait_replaced, first, second)
         assert "exited with status" in instance.log() and "restarting it" in instance.log()
         more = await connect_spread(port, 16)
         sockets += more
@@ -376,14 +381,7 @@ async def test_every_scrape_describes_every_process(tmp_path, server, redis_serv
         await asyncio.to_thread(
             wait_until_sync, lambda: f"{second}.json" not in snapshot_files(metrics_dir), 3, message=instance.log()
         )
-
-        def replaced() -> bool:
-            current = instance.servers()
-            return len(current) == 2 and first in current and second not in current
-
-        await asyncio.to_thread(wait_until_sync, replaced, 30, message=instance.log())
-        (third,) = set(instance.servers()) - {first}
-        await asyncio.to_thread(wait_until_sync, lambda: third in instance.listeners(), 30, message=instance.log())
+        third = await asyncio.to_thread(instance.wait_replaced, first, second)
         survivors = [ws for ws in sockets if owner[ws] == first]
         for _ in range(12):
             pid, samples = await asyncio.to_thread(scrape_metrics, port)

@@ -130,6 +130,19 @@ async def test_publish_is_acked_with_its_position_and_reaches_other_subscribers(
         assert (await recv_json(listener))["payload"] == "plain"
 
 
+async def test_publishes_sent_just_before_a_close_are_all_published(server):
+    async with websockets.connect(connect_url(server, clientId="last-words-reader")) as listener:
+        await opened(listener)
+        await ask(listener, {"subscribe": "weather"})
+        async with websockets.connect(connect_url(server, clientId="last-words")) as writer:
+            await opened(writer)
+            await ask(writer, {"subscribe": "weather"})
+            for index in range(200):
+                await writer.send(json.dumps({"publish": "weather", "payload": f"{index:04d}"}))
+        received = [(await recv_json(listener))["payload"] for _ in range(200)]
+    assert received == [f"{index:04d}" for index in range(200)]
+
+
 @pytest.mark.parametrize(
     ("frame", "code", "error"),
     [

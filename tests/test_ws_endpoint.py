@@ -42,6 +42,7 @@ CONFIG = (
   limited: {id: "limited-1", type: "WS", max_of_channel_connections: 2}
   abrupt: {id: "abrupt-1", type: "WS", max_of_channel_connections: 1}
   order: {id: "order-1", type: "WS"}
+  closing: {id: "closing-1", type: "WS"}
 """
 )
 
@@ -296,6 +297,17 @@ async def test_abrupt_tcp_close_frees_the_slot(server):
     async with websockets.connect(ws_url(server, "abrupt-1", clientId="vanishing")) as back:
         assert await connected(server, "abrupt-1") == 1
         await back.send("reconnected with the same clientId")
+
+
+async def test_frames_sent_just_before_a_close_are_all_published(server):
+    """A client that sends and closes at once loses nothing: the frames the server read before the
+    close frame are published before the connection is released (they used to be dropped)."""
+    async with websockets.connect(ws_url(server, "closing-1", clientId="reader")) as reader:
+        async with websockets.connect(ws_url(server, "closing-1", clientId="writer")) as writer:
+            for index in range(300):
+                await writer.send(f"{index:05d}")
+        received = [(await recv_json(reader))["payload"] for _ in range(300)]
+    assert received == [f"{index:05d}" for index in range(300)]
 
 
 async def test_messages_arrive_in_publish_order_exactly_once(server):

@@ -10,7 +10,8 @@ servers these helpers report "unknown" and callers fall back to plain ASGI.
 ASGI also has no word for "answer the client's close frame only once I am done": both servers
 answer it at once (autobahn's ``onCloseFrame`` under daphne, uvicorn's ``handle_close``), so a
 client that reconnects the moment its close completes could find its clientId still taken.
-``hold_close_reply`` defers that answer until the application has released the connection.
+``hold_close_reply`` defers that answer until the application has released the connection, which
+it does in turn, after the frames the client sent before its close frame (they are published).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 # anyway: a release is a Redis round trip or less (well under 10 ms), so this only bounds a stuck
 # Redis, whose lease then frees the slot.
 CLOSE_REPLY_HOLD_SECONDS = 1.0
+# The ASGI event a held close frame queues behind the client's frames: ``{"type", "release",
+# "released"}``; the application awaits ``release()``, then resolves the future ``released``.
+CLOSE_FRAME_EVENT = "realtime.close_frame"
 
 
 def _unwrap(send):
@@ -132,24 +136,40 @@ def connection_aborter(send) -> Callable[[], None] | None:
 def hold_close_reply(send, release: Callable[[], Awaitable[None]]) -> bool:
     """Have the server below ``send`` answer the client's close frame only once ``release()`` is done.
 
-    ``release`` is called (once) when the client's close frame arrives on the open connection;
-    the reply close frame follows when it returns, or after ``CLOSE_REPLY_HOLD_SECONDS``. Closes
+    When the client's close frame arrives on the open connection, a ``CLOSE_FRAME_EVENT`` is queued
+    for the application behind the frames before it; the application handles it by calling
+    ``release`` (once). The reply close frame follows when that is done, or after
+    ``CLOSE_REPLY_HOLD_SECONDS``. Closes
     the server starts, and connections that drop, are not held. Returns False under a server that
     cannot hold it (the release then runs on ``websocket.disconnect``, after the reply).
     """
     protocol = _protocol(send)
     if protocol is not None and hasattr(protocol, "onCloseFrame") and hasattr(protocol, "STATE_OPEN"):
-        _DaphneCloseHold(protocol, release)
+        _DaphneCloseHold(protocol, _release_in_turn(protocol.application_queue, release))
         return True
     owner = getattr(_unwrap(send), "__self__", None)
     if hasattr(owner, "close_reply_hold"):
-        owner.close_reply_hold = release  # channels_app.adapters.uvicorn_ws.WebSocketProtocol
+        # channels_app.adapters.uvicorn_ws.WebSocketProtocol
+        owner.close_reply_hold = _release_in_turn(owner.queue, release)
         return True
     # Not imported here: under daphne, uvicorn's modules in sys.modules would mean "uvicorn serves".
     sansio = sys.modules.get("uvicorn.protocols.websockets.websockets_sansio_impl")
     if sansio is not None and isinstance(owner, sansio.WebSocketsSansIOProtocol):
         _warn_once_without_hold()
     return False
+
+
+def _release_in_turn(queue, release: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``release`` run by the application itself once it has taken every frame the client sent before
+    its close frame, which the server has queued for it already: a ``CLOSE_FRAME_EVENT`` queued
+    behind them carries it, and the future returned is resolved when it has run."""
+
+    def queued() -> Awaitable[None]:
+        released = asyncio.get_running_loop().create_future()
+        queue.put_nowait({"type": CLOSE_FRAME_EVENT, "release": release, "released": released})
+        return released
+
+    return queued
 
 
 class _DaphneCloseHold:

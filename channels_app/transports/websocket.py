@@ -122,6 +122,20 @@ class SocketConsumer(AsyncWebsocketConsumer):
                 # Frames read from the client are published even when it has gone.
                 await asyncio.wait(self._publishing)
 
+    async def realtime_close_frame(self, message) -> None:
+        """The client's close frame (``CLOSE_FRAME_EVENT``), queued behind the frames it sent before
+        it, which are being published by now: release the connection, then let the server answer."""
+        released = message["released"]
+        try:
+            await message["release"]()
+        except Exception as exc:
+            # Reported where the consumer ends, which awaits the same release.
+            if not released.done():
+                released.set_exception(exc)
+            return
+        if not released.done():
+            released.set_result(None)
+
     def send_control(self, body: dict) -> None:
         """Queue a control frame (an answer, an error) for the client."""
         if self.outbox is not None:

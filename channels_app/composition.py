@@ -129,9 +129,12 @@ def install_request_limits() -> None:
 
 def install_connection_checks() -> None:
     """Under daphne, its periodic connection checks look only at the connections that are due
-    (adapters/daphne_checks.py); uvicorn's keep-alives are in its ``--ws`` class (adapters/uvicorn_ws.py)."""
+    (adapters/daphne_checks.py) and a write with nothing buffered goes out at once
+    (adapters/twisted_writes.py); uvicorn's keep-alives are in its ``--ws`` class (adapters/uvicorn_ws.py)."""
     daphne_server = sys.modules.get("daphne.server")
     if daphne_server is not None and "uvicorn.server" not in sys.modules:
+        from .adapters import twisted_writes
         from .adapters.daphne_checks import install_into
 
         install_into(daphne_server)
+        twisted_writes.install()

@@ -4,10 +4,10 @@ here in seconds rather than in an end-to-end test.
 
 Where each is used: adapters/servers.py (write buffers, close frames, aborts, holding the close
 reply), adapters/daphne_limits.py and adapters/uvicorn_http.py (request limits and deadlines),
-adapters/daphne_checks.py (daphne's periodic checks), adapters/uvicorn_ws.py, ops/shutdown.py (SIGTERM
-under each server), ops/logredact.py (daphne's access log), state/layers.py (channels' in-memory
-layer), state/redis.py (one un-retried script call per history append), publishing.py (asgiref's
-record of the server's event loop).
+adapters/daphne_checks.py (daphne's periodic checks), adapters/twisted_writes.py (Twisted's write
+buffer), adapters/uvicorn_ws.py, ops/shutdown.py (SIGTERM under each server), ops/logredact.py
+(daphne's access log), state/layers.py (channels' in-memory layer), state/redis.py (one un-retried
+script call per history append), publishing.py (asgiref's record of the server's event loop).
 """
 
 from __future__ import annotations
@@ -135,6 +135,23 @@ def test_the_write_buffer_probe_and_aborts_still_find_what_they_read():
     assert callable(abstract.FileDescriptor.registerProducer)
     assert callable(tcp.Connection.abortConnection)
     assert list(inspect.signature(AutobahnProtocol.sendCloseFrame).parameters)[:3] == ["self", "code", "reasonUtf8"]
+
+
+def test_the_twisted_write_the_eager_write_wraps_still_buffers_as_it_reads():
+    """adapters/twisted_writes.py: tcp.Server's write is the TLS mixin's, which hands plain writes to
+    FileDescriptor.write; that one appends to _tempDataBuffer and watches for writability, and
+    doWrite sends dataBuffer from offset before _tempDataBuffer."""
+    from twisted.internet import abstract, tcp
+
+    write = getattr(tcp.Server.write, "__wrapped__", tcp.Server.write)
+    assert "TLS" in _names(write) and "FileDescriptor" in inspect.getsource(write)
+    buffered = inspect.getsource(abstract.FileDescriptor.write)
+    assert all(name in buffered for name in ("_writeDisconnected", "_tempDataBuffer", "startWriting"))
+    send = inspect.getsource(abstract.FileDescriptor.doWrite)
+    assert all(name in send for name in ("self.offset", "self.dataBuffer", "self._tempDataBuffer"))
+    assert "self.socket" in inspect.getsource(tcp.Connection.__init__)
+    assert "self.connected" in inspect.getsource(tcp.Server.__init__)
+    assert tcp.Server.TLS is False
 
 
 def test_the_graceful_shutdown_still_finds_the_servers_signal_handling():

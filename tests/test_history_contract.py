@@ -302,3 +302,22 @@ async def test_current_is_the_newest_position_and_resuming_there_replays_nothing
 async def test_current_of_a_recreated_channel_starts_over(history):
     await fill(history, ROOM, 2)
     assert await history.current(replace(ROOM, incarnation=ROOM.incarnation + 1)) == Position(offset=0)
+
+
+async def test_memory_history_gives_back_expired_messages_of_channels_nobody_touches_again():
+    """MemoryHistory only: a channel published to once and never read again does not keep its
+    expired messages for ever; later appends elsewhere sweep them, a few logs per append."""
+    clock = Clock()
+    history = MemoryHistory(clock=clock)
+    quiet = [replace(ROOM, id=f"quiet-{index}", history_ttl=60) for index in range(100)]
+    for channel in quiet:
+        await fill(history, channel, 3)
+    assert history.kept() == 300
+    clock.now += 61
+    busy = replace(ROOM, id="busy-1", history_size=10)
+    for _ in range(60):
+        await fill(history, busy, 1)
+    assert history.kept() == 10  # busy-1's own ten: every quiet channel's three went with their age
+    # Their positions still stand: the next message continues each channel's offsets.
+    resumed = await history.append(quiet[0], payload="later", client_id="c")
+    assert resumed.offset == 4

@@ -9,6 +9,8 @@ interface serves the REDIS driver.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import secrets
 import time
 import uuid
@@ -73,12 +75,20 @@ class Replayed:
 Recorded = Message | Replayed | ApplicationError
 
 
-@dataclass
+@dataclass(slots=True)
 class _ChannelLog:
     epoch: str
     incarnation: int
     next_offset: int = 1
     entries: deque[Message] = field(default_factory=deque)
+    # The channel's history_ttl at its last append, and whether its oldest entry is in the expiry heap.
+    ttl: float = 0.0
+    expiry_scheduled: bool = False
+
+
+# Logs whose oldest message expired, trimmed per append: twice the rate logs enter the heap, so
+# the sweep keeps up, while one append never pays for a long quiet spell at once.
+EXPIRED_LOGS_PER_APPEND = 2
 
 
 def replay_after(position: Position, *, held: list[Message], epoch: str | None, head: int) -> Replay:
@@ -118,6 +128,10 @@ class MemoryHistory:
         self._logs: dict[str, _ChannelLog] = {}
         self._clock = clock
         self._receipts = receipts or MemoryReceipts()
+        # (when the oldest message of a log expires, tie-breaker, channel id, log): a channel that is
+        # published to once and never read again gives its expired messages back too.
+        self._expiries: list[tuple[float, int, str, _ChannelLog]] = []
+        self._ties = itertools.count()
 
     async def append(self, channel: ChannelInfo, *, payload: str, client_id: str, payload_kind: str = TEXT) -> Message:
         """Stamp a new message (id, time, offset) and keep it in the channel's history."""
@@ -155,7 +169,34 @@ class MemoryHistory:
         if channel.history_size > 0:
             log.entries.extend(messages)
         self._trim(log, channel, now)
+        log.ttl = channel.history_ttl
+        self._schedule_expiry(channel.id, log)
+        self._expire_some(now)
         return recorded
+
+    def kept(self) -> int:
+        """Messages held across every channel's history."""
+        return sum(len(log.entries) for log in self._logs.values())
+
+    def _schedule_expiry(self, channel_id: str, log: _ChannelLog) -> None:
+        if log.entries and not log.expiry_scheduled:
+            log.expiry_scheduled = True
+            expires_at = log.entries[0].published_at + log.ttl
+            heapq.heappush(self._expiries, (expires_at, next(self._ties), channel_id, log))
+
+    def _expire_some(self, now: float) -> None:
+        expiries = self._expiries
+        for _ in range(EXPIRED_LOGS_PER_APPEND):
+            if not expiries or expiries[0][0] > now:
+                return
+            _, _, channel_id, log = heapq.heappop(expiries)
+            log.expiry_scheduled = False
+            if self._logs.get(channel_id) is not log:
+                continue  # the channel was deleted (and perhaps created again) meanwhile
+            entries, oldest_allowed = log.entries, now - log.ttl
+            while entries and entries[0].published_at < oldest_allowed:
+                entries.popleft()
+            self._schedule_expiry(channel_id, log)
 
     async def since(self, channel: ChannelInfo, position: Position) -> Replay:
         """Messages after ``position``, oldest first, with a ``Gap`` when some are gone."""

@@ -66,13 +66,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "separate Django process, as a backend would (django; REDIS mode only) (default http)",
     )
     parser.add_argument("--many-procs", type=int, default=2, help="many scenario: subscriber processes (default 2)")
+    parser.add_argument(
+        "--many-history-ttl",
+        type=int,
+        help="many scenario: server.history_ttl, s (default the service's, 3600): shorter than the warm-up\n"
+        "lets history reach its steady size, rate x ttl messages, before memory is judged flat",
+    )
 
 
 class ManyService(ServiceServer):
     """The service with ``server.max_channels_per_connection`` at its maximum, and no sync timeout."""
 
+    history_ttl: int | None = None
+
     def config_text(self) -> str:
         limit = f"server:\n  max_channels_per_connection: {CHANNELS_PER_CONNECTION}\n"
+        if self.history_ttl is not None:
+            limit += f"  history_ttl: {self.history_ttl}\n"
         return super().config_text().replace("server:\n", limit, 1)
 
     manage_timeout = 3600  # sync_channels of 100,000 channels
@@ -174,7 +184,8 @@ def plan_connections(services: list[ManyService], channels: list[str], procs: in
 def create_channels(service: ManyService, n: int) -> float:
     """Create the ``n`` channels in the service's database in bulk; the seconds the inserts took."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.many_create", str(n)],
+        [sys.executable, "-m", "bench.many_create", str(n)]
+        + ([] if service.history_ttl is None else [str(service.history_ttl)]),
         cwd=service.source,
         env=dict(service.env, DATABASE_URL=f"sqlite:///{service.database_path}"),
         capture_output=True,
@@ -197,6 +208,7 @@ def run_case(
     log,
     profile: bool = False,
     publisher_kind: str = "http",
+    history_ttl: int | None = None,
 ) -> dict:
     """One case: ``n`` channels in ``mode`` (memory: one instance; redis: two), publish, check."""
     label = f"{mode}-{n}"
@@ -208,6 +220,8 @@ def run_case(
     if publisher_kind == "django" and mode != "redis":
         raise ValueError("--many-publisher django needs REDIS mode: a MEMORY-mode instance hears only itself")
     result: dict = {"mode": mode, "channels": n, "rate": rate, "seconds": seconds, "publisher": publisher_kind}
+    if history_ttl is not None:
+        result["history_ttl"] = history_ttl
     try:
         if mode == "redis":
             redis_server = RedisServer(case_dir)
@@ -222,8 +236,9 @@ def run_case(
                     name=f"{mode}-{i}",
                 )
             )
-        if profile:
-            for service in services:
+        for service in services:
+            service.history_ttl = history_ttl
+            if profile:
                 service.profile_path = case_dir / f"{service.name}.prof"
         started = time.monotonic()
         services[0].prepare()  # the config's two bench channels, in a fresh database
@@ -415,6 +430,7 @@ def scenario_many(ctx) -> dict:
                     log=ctx.log,
                     profile=args.many_profile,
                     publisher_kind=args.many_publisher if mode == "redis" else "http",
+                    history_ttl=args.many_history_ttl,
                 )
             )
     result = {"cases": cases, "batch": BATCH, "channels_per_connection": CHANNELS_PER_CONNECTION}

@@ -18,6 +18,7 @@ from channels_app.adapters import twisted_writes
 class RecordingReactor:
     def __init__(self):
         self.writers = set()
+        self.later = []
 
     def addReader(self, reader):
         pass
@@ -30,6 +31,9 @@ class RecordingReactor:
 
     def removeWriter(self, writer):
         self.writers.discard(writer)
+
+    def callLater(self, delay, call, *args):
+        self.later.append((call, args))
 
 
 class EagerServer(tcp.Server):
@@ -112,6 +116,13 @@ def test_closed_connections_keep_twisteds_write(pair):
     transport.write(b"dropped")
     assert received(peer) == b""
     assert transport not in reactor.writers
+
+
+def test_an_aborted_connection_sends_nothing_more(pair):
+    transport, peer, reactor = pair
+    transport.abortConnection()
+    transport.write(b"after the abort")
+    assert received(peer) == b""
 
 
 def test_install_wraps_twisteds_write_once(monkeypatch):

@@ -29,7 +29,8 @@ def eager(buffered_write):
     def write(self, data):
         if type(data) is not bytes or not data or self.TLS or not self.connected or self._writeDisconnected:
             return buffered_write(self, data)
-        if not _nothing_buffered(self):
+        if self._aborting or not _nothing_buffered(self):
+            # An aborted connection sends nothing more: Twisted's buffer is dropped with it.
             return buffered_write(self, data)
         try:
             sent = self.socket.send(data)

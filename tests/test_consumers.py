@@ -337,3 +337,26 @@ async def test_a_close_asked_for_before_the_handshake_completes_follows_it(open_
     assert (code, body["code"], body["error"]) == (4001, 4001, "replaced")
     assert await runtime.presence.count("room-1") == 0
     assert runtime.hub.local_count("room-1") == 0
+
+
+async def test_a_send_daphne_refuses_on_a_closing_websocket_stops_the_writer_like_a_gone_connection():
+    """Between a close reply and the end of the TCP connection daphne's send raises autobahn's
+    ``Disconnected``; the consumer turns it into the ``OSError`` the outbox stops on, and leaves
+    any other error alone."""
+    from autobahn.exception import Disconnected
+
+    consumer = consumers.ChannelConsumer(runtime=None, channel="any")
+
+    async def closing(message):
+        raise Disconnected("Attempt to send on a closed protocol")
+
+    consumer.base_send = closing
+    with pytest.raises(ConnectionResetError):
+        await consumer._write("late")
+
+    async def broken(message):
+        raise RuntimeError("something else")
+
+    consumer.base_send = broken
+    with pytest.raises(RuntimeError, match="something else"):
+        await consumer._write("late")

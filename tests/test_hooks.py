@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import struct
 import types
 
 import httpx
@@ -17,12 +18,13 @@ import websockets
 
 from channels_app import hooks
 from channels_app.channel import ChannelInfo
-from tests.support.clients import closed_with, connected, open_stream, opened, recv_json
+from tests.support.clients import closed_with, connected, connections, open_stream, opened, recv_json
 from tests.support.configs import memory_config
 from tests.support.documents import code_blocks
 from tests.support.liveserver import served_by
 from tests.support.processes import ROOT, base_environment, manage
 from tests.support.waiting import wait_until
+from tests.support.wire import frame, handshake
 
 HOOK_TIMEOUT = 1.0
 
@@ -132,6 +134,26 @@ def server(request, start_module_server, tmp_path_factory):
     }
     manage("migrate", "--noinput", env=base_environment(DATABASE_URL=f"sqlite:///{database}", **env))
     yield from served_by(request.param, start_module_server, CONFIG, tmp_path_factory, env=env, database_path=database)
+
+
+async def test_a_close_behind_slow_hooks_is_answered_and_later_messages_raise_no_error(server):
+    """Twenty frames whose hook times out (1 s each, one at a time), then a close frame, while the
+    channel carries other messages: the close is answered after CLOSE_REPLY_HOLD_SECONDS though the
+    frames are still being judged, the connection is released after them, and the messages it can
+    no longer be sent raise nothing into the server's log."""
+    closer = await asyncio.to_thread(handshake, server, "/api/v1/channels/hooked-1?clientId=last-words")
+    try:
+        async with websockets.connect(server.channel_url("hooked-1", clientId="ticker")) as ticker:
+            closer.sendall(b"".join(frame(0x1, b"slow:") for _ in range(20)) + frame(0x8, struct.pack("!H", 1000)))
+            for index in range(60):
+                await ticker.send(f"tick {index}")
+                await asyncio.sleep(0.05)
+        await wait_until(lambda: connections(server, "hooked-1") == 0, within=30)
+    finally:
+        closer.close()
+    log = server.log()
+    assert "answered a WebSocket close frame after" in log
+    assert "never retrieved" not in log and "Disconnected" not in log
 
 
 def metrics(server) -> str:

@@ -133,6 +133,13 @@ def connection_aborter(send) -> Callable[[], None] | None:
     return reset
 
 
+def is_send_on_closed_websocket(error: Exception) -> bool:
+    """Whether ``error``, raised by a WebSocket send, is daphne's (autobahn's ``Disconnected``) for a
+    connection whose closing handshake has begun: the connection is going, like an ``OSError``."""
+    autobahn = sys.modules.get("autobahn.exception")
+    return autobahn is not None and isinstance(error, autobahn.Disconnected)
+
+
 def hold_close_reply(send, release: Callable[[], Awaitable[None]]) -> bool:
     """Have the server below ``send`` answer the client's close frame only once ``release()`` is done.
 

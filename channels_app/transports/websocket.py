@@ -21,6 +21,7 @@ from ..adapters.servers import (
     asgi_close_code_allowed,
     connection_aborter,
     hold_close_reply,
+    is_send_on_closed_websocket,
     websocket_close_frame_sender,
 )
 from ..core.hook_calls import publish_hooks_run
@@ -326,7 +327,14 @@ class SocketConsumer(AsyncWebsocketConsumer):
             await self.close(code)
 
     async def _write(self, frame: str) -> None:
-        await self.base_send({"type": "websocket.send", "text": frame})
+        try:
+            await self.base_send({"type": "websocket.send", "text": frame})
+        except RuntimeError as error:
+            # A close reply sent before the release (CLOSE_REPLY_HOLD_SECONDS): the outbox stops as
+            # it does for a connection that went away.
+            if is_send_on_closed_websocket(error):
+                raise ConnectionResetError("the WebSocket is closing") from error
+            raise
 
     def _release(self) -> Awaitable[None]:
         """Leave the hub and give the slots back, once, for whichever asks first: the client's close

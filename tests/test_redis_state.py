@@ -6,9 +6,11 @@ test_presence.py)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
+from types import SimpleNamespace
 
 import pytest
 import redis.asyncio as redis
@@ -19,8 +21,9 @@ from channels_app.errors import ApplicationError
 from channels_app.state.history import Draft, Replayed
 from channels_app.state.idempotency import idempotency_key_parse
 from channels_app.state.presence import Member, new_holder
-from channels_app.state.redis import RedisHistory
+from channels_app.state.redis import RedisHistory, redis_client
 from channels_app.state.redis_presence import RedisPresence
+from tests.support.redisserver import RedisServer
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio
@@ -44,11 +47,14 @@ async def history(redis_server):
 
 
 def _while_renewing(monkeypatch, action):
-    """Run ``action`` after the renewal took its list of slots, before its writes reach Redis."""
+    """Run ``action`` once, after the renewal took its list of slots, before its writes reach Redis
+    (the first pipeline it sends puts the slots back; later ones release slots again)."""
     execute = Pipeline.execute
+    pending = [action]
 
     async def execute_after_action(pipeline, *args, **kwargs):
-        await action()
+        if pending:
+            await pending.pop()()
         return await execute(pipeline, *args, **kwargs)
 
     monkeypatch.setattr(Pipeline, "execute", execute_after_action)
@@ -259,6 +265,96 @@ async def test_slots_and_members_are_put_back_after_redis_restarts_empty(tmp_pat
         await client.aclose()
     finally:
         server.stop()
+
+
+def _durable_server(work_dir) -> RedisServer:
+    """A private redis-server that writes each command to its append-only file before answering, so
+    that a SIGKILL and restart keeps every slot, as a Redis that was only unreachable would."""
+    return RedisServer.start(work_dir, "--appendonly", "yes", "--appendfsync", "always")
+
+
+def _pooled_client(server: RedisServer) -> redis.Redis:
+    """The service's own client (its pool survives a restart of ``server``)."""
+    return redis_client(SimpleNamespace(sentinels=(), url=server.url))
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("failure", ["redis down", "cancelled"])
+async def test_a_release_redis_did_not_get_is_retried_at_the_next_renewal(tmp_path, failure, caplog):
+    """The slot lives while this instance's heartbeat does, which it keeps renewing for its other
+    connections: a release lost to an outage, or cancelled mid-call, must be made again."""
+    server = _durable_server(tmp_path)
+    client = _pooled_client(server)
+    try:
+        presence = RedisPresence(client, "u", lease=30)
+        await presence.acquire(ROOM, "alice", "h-alice")
+        await presence.acquire(ROOM, "bob", "h-bob")
+        if failure == "redis down":
+            server.stop(signal.SIGKILL)
+            assert await presence.release("room-1", "alice", "h-alice") is False
+        else:
+            os.kill(server.pid, signal.SIGSTOP)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(presence.release("room-1", "alice", "h-alice"), 0.2)
+            server.stop(signal.SIGKILL)  # the call written to its socket dies with it
+        server.run()
+        assert await presence.count("room-1") == 2
+        with caplog.at_level(logging.INFO, logger="channels_app.state.redis_presence"):
+            await presence.renew()
+        assert await presence.count("room-1") == 1
+        assert not await presence.contains("room-1", "alice")
+        assert any(r.levelno == logging.INFO and "alice" in r.getMessage() for r in caplog.records)
+        await presence.acquire(ROOM, "alice", "h-back")  # the clientId is free again
+        await client.aclose()
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+async def test_renewals_go_on_until_a_failed_release_is_made_though_no_slot_is_held(tmp_path):
+    server = _durable_server(tmp_path)
+    client = _pooled_client(server)
+    try:
+        presence = RedisPresence(client, "u", lease=0.6)
+        await presence.acquire(ROOM, "alice", "h-alice")
+        server.stop(signal.SIGKILL)
+        assert await presence.release("room-1", "alice", "h-alice") is False
+        server.run()
+
+        async def released() -> bool:
+            return await client.zscore("u:s:{room-1}", "alice") is None
+
+        await wait_until(released, within=2)
+        await client.aclose()
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("failure", ["timed out", "cancelled"])
+async def test_an_acquire_that_failed_after_redis_ran_it_leaves_no_slot(redis_server, failure):
+    """Redis paused with the acquire written to its socket: the caller sees a failure (a 503, or
+    its task cancelled), the script runs once Redis resumes, and the next renewal removes that slot."""
+    client = redis.from_url(redis_server.url, socket_timeout=0.3)
+    presence = RedisPresence(client, "u", lease=30)
+    await presence.acquire(ROOM, "bob", "h-bob")
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        if failure == "timed out":
+            with pytest.raises(ApplicationError):
+                await presence.acquire(ROOM, "carol", "h-carol")
+        else:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(presence.acquire(ROOM, "carol", "h-carol"), 0.2)
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+    sync = redis_server.client()
+    await wait_until(lambda: sync.hget("u:sh:{room-1}", "carol") == b"h-carol", within=2)
+    await presence.renew()
+    assert await presence.count("room-1") == 1
+    assert not await presence.contains("room-1", "carol")
+    await presence.acquire(ROOM, "carol", "h-carol-again")
+    await client.aclose()
 
 
 @pytest.mark.redis

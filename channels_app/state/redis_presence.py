@@ -285,6 +285,10 @@ class RedisPresence:
         self._clock = clock
         # (channel id, clientId) -> (holder, Member JSON or ''), for the connections this instance holds.
         self._held: dict[tuple[str, str], tuple[str, str]] = {}
+        # (channel id, clientId, holder) of slots Redis may hold for this instance though it no longer
+        # does (a release or an acquire that failed or was cancelled): they would count as long as
+        # its heartbeat lives, so each renewal releases them again until Redis answers.
+        self._unreleased: set[tuple[str, str, str]] = set()
         # Shards where this instance's slots are to be put back (Redis forgot its heartbeat).
         self._forgotten: set[int] = set()
         self._renewal: asyncio.Task | None = None
@@ -317,21 +321,26 @@ class RedisPresence:
         now = self._clock()
         member_json = "" if member is None else _member_json(member)
         shard = self._shards.home(channel.id)
-        outcome = await self._acquire(
-            keys=[*self._slot_keys(channel.id), self._keys.held(self.instance)],
-            args=[
-                repr(now),
-                client_id,
-                channel.max_connections,
-                self.instance,
-                repr(now + self._lease),
-                holder,
-                "replace" if replace else "refuse",
-                member_json,
-                channel.id,
-            ],
-            client=self._shards.clients[shard],
-        )
+        try:
+            outcome = await self._acquire(
+                keys=[*self._slot_keys(channel.id), self._keys.held(self.instance)],
+                args=[
+                    repr(now),
+                    client_id,
+                    channel.max_connections,
+                    self.instance,
+                    repr(now + self._lease),
+                    holder,
+                    "replace" if replace else "refuse",
+                    member_json,
+                    channel.id,
+                ],
+                client=self._shards.clients[shard],
+            )
+        except (redis.RedisError, asyncio.CancelledError):
+            # The script may have run all the same (the answer was lost, or came too late).
+            self._release_later(channel.id, client_id, holder)
+            raise
         status, previous, was_alive = (part.decode() if isinstance(part, bytes) else part for part in outcome)
         if not was_alive and self._holds_on(shard):
             self._forget_noticed(shard)
@@ -340,6 +349,7 @@ class RedisPresence:
         if status == "full":
             raise channel_full(channel.id, channel.max_connections)
         self._held[(channel.id, client_id)] = (holder, member_json)
+        self._unreleased.discard((channel.id, client_id, holder))
         self._ensure_renewal()
         return previous if status == "replaced" else None
 
@@ -352,16 +362,29 @@ class RedisPresence:
             self._forgotten.add(shard)
 
     async def release(self, channel_id: str, client_id: str, holder: str) -> bool:
-        """Give the slot back if ``holder`` still has it (True); if Redis is away the lease simply runs out."""
+        """Give the slot back if ``holder`` still has it (True); when Redis cannot be told (or this
+        is cancelled), each renewal releases it again until Redis answers."""
         if self._held.get((channel_id, client_id), ("",))[0] == holder:
             del self._held[(channel_id, client_id)]
         try:
-            return bool(await self._release_slot(self._shards.for_channel(channel_id), channel_id, client_id, holder))
+            released = await self._release_slot(self._shards.for_channel(channel_id), channel_id, client_id, holder)
         except redis.RedisError:
+            self._release_later(channel_id, client_id, holder)
             logger.warning(
-                "could not release slot of %s on %s; its lease expires in %ss", client_id, channel_id, self._lease
+                "could not release slot of %s on %s; it is released again at each renewal until Redis answers",
+                client_id,
+                channel_id,
             )
             return False
+        except asyncio.CancelledError:
+            self._release_later(channel_id, client_id, holder)
+            raise
+        self._unreleased.discard((channel_id, client_id, holder))
+        return bool(released)
+
+    def _release_later(self, channel_id: str, client_id: str, holder: str) -> None:
+        self._unreleased.add((channel_id, client_id, holder))
+        self._ensure_renewal()
 
     async def _release_slot(self, client: redis.Redis, channel_id: str, client_id: str, holder: str):
         return await self._release(
@@ -429,7 +452,7 @@ class RedisPresence:
             )
 
     async def _renew_forever(self) -> None:
-        while self._held:
+        while self._held or self._unreleased:
             await asyncio.sleep(self._lease / 3)
             try:
                 await self.renew()
@@ -445,17 +468,19 @@ class RedisPresence:
         With nothing forgotten and nobody dead this is one script per shard, whatever the number of
         slots held. Slots another connection took over (``replace``) while Redis had forgotten are
         not put back, and are forgotten here. A slot released while they were being put back may
-        have been put back too; such slots are released again at once. Each shard is renewed on its
-        own: one that is away fails the call only after the others are renewed.
+        have been put back too; such slots, and those whose release or acquire failed, are released
+        again. Each shard is renewed on its own: one that is away fails the call only after the
+        others are renewed.
         """
         held = dict(self._held)
-        if not held:
-            return
         by_channel: dict[str, list[str]] = {}
         for (channel_id, client_id), (holder, member_json) in held.items():
             by_channel.setdefault(channel_id, []).extend((client_id, holder, member_json))
+        homes = self._shards.by_home(by_channel)
+        for channel_id, _, _ in self._unreleased:
+            homes.setdefault(self._shards.home(channel_id), [])
         failure: redis.RedisError | None = None
-        for shard, channel_ids in self._shards.by_home(by_channel).items():
+        for shard, channel_ids in homes.items():
             try:
                 await self._renew_on(shard, {channel_id: by_channel[channel_id] for channel_id in channel_ids}, held)
             except redis.RedisError as exc:
@@ -466,19 +491,24 @@ class RedisPresence:
     async def _renew_on(self, shard: int, by_channel: dict[str, list[str]], held: dict) -> None:
         client = self._shards.clients[shard]
         now = self._clock()
-        alive, dead = await self._heartbeat(
-            keys=[self._keys.heartbeats()], args=[self.instance, repr(now), repr(now + self._lease)], client=client
-        )
-        if not alive:
-            self._forget_noticed(shard)
-        if shard in self._forgotten:
-            await self._reassert_on(client, by_channel, held)
-            self._forgotten.discard(shard)
+        dead = []
+        # Only while it holds slots there: a shard left with none lets its heartbeat run out.
+        if by_channel:
+            alive, dead = await self._heartbeat(
+                keys=[self._keys.heartbeats()], args=[self.instance, repr(now), repr(now + self._lease)], client=client
+            )
+            if not alive:
+                self._forget_noticed(shard)
+            if shard in self._forgotten:
+                await self._reassert_on(client, by_channel, held)
+                self._forgotten.discard(shard)
+        await self._release_again_on(shard)
         for instance in dead:
             await self._sweep_instance(client, instance.decode(), now)
 
     async def _reassert_on(self, client: redis.Redis, by_channel: dict[str, list[str]], held: dict) -> None:
-        """Put back this instance's slots on ``client``'s shard: one pipeline, then the releases it undid."""
+        """Put back this instance's slots on ``client``'s shard in one pipeline; the releases it undid
+        are to be made again."""
         calls: list[str] = []
         async with client.pipeline(transaction=False) as pipe:
             for channel_id, triples in by_channel.items():
@@ -498,7 +528,26 @@ class RedisPresence:
         for channel_id, triples in by_channel.items():
             for client_id, holder in zip(triples[::3], triples[1::3], strict=True):
                 if self._held.get((channel_id, client_id), ("",))[0] != holder:
-                    await self._release_slot(client, channel_id, client_id, holder)
+                    self._unreleased.add((channel_id, client_id, holder))
+
+    async def _release_again_on(self, shard: int) -> None:
+        """Make again, in one pipeline, the releases Redis may have missed on ``shard``."""
+        pending = [entry for entry in self._unreleased if self._shards.home(entry[0]) == shard]
+        if not pending:
+            return
+        try:
+            async with self._shards.clients[shard].pipeline(transaction=False) as pipe:
+                for channel_id, client_id, holder in pending:
+                    await self._release_slot(pipe, channel_id, client_id, holder)
+                await pipe.execute()
+        except redis.RedisError:
+            logger.warning(
+                "could not release %s slots on shard %s again; retried at the next renewal", len(pending), shard
+            )
+            raise
+        self._unreleased.difference_update(pending)
+        for channel_id, client_id, _ in pending:
+            logger.info("released the slot of %s on %s, which an earlier call had left", client_id, channel_id)
 
     async def _sweep_instance(self, client: redis.Redis, instance: str, now: float) -> None:
         """Remove the slots of ``instance``, whose heartbeat ran out, channel by channel (up to

@@ -11,7 +11,8 @@ reported, by the renewals of the instances still alive, from the set of channels
 
 Same interface as ``MemoryPresence`` (``state/base.py`` ``Presence``), held to it by
 ``tests/test_presence.py``. A channel's keys live on its home shard (``state/shards.py``), with a
-heartbeat and a set of held channels per instance on each shard, so each script touches one Redis.
+heartbeat and a set of held channels per instance on each shard, so each script touches one Redis
+(the scripts: ``state/redis_presence_scripts.py``).
 """
 
 from __future__ import annotations
@@ -29,218 +30,12 @@ import redis.asyncio as redis
 from ..channel import ChannelInfo
 from ..errors import channel_full, client_id_taken
 from ..stats import Stats
+from . import redis_presence_scripts as scripts
 from .presence import Member, page_after
 from .redis import Keys, translating_redis_errors
 from .shards import RedisShards, as_shards
 
 logger = logging.getLogger(__name__)
-
-# Whether the instance a slot names (an ARGV or local reference) is alive: its heartbeat in
-# KEYS[4] (instance -> heartbeat expiry) ends after ``now``. The start of the channel scripts.
-_ALIVE = """
-local now = tonumber(ARGV[1])
-local function alive(instance)
-  local beat = redis.call('ZSCORE', KEYS[4], instance)
-  return beat ~= false and tonumber(beat) > now
-end
-local function live_instances()
-  local instances = {}
-  local cursor = '-inf'
-  while true do
-    local first = redis.call('ZRANGEBYSCORE', KEYS[1], cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    if #first == 0 then
-      return instances
-    end
-    if alive(first[2]) then
-      table.insert(instances, first[2])
-    end
-    cursor = '(' .. first[2]
-  end
-end
-"""
-
-# KEYS: the channel's slots (clientId -> instance), holders (clientId -> holder token), members
-# (clientId -> a presence channel's Member as JSON), the heartbeats (instance -> expiry) and this
-# instance's held channels. ARGV: now, clientId, max connections, instance, heartbeat expiry,
-# holder, "replace" or "refuse", the Member's JSON ('' when none), channel id.
-# Returns the outcome, the replaced holder, and whether this instance's heartbeat was alive (when
-# it was not, Redis may have forgotten this instance's other slots: they are put back).
-# Live slots are counted one instance at a time (a slot's score is its instance), so a dead
-# instance's slots neither count nor block their clientIds: they are overwritten here.
-_ACQUIRE = (
-    _ALIVE
-    + """
-local was_alive = alive(ARGV[4]) and 1 or 0
-redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
-local previous = ''
-local current = redis.call('ZSCORE', KEYS[1], ARGV[2])
-local held = current and alive(current)
-if held then
-  if ARGV[7] ~= 'replace' then
-    return {'taken', '', was_alive}
-  end
-  previous = redis.call('HGET', KEYS[2], ARGV[2]) or ''
-else
-  local live = 0
-  for _, instance in ipairs(live_instances()) do
-    live = live + redis.call('ZCOUNT', KEYS[1], instance, instance)
-  end
-  if live >= tonumber(ARGV[3]) then
-    return {'full', '', was_alive}
-  end
-end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[6])
-if ARGV[8] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[2], ARGV[8])
-else
-  redis.call('HDEL', KEYS[3], ARGV[2])
-end
-redis.call('SADD', KEYS[5], ARGV[9])
-if held then
-  return {'replaced', previous, was_alive}
-end
-return {'ok', '', was_alive}
-"""
-)
-
-# Removes a slot only while it carries the holder's token: a replaced connection's late release
-# leaves its successor's slot alone. Forgets the channel among this instance's held ones when it
-# has no slot left there. KEYS: slots, holders, members, this instance's held channels.
-# ARGV: clientId, holder, instance, channel id.
-_RELEASE = """
-local removed = 0
-if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  removed = redis.call('ZREM', KEYS[1], ARGV[1])
-end
-if redis.call('ZCOUNT', KEYS[1], ARGV[3], ARGV[3]) == 0 then
-  redis.call('SREM', KEYS[4], ARGV[4])
-end
-return removed
-"""
-
-# KEYS: slots, holders, members, heartbeats. ARGV: now. The live clientIds of the channel.
-_LIVE = (
-    _ALIVE
-    + """
-local client_ids = {}
-for _, instance in ipairs(live_instances()) do
-  for _, client_id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], instance, instance)) do
-    table.insert(client_ids, client_id)
-  end
-end
-return client_ids
-"""
-)
-
-# KEYS: slots, holders, members, heartbeats. ARGV: now. How many live slots the channel has.
-_COUNT = (
-    _ALIVE
-    + """
-local live = 0
-for _, instance in ipairs(live_instances()) do
-  live = live + redis.call('ZCOUNT', KEYS[1], instance, instance)
-end
-return live
-"""
-)
-
-# KEYS: slots, holders, members, heartbeats. ARGV: now, clientId. 1 if it holds a live slot.
-_CONTAINS = (
-    _ALIVE
-    + """
-local instance = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if instance and alive(instance) then
-  return 1
-end
-return 0
-"""
-)
-
-# This instance's heartbeat on one shard. KEYS: heartbeats. ARGV: instance, now, its new expiry.
-# Returns whether the heartbeat was still alive (if not, Redis restarted or lost it, or this
-# instance was away longer than the lease: its slots are put back), and up to 8 instances whose
-# heartbeat ran out, whose slots are to be swept.
-_HEARTBEAT = """
-local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-local alive = 0
-if beat and tonumber(beat) > tonumber(ARGV[2]) then
-  alive = 1
-end
-return {alive, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, 8)}
-"""
-
-# Puts back this instance's slots on one channel after Redis forgot its heartbeat. A slot still
-# carrying its holder's token is kept; one that is gone entirely (Redis restarted, or it was swept
-# while this instance was away) is put back with its member, so it counts against the limit again;
-# one another connection took over (``replace``) is left to it and returned.
-# KEYS: slots, holders, members, this instance's held channels. ARGV: instance, channel id, then
-# clientId, holder and Member JSON ('' when none) of each.
-_REASSERT = """
-local taken = {}
-local kept = 0
-for i = 3, #ARGV, 3 do
-  local owner = redis.call('HGET', KEYS[2], ARGV[i])
-  if owner == ARGV[i + 1] or (not owner and not redis.call('ZSCORE', KEYS[1], ARGV[i])) then
-    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-    if ARGV[i + 2] ~= '' then
-      redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
-    end
-    kept = kept + 1
-  elseif owner then
-    table.insert(taken, ARGV[i])
-  end
-end
-if kept > 0 then
-  redis.call('SADD', KEYS[4], ARGV[2])
-end
-return taken
-"""
-
-# Removes up to 256 slots of a dead instance on one channel, and the channel from its held ones
-# once none is left. KEYS: slots, holders, members, heartbeats, the dead instance's held channels.
-# ARGV: now, the dead instance, channel id. Returns 1 if that instance is alive again (nothing is
-# swept), else 0, then the clientId and JSON of each swept member.
-_SWEEP = (
-    _ALIVE
-    + """
-if alive(ARGV[2]) then
-  return {1, {}}
-end
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[2], 'LIMIT', 0, 256)
-local swept = {}
-if #gone > 0 then
-  local details = redis.call('HMGET', KEYS[3], unpack(gone))
-  for i = 1, #gone do
-    if details[i] then
-      table.insert(swept, gone[i])
-      table.insert(swept, details[i])
-    end
-  end
-  redis.call('ZREM', KEYS[1], unpack(gone))
-  redis.call('HDEL', KEYS[2], unpack(gone))
-  redis.call('HDEL', KEYS[3], unpack(gone))
-end
-if #gone < 256 then
-  redis.call('SREM', KEYS[5], ARGV[3])
-end
-return {0, swept}
-"""
-)
-
-# Forgets a dead instance once it holds no channel. KEYS: heartbeats, its held channels.
-# ARGV: now, the instance.
-_FORGET = """
-local beat = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if redis.call('SCARD', KEYS[2]) == 0 and (not beat or tonumber(beat) <= tonumber(ARGV[1])) then
-  redis.call('ZREM', KEYS[1], ARGV[2])
-end
-return 0
-"""
 
 # Slots put back per script call: a script holds Redis for the whole call.
 RENEWALS_PER_CALL = 500
@@ -273,15 +68,15 @@ class RedisPresence:
         self.instance = str(1 + secrets.randbelow(INSTANCE_NUMBERS - 1))
         # Registered once; each call names the client of the channel's home shard.
         registry = self._shards.clients[0]
-        self._acquire = registry.register_script(_ACQUIRE)
-        self._release = registry.register_script(_RELEASE)
-        self._live = registry.register_script(_LIVE)
-        self._count = registry.register_script(_COUNT)
-        self._contains = registry.register_script(_CONTAINS)
-        self._heartbeat = registry.register_script(_HEARTBEAT)
-        self._reassert = registry.register_script(_REASSERT)
-        self._sweep = registry.register_script(_SWEEP)
-        self._forget = registry.register_script(_FORGET)
+        self._acquire = registry.register_script(scripts.ACQUIRE)
+        self._release = registry.register_script(scripts.RELEASE)
+        self._live = registry.register_script(scripts.LIVE)
+        self._count = registry.register_script(scripts.COUNT)
+        self._contains = registry.register_script(scripts.CONTAINS)
+        self._heartbeat = registry.register_script(scripts.HEARTBEAT)
+        self._reassert = registry.register_script(scripts.REASSERT)
+        self._sweep = registry.register_script(scripts.SWEEP)
+        self._forget = registry.register_script(scripts.FORGET)
         self._clock = clock
         # (channel id, clientId) -> (holder, Member JSON or ''), for the connections this instance holds.
         self._held: dict[tuple[str, str], tuple[str, str]] = {}

@@ -23,6 +23,7 @@ from channels_app.state.idempotency import idempotency_key_parse
 from channels_app.state.presence import Member, new_holder
 from channels_app.state.redis import RedisHistory, redis_client
 from channels_app.state.redis_presence import RedisPresence
+from channels_app.state.shards import RedisShards
 from tests.support.redisserver import RedisServer
 from tests.support.waiting import wait_until
 
@@ -126,6 +127,7 @@ import redis.asyncio as redis
 from channels_app.channel import ChannelInfo
 from channels_app.state.presence import Member
 from channels_app.state.redis_presence import RedisPresence
+from channels_app.state.shards import RedisShards
 
 async def main():
     presence = RedisPresence(redis.from_url(sys.argv[1]), "k", lease=float(sys.argv[2]))
@@ -204,6 +206,66 @@ async def test_renewing_costs_the_same_commands_for_one_channel_held_as_for_500(
     one, many = await commands_per_renewal(1), await commands_per_renewal(500)
     # EVALSHA with ZSCORE, ZADD and ZRANGEBYSCORE inside; it was 8 per channel (4,000 for 500).
     assert one == many == 4
+    await client.aclose()
+
+
+def _homed_on(shards: RedisShards, shard: int) -> ChannelInfo:
+    """A room whose keys live on ``shard``."""
+    index = next(index for index in range(1000) if shards.home(f"room-{index}") == shard)
+    return _room(index)
+
+
+async def test_every_shard_s_heartbeat_is_renewed_before_any_sweep(redis_server, tmp_path, monkeypatch):
+    """A long sweep of a dead instance on the first shard must not hold up the heartbeat on the
+    second, which could run out meanwhile."""
+    second = RedisServer.start(tmp_path)
+    first_client, second_client = redis.from_url(redis_server.url), redis.from_url(second.url)
+    shards = RedisShards([first_client, second_client])
+    try:
+        alive, dead = RedisPresence(shards, "hb", lease=30), RedisPresence(shards, "hb", lease=30)
+        on_first, on_second = _homed_on(shards, 0), _homed_on(shards, 1)
+        await dead.acquire(on_first, "ghost", new_holder())
+        await alive.acquire(on_first, "alice", new_holder())
+        await alive.acquire(on_second, "bob", new_holder())
+        await first_client.zadd("hb:live", {dead.instance: 0})  # its heartbeat ran out
+        marked = await second_client.zscore("hb:live", alive.instance) - 1
+        await second_client.zadd("hb:live", {alive.instance: marked})
+        seen_during_sweep = []
+        execute = Pipeline.execute
+
+        async def execute_noting_the_second_heartbeat(pipeline, *args, **kwargs):
+            if pipeline.connection_pool is first_client.connection_pool:
+                seen_during_sweep.append(await second_client.zscore("hb:live", alive.instance))
+            return await execute(pipeline, *args, **kwargs)
+
+        monkeypatch.setattr(Pipeline, "execute", execute_noting_the_second_heartbeat)
+        await alive.renew()
+        monkeypatch.undo()
+        assert seen_during_sweep and all(score > marked for score in seen_during_sweep)
+        assert await alive.count(on_first.id) == 1
+    finally:
+        await shards.aclose()
+        second.stop()
+
+
+async def test_renewals_keep_their_period_however_long_each_takes(redis_server, monkeypatch):
+    """Renewals start every third of the lease, counted from the previous start, not from the
+    previous end; one that overran it is followed by the next at once."""
+    client = redis.from_url(redis_server.url)
+    presence = RedisPresence(client, "p", lease=1.5)
+    durations, starts = [0.25, 0.8, 0.25, 0.25], []
+
+    async def slow_renew():
+        starts.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(durations[len(starts) - 1] if len(starts) <= len(durations) else 0)
+
+    monkeypatch.setattr(presence, "renew", slow_renew)
+    await presence.acquire(ROOM, "alice", "h-alice")
+    await wait_until(lambda: len(starts) >= 4, within=5)
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:4], strict=False)]
+    # From the previous deadline: 0.5, then 0.8 (the overrun, then at once), then 0.5.
+    assert gaps == pytest.approx([0.5, 0.8, 0.5], abs=0.12)
+    await presence.release("room-1", "alice", "h-alice")
     await client.aclose()
 
 

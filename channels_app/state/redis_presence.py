@@ -247,8 +247,13 @@ class RedisPresence:
             )
 
     async def _renew_forever(self) -> None:
+        # Each renewal is due a third of the lease after the previous one was due, not after it
+        # ended, so slow renewals do not add up; one that overran its period is followed at once.
+        period = self._lease / 3
+        deadline = time.monotonic()
         while self._held or self._unreleased:
-            await asyncio.sleep(self._lease / 3)
+            deadline = max(deadline + period, time.monotonic())
+            await asyncio.sleep(deadline - time.monotonic())
             try:
                 await self.renew()
             except Exception:
@@ -257,49 +262,60 @@ class RedisPresence:
 
     @translating_redis_errors
     async def renew(self) -> None:
-        """Renew this instance's heartbeat on every shard it holds slots on, put its slots back where
-        Redis forgot it, and sweep the slots of instances whose heartbeat ran out.
+        """Renew this instance's heartbeat on every shard it holds slots on, then put its slots back
+        where Redis forgot it, make again the releases Redis may have missed, and sweep the slots of
+        instances whose heartbeat ran out.
 
-        With nothing forgotten and nobody dead this is one script per shard, whatever the number of
-        slots held. Slots another connection took over (``replace``) while Redis had forgotten are
-        not put back, and are forgotten here. A slot released while they were being put back may
-        have been put back too; such slots, and those whose release or acquire failed, are released
-        again. Each shard is renewed on its own: one that is away fails the call only after the
-        others are renewed.
+        The heartbeats go to every shard at once, before anything else, so that neither a long sweep
+        nor a shard that is away delays another shard's. With nothing forgotten, unreleased or dead
+        this is one script per shard, whatever the number of slots held. Slots another connection
+        took over (``replace``) while Redis had forgotten are not put back, and are forgotten here.
+        A slot released while they were being put back may have been put back too: it is released
+        again, as are those whose release or acquire failed. A shard that is away fails the call
+        only after the others are renewed.
         """
         held = dict(self._held)
         by_channel: dict[str, list[str]] = {}
         for (channel_id, client_id), (holder, member_json) in held.items():
             by_channel.setdefault(channel_id, []).extend((client_id, holder, member_json))
         homes = self._shards.by_home(by_channel)
-        for channel_id, _, _ in self._unreleased:
-            homes.setdefault(self._shards.home(channel_id), [])
-        failure: redis.RedisError | None = None
-        for shard, channel_ids in homes.items():
+        beats = await asyncio.gather(*(self._beat_on(shard) for shard in homes), return_exceptions=True)
+        failures = [beat for beat in beats if isinstance(beat, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, redis.RedisError):
+                raise failure
+        dead_on = {shard: dead for shard, dead in zip(homes, beats, strict=True) if not isinstance(dead, BaseException)}
+        # A shard with no slot held is only told of releases: its heartbeat there may run out.
+        unreleased_only = {self._shards.home(channel_id) for channel_id, _, _ in self._unreleased} - set(homes)
+        for shard in [*dead_on, *sorted(unreleased_only)]:
             try:
-                await self._renew_on(shard, {channel_id: by_channel[channel_id] for channel_id in channel_ids}, held)
+                if shard in dead_on and shard in self._forgotten:
+                    homed = {channel_id: by_channel[channel_id] for channel_id in homes[shard]}
+                    await self._reassert_on(self._shards.clients[shard], homed, held)
+                    self._forgotten.discard(shard)
+                await self._release_again_on(shard)
             except redis.RedisError as exc:
-                failure = exc
-        if failure is not None:
-            raise failure
+                failures.append(exc)
+        for shard, dead in dead_on.items():
+            try:
+                for instance in dead:
+                    await self._sweep_instance(self._shards.clients[shard], instance)
+            except redis.RedisError as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
-    async def _renew_on(self, shard: int, by_channel: dict[str, list[str]], held: dict) -> None:
-        client = self._shards.clients[shard]
+    async def _beat_on(self, shard: int) -> list[str]:
+        """Renew this instance's heartbeat on ``shard``; the instances whose heartbeat ran out there."""
         now = self._clock()
-        dead = []
-        # Only while it holds slots there: a shard left with none lets its heartbeat run out.
-        if by_channel:
-            alive, dead = await self._heartbeat(
-                keys=[self._keys.heartbeats()], args=[self.instance, repr(now), repr(now + self._lease)], client=client
-            )
-            if not alive:
-                self._forget_noticed(shard)
-            if shard in self._forgotten:
-                await self._reassert_on(client, by_channel, held)
-                self._forgotten.discard(shard)
-        await self._release_again_on(shard)
-        for instance in dead:
-            await self._sweep_instance(client, instance.decode(), now)
+        alive, dead = await self._heartbeat(
+            keys=[self._keys.heartbeats()],
+            args=[self.instance, repr(now), repr(now + self._lease)],
+            client=self._shards.clients[shard],
+        )
+        if not alive:
+            self._forget_noticed(shard)
+        return [instance.decode() for instance in dead]
 
     async def _reassert_on(self, client: redis.Redis, by_channel: dict[str, list[str]], held: dict) -> None:
         """Put back this instance's slots on ``client``'s shard in one pipeline; the releases it undid
@@ -344,10 +360,11 @@ class RedisPresence:
         for channel_id, client_id, _ in pending:
             logger.info("released the slot of %s on %s, which an earlier call had left", client_id, channel_id)
 
-    async def _sweep_instance(self, client: redis.Redis, instance: str, now: float) -> None:
+    async def _sweep_instance(self, client: redis.Redis, instance: str) -> None:
         """Remove the slots of ``instance``, whose heartbeat ran out, channel by channel (up to
         ``SWEEPS_PER_PERIOD``), reporting their members; forget it once none is left."""
         held_key = self._keys.held(instance)
+        now = self._clock()
         for _ in range(SWEEPS_PER_PERIOD // SWEEPS_PER_CALL):
             channel_ids = [channel_id.decode() for channel_id in await client.srandmember(held_key, SWEEPS_PER_CALL)]
             if not channel_ids:

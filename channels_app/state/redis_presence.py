@@ -7,7 +7,9 @@ each instance keeps one heartbeat per shard, renewed every third of the lease. A
 its instance's heartbeat has not run out, so a dead instance's slots stop counting when its lease
 would have, and the renewal costs a constant number of Redis commands whatever the number of
 channels held. The slots of an instance whose heartbeat ran out are swept, and their members
-reported, by the renewals of the instances still alive, from the set of channels it held.
+reported, by the renewals of the instances still alive, from the set of channels it held. A live
+instance's slot never runs out on its own, so a release (or an acquire) Redis may have missed is
+made again at each renewal until Redis answers.
 
 Same interface as ``MemoryPresence`` (``state/base.py`` ``Presence``), held to it by
 ``tests/test_presence.py``. A channel's keys live on its home shard (``state/shards.py``), with a
@@ -258,7 +260,7 @@ class RedisPresence:
                 await self.renew()
             except Exception:
                 # Keep renewing: a Redis outage shorter than the lease costs no connection its slot.
-                logger.exception("could not renew connection leases")
+                logger.exception("could not renew this instance's heartbeat or make its releases again")
 
     @translating_redis_errors
     async def renew(self) -> None:

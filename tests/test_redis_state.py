@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -182,21 +183,61 @@ async def test_a_killed_instance_s_slots_count_while_it_renews_and_are_swept_a_l
     await client.aclose()
 
 
-async def test_renewing_costs_the_same_commands_for_one_channel_held_as_for_500(redis_server):
-    """Liveness is one heartbeat per instance: over ten leases with no traffic the slots stay, and
-    each renewal costs Redis the same few commands whatever the number of channels held."""
+_SKEWED_INSTANCE = """
+import time
+wall = time.time
+time.time = lambda: wall() + 3600  # this process's clock runs an hour ahead
+import asyncio, sys
+import redis.asyncio as redis
+from channels_app.channel import ChannelInfo
+from channels_app.state.redis_presence import RedisPresence
+
+async def main():
+    presence = RedisPresence(redis.from_url(sys.argv[1]), "skew", lease=30)
+    room = ChannelInfo(id="room-1", name="room", type="WS", max_connections=5, history_size=10, history_ttl=3600)
+    await presence.acquire(room, "ahead", "h-ahead")
+    await presence.renew()
+    print(presence.instance, await presence.count("room-1"), flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_an_instance_whose_clock_runs_ahead_neither_sweeps_nor_ignores_live_slots(redis_server):
+    """Liveness is judged by Redis's clock: an instance an hour ahead sees the others' heartbeats
+    alive, and its own heartbeat does not outlive it by that hour."""
     client = redis.from_url(redis_server.url)
-    now = [1000.0]
+    presence = RedisPresence(client, "skew", lease=30)
+    expired = []
+    presence.on_expired = lambda channel_id, members: expired.append(channel_id)
+    await presence.acquire(ROOM, "local", "h-local")
+    ahead = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SKEWED_INSTANCE, redis_server.url, stdout=asyncio.subprocess.PIPE
+    )
+    output, _ = await ahead.communicate()
+    instance, seen = output.decode().split()
+    assert int(seen) == 2  # it counts the local slot
+    assert await presence.contains("room-1", "local")  # and did not sweep it
+    assert await presence.count("room-1") == 2
+    assert await client.zscore("skew:live", instance) < time.time() + 31
+    await presence.renew()
+    assert expired == []
+    await client.aclose()
+
+
+async def test_renewing_costs_the_same_commands_for_one_channel_held_as_for_500(redis_server):
+    """Liveness is one heartbeat per instance: each renewal costs Redis the same few commands
+    whatever the number of channels held, and the slots stay."""
+    client = redis.from_url(redis_server.url)
 
     async def commands_per_renewal(channels: int) -> float:
-        presence = RedisPresence(client, f"c{channels}", lease=30, clock=lambda: now[0])
-        observer = RedisPresence(client, f"c{channels}", lease=30, clock=lambda: now[0])
+        presence = RedisPresence(client, f"c{channels}", lease=30)
+        observer = RedisPresence(client, f"c{channels}", lease=30)
         for index in range(channels):
             await presence.acquire(_room(index), "alice", new_holder())
         await presence.renew()  # Redis learns the script
         before = await _commands_run(client)
         for _ in range(30):
-            now[0] += 10
             await presence.renew()
         used = (await _commands_run(client) - before - 1) / 30  # less the INFO that read ``before``
         counts = await observer.counts([_room(index).id for index in range(channels)])
@@ -204,8 +245,8 @@ async def test_renewing_costs_the_same_commands_for_one_channel_held_as_for_500(
         return used
 
     one, many = await commands_per_renewal(1), await commands_per_renewal(500)
-    # EVALSHA with ZSCORE, ZADD and ZRANGEBYSCORE inside; it was 8 per channel (4,000 for 500).
-    assert one == many == 4
+    # EVALSHA with TIME, ZSCORE, ZADD and ZRANGEBYSCORE inside; it was 8 per channel (4,000 for 500).
+    assert one == many == 5
     await client.aclose()
 
 
@@ -273,13 +314,12 @@ async def test_an_instance_away_longer_than_its_lease_puts_its_slots_back_when_i
     """Its slots stop counting and are swept (their members reported) as for a dead instance; its
     next renewal finds its heartbeat gone and puts back those no other connection took."""
     client = redis.from_url(redis_server.url)
-    now = [1000.0]
-    away = RedisPresence(client, "a", lease=30, clock=lambda: now[0])
-    other = RedisPresence(client, "a", lease=30, clock=lambda: now[0])
+    away = RedisPresence(client, "a", lease=30)
+    other = RedisPresence(client, "a", lease=30)
     await away.acquire(ROOM, "stays", "h-stays", member=Member("stays", "WS"))
     await away.acquire(ROOM, "moves", "h-moves")
     await other.acquire(ROOM, "other", "h-other")
-    now[0] += 31
+    await client.zadd("a:live", {away.instance: 0})  # away longer than its lease
     await other.renew()
     await other.acquire(ROOM, "moves", "h-moved")  # that client reconnected to the other instance
     assert await other.count("room-1") == 2
@@ -323,7 +363,7 @@ async def test_slots_and_members_are_put_back_after_redis_restarts_empty(tmp_pat
         assert await presence.counts() == {"room-0": 2, "room-1": 2, "room-2": 2, "room-3": 1}
         before = await _commands_run(client)
         await presence.renew()
-        assert await _commands_run(client) - before - 1 == 4
+        assert await _commands_run(client) - before - 1 == 5
         await client.aclose()
     finally:
         server.stop()

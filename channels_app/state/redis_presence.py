@@ -60,7 +60,6 @@ class RedisPresence:
         *,
         lease: float = 30.0,
         stats: Stats | None = None,
-        clock=time.time,
     ):
         self._shards = as_shards(store)
         self._stats = stats or Stats()
@@ -79,7 +78,6 @@ class RedisPresence:
         self._reassert = registry.register_script(scripts.REASSERT)
         self._sweep = registry.register_script(scripts.SWEEP)
         self._forget = registry.register_script(scripts.FORGET)
-        self._clock = clock
         # (channel id, clientId) -> (holder, Member JSON or ''), for the connections this instance holds.
         self._held: dict[tuple[str, str], tuple[str, str]] = {}
         # (channel id, clientId, holder) of slots Redis may hold for this instance though it no longer
@@ -115,18 +113,16 @@ class RedisPresence:
     ) -> str | None:
         """Take a cluster-wide slot (with its ``member``); refuse when the channel is full or the id is
         connected anywhere, unless ``replace``: then take the id's slot and return the holder it had."""
-        now = self._clock()
         member_json = "" if member is None else _member_json(member)
         shard = self._shards.home(channel.id)
         try:
             outcome = await self._acquire(
                 keys=[*self._slot_keys(channel.id), self._keys.held(self.instance)],
                 args=[
-                    repr(now),
                     client_id,
                     channel.max_connections,
                     self.instance,
-                    repr(now + self._lease),
+                    repr(self._lease),
                     holder,
                     "replace" if replace else "refuse",
                     member_json,
@@ -195,7 +191,7 @@ class RedisPresence:
         """Live slots across every instance sorted by clientId, up to ``limit`` after ``after``, with
         their members, and whether more follow."""
         client = self._shards.for_channel(channel_id)
-        live = await self._live(keys=self._slot_keys(channel_id), args=[repr(self._clock())], client=client)
+        live = await self._live(keys=self._slot_keys(channel_id), client=client)
         page, more = page_after((client_id.decode() for client_id in live), after, limit)
         if not page:
             return [], more
@@ -214,7 +210,7 @@ class RedisPresence:
         return bool(
             await self._contains(
                 keys=self._slot_keys(channel_id),
-                args=[repr(self._clock()), client_id],
+                args=[client_id],
                 client=self._shards.for_channel(channel_id),
             )
         )
@@ -222,9 +218,7 @@ class RedisPresence:
     @translating_redis_errors
     async def count(self, channel_id: str) -> int:
         """Live connections on one channel across every instance."""
-        return await self._count(
-            keys=self._slot_keys(channel_id), args=[repr(self._clock())], client=self._shards.for_channel(channel_id)
-        )
+        return await self._count(keys=self._slot_keys(channel_id), client=self._shards.for_channel(channel_id))
 
     @translating_redis_errors
     async def counts(self, channel_ids=None) -> dict[str, int]:
@@ -232,12 +226,11 @@ class RedisPresence:
         if channel_ids is None:
             channel_ids = sorted({channel_id for channel_id, _ in self._held})
         channel_ids = list(channel_ids)
-        now = repr(self._clock())
         counts: dict[str, int] = {}
         for shard, homed in self._shards.by_home(channel_ids).items():
             async with self._shards.clients[shard].pipeline(transaction=False) as pipe:
                 for channel_id in homed:
-                    await self._count(keys=self._slot_keys(channel_id), args=[now], client=pipe)
+                    await self._count(keys=self._slot_keys(channel_id), client=pipe)
                 results = await pipe.execute()
             counts.update((channel_id, count) for channel_id, count in zip(homed, results, strict=True) if count)
         return {channel_id: counts[channel_id] for channel_id in channel_ids if channel_id in counts}
@@ -309,10 +302,9 @@ class RedisPresence:
 
     async def _beat_on(self, shard: int) -> list[str]:
         """Renew this instance's heartbeat on ``shard``; the instances whose heartbeat ran out there."""
-        now = self._clock()
         alive, dead = await self._heartbeat(
             keys=[self._keys.heartbeats()],
-            args=[self.instance, repr(now), repr(now + self._lease)],
+            args=[self.instance, repr(self._lease)],
             client=self._shards.clients[shard],
         )
         if not alive:
@@ -366,17 +358,16 @@ class RedisPresence:
         """Remove the slots of ``instance``, whose heartbeat ran out, channel by channel (up to
         ``SWEEPS_PER_PERIOD``), reporting their members; forget it once none is left."""
         held_key = self._keys.held(instance)
-        now = self._clock()
         for _ in range(SWEEPS_PER_PERIOD // SWEEPS_PER_CALL):
             channel_ids = [channel_id.decode() for channel_id in await client.srandmember(held_key, SWEEPS_PER_CALL)]
             if not channel_ids:
-                await self._forget(keys=[self._keys.heartbeats(), held_key], args=[repr(now), instance], client=client)
+                await self._forget(keys=[self._keys.heartbeats(), held_key], args=[instance], client=client)
                 return
             async with client.pipeline(transaction=False) as pipe:
                 for channel_id in channel_ids:
                     await self._sweep(
                         keys=[*self._slot_keys(channel_id), held_key],
-                        args=[repr(now), instance, channel_id],
+                        args=[instance, channel_id],
                         client=pipe,
                     )
                 results = await pipe.execute()

@@ -111,14 +111,13 @@ async def test_members_are_kept_paged_and_removed_with_their_slots(presence):
 
 async def test_redis_sweeps_the_members_of_expired_slots_and_reports_them(redis_server):
     client = redis.from_url(redis_server.url)
-    now = [1000.0]
-    dead = RedisPresence(client, "sweep", lease=30, clock=lambda: now[0])
-    alive = RedisPresence(client, "sweep", lease=30, clock=lambda: now[0])
+    dead = RedisPresence(client, "sweep", lease=30)
+    alive = RedisPresence(client, "sweep", lease=30)
     expired = []
     alive.on_expired = lambda channel_id, members: expired.append((channel_id, members))
     member = Member("ghost", "SSE", "2026-12-04T20:00:00.000Z", {"name": "Ghost"})
     await dead.acquire(ROOM, "ghost", new_holder(), member=member)
-    now[0] += 31
+    await client.zadd("sweep:live", {dead.instance: 0})  # it died: its heartbeat ran out
     assert await alive.members("room-1", limit=10) == ([], False)
     assert await alive.count("room-1") == 0
     assert not await alive.contains("room-1", "ghost")

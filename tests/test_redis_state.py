@@ -6,9 +6,12 @@ test_presence.py)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
+import time
+from types import SimpleNamespace
 
 import pytest
 import redis.asyncio as redis
@@ -19,8 +22,10 @@ from channels_app.errors import ApplicationError
 from channels_app.state.history import Draft, Replayed
 from channels_app.state.idempotency import idempotency_key_parse
 from channels_app.state.presence import Member, new_holder
-from channels_app.state.redis import RedisHistory
+from channels_app.state.redis import RedisHistory, redis_client
 from channels_app.state.redis_presence import RedisPresence
+from channels_app.state.shards import RedisShards
+from tests.support.redisserver import RedisServer
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio
@@ -44,11 +49,14 @@ async def history(redis_server):
 
 
 def _while_renewing(monkeypatch, action):
-    """Run ``action`` after the renewal took its list of slots, before its writes reach Redis."""
+    """Run ``action`` once, after the renewal took its list of slots, before its writes reach Redis
+    (the first pipeline it sends puts the slots back; later ones release slots again)."""
     execute = Pipeline.execute
+    pending = [action]
 
     async def execute_after_action(pipeline, *args, **kwargs):
-        await action()
+        if pending:
+            await pending.pop()()
         return await execute(pipeline, *args, **kwargs)
 
     monkeypatch.setattr(Pipeline, "execute", execute_after_action)
@@ -120,6 +128,7 @@ import redis.asyncio as redis
 from channels_app.channel import ChannelInfo
 from channels_app.state.presence import Member
 from channels_app.state.redis_presence import RedisPresence
+from channels_app.state.shards import RedisShards
 
 async def main():
     presence = RedisPresence(redis.from_url(sys.argv[1]), "k", lease=float(sys.argv[2]))
@@ -174,21 +183,61 @@ async def test_a_killed_instance_s_slots_count_while_it_renews_and_are_swept_a_l
     await client.aclose()
 
 
-async def test_renewing_costs_the_same_commands_for_one_channel_held_as_for_500(redis_server):
-    """Liveness is one heartbeat per instance: over ten leases with no traffic the slots stay, and
-    each renewal costs Redis the same few commands whatever the number of channels held."""
+_SKEWED_INSTANCE = """
+import time
+wall = time.time
+time.time = lambda: wall() + 3600  # this process's clock runs an hour ahead
+import asyncio, sys
+import redis.asyncio as redis
+from channels_app.channel import ChannelInfo
+from channels_app.state.redis_presence import RedisPresence
+
+async def main():
+    presence = RedisPresence(redis.from_url(sys.argv[1]), "skew", lease=30)
+    room = ChannelInfo(id="room-1", name="room", type="WS", max_connections=5, history_size=10, history_ttl=3600)
+    await presence.acquire(room, "ahead", "h-ahead")
+    await presence.renew()
+    print(presence.instance, await presence.count("room-1"), flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_an_instance_whose_clock_runs_ahead_neither_sweeps_nor_ignores_live_slots(redis_server):
+    """Liveness is judged by Redis's clock: an instance an hour ahead sees the others' heartbeats
+    alive, and its own heartbeat does not outlive it by that hour."""
     client = redis.from_url(redis_server.url)
-    now = [1000.0]
+    presence = RedisPresence(client, "skew", lease=30)
+    expired = []
+    presence.on_expired = lambda channel_id, members: expired.append(channel_id)
+    await presence.acquire(ROOM, "local", "h-local")
+    ahead = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SKEWED_INSTANCE, redis_server.url, stdout=asyncio.subprocess.PIPE
+    )
+    output, _ = await ahead.communicate()
+    instance, seen = output.decode().split()
+    assert int(seen) == 2  # it counts the local slot
+    assert await presence.contains("room-1", "local")  # and did not sweep it
+    assert await presence.count("room-1") == 2
+    assert await client.zscore("skew:live", instance) < time.time() + 31
+    await presence.renew()
+    assert expired == []
+    await client.aclose()
+
+
+async def test_renewing_costs_the_same_commands_for_one_channel_held_as_for_500(redis_server):
+    """Liveness is one heartbeat per instance: each renewal costs Redis the same few commands
+    whatever the number of channels held, and the slots stay."""
+    client = redis.from_url(redis_server.url)
 
     async def commands_per_renewal(channels: int) -> float:
-        presence = RedisPresence(client, f"c{channels}", lease=30, clock=lambda: now[0])
-        observer = RedisPresence(client, f"c{channels}", lease=30, clock=lambda: now[0])
+        presence = RedisPresence(client, f"c{channels}", lease=30)
+        observer = RedisPresence(client, f"c{channels}", lease=30)
         for index in range(channels):
             await presence.acquire(_room(index), "alice", new_holder())
         await presence.renew()  # Redis learns the script
         before = await _commands_run(client)
         for _ in range(30):
-            now[0] += 10
             await presence.renew()
         used = (await _commands_run(client) - before - 1) / 30  # less the INFO that read ``before``
         counts = await observer.counts([_room(index).id for index in range(channels)])
@@ -196,8 +245,68 @@ async def test_renewing_costs_the_same_commands_for_one_channel_held_as_for_500(
         return used
 
     one, many = await commands_per_renewal(1), await commands_per_renewal(500)
-    # EVALSHA with ZSCORE, ZADD and ZRANGEBYSCORE inside; it was 8 per channel (4,000 for 500).
-    assert one == many == 4
+    # EVALSHA with TIME, ZSCORE, ZADD and ZRANGEBYSCORE inside; it was 8 per channel (4,000 for 500).
+    assert one == many == 5
+    await client.aclose()
+
+
+def _homed_on(shards: RedisShards, shard: int) -> ChannelInfo:
+    """A room whose keys live on ``shard``."""
+    index = next(index for index in range(1000) if shards.home(f"room-{index}") == shard)
+    return _room(index)
+
+
+async def test_every_shard_s_heartbeat_is_renewed_before_any_sweep(redis_server, tmp_path, monkeypatch):
+    """A long sweep of a dead instance on the first shard must not hold up the heartbeat on the
+    second, which could run out meanwhile."""
+    second = RedisServer.start(tmp_path)
+    first_client, second_client = redis.from_url(redis_server.url), redis.from_url(second.url)
+    shards = RedisShards([first_client, second_client])
+    try:
+        alive, dead = RedisPresence(shards, "hb", lease=30), RedisPresence(shards, "hb", lease=30)
+        on_first, on_second = _homed_on(shards, 0), _homed_on(shards, 1)
+        await dead.acquire(on_first, "ghost", new_holder())
+        await alive.acquire(on_first, "alice", new_holder())
+        await alive.acquire(on_second, "bob", new_holder())
+        await first_client.zadd("hb:live", {dead.instance: 0})  # its heartbeat ran out
+        marked = await second_client.zscore("hb:live", alive.instance) - 1
+        await second_client.zadd("hb:live", {alive.instance: marked})
+        seen_during_sweep = []
+        execute = Pipeline.execute
+
+        async def execute_noting_the_second_heartbeat(pipeline, *args, **kwargs):
+            if pipeline.connection_pool is first_client.connection_pool:
+                seen_during_sweep.append(await second_client.zscore("hb:live", alive.instance))
+            return await execute(pipeline, *args, **kwargs)
+
+        monkeypatch.setattr(Pipeline, "execute", execute_noting_the_second_heartbeat)
+        await alive.renew()
+        monkeypatch.undo()
+        assert seen_during_sweep and all(score > marked for score in seen_during_sweep)
+        assert await alive.count(on_first.id) == 1
+    finally:
+        await shards.aclose()
+        second.stop()
+
+
+async def test_renewals_keep_their_period_however_long_each_takes(redis_server, monkeypatch):
+    """Renewals start every third of the lease, counted from the previous start, not from the
+    previous end; one that overran it is followed by the next at once."""
+    client = redis.from_url(redis_server.url)
+    presence = RedisPresence(client, "p", lease=1.5)
+    durations, starts = [0.25, 0.8, 0.25, 0.25], []
+
+    async def slow_renew():
+        starts.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(durations[len(starts) - 1] if len(starts) <= len(durations) else 0)
+
+    monkeypatch.setattr(presence, "renew", slow_renew)
+    await presence.acquire(ROOM, "alice", "h-alice")
+    await wait_until(lambda: len(starts) >= 4, within=5)
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:4], strict=False)]
+    # From the previous deadline: 0.5, then 0.8 (the overrun, then at once), then 0.5.
+    assert gaps == pytest.approx([0.5, 0.8, 0.5], abs=0.12)
+    await presence.release("room-1", "alice", "h-alice")
     await client.aclose()
 
 
@@ -205,13 +314,12 @@ async def test_an_instance_away_longer_than_its_lease_puts_its_slots_back_when_i
     """Its slots stop counting and are swept (their members reported) as for a dead instance; its
     next renewal finds its heartbeat gone and puts back those no other connection took."""
     client = redis.from_url(redis_server.url)
-    now = [1000.0]
-    away = RedisPresence(client, "a", lease=30, clock=lambda: now[0])
-    other = RedisPresence(client, "a", lease=30, clock=lambda: now[0])
+    away = RedisPresence(client, "a", lease=30)
+    other = RedisPresence(client, "a", lease=30)
     await away.acquire(ROOM, "stays", "h-stays", member=Member("stays", "WS"))
     await away.acquire(ROOM, "moves", "h-moves")
     await other.acquire(ROOM, "other", "h-other")
-    now[0] += 31
+    await client.zadd("a:live", {away.instance: 0})  # away longer than its lease
     await other.renew()
     await other.acquire(ROOM, "moves", "h-moved")  # that client reconnected to the other instance
     assert await other.count("room-1") == 2
@@ -255,10 +363,100 @@ async def test_slots_and_members_are_put_back_after_redis_restarts_empty(tmp_pat
         assert await presence.counts() == {"room-0": 2, "room-1": 2, "room-2": 2, "room-3": 1}
         before = await _commands_run(client)
         await presence.renew()
-        assert await _commands_run(client) - before - 1 == 4
+        assert await _commands_run(client) - before - 1 == 5
         await client.aclose()
     finally:
         server.stop()
+
+
+def _durable_server(work_dir) -> RedisServer:
+    """A private redis-server that writes each command to its append-only file before answering, so
+    that a SIGKILL and restart keeps every slot, as a Redis that was only unreachable would."""
+    return RedisServer.start(work_dir, "--appendonly", "yes", "--appendfsync", "always")
+
+
+def _pooled_client(server: RedisServer) -> redis.Redis:
+    """The service's own client (its pool survives a restart of ``server``)."""
+    return redis_client(SimpleNamespace(sentinels=(), url=server.url))
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("failure", ["redis down", "cancelled"])
+async def test_a_release_redis_did_not_get_is_retried_at_the_next_renewal(tmp_path, failure, caplog):
+    """The slot lives while this instance's heartbeat does, which it keeps renewing for its other
+    connections: a release lost to an outage, or cancelled mid-call, must be made again."""
+    server = _durable_server(tmp_path)
+    client = _pooled_client(server)
+    try:
+        presence = RedisPresence(client, "u", lease=30)
+        await presence.acquire(ROOM, "alice", "h-alice")
+        await presence.acquire(ROOM, "bob", "h-bob")
+        if failure == "redis down":
+            server.stop(signal.SIGKILL)
+            assert await presence.release("room-1", "alice", "h-alice") is False
+        else:
+            os.kill(server.pid, signal.SIGSTOP)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(presence.release("room-1", "alice", "h-alice"), 0.2)
+            server.stop(signal.SIGKILL)  # the call written to its socket dies with it
+        server.run()
+        assert await presence.count("room-1") == 2
+        with caplog.at_level(logging.INFO, logger="channels_app.state.redis_presence"):
+            await presence.renew()
+        assert await presence.count("room-1") == 1
+        assert not await presence.contains("room-1", "alice")
+        assert any(r.levelno == logging.INFO and "alice" in r.getMessage() for r in caplog.records)
+        await presence.acquire(ROOM, "alice", "h-back")  # the clientId is free again
+        await client.aclose()
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+async def test_renewals_go_on_until_a_failed_release_is_made_though_no_slot_is_held(tmp_path):
+    server = _durable_server(tmp_path)
+    client = _pooled_client(server)
+    try:
+        presence = RedisPresence(client, "u", lease=0.6)
+        await presence.acquire(ROOM, "alice", "h-alice")
+        server.stop(signal.SIGKILL)
+        assert await presence.release("room-1", "alice", "h-alice") is False
+        server.run()
+
+        async def released() -> bool:
+            return await client.zscore("u:s:{room-1}", "alice") is None
+
+        await wait_until(released, within=2)
+        await client.aclose()
+    finally:
+        server.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("failure", ["timed out", "cancelled"])
+async def test_an_acquire_that_failed_after_redis_ran_it_leaves_no_slot(redis_server, failure):
+    """Redis paused with the acquire written to its socket: the caller sees a failure (a 503, or
+    its task cancelled), the script runs once Redis resumes, and the next renewal removes that slot."""
+    client = redis.from_url(redis_server.url, socket_timeout=0.3)
+    presence = RedisPresence(client, "u", lease=30)
+    await presence.acquire(ROOM, "bob", "h-bob")
+    os.kill(redis_server.pid, signal.SIGSTOP)
+    try:
+        if failure == "timed out":
+            with pytest.raises(ApplicationError):
+                await presence.acquire(ROOM, "carol", "h-carol")
+        else:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(presence.acquire(ROOM, "carol", "h-carol"), 0.2)
+    finally:
+        os.kill(redis_server.pid, signal.SIGCONT)
+    sync = redis_server.client()
+    await wait_until(lambda: sync.hget("u:sh:{room-1}", "carol") == b"h-carol", within=2)
+    await presence.renew()
+    assert await presence.count("room-1") == 1
+    assert not await presence.contains("room-1", "carol")
+    await presence.acquire(ROOM, "carol", "h-carol-again")
+    await client.aclose()
 
 
 @pytest.mark.redis

@@ -21,10 +21,12 @@ Keys (``<prefix>`` is ``pubsub.redis.prefix``; ``{id}`` keeps a channel's keys i
   that only that connection releases the slot (``server.duplicate_client_id``).
 - ``<prefix>:sm:{id}``: on a ``presence: true`` channel, a hash from each connected clientId to its
   member's transport, connectedAt and info (JSON), written, swept and removed with its slot.
-- ``<prefix>:live``: a sorted set of instance numbers scored by heartbeat expiry. Each instance
-  renews its own every third of the lease; the slots of an instance that died without closing its
-  connections stop counting when the lease runs out (``REALTIME_PRESENCE_LEASE_SECONDS``,
-  default 30 s), and the instances still alive sweep them.
+- ``<prefix>:live``: a sorted set of instance numbers scored by heartbeat expiry, by Redis's own
+  clock. Each instance renews its own every third of the lease; the slots of an instance that
+  died without closing its connections stop counting when the lease runs out
+  (``REALTIME_PRESENCE_LEASE_SECONDS``, default 30 s), and the instances still alive sweep them.
+  A live instance's slot counts until it is released: a release Redis did not get is made again
+  at each renewal.
 - ``<prefix>:held:<instance>``: the ids of the channels an instance holds slots on, read only to
   sweep them once it is dead. ``live`` and ``held`` exist on each shard, for the channels homed there.
   (Versions before these keys kept lease-scored slots in ``:p:``, ``:ph:`` and ``:pm:``; they expire

@@ -7,11 +7,14 @@ each instance keeps one heartbeat per shard, renewed every third of the lease. A
 its instance's heartbeat has not run out, so a dead instance's slots stop counting when its lease
 would have, and the renewal costs a constant number of Redis commands whatever the number of
 channels held. The slots of an instance whose heartbeat ran out are swept, and their members
-reported, by the renewals of the instances still alive, from the set of channels it held.
+reported, by the renewals of the instances still alive, from the set of channels it held. A live
+instance's slot never runs out on its own, so a release (or an acquire) Redis may have missed is
+made again at each renewal until Redis answers.
 
 Same interface as ``MemoryPresence`` (``state/base.py`` ``Presence``), held to it by
 ``tests/test_presence.py``. A channel's keys live on its home shard (``state/shards.py``), with a
-heartbeat and a set of held channels per instance on each shard, so each script touches one Redis.
+heartbeat and a set of held channels per instance on each shard, so each script touches one Redis
+(the scripts: ``state/redis_presence_scripts.py``).
 """
 
 from __future__ import annotations
@@ -29,218 +32,12 @@ import redis.asyncio as redis
 from ..channel import ChannelInfo
 from ..errors import channel_full, client_id_taken
 from ..stats import Stats
+from . import redis_presence_scripts as scripts
 from .presence import Member, page_after
 from .redis import Keys, translating_redis_errors
 from .shards import RedisShards, as_shards
 
 logger = logging.getLogger(__name__)
-
-# Whether the instance a slot names (an ARGV or local reference) is alive: its heartbeat in
-# KEYS[4] (instance -> heartbeat expiry) ends after ``now``. The start of the channel scripts.
-_ALIVE = """
-local now = tonumber(ARGV[1])
-local function alive(instance)
-  local beat = redis.call('ZSCORE', KEYS[4], instance)
-  return beat ~= false and tonumber(beat) > now
-end
-local function live_instances()
-  local instances = {}
-  local cursor = '-inf'
-  while true do
-    local first = redis.call('ZRANGEBYSCORE', KEYS[1], cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    if #first == 0 then
-      return instances
-    end
-    if alive(first[2]) then
-      table.insert(instances, first[2])
-    end
-    cursor = '(' .. first[2]
-  end
-end
-"""
-
-# KEYS: the channel's slots (clientId -> instance), holders (clientId -> holder token), members
-# (clientId -> a presence channel's Member as JSON), the heartbeats (instance -> expiry) and this
-# instance's held channels. ARGV: now, clientId, max connections, instance, heartbeat expiry,
-# holder, "replace" or "refuse", the Member's JSON ('' when none), channel id.
-# Returns the outcome, the replaced holder, and whether this instance's heartbeat was alive (when
-# it was not, Redis may have forgotten this instance's other slots: they are put back).
-# Live slots are counted one instance at a time (a slot's score is its instance), so a dead
-# instance's slots neither count nor block their clientIds: they are overwritten here.
-_ACQUIRE = (
-    _ALIVE
-    + """
-local was_alive = alive(ARGV[4]) and 1 or 0
-redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
-local previous = ''
-local current = redis.call('ZSCORE', KEYS[1], ARGV[2])
-local held = current and alive(current)
-if held then
-  if ARGV[7] ~= 'replace' then
-    return {'taken', '', was_alive}
-  end
-  previous = redis.call('HGET', KEYS[2], ARGV[2]) or ''
-else
-  local live = 0
-  for _, instance in ipairs(live_instances()) do
-    live = live + redis.call('ZCOUNT', KEYS[1], instance, instance)
-  end
-  if live >= tonumber(ARGV[3]) then
-    return {'full', '', was_alive}
-  end
-end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[6])
-if ARGV[8] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[2], ARGV[8])
-else
-  redis.call('HDEL', KEYS[3], ARGV[2])
-end
-redis.call('SADD', KEYS[5], ARGV[9])
-if held then
-  return {'replaced', previous, was_alive}
-end
-return {'ok', '', was_alive}
-"""
-)
-
-# Removes a slot only while it carries the holder's token: a replaced connection's late release
-# leaves its successor's slot alone. Forgets the channel among this instance's held ones when it
-# has no slot left there. KEYS: slots, holders, members, this instance's held channels.
-# ARGV: clientId, holder, instance, channel id.
-_RELEASE = """
-local removed = 0
-if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  removed = redis.call('ZREM', KEYS[1], ARGV[1])
-end
-if redis.call('ZCOUNT', KEYS[1], ARGV[3], ARGV[3]) == 0 then
-  redis.call('SREM', KEYS[4], ARGV[4])
-end
-return removed
-"""
-
-# KEYS: slots, holders, members, heartbeats. ARGV: now. The live clientIds of the channel.
-_LIVE = (
-    _ALIVE
-    + """
-local client_ids = {}
-for _, instance in ipairs(live_instances()) do
-  for _, client_id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], instance, instance)) do
-    table.insert(client_ids, client_id)
-  end
-end
-return client_ids
-"""
-)
-
-# KEYS: slots, holders, members, heartbeats. ARGV: now. How many live slots the channel has.
-_COUNT = (
-    _ALIVE
-    + """
-local live = 0
-for _, instance in ipairs(live_instances()) do
-  live = live + redis.call('ZCOUNT', KEYS[1], instance, instance)
-end
-return live
-"""
-)
-
-# KEYS: slots, holders, members, heartbeats. ARGV: now, clientId. 1 if it holds a live slot.
-_CONTAINS = (
-    _ALIVE
-    + """
-local instance = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if instance and alive(instance) then
-  return 1
-end
-return 0
-"""
-)
-
-# This instance's heartbeat on one shard. KEYS: heartbeats. ARGV: instance, now, its new expiry.
-# Returns whether the heartbeat was still alive (if not, Redis restarted or lost it, or this
-# instance was away longer than the lease: its slots are put back), and up to 8 instances whose
-# heartbeat ran out, whose slots are to be swept.
-_HEARTBEAT = """
-local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-local alive = 0
-if beat and tonumber(beat) > tonumber(ARGV[2]) then
-  alive = 1
-end
-return {alive, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, 8)}
-"""
-
-# Puts back this instance's slots on one channel after Redis forgot its heartbeat. A slot still
-# carrying its holder's token is kept; one that is gone entirely (Redis restarted, or it was swept
-# while this instance was away) is put back with its member, so it counts against the limit again;
-# one another connection took over (``replace``) is left to it and returned.
-# KEYS: slots, holders, members, this instance's held channels. ARGV: instance, channel id, then
-# clientId, holder and Member JSON ('' when none) of each.
-_REASSERT = """
-local taken = {}
-local kept = 0
-for i = 3, #ARGV, 3 do
-  local owner = redis.call('HGET', KEYS[2], ARGV[i])
-  if owner == ARGV[i + 1] or (not owner and not redis.call('ZSCORE', KEYS[1], ARGV[i])) then
-    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-    if ARGV[i + 2] ~= '' then
-      redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
-    end
-    kept = kept + 1
-  elseif owner then
-    table.insert(taken, ARGV[i])
-  end
-end
-if kept > 0 then
-  redis.call('SADD', KEYS[4], ARGV[2])
-end
-return taken
-"""
-
-# Removes up to 256 slots of a dead instance on one channel, and the channel from its held ones
-# once none is left. KEYS: slots, holders, members, heartbeats, the dead instance's held channels.
-# ARGV: now, the dead instance, channel id. Returns 1 if that instance is alive again (nothing is
-# swept), else 0, then the clientId and JSON of each swept member.
-_SWEEP = (
-    _ALIVE
-    + """
-if alive(ARGV[2]) then
-  return {1, {}}
-end
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[2], 'LIMIT', 0, 256)
-local swept = {}
-if #gone > 0 then
-  local details = redis.call('HMGET', KEYS[3], unpack(gone))
-  for i = 1, #gone do
-    if details[i] then
-      table.insert(swept, gone[i])
-      table.insert(swept, details[i])
-    end
-  end
-  redis.call('ZREM', KEYS[1], unpack(gone))
-  redis.call('HDEL', KEYS[2], unpack(gone))
-  redis.call('HDEL', KEYS[3], unpack(gone))
-end
-if #gone < 256 then
-  redis.call('SREM', KEYS[5], ARGV[3])
-end
-return {0, swept}
-"""
-)
-
-# Forgets a dead instance once it holds no channel. KEYS: heartbeats, its held channels.
-# ARGV: now, the instance.
-_FORGET = """
-local beat = redis.call('ZSCORE', KEYS[1], ARGV[2])
-if redis.call('SCARD', KEYS[2]) == 0 and (not beat or tonumber(beat) <= tonumber(ARGV[1])) then
-  redis.call('ZREM', KEYS[1], ARGV[2])
-end
-return 0
-"""
 
 # Slots put back per script call: a script holds Redis for the whole call.
 RENEWALS_PER_CALL = 500
@@ -263,7 +60,6 @@ class RedisPresence:
         *,
         lease: float = 30.0,
         stats: Stats | None = None,
-        clock=time.time,
     ):
         self._shards = as_shards(store)
         self._stats = stats or Stats()
@@ -273,18 +69,21 @@ class RedisPresence:
         self.instance = str(1 + secrets.randbelow(INSTANCE_NUMBERS - 1))
         # Registered once; each call names the client of the channel's home shard.
         registry = self._shards.clients[0]
-        self._acquire = registry.register_script(_ACQUIRE)
-        self._release = registry.register_script(_RELEASE)
-        self._live = registry.register_script(_LIVE)
-        self._count = registry.register_script(_COUNT)
-        self._contains = registry.register_script(_CONTAINS)
-        self._heartbeat = registry.register_script(_HEARTBEAT)
-        self._reassert = registry.register_script(_REASSERT)
-        self._sweep = registry.register_script(_SWEEP)
-        self._forget = registry.register_script(_FORGET)
-        self._clock = clock
+        self._acquire = registry.register_script(scripts.ACQUIRE)
+        self._release = registry.register_script(scripts.RELEASE)
+        self._live = registry.register_script(scripts.LIVE)
+        self._count = registry.register_script(scripts.COUNT)
+        self._contains = registry.register_script(scripts.CONTAINS)
+        self._heartbeat = registry.register_script(scripts.HEARTBEAT)
+        self._reassert = registry.register_script(scripts.REASSERT)
+        self._sweep = registry.register_script(scripts.SWEEP)
+        self._forget = registry.register_script(scripts.FORGET)
         # (channel id, clientId) -> (holder, Member JSON or ''), for the connections this instance holds.
         self._held: dict[tuple[str, str], tuple[str, str]] = {}
+        # (channel id, clientId, holder) of slots Redis may hold for this instance though it no longer
+        # does (a release or an acquire that failed or was cancelled): they would count as long as
+        # its heartbeat lives, so each renewal releases them again until Redis answers.
+        self._unreleased: set[tuple[str, str, str]] = set()
         # Shards where this instance's slots are to be put back (Redis forgot its heartbeat).
         self._forgotten: set[int] = set()
         self._renewal: asyncio.Task | None = None
@@ -314,24 +113,27 @@ class RedisPresence:
     ) -> str | None:
         """Take a cluster-wide slot (with its ``member``); refuse when the channel is full or the id is
         connected anywhere, unless ``replace``: then take the id's slot and return the holder it had."""
-        now = self._clock()
         member_json = "" if member is None else _member_json(member)
         shard = self._shards.home(channel.id)
-        outcome = await self._acquire(
-            keys=[*self._slot_keys(channel.id), self._keys.held(self.instance)],
-            args=[
-                repr(now),
-                client_id,
-                channel.max_connections,
-                self.instance,
-                repr(now + self._lease),
-                holder,
-                "replace" if replace else "refuse",
-                member_json,
-                channel.id,
-            ],
-            client=self._shards.clients[shard],
-        )
+        try:
+            outcome = await self._acquire(
+                keys=[*self._slot_keys(channel.id), self._keys.held(self.instance)],
+                args=[
+                    client_id,
+                    channel.max_connections,
+                    self.instance,
+                    repr(self._lease),
+                    holder,
+                    "replace" if replace else "refuse",
+                    member_json,
+                    channel.id,
+                ],
+                client=self._shards.clients[shard],
+            )
+        except (redis.RedisError, asyncio.CancelledError):
+            # The script may have run all the same (the answer was lost, or came too late).
+            self._release_later(channel.id, client_id, holder)
+            raise
         status, previous, was_alive = (part.decode() if isinstance(part, bytes) else part for part in outcome)
         if not was_alive and self._holds_on(shard):
             self._forget_noticed(shard)
@@ -340,6 +142,7 @@ class RedisPresence:
         if status == "full":
             raise channel_full(channel.id, channel.max_connections)
         self._held[(channel.id, client_id)] = (holder, member_json)
+        self._unreleased.discard((channel.id, client_id, holder))
         self._ensure_renewal()
         return previous if status == "replaced" else None
 
@@ -352,16 +155,29 @@ class RedisPresence:
             self._forgotten.add(shard)
 
     async def release(self, channel_id: str, client_id: str, holder: str) -> bool:
-        """Give the slot back if ``holder`` still has it (True); if Redis is away the lease simply runs out."""
+        """Give the slot back if ``holder`` still has it (True); when Redis cannot be told (or this
+        is cancelled), each renewal releases it again until Redis answers."""
         if self._held.get((channel_id, client_id), ("",))[0] == holder:
             del self._held[(channel_id, client_id)]
         try:
-            return bool(await self._release_slot(self._shards.for_channel(channel_id), channel_id, client_id, holder))
+            released = await self._release_slot(self._shards.for_channel(channel_id), channel_id, client_id, holder)
         except redis.RedisError:
+            self._release_later(channel_id, client_id, holder)
             logger.warning(
-                "could not release slot of %s on %s; its lease expires in %ss", client_id, channel_id, self._lease
+                "could not release slot of %s on %s; it is released again at each renewal until Redis answers",
+                client_id,
+                channel_id,
             )
             return False
+        except asyncio.CancelledError:
+            self._release_later(channel_id, client_id, holder)
+            raise
+        self._unreleased.discard((channel_id, client_id, holder))
+        return bool(released)
+
+    def _release_later(self, channel_id: str, client_id: str, holder: str) -> None:
+        self._unreleased.add((channel_id, client_id, holder))
+        self._ensure_renewal()
 
     async def _release_slot(self, client: redis.Redis, channel_id: str, client_id: str, holder: str):
         return await self._release(
@@ -375,7 +191,7 @@ class RedisPresence:
         """Live slots across every instance sorted by clientId, up to ``limit`` after ``after``, with
         their members, and whether more follow."""
         client = self._shards.for_channel(channel_id)
-        live = await self._live(keys=self._slot_keys(channel_id), args=[repr(self._clock())], client=client)
+        live = await self._live(keys=self._slot_keys(channel_id), client=client)
         page, more = page_after((client_id.decode() for client_id in live), after, limit)
         if not page:
             return [], more
@@ -394,7 +210,7 @@ class RedisPresence:
         return bool(
             await self._contains(
                 keys=self._slot_keys(channel_id),
-                args=[repr(self._clock()), client_id],
+                args=[client_id],
                 client=self._shards.for_channel(channel_id),
             )
         )
@@ -402,9 +218,7 @@ class RedisPresence:
     @translating_redis_errors
     async def count(self, channel_id: str) -> int:
         """Live connections on one channel across every instance."""
-        return await self._count(
-            keys=self._slot_keys(channel_id), args=[repr(self._clock())], client=self._shards.for_channel(channel_id)
-        )
+        return await self._count(keys=self._slot_keys(channel_id), client=self._shards.for_channel(channel_id))
 
     @translating_redis_errors
     async def counts(self, channel_ids=None) -> dict[str, int]:
@@ -412,12 +226,11 @@ class RedisPresence:
         if channel_ids is None:
             channel_ids = sorted({channel_id for channel_id, _ in self._held})
         channel_ids = list(channel_ids)
-        now = repr(self._clock())
         counts: dict[str, int] = {}
         for shard, homed in self._shards.by_home(channel_ids).items():
             async with self._shards.clients[shard].pipeline(transaction=False) as pipe:
                 for channel_id in homed:
-                    await self._count(keys=self._slot_keys(channel_id), args=[now], client=pipe)
+                    await self._count(keys=self._slot_keys(channel_id), client=pipe)
                 results = await pipe.execute()
             counts.update((channel_id, count) for channel_id, count in zip(homed, results, strict=True) if count)
         return {channel_id: counts[channel_id] for channel_id in channel_ids if channel_id in counts}
@@ -429,56 +242,78 @@ class RedisPresence:
             )
 
     async def _renew_forever(self) -> None:
-        while self._held:
-            await asyncio.sleep(self._lease / 3)
+        # Each renewal is due a third of the lease after the previous one was due, not after it
+        # ended, so slow renewals do not add up; one that overran its period is followed at once.
+        period = self._lease / 3
+        deadline = time.monotonic()
+        while self._held or self._unreleased:
+            deadline = max(deadline + period, time.monotonic())
+            await asyncio.sleep(deadline - time.monotonic())
             try:
                 await self.renew()
             except Exception:
                 # Keep renewing: a Redis outage shorter than the lease costs no connection its slot.
-                logger.exception("could not renew connection leases")
+                logger.exception("could not renew this instance's heartbeat or make its releases again")
 
     @translating_redis_errors
     async def renew(self) -> None:
-        """Renew this instance's heartbeat on every shard it holds slots on, put its slots back where
-        Redis forgot it, and sweep the slots of instances whose heartbeat ran out.
+        """Renew this instance's heartbeat on every shard it holds slots on, then put its slots back
+        where Redis forgot it, make again the releases Redis may have missed, and sweep the slots of
+        instances whose heartbeat ran out.
 
-        With nothing forgotten and nobody dead this is one script per shard, whatever the number of
-        slots held. Slots another connection took over (``replace``) while Redis had forgotten are
-        not put back, and are forgotten here. A slot released while they were being put back may
-        have been put back too; such slots are released again at once. Each shard is renewed on its
-        own: one that is away fails the call only after the others are renewed.
+        The heartbeats go to every shard at once, before anything else, so that neither a long sweep
+        nor a shard that is away delays another shard's. With nothing forgotten, unreleased or dead
+        this is one script per shard, whatever the number of slots held. Slots another connection
+        took over (``replace``) while Redis had forgotten are not put back, and are forgotten here.
+        A slot released while they were being put back may have been put back too: it is released
+        again, as are those whose release or acquire failed. A shard that is away fails the call
+        only after the others are renewed.
         """
         held = dict(self._held)
-        if not held:
-            return
         by_channel: dict[str, list[str]] = {}
         for (channel_id, client_id), (holder, member_json) in held.items():
             by_channel.setdefault(channel_id, []).extend((client_id, holder, member_json))
-        failure: redis.RedisError | None = None
-        for shard, channel_ids in self._shards.by_home(by_channel).items():
+        homes = self._shards.by_home(by_channel)
+        beats = await asyncio.gather(*(self._beat_on(shard) for shard in homes), return_exceptions=True)
+        failures = [beat for beat in beats if isinstance(beat, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, redis.RedisError):
+                raise failure
+        dead_on = {shard: dead for shard, dead in zip(homes, beats, strict=True) if not isinstance(dead, BaseException)}
+        # A shard with no slot held is only told of releases: its heartbeat there may run out.
+        unreleased_only = {self._shards.home(channel_id) for channel_id, _, _ in self._unreleased} - set(homes)
+        for shard in [*dead_on, *sorted(unreleased_only)]:
             try:
-                await self._renew_on(shard, {channel_id: by_channel[channel_id] for channel_id in channel_ids}, held)
+                if shard in dead_on and shard in self._forgotten:
+                    homed = {channel_id: by_channel[channel_id] for channel_id in homes[shard]}
+                    await self._reassert_on(self._shards.clients[shard], homed, held)
+                    self._forgotten.discard(shard)
+                await self._release_again_on(shard)
             except redis.RedisError as exc:
-                failure = exc
-        if failure is not None:
-            raise failure
+                failures.append(exc)
+        for shard, dead in dead_on.items():
+            try:
+                for instance in dead:
+                    await self._sweep_instance(self._shards.clients[shard], instance)
+            except redis.RedisError as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
-    async def _renew_on(self, shard: int, by_channel: dict[str, list[str]], held: dict) -> None:
-        client = self._shards.clients[shard]
-        now = self._clock()
+    async def _beat_on(self, shard: int) -> list[str]:
+        """Renew this instance's heartbeat on ``shard``; the instances whose heartbeat ran out there."""
         alive, dead = await self._heartbeat(
-            keys=[self._keys.heartbeats()], args=[self.instance, repr(now), repr(now + self._lease)], client=client
+            keys=[self._keys.heartbeats()],
+            args=[self.instance, repr(self._lease)],
+            client=self._shards.clients[shard],
         )
         if not alive:
             self._forget_noticed(shard)
-        if shard in self._forgotten:
-            await self._reassert_on(client, by_channel, held)
-            self._forgotten.discard(shard)
-        for instance in dead:
-            await self._sweep_instance(client, instance.decode(), now)
+        return [instance.decode() for instance in dead]
 
     async def _reassert_on(self, client: redis.Redis, by_channel: dict[str, list[str]], held: dict) -> None:
-        """Put back this instance's slots on ``client``'s shard: one pipeline, then the releases it undid."""
+        """Put back this instance's slots on ``client``'s shard in one pipeline; the releases it undid
+        are to be made again."""
         calls: list[str] = []
         async with client.pipeline(transaction=False) as pipe:
             for channel_id, triples in by_channel.items():
@@ -498,22 +333,41 @@ class RedisPresence:
         for channel_id, triples in by_channel.items():
             for client_id, holder in zip(triples[::3], triples[1::3], strict=True):
                 if self._held.get((channel_id, client_id), ("",))[0] != holder:
-                    await self._release_slot(client, channel_id, client_id, holder)
+                    self._unreleased.add((channel_id, client_id, holder))
 
-    async def _sweep_instance(self, client: redis.Redis, instance: str, now: float) -> None:
+    async def _release_again_on(self, shard: int) -> None:
+        """Make again, in one pipeline, the releases Redis may have missed on ``shard``."""
+        pending = [entry for entry in self._unreleased if self._shards.home(entry[0]) == shard]
+        if not pending:
+            return
+        try:
+            async with self._shards.clients[shard].pipeline(transaction=False) as pipe:
+                for channel_id, client_id, holder in pending:
+                    await self._release_slot(pipe, channel_id, client_id, holder)
+                await pipe.execute()
+        except redis.RedisError:
+            logger.warning(
+                "could not release %s slots on shard %s again; retried at the next renewal", len(pending), shard
+            )
+            raise
+        self._unreleased.difference_update(pending)
+        for channel_id, client_id, _ in pending:
+            logger.info("released the slot of %s on %s, which an earlier call had left", client_id, channel_id)
+
+    async def _sweep_instance(self, client: redis.Redis, instance: str) -> None:
         """Remove the slots of ``instance``, whose heartbeat ran out, channel by channel (up to
         ``SWEEPS_PER_PERIOD``), reporting their members; forget it once none is left."""
         held_key = self._keys.held(instance)
         for _ in range(SWEEPS_PER_PERIOD // SWEEPS_PER_CALL):
             channel_ids = [channel_id.decode() for channel_id in await client.srandmember(held_key, SWEEPS_PER_CALL)]
             if not channel_ids:
-                await self._forget(keys=[self._keys.heartbeats(), held_key], args=[repr(now), instance], client=client)
+                await self._forget(keys=[self._keys.heartbeats(), held_key], args=[instance], client=client)
                 return
             async with client.pipeline(transaction=False) as pipe:
                 for channel_id in channel_ids:
                     await self._sweep(
                         keys=[*self._slot_keys(channel_id), held_key],
-                        args=[repr(now), instance, channel_id],
+                        args=[instance, channel_id],
                         client=pipe,
                     )
                 results = await pipe.execute()

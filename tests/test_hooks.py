@@ -137,22 +137,28 @@ def server(request, start_module_server, tmp_path_factory):
 
 
 async def test_a_close_behind_slow_hooks_is_answered_and_later_messages_raise_no_error(server):
-    """Twenty frames whose hook times out (1 s each, one at a time), then a close frame, while the
+    """Eighteen frames whose hook times out (1 s each, one at a time), then a close frame, while the
     channel carries other messages: the close is answered after CLOSE_REPLY_HOLD_SECONDS though the
     frames are still being judged, the connection is released after them, and the messages it can
     no longer be sent raise nothing into the server's log."""
+    timeouts = 'hook="on_publish",reason="timeout"'
+    before = metric(metrics(server), "realtime_hook_failures_total", timeouts)
     closer = await asyncio.to_thread(handshake, server, "/api/v1/channels/hooked-1?clientId=last-words")
     try:
         async with websockets.connect(server.channel_url("hooked-1", clientId="ticker")) as ticker:
-            closer.sendall(b"".join(frame(0x1, b"slow:") for _ in range(20)) + frame(0x8, struct.pack("!H", 1000)))
+            closer.sendall(b"".join(frame(0x1, b"slow:") for _ in range(18)) + frame(0x8, struct.pack("!H", 1000)))
             for index in range(60):
                 await ticker.send(f"tick {index}")
                 await asyncio.sleep(0.05)
         await wait_until(lambda: connections(server, "hooked-1") == 0, within=30)
+        # Every frame was still judged (each hook call timed out), one after the other.
+        await wait_until(
+            lambda: metric(metrics(server), "realtime_hook_failures_total", timeouts) == before + 18, within=30
+        )
     finally:
         closer.close()
     log = server.log()
-    assert "answered a WebSocket close frame after" in log
+    assert "WebSocket close frame(s) after" in log
     assert "never retrieved" not in log and "Disconnected" not in log
 
 

@@ -3,6 +3,7 @@ close reply waits for the connection's release under both."""
 
 import asyncio
 import functools
+import logging
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -12,7 +13,9 @@ import uvicorn
 import websockets
 
 from channels_app.adapters import servers as transport
+from channels_app.adapters.application_queue import ApplicationQueue
 from channels_app.adapters.servers import (
+    CLOSE_FRAME_EVENT,
     asgi_close_code_allowed,
     connection_aborter,
     hold_close_reply,
@@ -158,12 +161,26 @@ def test_uvicorn_loads_the_protocol_named_on_its_command_line():
     assert config.ws_protocol_class is WebSocketProtocol
 
 
+async def _application(queue, taken: list) -> None:
+    """An application reading its events as the consumers do: a close frame's event runs its release."""
+    while True:
+        event = await queue.get()
+        taken.append(event["type"])
+        if event["type"] == CLOSE_FRAME_EVENT:
+            await event["release"]()
+            event["released"].set_result(None)
+
+
 def _daphne_connection():
-    """A daphne WebSocket protocol, open, whose original close-frame handling is recorded."""
+    """A daphne WebSocket protocol, open, whose original close-frame handling is recorded, with an
+    application reading its queue (``protocol.application_task``, its events in ``protocol.taken``)."""
     from daphne.ws_protocol import WebSocketProtocol as DaphneProtocol
 
     protocol = DaphneProtocol()
     protocol.state = protocol.STATE_OPEN
+    protocol.application_queue = ApplicationQueue()
+    protocol.taken = []
+    protocol.application_task = asyncio.ensure_future(_application(protocol.application_queue, protocol.taken))
     replies = []
     protocol.onCloseFrame = lambda code, reason: replies.append((code, reason))
 
@@ -182,11 +199,15 @@ async def test_daphne_answers_a_close_frame_once_the_release_is_done():
         released.set()
 
     assert hold_close_reply(send, release)
+    # A frame the client sent before its close frame is taken by the application before the release.
+    protocol.application_queue.put_nowait({"type": "websocket.receive", "text": "last words"})
     assert protocol.onCloseFrame(1000, b"bye") is None  # autobahn goes on reading
     assert replies == [] and not released.is_set()
     await released.wait()
     await asyncio.sleep(0)
     assert replies == [(1000, b"bye")]
+    assert protocol.taken == ["websocket.receive", CLOSE_FRAME_EVENT]
+    protocol.application_task.cancel()
 
 
 async def test_daphne_answers_at_once_when_it_started_the_close_and_after_the_hold_when_the_release_hangs(
@@ -198,11 +219,14 @@ async def test_daphne_answers_at_once_when_it_started_the_close_and_after_the_ho
     protocol.onCloseFrame(1000, None)
     assert replies == [(1000, None)]
 
+    protocol.application_task.cancel()
+
     monkeypatch.setattr(transport, "CLOSE_REPLY_HOLD_SECONDS", 0.05)
     send, protocol, replies = _daphne_connection()
     hold_close_reply(send, asyncio.Event().wait)
     protocol.onCloseFrame(4000, None)
     await wait_until(lambda: replies == [(4000, None)], within=2)
+    protocol.application_task.cancel()
 
 
 async def test_uvicorn_answers_a_close_frame_once_the_release_is_done_or_when_it_shuts_down():
@@ -214,8 +238,10 @@ async def test_uvicorn_answers_a_close_frame_once_the_release_is_done_or_when_it
         release = asyncio.Event()
         releases.append(release)
         hold_close_reply(send, release.wait)
-        while (await receive())["type"] != "websocket.disconnect":
-            pass
+        while (event := await receive())["type"] != "websocket.disconnect":
+            if event["type"] == CLOSE_FRAME_EVENT:
+                await event["release"]()
+                event["released"].set_result(None)
 
     port = free_port()
     config = uvicorn.Config(application, host="127.0.0.1", port=port, ws=WebSocketProtocol, lifespan="off")
@@ -241,6 +267,8 @@ async def test_uvicorn_answers_a_close_frame_once_the_release_is_done_or_when_it
         assert ws.close_code == 1000
     finally:
         server.should_exit = True
+        for release in releases:
+            release.set()  # the application waits for its release, as the consumers do
         await asyncio.wait_for(serving, 10)
 
 
@@ -266,5 +294,19 @@ def test_plain_websockets_sansio_cannot_hold_and_says_so_once(caplog):
     ]
     assert len(warnings) == 1
     ours = object.__new__(WebSocketProtocol)
+    ours.queue = asyncio.Queue()
     assert hold_close_reply(ours.send, asyncio.Event().wait)
     assert ours.close_reply_hold is not None
+
+
+async def test_close_frames_answered_before_their_release_are_warned_of_in_one_line_per_interval(caplog):
+    """A burst of them is one warning at once and one with the rest at the end of the interval."""
+    unheld = transport._UnheldReplies(interval=0.2)
+    with caplog.at_level(logging.WARNING, logger="channels_app.adapters.servers"):
+        for _ in range(1000):
+            unheld.note()
+        assert [record.getMessage() for record in caplog.records] == [
+            "answered 1 WebSocket close frame(s) after 1.0s without their release; the releases follow"
+        ]
+        await asyncio.sleep(0.3)
+    assert [record.getMessage()[:12] for record in caplog.records] == ["answered 1 W", "answered 999"]

@@ -22,6 +22,7 @@ import logging
 import socket
 import struct
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 logger = logging.getLogger(__name__)
@@ -216,6 +217,46 @@ def _drop_frames_after_close(protocol) -> bool:
     return False
 
 
+class _UnheldReplies:
+    """The warning for close frames answered before their release, at most once per ``interval``
+    with the number since the last one: when every client of a busy process closes at once,
+    thousands of releases wait their turn past ``CLOSE_REPLY_HOLD_SECONDS``, and one line each would
+    flood the log."""
+
+    __slots__ = ("flush_timer", "interval", "last", "unreported")
+
+    def __init__(self, interval: float = 10.0):
+        self.interval = interval
+        self.last = float("-inf")
+        self.unreported = 0
+        self.flush_timer: asyncio.TimerHandle | None = None
+
+    def note(self) -> None:
+        """Count one: warn now, or at the end of the interval if a warning was just given."""
+        self.unreported += 1
+        wait = self.last + self.interval - time.monotonic()
+        if wait <= 0:
+            self.flush()
+        elif self.flush_timer is None:
+            self.flush_timer = asyncio.get_running_loop().call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        """Warn of the close frames not reported yet, if any."""
+        self.flush_timer = None
+        if not self.unreported:
+            return
+        logger.warning(
+            "answered %d WebSocket close frame(s) after %ss without their release; the releases follow",
+            self.unreported,
+            CLOSE_REPLY_HOLD_SECONDS,
+        )
+        self.last, self.unreported = time.monotonic(), 0
+
+
+# Per process, as the log is: only what the warning above has not reported yet.
+UNHELD_REPLIES = _UnheldReplies()
+
+
 class HeldReply:
     """Sends a held close reply once: when the release is done or when the hold times out."""
 
@@ -234,7 +275,7 @@ class HeldReply:
 
     def timed_out(self) -> None:
         """The release takes too long: reply anyway."""
-        logger.warning("answered a WebSocket close frame after %ss without its release", CLOSE_REPLY_HOLD_SECONDS)
+        UNHELD_REPLIES.note()
         self.timer = None
         self.send()
 

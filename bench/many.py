@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--many-procs", type=int, default=2, help="many scenario: subscriber processes (default 2)")
     parser.add_argument(
+        "--many-subscribe-concurrency",
+        type=int,
+        default=4,
+        help="many scenario: connections each subscriber process subscribes at once (default 4)",
+    )
+    parser.add_argument(
         "--many-history-ttl",
         type=int,
         help="many scenario: server.history_ttl, s (default the service's, 3600): shorter than the warm-up\n"
@@ -209,6 +215,7 @@ def run_case(
     profile: bool = False,
     publisher_kind: str = "http",
     history_ttl: int | None = None,
+    subscribe_concurrency: int = 4,
 ) -> dict:
     """One case: ``n`` channels in ``mode`` (memory: one instance; redis: two), publish, check."""
     label = f"{mode}-{n}"
@@ -220,6 +227,7 @@ def run_case(
     if publisher_kind == "django" and mode != "redis":
         raise ValueError("--many-publisher django needs REDIS mode: a MEMORY-mode instance hears only itself")
     result: dict = {"mode": mode, "channels": n, "rate": rate, "seconds": seconds, "publisher": publisher_kind}
+    result["subscribe_concurrency"] = subscribe_concurrency
     if history_ttl is not None:
         result["history_ttl"] = history_ttl
     try:
@@ -265,7 +273,7 @@ def run_case(
         plans = plan_connections(services, channels, procs, label)
         started = time.monotonic()
         for load, plan in zip(loads, plans, strict=False):
-            load.send("subscribe", {"connections": plan})
+            load.send("subscribe", {"connections": plan, "concurrency": subscribe_concurrency})
         subscribed = [load.reply() for load, _ in zip(loads, plans, strict=False)]
         result["subscribe_s"] = round(time.monotonic() - started, 2)
         result["subscribe"] = {
@@ -431,6 +439,7 @@ def scenario_many(ctx) -> dict:
                     profile=args.many_profile,
                     publisher_kind=args.many_publisher if mode == "redis" else "http",
                     history_ttl=args.many_history_ttl,
+                    subscribe_concurrency=args.many_subscribe_concurrency,
                 )
             )
     result = {"cases": cases, "batch": BATCH, "channels_per_connection": CHANNELS_PER_CONNECTION}

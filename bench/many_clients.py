@@ -331,7 +331,7 @@ async def _serve(conn) -> None:
         command, args = await loop.run_in_executor(None, conn.recv)
         try:
             if command == "subscribe":
-                result = await subscribers.subscribe(args["connections"])
+                result = await subscribers.subscribe(args["connections"], args.get("concurrency", 4))
             elif command == "reset":
                 subscribers.reset()
                 result = None

@@ -8,6 +8,7 @@ incarnations of a channel (each with its own epoch).
 
 from __future__ import annotations
 
+import tracemalloc
 from dataclasses import replace
 
 import pytest
@@ -321,3 +322,26 @@ async def test_memory_history_gives_back_expired_messages_of_channels_nobody_tou
     # Their positions still stand: the next message continues each channel's offsets.
     resumed = await history.append(quiet[0], payload="later", client_id="c")
     assert resumed.offset == 4
+
+
+async def test_memory_history_keeps_only_a_position_for_a_channel_whose_messages_expired():
+    """MemoryHistory only: what stays per channel once its messages are gone is its epoch and
+    offsets (the deque goes too), so 100,000 quiet channels cost megabytes, not tens of them."""
+    clock = Clock()
+    history = MemoryHistory(clock=clock)
+    quiet = [replace(ROOM, id=f"quiet-{index}", history_ttl=60) for index in range(2000)]
+    busy = replace(ROOM, id="busy-1", history_size=1)
+    await fill(history, busy, 1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for channel in quiet:
+            await fill(history, channel, 1)
+        clock.now += 61
+        for _ in range(1000):
+            await fill(history, busy, 1)
+        assert history.kept() == 1
+        per_channel = (tracemalloc.get_traced_memory()[0] - before) / len(quiet)
+    finally:
+        tracemalloc.stop()
+    assert per_channel < 400, f"{per_channel:.0f} B per quiet channel"

@@ -80,7 +80,8 @@ class _ChannelLog:
     epoch: str
     incarnation: int
     next_offset: int = 1
-    entries: deque[Message] = field(default_factory=deque)
+    # Oldest first; the empty tuple while none is held (an empty deque costs 624 B, at every channel).
+    entries: deque[Message] | tuple[()] = ()
     # The channel's history_ttl at its last append, and whether its oldest entry is in the expiry heap.
     ttl: float = 0.0
     expiry_scheduled: bool = False
@@ -166,8 +167,11 @@ class MemoryHistory:
             messages.append(message)
             recorded.append(message)
             self._receipts.remember(channel, log.epoch, draft.idempotency, message)
-        if channel.history_size > 0:
-            log.entries.extend(messages)
+        if channel.history_size > 0 and messages:
+            if log.entries:
+                log.entries.extend(messages)
+            else:
+                log.entries = deque(messages)
         self._trim(log, channel, now)
         log.ttl = channel.history_ttl
         self._schedule_expiry(channel.id, log)
@@ -193,9 +197,7 @@ class MemoryHistory:
             log.expiry_scheduled = False
             if self._logs.get(channel_id) is not log:
                 continue  # the channel was deleted (and perhaps created again) meanwhile
-            entries, oldest_allowed = log.entries, now - log.ttl
-            while entries and entries[0].published_at < oldest_allowed:
-                entries.popleft()
+            _drop_older(log, now - log.ttl)
             self._schedule_expiry(channel_id, log)
 
     async def since(self, channel: ChannelInfo, position: Position) -> Replay:
@@ -251,6 +253,13 @@ class MemoryHistory:
         entries = log.entries
         while len(entries) > channel.history_size:
             entries.popleft()
-        oldest_allowed = now - channel.history_ttl
-        while entries and entries[0].published_at < oldest_allowed:
-            entries.popleft()
+        _drop_older(log, now - channel.history_ttl)
+
+
+def _drop_older(log: _ChannelLog, oldest_allowed: float) -> None:
+    """Drop the log's messages published before ``oldest_allowed``, and its deque once it is empty."""
+    entries = log.entries
+    while entries and entries[0].published_at < oldest_allowed:
+        entries.popleft()
+    if not entries:
+        log.entries = ()

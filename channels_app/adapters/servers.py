@@ -28,8 +28,8 @@ from collections.abc import Awaitable, Callable
 logger = logging.getLogger(__name__)
 
 # The longest a client's close frame waits for its connection's release before it is answered
-# anyway: a release is a Redis round trip or less (well under 10 ms), so this only bounds a stuck
-# Redis, whose lease then frees the slot.
+# anyway: a release is a Redis round trip or less (well under 10 ms) once the frames before the
+# close are taken, so this bounds a stuck Redis or a long run of frames; the release follows.
 CLOSE_REPLY_HOLD_SECONDS = 1.0
 # The ASGI event a held close frame queues behind the client's frames: ``{"type", "release",
 # "released"}``; the application awaits ``release()``, then resolves the future ``released``.
@@ -147,9 +147,9 @@ def hold_close_reply(send, release: Callable[[], Awaitable[None]]) -> bool:
     When the client's close frame arrives on the open connection, a ``CLOSE_FRAME_EVENT`` is queued
     for the application behind the frames before it; the application handles it by calling
     ``release`` (once). The reply close frame follows when that is done, or after
-    ``CLOSE_REPLY_HOLD_SECONDS``. Closes
-    the server starts, and connections that drop, are not held. Returns False under a server that
-    cannot hold it (the release then runs on ``websocket.disconnect``, after the reply).
+    ``CLOSE_REPLY_HOLD_SECONDS``. Closes the server starts, and connections that drop, are not
+    held. Returns False under a server that cannot hold it (the release then runs on
+    ``websocket.disconnect``, after the reply).
     """
     protocol = _protocol(send)
     if protocol is not None and hasattr(protocol, "onCloseFrame") and hasattr(protocol, "STATE_OPEN"):

@@ -73,6 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="many scenario: connections each subscriber process subscribes at once (default 4)",
     )
     parser.add_argument(
+        "--many-prime",
+        action="store_true",
+        help="many scenario: before the measured phase, publish one message to every channel in turn (at\n"
+        "--many-rate), so that each channel's first-use cost is spent before memory is judged flat",
+    )
+    parser.add_argument(
         "--many-history-ttl",
         type=int,
         help="many scenario: server.history_ttl, s (default the service's, 3600): shorter than the warm-up\n"
@@ -216,6 +222,7 @@ def run_case(
     publisher_kind: str = "http",
     history_ttl: int | None = None,
     subscribe_concurrency: int = 4,
+    prime: bool = False,
 ) -> dict:
     """One case: ``n`` channels in ``mode`` (memory: one instance; redis: two), publish, check."""
     label = f"{mode}-{n}"
@@ -291,13 +298,22 @@ def run_case(
         client = redis.Redis(port=redis_server.port) if redis_server else None
         if client is not None:
             result["redis_subscribed"] = many_redis.pubsub_snapshot(client, redis_server.port, pids)
+        targets = [(service.base_url(), service.push_target()[1]) for service in services]
         for load in loads[:procs]:
             load.call("reset")
+        if prime:
+            result["prime"] = prime_channels(loads[:procs], publisher, targets, channels, rate)
+            result["rss_primed_mb"] = {name: round(process_rss_bytes(pid) / 2**20, 1) for name, pid in pids.items()}
+            log(
+                f"  {label}: primed {result['prime']['accepted']} channels in {result['prime']['seconds']} s "
+                f"({result['prime']['lost']} lost); RSS {result['rss_primed_mb']} MB"
+            )
+            for load in loads[:procs]:
+                load.call("reset")
 
         before = many_redis.stats(client) if client is not None else None
         sampler = RssSampler(pids)
         window = CpuWindow({**pids, **{f"load-{i}": load.pid for i, load in enumerate(loads)}})
-        targets = [(service.base_url(), service.push_target()[1]) for service in services]
         if publisher_kind == "django":
             publisher.call("django_setup", {"env": services[0].env, "source": str(services[0].source)})
             targets = [("django", {})]
@@ -352,6 +368,27 @@ def run_case(
             service.stop()
         if redis_server is not None:
             redis_server.stop()
+
+
+def prime_channels(subscribers: list[LoadProcess], publisher: LoadProcess, targets, channels, rate) -> dict:
+    """One message to every channel in turn, and every delivery waited for; what it took."""
+    started = time.monotonic()
+    sent = publisher.call(
+        "publish",
+        {"targets": targets, "channels": channels, "rate": rate, "seconds": len(channels) / rate, "batch": BATCH,
+         "sweep": True},
+        timeout=len(channels) / rate + 200,
+    )  # fmt: skip
+    for load in subscribers:
+        load.send("collect", {"published": sent["published"], "grace": 10.0})
+    collected = [load.reply(timeout=SUBSCRIBE_TIMEOUT) for load in subscribers]
+    return {
+        "seconds": round(time.monotonic() - started, 1),
+        "accepted": sent["accepted"],
+        "failures": sent["failures"],
+        "received": sum(part["received"] for part in collected),
+        "lost": sum(part["lost"] for part in collected),
+    }
 
 
 def profile_top(path: Path | None, limit: int = 25) -> str:
@@ -409,7 +446,9 @@ def targets_met(result: dict) -> dict:
         and result["extra"] == 0
         and result["expected"] > 0
         and not result["publish"]["failures"]
-        and result["subscribe"]["errors"] == 0,
+        and result["subscribe"]["errors"] == 0
+        and result.get("prime", {}).get("lost", 0) == 0
+        and not result.get("prime", {}).get("failures"),
         "memory_flat": all(flag is True for flag in flats) if flats else False,
     }
 
@@ -440,6 +479,7 @@ def scenario_many(ctx) -> dict:
                     publisher_kind=args.many_publisher if mode == "redis" else "http",
                     history_ttl=args.many_history_ttl,
                     subscribe_concurrency=args.many_subscribe_concurrency,
+                    prime=args.many_prime,
                 )
             )
     result = {"cases": cases, "batch": BATCH, "channels_per_connection": CHANNELS_PER_CONNECTION}

@@ -164,15 +164,26 @@ class Subscribers:
 
 
 async def publish(
-    *, targets: list[tuple[str, dict]], channels: list[str], rate: float, seconds: float, batch: int, seed: int = 19
+    *,
+    targets: list[tuple[str, dict]],
+    channels: list[str],
+    rate: float,
+    seconds: float,
+    batch: int,
+    seed: int = 19,
+    sweep: bool = False,
 ) -> dict:
     """POST batches of ``batch`` messages to random ``channels`` at ``rate`` messages/s for ``seconds``.
 
     Batches alternate between the ``(base_url, headers)`` targets; a batch leaves every
     ``batch / rate`` s from a schedule (not after the previous answer), over a few connections,
     so a slow answer delays nothing else. Returns what the service accepted per channel.
+    With ``sweep`` the channels are taken in order instead (``seconds`` = len(channels) / rate
+    sends each one message).
     """
     rng = random.Random(seed)
+    if sweep and targets == [("django", {})]:
+        raise ValueError("a sweep publishes over HTTP")
     if targets == [("django", {})]:
         return await publish_django(channels=channels, rate=rate, seconds=seconds, batch=batch, rng=rng)
     published: dict[str, int] = {}
@@ -220,7 +231,10 @@ async def publish(
                 lag.append(-delay)
             # Always yield: a late loop that did not would queue every batch at once.
             await asyncio.sleep(max(delay, 0))
-            chosen = [channels[rng.randrange(len(channels))] for _ in range(batch)]
+            if sweep:
+                chosen = [channels[(tick * batch + i) % len(channels)] for i in range(batch)]
+            else:
+                chosen = [channels[rng.randrange(len(channels))] for _ in range(batch)]
             task = asyncio.create_task(post(clients[tick % len(clients)], chosen))
             tasks.add(task)
             task.add_done_callback(tasks.discard)

@@ -304,7 +304,7 @@ def _channel_layers(config) -> dict:
         # of its name; state/shards.py homes each channel's keys on its group's shard.
         hosts = [{"address": url} for url in (redis.shards or (redis.url,))]
     backend = {
-        "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "pubsub": "channels_app.state.layers.RedisPubSubChannelLayer",
         "core": "channels_redis.core.RedisChannelLayer",
     }[redis.layer]
     for host in hosts:

@@ -1,4 +1,5 @@
-"""The MEMORY driver's channel layer: expiry sweeps at most once a second, and still expire."""
+"""The channel layers: the MEMORY driver's sweeps expiry at most once a second, and still expires; the
+REDIS driver's Pub/Sub layer publishes the group sends waiting for a shard as one pipeline."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
 from django.conf import settings
 
 from channels_app.state import layers
-from channels_app.state.layers import InMemoryChannelLayer
+from channels_app.state.layers import InMemoryChannelLayer, RedisPubSubChannelLayer
 
 
 def test_the_memory_driver_uses_this_layer():
@@ -86,3 +87,42 @@ async def test_a_publisher_yields_once_a_member_is_backlogged():
     handle[0].cancel()
     # No turn for others until the backlog is reached, then one after every message.
     assert depth_at_each_turn == list(range(layers.BACKLOG, layers.BACKLOG + 11))
+
+
+def _reads(client) -> int:
+    """How many times redis-server has read from its clients' sockets (this INFO included)."""
+    return int(client.info("stats")["total_reads_processed"])
+
+
+async def test_redis_group_sends_made_together_are_one_pipeline_and_each_reaches_its_group(redis_server):
+    hosts = [{"address": redis_server.url}]
+    sender, receiver = RedisPubSubChannelLayer(hosts=hosts), RedisPubSubChannelLayer(hosts=hosts)
+    hub = await receiver.new_channel("realtime-hub")
+    for index in range(30):
+        await receiver.group_add(f"channel-{index}", hub)
+    await sender.group_send("channel-0", {"type": "realtime.message", "n": -1})  # a connection pooled
+    assert (await asyncio.wait_for(receiver.receive(hub), 5))["n"] == -1
+    counter = redis_server.client()
+    before = _reads(counter)
+    await asyncio.gather(
+        *(sender.group_send(f"channel-{index % 30}", {"type": "realtime.message", "n": index}) for index in range(90))
+    )
+    reads = _reads(counter) - before - 1
+    # The first leaves at once, alone; the other 89 wait for it and go as two pipelines (64 at most each).
+    assert reads <= 5, f"90 concurrent group sends cost {reads} reads: they were not pipelined"
+    received = [(await asyncio.wait_for(receiver.receive(hub), 5))["n"] for _ in range(90)]
+    assert received == list(range(90)), "every message arrives once, in the order sent"
+    await sender.flush()
+    await receiver.flush()
+
+
+async def test_a_redis_group_send_to_a_redis_that_is_gone_fails_in_its_caller(redis_server):
+    layer = RedisPubSubChannelLayer(hosts=[{"address": redis_server.url, "socket_connect_timeout": 1}])
+    await layer.group_send("channel-a", {"type": "realtime.message"})
+    redis_server.stop()
+    outcomes = await asyncio.gather(
+        *(layer.group_send("channel-a", {"type": "realtime.message", "n": n}) for n in range(5)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(outcome, Exception) for outcome in outcomes), outcomes
+    await layer.flush()

@@ -6,8 +6,9 @@ Where each is used: adapters/servers.py (write buffers, close frames, aborts, ho
 reply), adapters/daphne_limits.py and adapters/uvicorn_http.py (request limits and deadlines),
 adapters/daphne_checks.py (daphne's periodic checks), adapters/twisted_writes.py (Twisted's write
 buffer), adapters/uvicorn_ws.py, ops/shutdown.py (SIGTERM under each server), ops/logredact.py
-(daphne's access log), state/layers.py (channels' in-memory layer), state/redis.py (one un-retried
-script call per history append), publishing.py (asgiref's record of the server's event loop).
+(daphne's access log), state/layers.py (channels' in-memory layer, channels-redis's shards),
+state/redis.py (un-retried, pipelined script calls for history appends), publishing.py (asgiref's
+record of the server's event loop).
 """
 
 from __future__ import annotations
@@ -187,16 +188,27 @@ def test_the_python_api_still_finds_the_servers_event_loop():
 
 
 def test_a_history_append_still_runs_once_on_one_pooled_connection():
-    """state/redis.py: the pool hands out a connection; the connection checks its health, sends and
-    reads without retrying; NOSCRIPT is its own error."""
+    """state/redis.py: the pool hands out a connection; the connection checks its health, sends a
+    pipeline of packed commands and reads each reply without retrying; NOSCRIPT is its own error."""
     from redis.asyncio.connection import AbstractConnection, ConnectionPool
     from redis.exceptions import NoScriptError, ResponseError
 
     for name in ("get_connection", "release"):
         assert callable(getattr(ConnectionPool, name))
-    for name in ("check_health", "send_command", "read_response", "disconnect"):
+    for name in ("check_health", "pack_commands", "send_packed_command", "read_response", "disconnect"):
         assert callable(getattr(AbstractConnection, name))
-    assert "check_health" in inspect.signature(AbstractConnection.send_command).parameters or (
-        "check_health" in inspect.getsource(AbstractConnection.send_command)
-    )
+    assert "check_health" in inspect.signature(AbstractConnection.send_packed_command).parameters
     assert issubclass(NoScriptError, ResponseError)
+
+
+def test_channels_redis_pubsub_still_publishes_through_one_locked_client_per_shard():
+    """state/layers.py: the layer of each event loop maps a group to its Pub/Sub channel and shard; the
+    shard publishes on its own Redis client, made on first use, under its own lock."""
+    from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
+
+    assert callable(RedisPubSubChannelLayer._get_layer)
+    assert callable(RedisPubSubChannelLayer.serialize)
+    assert {"_get_group_channel_name", "_get_shard"} <= set(dir(RedisPubSubLoopLayer))
+    assert {"_get_group_channel_name", "_get_shard", "publish"} <= _names(RedisPubSubLoopLayer.group_send)
+    assert {"_lock", "_ensure_redis", "_redis", "publish"} <= _names(RedisSingleShardConnection.publish)
+    assert "_redis" in _names(RedisSingleShardConnection._ensure_redis)

@@ -355,7 +355,7 @@ def test_the_channel_layer_gets_every_shard_as_a_host_for_either_layer_kind():
 
     urls = ["redis://127.0.0.1:7001/0", "redis://127.0.0.1:7002/0"]
     for layer, backend in (
-        ("pubsub", "channels_redis.pubsub.RedisPubSubChannelLayer"),
+        ("pubsub", "channels_app.state.layers.RedisPubSubChannelLayer"),
         ("core", "channels_redis.core.RedisChannelLayer"),
     ):
         config = parse_config(redis_section(f'    shards: {json.dumps(urls)}\n    layer: "{layer}"\n'))

@@ -19,6 +19,7 @@ from redis.asyncio.client import Pipeline
 
 from channels_app.channel import ChannelInfo
 from channels_app.errors import ApplicationError
+from channels_app.messages import Position
 from channels_app.state.history import Draft, Replayed
 from channels_app.state.idempotency import idempotency_key_parse
 from channels_app.state.presence import Member, new_holder
@@ -535,3 +536,52 @@ async def test_an_append_sent_to_a_stalled_redis_has_an_unknown_outcome_and_its_
     assert isinstance(retried, Replayed) and retried.message.id == draft.id
     assert await history.head(ROOM.id) == 2
     await client.aclose()
+
+
+def _reads(client) -> int:
+    """How many times redis-server has read from its clients' sockets (this INFO included)."""
+    return int(client.info("stats")["total_reads_processed"])
+
+
+async def test_appends_made_together_go_in_one_pipeline_and_each_gets_its_own_offsets(history, redis_server):
+    rooms = [_room(index) for index in range(40)]
+    await history.append(rooms[0], payload="warm", client_id="c")  # the script known, a connection pooled
+    counter = redis_server.client()
+    before = _reads(counter)
+    runs = await asyncio.gather(
+        *(history.append_many(room, [Draft(f"{room.id}-a", "c"), Draft(f"{room.id}-b", "c")]) for room in rooms)
+    )
+    reads = _reads(counter) - before - 1
+    # The first append leaves at once, alone; the other 39 wait for it and go as one pipeline.
+    assert reads <= 4, f"40 concurrent appends cost {reads} reads: they were not pipelined"
+    for room, run in zip(rooms, runs, strict=True):
+        first = 2 if room is rooms[0] else 1
+        assert [(m.payload, m.offset) for m in run] == [(f"{room.id}-a", first), (f"{room.id}-b", first + 1)]
+        held = (await history.since(room, Position(offset=0))).messages
+        assert [m.payload for m in held][-2:] == [f"{room.id}-a", f"{room.id}-b"]
+
+
+async def test_a_pipeline_of_appends_after_redis_lost_its_scripts_records_every_one_once(history, redis_server):
+    rooms = [_room(index) for index in range(10)]
+    await history.append(rooms[0], payload="warm", client_id="c")
+    redis_server.client().script_flush()  # as after a restart: EVALSHA answers NOSCRIPT
+    runs = await asyncio.gather(*(history.append(room, payload="x", client_id="c") for room in rooms))
+    assert [message.offset for message in runs] == [2] + [1] * 9
+    for room in rooms:
+        assert await history.head(room.id) == (2 if room is rooms[0] else 1)
+
+
+async def test_in_a_pipeline_a_reused_idempotency_key_fails_its_own_append_alone(history):
+    rooms = [_room(index) for index in range(6)]
+    first = Draft("paid", "c", idempotency_key_parse("order-1", payload="paid"))
+    await history.append_many(rooms[0], [first])
+    reused = Draft("refunded", "c", idempotency_key_parse("order-1", payload="refunded"))
+    runs = await asyncio.gather(
+        history.append(rooms[1], payload="lead", client_id="c"),
+        history.append_many(rooms[0], [reused]),
+        *(history.append(room, payload="y", client_id="c") for room in rooms[2:]),
+    )
+    (outcome,) = runs[1]
+    assert isinstance(outcome, ApplicationError) and outcome.code == "idempotency_key_reused"
+    assert [message.offset for message in (runs[0], *runs[2:])] == [1] * 5
+    assert await history.head(rooms[0].id) == 1

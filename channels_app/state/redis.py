@@ -52,6 +52,7 @@ from ..channel import ChannelInfo
 from ..errors import ApplicationError, publish_outcome_unknown
 from ..messages import JSON, TEXT, Message, Position, utc_timestamp
 from ..stats import Stats
+from .group_commit import GroupCommit
 from .history import Draft, Recorded, Replay, Replayed, new_epoch, replay_after
 from .idempotency import IDEMPOTENCY_WINDOW_SECONDS, idempotency_key_reused
 from .shards import RedisShards, as_shards
@@ -237,6 +238,11 @@ class RedisHistory:
         # Only the script's text and SHA are used: it runs on the connection of the channel's shard.
         self._append = self._shards.clients[0].register_script(_APPEND)
         self._clock = clock
+        # Appends made while one is on its way to the same shard go together as one pipeline.
+        self._appends = [
+            GroupCommit(functools.partial(self._run_appends, client), name="realtime-history-appends")
+            for client in self._shards.clients
+        ]
 
     async def append(self, channel: ChannelInfo, *, payload: str, client_id: str, payload_kind: str = TEXT) -> Message:
         """Stamp a message with the channel's next offset and record it, atomically."""
@@ -277,7 +283,7 @@ class RedisHistory:
             fingerprint = draft.idempotency.fingerprint if draft.idempotency is not None else ""
             kind = "" if draft.payload_kind == TEXT else draft.payload_kind
             args += [draft.id, draft.client_id, draft.payload, key_index, fingerprint, kind]
-        epoch, *outcomes = await self._run_once(self._shards.for_channel(channel.id), self._append, keys, args)
+        epoch, *outcomes = await self._appends[self._shards.home(channel.id)].call((keys, args))
         epoch = epoch.decode()
         return [
             self._recorded(channel, draft, outcome, epoch, created_at, now)
@@ -316,39 +322,38 @@ class RedisHistory:
             )
         )
 
-    async def _run_once(self, client: redis.Redis, script, keys: list[str], args: list) -> list:
-        """Run ``script`` once on one of ``client``'s pooled connections, never retried, telling apart a
-        failure before the call was sent from one after it (see ``append_many``)."""
+    async def _run_appends(self, client: redis.Redis, calls: list[tuple[list, list]]) -> list:
+        """Run the append script once per call, pipelined on one of ``client``'s pooled connections and
+        never retried, telling apart a failure before the calls were sent from one after (see
+        ``append_many``); answers each call's reply or the error it raises."""
         pool = client.connection_pool
         try:
             connection = await pool.get_connection()
         except (redis.RedisError, OSError) as exc:
-            raise self._not_sent(exc) from exc
+            return self._not_sent(exc, len(calls))
         try:
             try:
                 await connection.check_health()
             except (redis.RedisError, OSError) as exc:
-                raise self._not_sent(exc) from exc
+                return self._not_sent(exc, len(calls))
             try:
-                return await _evalsha(connection, script, keys, args)
-            except redis.ResponseError:
-                raise
+                return await _evalsha_many(connection, self._append, calls)
             except (redis.RedisError, OSError) as exc:
                 await connection.disconnect()
-                self._stats.incr("publish_outcomes_unknown")
-                logger.warning("Redis did not answer a history append: %s", exc.__class__.__name__)
-                raise publish_outcome_unknown() from exc
+                self._stats.incr("publish_outcomes_unknown", len(calls))
+                logger.warning("Redis did not answer %d history append(s): %s", len(calls), exc.__class__.__name__)
+                return [_chained(publish_outcome_unknown(), exc) for _ in calls]
             except BaseException:
-                # Cancelled mid-call: the answer may still arrive, so the connection cannot be reused.
+                # Cancelled mid-call: the answers may still arrive, so the connection cannot be reused.
                 await connection.disconnect(nowait=True)
                 raise
         finally:
             await pool.release(connection)
 
-    def _not_sent(self, exc: BaseException) -> ApplicationError:
+    def _not_sent(self, exc: BaseException, calls: int) -> list[ApplicationError]:
         self._stats.incr("redis_errors")
-        logger.warning("Redis unreachable before a history append was sent: %s", exc.__class__.__name__)
-        return redis_unavailable(exc, publishing=True)
+        logger.warning("Redis unreachable before %d history append(s) were sent: %s", calls, exc.__class__.__name__)
+        return [_chained(redis_unavailable(exc, publishing=True), exc) for _ in range(calls)]
 
     async def _state(self, channel: ChannelInfo, first: int | None = None) -> tuple[str | None, int, list[Message]]:
         start = f"{first}-1" if first is not None else "-"
@@ -434,12 +439,33 @@ def _kind(recorded: str | bytes | None) -> str:
     return JSON if recorded in (JSON, JSON.encode()) else TEXT
 
 
-async def _evalsha(connection, script, keys: list[str], args: list):
-    """EVALSHA on ``connection``, loading the script first if this Redis does not know it yet."""
-    try:
-        await connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args, check_health=False)
-        return await connection.read_response()
-    except NoScriptError:
-        # Nothing ran: the script is sent whole, and Redis caches it for the next EVALSHA.
-        await connection.send_command("EVAL", script.script, len(keys), *keys, *args, check_health=False)
-        return await connection.read_response()
+def _chained(error: ApplicationError, cause: BaseException) -> ApplicationError:
+    error.__cause__ = cause
+    return error
+
+
+async def _evalsha_many(connection, script, calls: list[tuple[list, list]]) -> list:
+    """EVALSHA once per ``(keys, args)`` call, pipelined on ``connection``; each call's reply, or the
+    ``ResponseError`` it got. Calls Redis answers NOSCRIPT (its script cache is empty: it restarted)
+    ran nothing, so they are sent again with the script whole, which Redis caches for the next."""
+    replies = await _pipelined(connection, [("EVALSHA", script.sha, keys, args) for keys, args in calls])
+    unknown = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if unknown:
+        again = await _pipelined(connection, [("EVAL", script.script, *calls[index]) for index in unknown])
+        for index, reply in zip(unknown, again, strict=True):
+            replies[index] = reply
+    return replies
+
+
+async def _pipelined(connection, commands: list[tuple[str, object, list, list]]) -> list:
+    await connection.send_packed_command(
+        connection.pack_commands([(name, body, len(keys), *keys, *args) for name, body, keys, args in commands]),
+        check_health=False,
+    )
+    replies = []
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import TEST_CONFIG
+from tests.conftest import TEST_CONFIG, redis_config
 from tests.support.auth import API_KEY, AUTH
 from tests.support.clients import lines_after_opening
 
@@ -161,6 +161,37 @@ def test_batch_reports_each_result(api_server):
     assert response.json()["published"] == 1
     too_many = {"messages": [{"channel": "chat-1", "payload": "x"}] * 101}
     assert httpx.post(f"{api_server.http}/api/v1/messages", json=too_many, headers=AUTH).status_code == 400
+
+
+@pytest.mark.parametrize("driver", ["memory", "redis"])
+def test_a_batch_s_items_for_one_channel_keep_their_order(start_server, redis_server, driver):
+    """A batch's items are published together (their Redis calls share round trips), yet the items
+    for one channel get offsets, and reach its subscribers, in the order of the batch."""
+    env = {"REALTIME_API_KEYS": API_KEY}
+    server = start_server(redis_config(redis_server.url), env=env) if driver == "redis" else start_server(env=env)
+    channels = ("chat-1", "chat-2")
+    items = [{"channel": channels[index % 3 % 2], "payload": f"m{index}"} for index in range(90)]
+
+    async def scenario():
+        async with (
+            websockets.connect(server.channel_url("chat-1", clientId="one")) as one,
+            websockets.connect(server.channel_url("chat-2", clientId="two")) as two,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+            response = await client.post(f"{server.http}/api/v1/messages", json={"messages": items}, headers=AUTH)
+            heard = {}
+            for channel, ws in (("chat-1", one), ("chat-2", two)):
+                expected = sum(1 for item in items if item["channel"] == channel)
+                heard[channel] = [json.loads(await asyncio.wait_for(ws.recv(), 5))["payload"] for _ in range(expected)]
+        return response.json(), heard
+
+    body, heard = asyncio.run(scenario())
+    assert body["published"] == 90
+    for channel in channels:
+        sent = [item["payload"] for item in items if item["channel"] == channel]
+        offsets = [result["offset"] for result in body["results"] if result["channel"] == channel]
+        assert offsets == list(range(1, len(sent) + 1)), f"{channel}: offsets not in batch order"
+        assert heard[channel] == sent, f"{channel}: delivered out of batch order"
 
 
 def test_create_list_use_and_delete_a_channel(api_server):

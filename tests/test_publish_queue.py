@@ -26,7 +26,7 @@ class Sender:
         self.failures: dict[int, Exception] = {}  # run number (from 1) -> what it raises
         self.after: dict[int, Callable[[], None]] = {}  # run number -> called as the run ends
 
-    async def __call__(self, run: list[PendingPublish]) -> None:
+    async def __call__(self, run: list[PendingPublish]) -> list[Receipt]:
         self.runs.append([publish.draft.payload for publish in run])
         await self.release.wait()
         number = len(self.runs)
@@ -34,11 +34,15 @@ class Sender:
             self.after[number]()
         if number in self.failures:
             raise self.failures[number]
-        for offset, publish in enumerate(run, start=sum(map(len, self.runs[:-1])) + 1):
-            message = Message(
-                id=f"id-{offset}", channel_id=ROOM.id, client_id="c", payload=publish.draft.payload, created_at="t"
+        first = sum(map(len, self.runs[:-1])) + 1
+        return [
+            Receipt(
+                Message(
+                    id=f"id-{offset}", channel_id=ROOM.id, client_id="c", payload=publish.draft.payload, created_at="t"
+                )
             )
-            publish.succeed(Receipt(message))
+            for offset, publish in enumerate(run, start=first)
+        ]
 
 
 class SenderQueue(PublishQueue):
@@ -48,8 +52,8 @@ class SenderQueue(PublishQueue):
         super().__init__(memory_runtime(), max_messages=max_messages)
         self.sender = sender
 
-    async def send_run(self, run: list[PendingPublish]) -> None:
-        await self.sender(run)
+    async def send_run(self, run: list[PendingPublish]) -> list[Receipt]:
+        return await self.sender(run)
 
 
 def submit(queue: PublishQueue, payload: str, size: int = 10):

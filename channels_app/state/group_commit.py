@@ -23,11 +23,23 @@ SendBatch = Callable[[list[Item]], Awaitable[list["Result | BaseException"]]]
 class GroupCommit(Generic[Item, Result]):
     """Calls waiting for one connection's next batch, and the task that sends queued batches in order."""
 
-    def __init__(self, send_batch: SendBatch, *, name: str, max_items: int = 64):
-        """``send_batch`` sends up to ``max_items`` items as one batch; ``name`` names the sender task."""
+    def __init__(
+        self,
+        send_batch: SendBatch,
+        *,
+        name: str,
+        max_items: int = 64,
+        weigh: Callable[[Item], int] | None = None,
+        max_weight: int = 0,
+    ):
+        """``send_batch`` sends up to ``max_items`` items as one batch, and with ``weigh``, items
+        weighing ``max_weight`` at most (one item always goes, whatever it weighs); ``name`` names
+        the sender task."""
         self._send_batch = send_batch
         self._name = name
-        self._max_items = max_items
+        self._max_items = max(1, max_items)
+        self._weigh = weigh
+        self._max_weight = max_weight
         self._waiting: deque[tuple[Item, asyncio.Future]] = deque()
         # A batch is on its way: sent by its own caller, or by the sender task draining the queue.
         self._sending = False
@@ -57,6 +69,7 @@ class GroupCommit(Generic[Item, Result]):
         self._sender.add_done_callback(self._sender_done)
 
     async def _send_waiting(self) -> None:
+        batch: list[tuple[Item, asyncio.Future]] = []
         try:
             while self._waiting:
                 batch = self._next_batch()
@@ -74,7 +87,7 @@ class GroupCommit(Generic[Item, Result]):
                     else:
                         future.set_result(outcome)
         except asyncio.CancelledError:
-            self._abandon()
+            self._abandon(batch)
             raise
         finally:
             self._sender = None
@@ -82,10 +95,17 @@ class GroupCommit(Generic[Item, Result]):
 
     def _next_batch(self) -> list[tuple[Item, asyncio.Future]]:
         batch = []
+        weight = 0
         while self._waiting and len(batch) < self._max_items:
-            item, future = self._waiting.popleft()
-            if not future.done():  # its caller stopped waiting before the batch left: it is not sent
-                batch.append((item, future))
+            item, future = self._waiting[0]
+            item_weight = 0 if self._weigh is None else self._weigh(item)
+            if batch and self._weigh is not None and weight + item_weight > self._max_weight:
+                break
+            self._waiting.popleft()
+            if future.done():
+                continue  # its caller stopped waiting before the batch left: it is not sent
+            batch.append((item, future))
+            weight += item_weight
         return batch
 
     def _sender_done(self, sender: asyncio.Task) -> None:
@@ -95,8 +115,8 @@ class GroupCommit(Generic[Item, Result]):
             self._sender = None
             self._sending = False
 
-    def _abandon(self) -> None:
+    def _abandon(self, batch: list[tuple[Item, asyncio.Future]] = ()) -> None:
         # The event loop is closing: nobody will send what is left, so nobody may wait for it.
-        for _, future in self._waiting:
+        for _, future in (*batch, *self._waiting):
             future.cancel()
         self._waiting.clear()

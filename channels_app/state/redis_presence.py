@@ -25,6 +25,7 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import redis.asyncio as redis
@@ -80,6 +81,9 @@ class RedisPresence:
         self._forget = registry.register_script(scripts.FORGET)
         # (channel id, clientId) -> (holder, Member JSON or ''), for the connections this instance holds.
         self._held: dict[tuple[str, str], tuple[str, str]] = {}
+        # How many of them each shard homes: a renewal must not walk every slot to find its shards
+        # (at 100,000 slots that held the event loop for over 100 ms every renewal).
+        self._held_on: Counter[int] = Counter()
         # (channel id, clientId, holder) of slots Redis may hold for this instance though it no longer
         # does (a release or an acquire that failed or was cancelled): they would count as long as
         # its heartbeat lives, so each renewal releases them again until Redis answers.
@@ -141,13 +145,25 @@ class RedisPresence:
             raise client_id_taken(channel.id, client_id)
         if status == "full":
             raise channel_full(channel.id, channel.max_connections)
-        self._held[(channel.id, client_id)] = (holder, member_json)
+        self._hold((channel.id, client_id), (holder, member_json))
         self._unreleased.discard((channel.id, client_id, holder))
         self._ensure_renewal()
         return previous if status == "replaced" else None
 
     def _holds_on(self, shard: int) -> bool:
-        return any(self._shards.home(channel_id) == shard for channel_id, _ in self._held)
+        return self._held_on[shard] > 0
+
+    def _hold(self, key: tuple[str, str], held: tuple[str, str]) -> None:
+        if key not in self._held:
+            self._held_on[self._shards.home(key[0])] += 1
+        self._held[key] = held
+
+    def _unhold(self, key: tuple[str, str]) -> None:
+        del self._held[key]
+        shard = self._shards.home(key[0])
+        self._held_on[shard] -= 1
+        if not self._held_on[shard]:
+            del self._held_on[shard]
 
     def _forget_noticed(self, shard: int) -> None:
         if shard not in self._forgotten:
@@ -158,7 +174,7 @@ class RedisPresence:
         """Give the slot back if ``holder`` still has it (True); when Redis cannot be told (or this
         is cancelled), each renewal releases it again until Redis answers."""
         if self._held.get((channel_id, client_id), ("",))[0] == holder:
-            del self._held[(channel_id, client_id)]
+            self._unhold((channel_id, client_id))
         try:
             released = await self._release_slot(self._shards.for_channel(channel_id), channel_id, client_id, holder)
         except redis.RedisError:
@@ -269,11 +285,7 @@ class RedisPresence:
         again, as are those whose release or acquire failed. A shard that is away fails the call
         only after the others are renewed.
         """
-        held = dict(self._held)
-        by_channel: dict[str, list[str]] = {}
-        for (channel_id, client_id), (holder, member_json) in held.items():
-            by_channel.setdefault(channel_id, []).extend((client_id, holder, member_json))
-        homes = self._shards.by_home(by_channel)
+        homes = sorted(self._held_on)
         beats = await asyncio.gather(*(self._beat_on(shard) for shard in homes), return_exceptions=True)
         failures = [beat for beat in beats if isinstance(beat, BaseException)]
         for failure in failures:
@@ -285,8 +297,8 @@ class RedisPresence:
         for shard in [*dead_on, *sorted(unreleased_only)]:
             try:
                 if shard in dead_on and shard in self._forgotten:
-                    homed = {channel_id: by_channel[channel_id] for channel_id in homes[shard]}
-                    await self._reassert_on(self._shards.clients[shard], homed, held)
+                    held = dict(self._held)
+                    await self._reassert_on(self._shards.clients[shard], self._by_channel(held, shard), held)
                     self._forgotten.discard(shard)
                 await self._release_again_on(shard)
             except redis.RedisError as exc:
@@ -299,6 +311,14 @@ class RedisPresence:
                 failures.append(exc)
         if failures:
             raise failures[0]
+
+    def _by_channel(self, held: dict[tuple[str, str], tuple[str, str]], shard: int) -> dict[str, list[str]]:
+        """The slots of ``held`` homed on ``shard``: per channel, its (clientId, holder, member) triples."""
+        by_channel: dict[str, list[str]] = {}
+        for (channel_id, client_id), (holder, member_json) in held.items():
+            if self._shards.home(channel_id) == shard:
+                by_channel.setdefault(channel_id, []).extend((client_id, holder, member_json))
+        return by_channel
 
     async def _beat_on(self, shard: int) -> list[str]:
         """Renew this instance's heartbeat on ``shard``; the instances whose heartbeat ran out there."""
@@ -329,7 +349,7 @@ class RedisPresence:
             for client_id in taken:
                 key = (channel_id, client_id.decode())
                 if self._held.get(key) == held[key]:
-                    del self._held[key]
+                    self._unhold(key)
         for channel_id, triples in by_channel.items():
             for client_id, holder in zip(triples[::3], triples[1::3], strict=True):
                 if self._held.get((channel_id, client_id), ("",))[0] != holder:

@@ -193,6 +193,9 @@ def test_every_metric_the_dashboard_and_the_alerts_use_is_exported(start_server,
     assert the_value(samples, "process_resident_memory_bytes") > 20 * 2**20
     assert 3 <= the_value(samples, "process_open_fds") < the_value(samples, "process_max_fds")
     assert samples["python_info"][0][0]["implementation"] == "CPython"
+    # The collector's work per generation: the start-up collection before the heap is frozen is a full one.
+    collections = {labels["generation"]: value for labels, value in samples["python_gc_collections_total"]}
+    assert set(collections) == {"0", "1", "2"} and collections["2"] >= 1
 
 
 def test_redis_up_follows_redis(start_server, redis_server):

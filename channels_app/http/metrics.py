@@ -21,7 +21,7 @@ import logging
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .. import counters
@@ -212,10 +212,12 @@ def metrics_registry(figures: MetricsSnapshot, *, redis_up: bool | None, summed:
             figures, max_channels=settings.REALTIME_METRICS_MAX_CHANNELS, redis_up=redis_up, summed=summed
         )
     )
-    # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ... and python_info:
-    # the answering process's own, even when the realtime_* families describe the whole instance.
+    # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ..., python_info and
+    # python_gc_collections_total: the answering process's own, even when the realtime_* families
+    # describe the whole instance.
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     return registry
 
 

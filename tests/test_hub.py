@@ -379,3 +379,33 @@ def test_the_process_runtime_counts_subscriptions_for_the_collector():
     hub = composition.process_runtime().hub
     assert hub._on_subscribe is gctuning.connection_opened
     assert hub._on_unsubscribe is gctuning.connection_closed
+
+
+class AnyRegistry:
+    async def resolve(self, reference: str) -> ChannelInfo:
+        return replace(ROOM, id=reference)
+
+
+async def test_the_busiest_local_channels_are_counted_per_transport_and_the_rest_summed():
+    runtime = memory_runtime(layer=InMemoryChannelLayer(capacity=1000), registry=AnyRegistry())
+    hub = runtime.hub
+    subscribers = {}
+    for channel_id, transports in {"a": "WS WS SSE", "b": "WS", "c": "SSE SSE", "d": "WS SSE", "e": "SSE"}.items():
+        for index, transport in enumerate(transports.split()):
+            connection = FakeConnection(channel_id=channel_id, client_id=f"{channel_id}{index}").start()
+            connection.subscription.transport = transport
+            subscribers[(channel_id, index)] = connection.subscription
+            await hub.subscribe(connection.subscription)
+    await hub.subscribe(subscribers[("a", 0)])  # subscribing twice counts once
+    busiest, others = hub.busiest_local(2)
+    assert busiest == [("a", {"WS": 2, "SSE": 1}), ("c", {"SSE": 2})]
+    assert others == {"WS": 2, "SSE": 2}
+    everything, none = hub.busiest_local()
+    assert [channel_id for channel_id, _ in everything] == ["a", "c", "d", "b", "e"] and none == {}
+    for key in (("a", 0), ("a", 1), ("c", 0)):
+        await hub.unsubscribe(subscribers[key])
+    await hub.unsubscribe(subscribers[("a", 0)])  # unsubscribing twice counts once
+    busiest, others = hub.busiest_local(1)
+    assert busiest == [("d", {"WS": 1, "SSE": 1})]
+    assert others == {"WS": 1, "SSE": 3}
+    await hub.stop()

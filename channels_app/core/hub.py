@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import heapq
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
 from .. import counters
@@ -50,6 +52,9 @@ class Hub:
         self._on_unsubscribe = on_unsubscribe
         self.channel_name: str | None = None
         self._local: dict[str, set[Subscription]] = {}
+        # Local subscriptions per transport, kept as they come and go: metrics must not count them
+        # all at every scrape (at 100,000 channels that held the event loop for 250 ms).
+        self._per_transport: Counter[str] = Counter()
         # The close of each local multiplexed socket: one that follows no channel has no subscription to close.
         self._sockets: set[Callable[[int, dict], None]] = set()
         self._next_offset: dict[str, tuple[str, int]] = {}
@@ -93,11 +98,16 @@ class Hub:
         local = self._local.get(channel_id)
         if local is None:
             local = self._local[channel_id] = set()
-            local.add(subscription)
+            self._add_local(local, subscription)
             await self.layer.group_add(channel_group(channel_id), self.channel_name)
             await self._start_sequence(channel_id)
         else:
+            self._add_local(local, subscription)
+
+    def _add_local(self, local: set[Subscription], subscription: Subscription) -> None:
+        if subscription not in local:
             local.add(subscription)
+            self._per_transport[subscription.transport] += 1
 
     async def _start_sequence(self, channel_id: str) -> None:
         """Expect the offset after the channel's newest, read once the group is joined.
@@ -119,6 +129,7 @@ class Hub:
         if local is None or subscription not in local:
             return
         local.discard(subscription)
+        self._per_transport[subscription.transport] -= 1
         if self._on_unsubscribe is not None:
             self._on_unsubscribe()
         if not local:
@@ -126,14 +137,22 @@ class Hub:
             self._next_offset.pop(channel_id, None)
             await self.layer.group_discard(channel_group(channel_id), self.channel_name)
 
-    def local_counts(self) -> dict[tuple[str, str], int]:
-        """Local subscriptions per ``(channel id, transport)``, for metrics."""
-        counts: dict[tuple[str, str], int] = {}
-        for channel_id, subscriptions in self._local.items():
-            for subscription in subscriptions:
-                key = (channel_id, subscription.transport)
-                counts[key] = counts.get(key, 0) + 1
-        return counts
+    def busiest_local(self, limit: int | None = None) -> tuple[list[tuple[str, dict[str, int]]], dict[str, int]]:
+        """The ``limit`` channels with the most local subscriptions (all without a limit), the busiest
+        first, each with its subscriptions per transport; and the others' subscriptions summed per
+        transport. Only the chosen channels' subscriptions are counted, whatever the number of channels."""
+        chosen = (
+            sorted(self._local.items(), key=_busiest_first)
+            if limit is None
+            else heapq.nsmallest(limit, self._local.items(), key=_busiest_first)
+        )
+        busiest = [
+            (channel_id, dict(Counter(s.transport for s in subscriptions))) for channel_id, subscriptions in chosen
+        ]
+        others = Counter(self._per_transport)
+        for _, counts in busiest:
+            others.subtract(counts)
+        return busiest, {transport: count for transport, count in others.items() if count > 0}
 
     def local_count(self, channel_id: str) -> int:
         """Subscriptions to ``channel_id`` held by this instance."""
@@ -361,3 +380,12 @@ def _message_from_event(event: dict) -> Message:
         created_at=utc_timestamp(),
         published_at=time.time(),
     )
+
+
+def _busiest_first(item: tuple[str, set]) -> tuple[int, str]:
+    channel_id, subscriptions = item
+    return -len(subscriptions), channel_id
+
+
+def _per_transport(subscriptions: set[Subscription]) -> dict[str, int]:
+    return dict(Counter(subscription.transport for subscription in subscriptions))

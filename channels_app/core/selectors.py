@@ -45,18 +45,7 @@ async def channels_by_local_connections(
     """``(channel id, its channel, {transport: subscriptions})`` for the ``limit`` busiest channels with
     subscriptions on this instance (all without a limit), the busiest first, and the subscriptions of the
     rest summed per transport. The channel is None when the registry no longer has it (or cannot be read)."""
-    local: dict[str, dict[str, int]] = {}
-    for (channel_id, transport), count in runtime.hub.local_counts().items():
-        local.setdefault(channel_id, {})[transport] = count
-    busiest = sorted(local.items(), key=lambda item: (-sum(item[1].values()), item[0]))
-    if limit is not None:
-        busiest, rest = busiest[:limit], busiest[limit:]
-    else:
-        rest = []
-    others: dict[str, int] = {}
-    for _, counts in rest:
-        for transport, count in counts.items():
-            others[transport] = others.get(transport, 0) + count
+    busiest, others = runtime.hub.busiest_local(limit)
     try:
         # Only these channels: they have subscribers here, so they are cached and this asks nothing of
         # the database, whatever the number of channels in the registry.

@@ -146,9 +146,7 @@ class Hub:
             if limit is None
             else heapq.nsmallest(limit, self._local.items(), key=_busiest_first)
         )
-        busiest = [
-            (channel_id, dict(Counter(s.transport for s in subscriptions))) for channel_id, subscriptions in chosen
-        ]
+        busiest = [(channel_id, _per_transport(subscriptions)) for channel_id, subscriptions in chosen]
         others = Counter(self._per_transport)
         for _, counts in busiest:
             others.subtract(counts)

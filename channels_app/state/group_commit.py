@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -115,7 +115,7 @@ class GroupCommit(Generic[Item, Result]):
             self._sender = None
             self._sending = False
 
-    def _abandon(self, batch: list[tuple[Item, asyncio.Future]] = ()) -> None:
+    def _abandon(self, batch: Sequence[tuple[Item, asyncio.Future]] = ()) -> None:
         # The event loop is closing: nobody will send what is left, so nobody may wait for it.
         for _, future in (*batch, *self._waiting):
             future.cancel()

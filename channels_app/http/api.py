@@ -239,7 +239,12 @@ async def messages_push_batch(request: HttpRequest):
             results[index] = _batch_failure(item, error)
     # Published together, so that their Redis calls share round trips; the tasks start in the items'
     # order and each queues on its channel before it first waits, so a channel's items keep their order.
-    published_items = await asyncio.gather(*(_push_batch_item(request.realtime, *entry[1:]) for entry in ready))
+    published_items = await asyncio.gather(
+        *(
+            _push_batch_item(request.realtime, reference, channel, payload, item_key)
+            for _, reference, channel, payload, item_key in ready
+        )
+    )
     for (index, *_), result in zip(ready, published_items, strict=True):
         results[index] = result
     published = sum(1 for result in results if result["status"] in (201, 202))
